@@ -1,0 +1,428 @@
+//! An emulated type-0 configuration space: 4 KiB of registers with per-bit write masks,
+//! write-1-to-clear status bits, and BAR registers that implement all-ones sizing,
+//! 64-bit pairs and relocation.
+
+use crate::device::{BarRegionType, BarReprogram};
+
+pub const NUM_REGS: usize = 1024;
+pub const NUM_BARS: usize = 6;
+const BAR0_REG: usize = 4;
+const COMMAND_REG: usize = 1;
+pub const COMMAND_IO: u32 = 1 << 0;
+pub const COMMAND_MEMORY: u32 = 1 << 1;
+/// Command bits a guest may change: I/O, memory, bus master, parity, SERR#, INTx disable.
+const COMMAND_WRITABLE: u32 = 0x0547;
+/// Status bits that are write-1-to-clear (detected parity, SERR, aborts, master data parity).
+const STATUS_W1C: u32 = 0xf900 << 16;
+const CACHE_LINE_REG: usize = 3;
+const INTERRUPT_LINE_REG: usize = 15;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarKind {
+    Io,
+    Mem32,
+    Mem64,
+}
+
+/// What a BAR decodes. `size` is a power of two (the caller rounds up and validates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BarSpec {
+    pub size: u64,
+    pub kind: BarKind,
+    pub prefetchable: bool,
+}
+
+impl BarSpec {
+    fn type_bits(&self) -> u32 {
+        match self.kind {
+            BarKind::Io => 0x1,
+            BarKind::Mem32 => (self.prefetchable as u32) << 3,
+            BarKind::Mem64 => 0x4 | ((self.prefetchable as u32) << 3),
+        }
+    }
+
+    fn region(&self) -> BarRegionType {
+        match self.kind {
+            BarKind::Io => BarRegionType::Io,
+            BarKind::Mem32 => BarRegionType::Mem32,
+            BarKind::Mem64 => BarRegionType::Mem64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BarSlot {
+    Empty,
+    Bar {
+        spec: BarSpec,
+        addr: u64,
+    },
+    /// The upper half of the 64-bit BAR in the slot below.
+    Upper,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BarError {
+    #[error("BAR {0} does not exist (0-5)")]
+    Index(usize),
+    #[error("BAR {index}: size {size:#x} is not a power of two of at least 16 bytes (4 for I/O)")]
+    Size { index: usize, size: u64 },
+    #[error("BAR {0}: a 64-bit BAR needs two registers (BAR 5 cannot be 64-bit)")]
+    NoUpperHalf(usize),
+    #[error("BAR {0} overlaps a BAR that is already set")]
+    Taken(usize),
+    #[error("BAR {0}: a 32-bit BAR must be smaller than 4 GiB")]
+    TooLarge(usize),
+}
+
+pub struct ConfigSpace {
+    regs: Vec<u32>,
+    writable: Vec<u32>,
+    w1c: Vec<u32>,
+    bars: [BarSlot; NUM_BARS],
+}
+
+impl Default for ConfigSpace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConfigSpace {
+    pub fn new() -> Self {
+        let mut c = ConfigSpace {
+            regs: vec![0; NUM_REGS],
+            writable: vec![0; NUM_REGS],
+            w1c: vec![0; NUM_REGS],
+            bars: [BarSlot::Empty; NUM_BARS],
+        };
+        c.writable[COMMAND_REG] = COMMAND_WRITABLE;
+        c.w1c[COMMAND_REG] = STATUS_W1C;
+        c.writable[CACHE_LINE_REG] = 0x0000_ffff;
+        c.writable[INTERRUPT_LINE_REG] = 0x0000_00ff;
+        c
+    }
+
+    pub fn set_ids(&mut self, vendor: u16, device: u16) {
+        self.regs[0] = u32::from(vendor) | (u32::from(device) << 16);
+    }
+
+    /// Class code, subclass, programming interface and revision.
+    pub fn set_class(&mut self, class: u8, subclass: u8, prog_if: u8, revision: u8) {
+        self.regs[2] = u32::from_be_bytes([class, subclass, prog_if, revision]);
+    }
+
+    pub fn set_header_type(&mut self, header_type: u8) {
+        self.regs[3] = (self.regs[3] & 0xff00_ffff) | (u32::from(header_type) << 16);
+    }
+
+    pub fn set_subsystem(&mut self, vendor: u16, device: u16) {
+        self.regs[11] = u32::from(vendor) | (u32::from(device) << 16);
+    }
+
+    /// Sets a register's value and which of its bits the guest may write.
+    pub fn set_reg(&mut self, reg: usize, value: u32, writable: u32) {
+        if reg < NUM_REGS {
+            self.regs[reg] = value;
+            self.writable[reg] = writable;
+        }
+    }
+
+    pub fn command(&self) -> u32 {
+        self.regs[COMMAND_REG] & 0xffff
+    }
+
+    pub fn add_bar(&mut self, index: usize, spec: BarSpec, addr: u64) -> Result<(), BarError> {
+        if index >= NUM_BARS {
+            return Err(BarError::Index(index));
+        }
+        let min = if spec.kind == BarKind::Io { 4 } else { 16 };
+        if !spec.size.is_power_of_two() || spec.size < min {
+            return Err(BarError::Size {
+                index,
+                size: spec.size,
+            });
+        }
+        if spec.kind != BarKind::Mem64 && spec.size > u64::from(u32::MAX) {
+            return Err(BarError::TooLarge(index));
+        }
+        let is64 = spec.kind == BarKind::Mem64;
+        if is64 && index + 1 >= NUM_BARS {
+            return Err(BarError::NoUpperHalf(index));
+        }
+        let taken = |s: &BarSlot| !matches!(s, BarSlot::Empty);
+        if taken(&self.bars[index]) || (is64 && taken(&self.bars[index + 1])) {
+            return Err(BarError::Taken(index));
+        }
+        self.bars[index] = BarSlot::Bar {
+            spec,
+            addr: addr & !(spec.size - 1),
+        };
+        if is64 {
+            self.bars[index + 1] = BarSlot::Upper;
+        }
+        Ok(())
+    }
+
+    /// The BAR's spec and current guest address.
+    pub fn bar(&self, index: usize) -> Option<(BarSpec, u64)> {
+        match self.bars.get(index)? {
+            BarSlot::Bar { spec, addr } => Some((*spec, *addr)),
+            _ => None,
+        }
+    }
+
+    pub fn read(&self, reg: usize) -> u32 {
+        if reg >= NUM_REGS {
+            return 0xffff_ffff;
+        }
+        match reg.checked_sub(BAR0_REG).filter(|i| *i < NUM_BARS) {
+            Some(i) => self.read_bar(i),
+            None => self.regs[reg],
+        }
+    }
+
+    fn read_bar(&self, i: usize) -> u32 {
+        match self.bars[i] {
+            BarSlot::Empty => 0,
+            BarSlot::Bar { spec, addr } => {
+                // A BAR of 4 GiB or more has no size bits in its low register.
+                let size_mask = !(spec.size as u32).wrapping_sub(1);
+                let flag_bits = if spec.kind == BarKind::Io { 0x3 } else { 0xf };
+                (addr as u32 & size_mask & !flag_bits) | spec.type_bits()
+            }
+            BarSlot::Upper => match self.bars[i - 1] {
+                BarSlot::Bar { addr, .. } => (addr >> 32) as u32,
+                _ => 0,
+            },
+        }
+    }
+
+    /// Writes `data` at byte `offset` of register `reg`; returns BAR moves that happened
+    /// while the BAR's decoding is enabled.
+    pub fn write(&mut self, reg: usize, offset: u64, data: &[u8]) -> Vec<BarReprogram> {
+        let Some(value) = merge(self.read(reg), offset, data) else {
+            return Vec::new();
+        };
+        if reg >= NUM_REGS {
+            return Vec::new();
+        }
+        let lanes = lane_mask(offset, data.len());
+        if let Some(i) = reg.checked_sub(BAR0_REG).filter(|i| *i < NUM_BARS) {
+            return self.write_bar(i, value);
+        }
+        let old = self.regs[reg];
+        let cleared = self.w1c[reg] & lanes & value;
+        let w = self.writable[reg];
+        self.regs[reg] = ((old & !w) | (value & w)) & !cleared;
+        Vec::new()
+    }
+
+    fn decoding(&self, spec: &BarSpec) -> bool {
+        let bit = if spec.kind == BarKind::Io {
+            COMMAND_IO
+        } else {
+            COMMAND_MEMORY
+        };
+        self.command() & bit != 0
+    }
+
+    fn write_bar(&mut self, i: usize, value: u32) -> Vec<BarReprogram> {
+        let (owner, upper) = match self.bars[i] {
+            BarSlot::Empty => return Vec::new(),
+            BarSlot::Bar { .. } => (i, false),
+            BarSlot::Upper => (i - 1, true),
+        };
+        let BarSlot::Bar { spec, addr } = self.bars[owner] else {
+            return Vec::new();
+        };
+        let mask = !(spec.size - 1);
+        let new = if upper {
+            (addr & 0xffff_ffff) | (u64::from(value) << 32)
+        } else {
+            let low_mask = if spec.kind == BarKind::Io {
+                !0x3u32
+            } else {
+                !0xfu32
+            };
+            (addr & !0xffff_ffff) | u64::from(value & low_mask)
+        } & mask;
+        self.bars[owner] = BarSlot::Bar { spec, addr: new };
+        if new != addr && self.decoding(&spec) {
+            vec![BarReprogram {
+                bar: owner,
+                old_base: addr,
+                new_base: new,
+                len: spec.size,
+                region: spec.region(),
+            }]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Replaces the bytes of `old` at `offset` with `data`; `None` for widths other than 1, 2 or 4
+/// or an access that would cross the register.
+pub fn merge(old: u32, offset: u64, data: &[u8]) -> Option<u32> {
+    if !matches!(data.len(), 1 | 2 | 4) || offset.checked_add(data.len() as u64)? > 4 {
+        return None;
+    }
+    let mut b = old.to_le_bytes();
+    b[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+    Some(u32::from_le_bytes(b))
+}
+
+fn lane_mask(offset: u64, len: usize) -> u32 {
+    let bits = (len as u32) * 8;
+    let m = if bits >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << bits) - 1
+    };
+    m << (offset * 8)
+}
+
+/// Extracts `data.len()` bytes at `offset` from a register value; all-ones for bad accesses.
+pub fn extract(value: u32, offset: u64, data: &mut [u8]) {
+    if !matches!(data.len(), 1 | 2 | 4) || offset + data.len() as u64 > 4 {
+        data.fill(0xff);
+        return;
+    }
+    let b = value.to_le_bytes();
+    data.copy_from_slice(&b[offset as usize..offset as usize + data.len()]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem64(size: u64) -> BarSpec {
+        BarSpec {
+            size,
+            kind: BarKind::Mem64,
+            prefetchable: true,
+        }
+    }
+
+    #[test]
+    fn ids_and_class_are_read_only() {
+        let mut c = ConfigSpace::new();
+        c.set_ids(0x8086, 0x0d57);
+        c.set_class(0x06, 0, 0, 1);
+        c.write(0, 0, &[0xff, 0xff, 0xff, 0xff]);
+        c.write(2, 0, &[0, 0, 0, 0]);
+        assert_eq!(c.read(0), 0x0d57_8086);
+        assert_eq!(c.read(2), 0x0600_0001);
+    }
+
+    #[test]
+    fn command_is_masked_and_status_is_w1c() {
+        let mut c = ConfigSpace::new();
+        c.regs[1] = 0x8000_0000; // detected parity error
+        c.write(1, 0, &[0xff, 0xff]);
+        assert_eq!(c.command(), COMMAND_WRITABLE);
+        assert_eq!(
+            c.read(1) >> 16,
+            0x8000,
+            "writing the command word leaves status alone"
+        );
+        c.write(1, 2, &[0x00, 0x80]);
+        assert_eq!(c.read(1) >> 16, 0);
+    }
+
+    #[test]
+    fn bar64_sizing_and_relocation() {
+        let mut c = ConfigSpace::new();
+        c.add_bar(2, mem64(128 << 30), 0x80_0000_0000).unwrap();
+        assert_eq!(c.read(6), 0x0000_000c);
+        assert_eq!(c.read(7), 0x80);
+        c.write(6, 0, &[0xff; 4]);
+        c.write(7, 0, &[0xff; 4]);
+        assert_eq!(c.read(6), 0x0000_000c, "low bits below 4 GiB are size bits");
+        assert_eq!(c.read(7), 0xffff_ffe0);
+        // Moves are reported only while memory decoding is on.
+        c.write(7, 0, &0x40u32.to_le_bytes());
+        assert!(c.write(6, 0, &0u32.to_le_bytes()).is_empty());
+        c.write(1, 0, &[0x02, 0x00]);
+        let moves = c.write(7, 0, &0x60u32.to_le_bytes());
+        assert_eq!(
+            moves,
+            vec![BarReprogram {
+                bar: 2,
+                old_base: 0x40_0000_0000,
+                new_base: 0x60_0000_0000,
+                len: 128 << 30,
+                region: BarRegionType::Mem64
+            }]
+        );
+        assert_eq!(c.bar(2).unwrap().1, 0x60_0000_0000);
+    }
+
+    #[test]
+    fn bar32_and_io_sizing() {
+        let mut c = ConfigSpace::new();
+        c.add_bar(
+            0,
+            BarSpec {
+                size: 256,
+                kind: BarKind::Mem32,
+                prefetchable: false,
+            },
+            0xc000_0000,
+        )
+        .unwrap();
+        c.add_bar(
+            1,
+            BarSpec {
+                size: 32,
+                kind: BarKind::Io,
+                prefetchable: false,
+            },
+            0x1000,
+        )
+        .unwrap();
+        c.write(4, 0, &[0xff; 4]);
+        assert_eq!(c.read(4), 0xffff_ff00);
+        c.write(5, 0, &[0xff; 4]);
+        assert_eq!(c.read(5), 0xffff_ffe1);
+        c.write(4, 1, &[0x12]);
+        assert_eq!(c.read(4), 0xffff_1200);
+    }
+
+    #[test]
+    fn bad_bars_are_refused() {
+        let mut c = ConfigSpace::new();
+        let s = |size| BarSpec {
+            size,
+            kind: BarKind::Mem32,
+            prefetchable: false,
+        };
+        assert_eq!(c.add_bar(6, s(4096), 0), Err(BarError::Index(6)));
+        assert!(c.add_bar(0, s(3000), 0).is_err());
+        assert!(c.add_bar(0, s(8), 0).is_err());
+        assert!(c.add_bar(0, s(1 << 32), 0).is_err());
+        assert_eq!(c.add_bar(5, mem64(4096), 0), Err(BarError::NoUpperHalf(5)));
+        c.add_bar(0, mem64(4096), 0).unwrap();
+        assert_eq!(c.add_bar(1, s(4096), 0), Err(BarError::Taken(1)));
+    }
+
+    #[test]
+    fn hostile_accesses() {
+        let mut c = ConfigSpace::new();
+        assert_eq!(c.read(5000), 0xffff_ffff);
+        assert!(c.write(5000, 0, &[1]).is_empty());
+        assert!(c.write(1, 3, &[1, 2]).is_empty());
+        assert!(c.write(1, u64::MAX, &[1]).is_empty());
+        assert!(c.write(1, 0, &[1, 2, 3]).is_empty());
+        assert!(c.write(1, 0, &[]).is_empty());
+        let mut d = [0u8; 3];
+        extract(0x1234_5678, 0, &mut d);
+        assert_eq!(d, [0xff; 3]);
+        let mut d = [0u8; 2];
+        extract(0x1234_5678, 3, &mut d);
+        assert_eq!(d, [0xff; 2]);
+        extract(0x1234_5678, 2, &mut d);
+        assert_eq!(d, [0x34, 0x12]);
+    }
+}

@@ -1,0 +1,28 @@
+//! PCI for ghvmm: emulated configuration space, segments with their functions, the host
+//! bridge, and the two ways a guest reaches configuration space (ports 0xCF8/0xCFC and ECAM).
+
+pub mod config;
+pub mod config_io;
+pub mod config_mmio;
+pub mod device;
+pub mod host_bridge;
+pub mod segment;
+
+pub use config::{BarKind, BarSpec, ConfigSpace};
+pub use config_io::PciConfigIo;
+pub use config_mmio::PciConfigMmio;
+pub use device::{BarHook, BarReprogram, PciDevice};
+pub use host_bridge::HostBridge;
+pub use segment::{PciAddress, PciSegment, SLOTS_PER_BUS};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PciError {
+    #[error("PCI slot {0} is out of range (0-31)")]
+    SlotOutOfRange(u8),
+    #[error("PCI slot {slot} of segment {segment} is taken")]
+    SlotTaken { segment: u16, slot: u8 },
+    #[error("no free PCI slot on segment {0}")]
+    NoFreeSlot(u16),
+    #[error("no device in PCI slot {slot} of segment {segment}")]
+    NoDevice { segment: u16, slot: u8 },
+}

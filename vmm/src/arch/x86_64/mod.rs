@@ -1,0 +1,4 @@
+//! x86_64: 64-bit direct boot of a Linux bzImage (the kernel's "64-bit boot protocol").
+
+pub mod cpuid;
+pub mod regs;

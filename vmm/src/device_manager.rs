@@ -1,0 +1,138 @@
+//! Creates the platform devices, puts them on the buses and wires their interrupts.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use devices::{AcpiPmDevice, Bus, Ged, Serial, VmExitRequest, I8042};
+use kvm_ioctls::VmFd;
+use pci::{BarHook, BarReprogram, HostBridge, PciConfigIo, PciConfigMmio, PciSegment};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::{SerialConfig, VmConfig};
+use crate::exit::{ExitReason, ExitState};
+use crate::layout::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("KVM refused irqfd for GSI {gsi}: {source}")]
+    Irqfd { gsi: u32, source: kvm_ioctls::Error },
+    #[error("cannot open serial output file {path}: {source}")]
+    SerialFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("placing {what} on the bus: {source}")]
+    Bus {
+        what: &'static str,
+        source: devices::BusError,
+    },
+    #[error("PCI: {0}")]
+    Pci(#[from] pci::PciError),
+}
+
+type Result<T> = std::result::Result<T, DeviceError>;
+
+pub struct DeviceManager {
+    pub pio_bus: Arc<Bus>,
+    pub mmio_bus: Arc<Bus>,
+    pub serial: Arc<Mutex<Serial>>,
+    pub ged: Arc<Mutex<Ged>>,
+    pub pci_segment: Arc<Mutex<PciSegment>>,
+}
+
+fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd> {
+    let fd = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+    vm.register_irqfd(&fd, gsi)
+        .map_err(|source| DeviceError::Irqfd { gsi, source })?;
+    Ok(fd)
+}
+
+fn bus_insert(
+    bus: &Bus,
+    what: &'static str,
+    dev: Arc<Mutex<dyn devices::BusDevice>>,
+    base: u64,
+    len: u64,
+) -> Result<()> {
+    bus.insert(dev, base, len)
+        .map_err(|source| DeviceError::Bus { what, source })
+}
+
+impl DeviceManager {
+    pub fn new(vm: &VmFd, cfg: &VmConfig, exit: Arc<ExitState>) -> Result<Self> {
+        let pio_bus = Arc::new(Bus::new());
+        let mmio_bus = Arc::new(Bus::new());
+
+        let out: Box<dyn Write + Send> = match &cfg.serial {
+            SerialConfig::Tty => Box::new(std::io::stdout()),
+            SerialConfig::Off => Box::new(std::io::sink()),
+            SerialConfig::File(path) => {
+                Box::new(
+                    File::create(path).map_err(|source| DeviceError::SerialFile {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+        };
+        let serial = Arc::new(Mutex::new(Serial::new(irqfd(vm, COM1_IRQ)?, out)));
+        bus_insert(&pio_bus, "COM1", serial.clone(), u64::from(COM1_PORT), 8)?;
+
+        let on_exit = |exit: Arc<ExitState>| -> devices::ExitCallback {
+            Box::new(move |req| {
+                exit.request(match req {
+                    VmExitRequest::PowerOff => ExitReason::PowerOff,
+                    VmExitRequest::Reset => ExitReason::Reset,
+                })
+            })
+        };
+        let pm = Arc::new(Mutex::new(AcpiPmDevice::new(on_exit(exit.clone()))));
+        bus_insert(
+            &pio_bus,
+            "ACPI PM registers",
+            pm,
+            u64::from(ACPI_PM_PORT),
+            3,
+        )?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(on_exit(exit))));
+        bus_insert(&pio_bus, "i8042", i8042, u64::from(I8042_PORT), 5)?;
+
+        let ged = Arc::new(Mutex::new(Ged::new(irqfd(vm, GED_IRQ)?)));
+        bus_insert(&mmio_bus, "ACPI GED", ged.clone(), GED_ADDR, GED_SIZE)?;
+
+        let mut segment = PciSegment::new(0);
+        segment.add_device(Some(0), Arc::new(Mutex::new(HostBridge::new())))?;
+        let pci_segment = Arc::new(Mutex::new(segment));
+        // No device moves BARs yet (the host bridge has none); VFIO devices will.
+        let bar_hook: BarHook = Arc::new(|moves: &[BarReprogram]| {
+            log::debug!("BAR moves ignored: {moves:?}");
+        });
+        let config_io = Arc::new(Mutex::new(PciConfigIo::new(
+            pci_segment.clone(),
+            bar_hook.clone(),
+        )));
+        bus_insert(
+            &pio_bus,
+            "PCI config ports",
+            config_io,
+            u64::from(PCI_CONFIG_IO_PORT),
+            8,
+        )?;
+        let ecam = Arc::new(Mutex::new(PciConfigMmio::new(
+            pci_segment.clone(),
+            bar_hook,
+        )));
+        bus_insert(&mmio_bus, "PCI ECAM", ecam, ECAM_START, ECAM_SEGMENT_SIZE)?;
+
+        Ok(DeviceManager {
+            pio_bus,
+            mmio_bus,
+            serial,
+            ged,
+            pci_segment,
+        })
+    }
+}

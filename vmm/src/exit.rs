@@ -1,0 +1,80 @@
+//! Why the VM stopped. The first reason reported wins: once the guest asked to power off, a
+//! vCPU that faults while the process winds down must not turn a clean exit into an error.
+
+use std::sync::{Condvar, Mutex};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    PowerOff,
+    Reset,
+    Fault(String),
+}
+
+impl ExitReason {
+    /// The process exit code: a guest-requested power-off or reset is a success.
+    pub fn code(&self) -> i32 {
+        match self {
+            ExitReason::PowerOff | ExitReason::Reset => 0,
+            ExitReason::Fault(_) => 1,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct ExitState {
+    reason: Mutex<Option<ExitReason>>,
+    cv: Condvar,
+}
+
+impl ExitState {
+    pub fn request(&self, reason: ExitReason) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            log::info!("VM exit requested: {reason:?}");
+            *r = Some(reason);
+            self.cv.notify_all();
+        }
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    pub fn wait(&self) -> ExitReason {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(reason) = r.clone() {
+                return reason;
+            }
+            r = self.cv.wait(r).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn first_reason_wins() {
+        let s = ExitState::default();
+        assert!(!s.is_set());
+        s.request(ExitReason::PowerOff);
+        s.request(ExitReason::Fault("late".into()));
+        assert_eq!(s.wait(), ExitReason::PowerOff);
+        assert_eq!(s.wait().code(), 0);
+    }
+
+    #[test]
+    fn wait_wakes_on_request_from_another_thread() {
+        let s = Arc::new(ExitState::default());
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.request(ExitReason::Fault("x".into())));
+        assert_eq!(s.wait().code(), 1);
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,266 @@
+//! The guest physical address map (docs/platform.md is the prose version of this file).
+
+pub const KIB: u64 = 1 << 10;
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+
+// Boot structures in low RAM, where the 64-bit boot protocol expects identity-mapped memory.
+pub const GDT_ADDR: u64 = 0x500;
+pub const IDT_ADDR: u64 = 0x520;
+/// PVH boot: hvm_start_info, its module list and memory map (below the zero page).
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+pub const PVH_MODLIST_ADDR: u64 = 0x6040;
+pub const PVH_MEMMAP_ADDR: u64 = 0x6080;
+pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+pub const BOOT_STACK: u64 = 0x8ff0;
+pub const PML4_ADDR: u64 = 0x9000;
+pub const PDPTE_ADDR: u64 = 0xa000;
+pub const PDE_ADDR: u64 = 0xb000;
+pub const CMDLINE_ADDR: u64 = 0x20000;
+pub const CMDLINE_MAX: usize = 4096;
+/// Where the kernel is loaded (the bzImage's protected-mode code; also HIMEM_START).
+pub const KERNEL_ADDR: u64 = 0x10_0000;
+
+/// The legacy hole: EBDA and BIOS area, reserved in e820 (the ACPI tables live in it).
+pub const EBDA_START: u64 = 0x9_fc00;
+pub const HIGH_RAM_START: u64 = 0x10_0000;
+pub const ACPI_START: u64 = 0xe_0000;
+pub const ACPI_LIMIT: u64 = 0x10_0000;
+
+/// Low RAM ends here at the latest; above it lies the 32-bit device hole.
+pub const MEM_32BIT_HOLE: u64 = 3 * GIB;
+pub const MMIO32_START: u64 = 0xc000_0000;
+pub const MMIO32_SIZE: u64 = 512 * MIB;
+pub const ECAM_START: u64 = 0xe000_0000;
+pub const ECAM_SEGMENT_SIZE: u64 = MIB;
+pub const ECAM_SIZE: u64 = 256 * MIB;
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+pub const GED_ADDR: u64 = 0xfed0_0000;
+pub const GED_SIZE: u64 = 0x1000;
+pub const LAPIC_ADDR: u64 = 0xfee0_0000;
+/// KVM needs three pages for the (Intel) real-mode TSS and one for the identity map; they sit
+/// in the unused top of the 32-bit hole.
+pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
+pub const RAM_64BIT_START: u64 = 4 * GIB;
+
+// Port I/O.
+pub const I8042_PORT: u16 = 0x60;
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+pub const ACPI_PM_PORT: u16 = 0x600;
+pub const ACPI_RESET_VALUE: u8 = 0x01;
+pub const PCI_CONFIG_IO_PORT: u16 = 0xcf8;
+pub const GED_IRQ: u32 = 5;
+pub const IOAPIC_PINS: u32 = 24;
+
+/// Default size of the 64-bit PCI window: room for two naturally aligned 128 GiB BARs.
+pub const DEFAULT_MMIO64_SIZE: u64 = 256 * GIB;
+/// The 64-bit window starts on this boundary so that BARs of up to this size fit naturally
+/// aligned at its start (the window itself may be larger).
+pub const MMIO64_ALIGN: u64 = 128 * GIB;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LayoutError {
+    #[error(
+        "the 64-bit PCI window ({size:#x} bytes at {start:#x}) does not fit in the guest's \
+         {phys_bits}-bit physical address space; use less memory or a smaller \
+         --platform mmio64_size"
+    )]
+    Mmio64TooLarge {
+        start: u64,
+        size: u64,
+        phys_bits: u8,
+    },
+}
+
+/// One contiguous range of guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamRange {
+    pub start: u64,
+    pub size: u64,
+}
+
+impl RamRange {
+    pub fn end(&self) -> u64 {
+        self.start + self.size
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum E820Kind {
+    Ram = 1,
+    Reserved = 2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct E820Entry {
+    pub addr: u64,
+    pub size: u64,
+    pub kind: E820Kind,
+}
+
+/// Where everything goes for one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub ram: Vec<RamRange>,
+    pub mmio64_start: u64,
+    pub mmio64_size: u64,
+}
+
+impl Layout {
+    /// Splits `mem_size` bytes of RAM around the 32-bit hole and places the 64-bit window above
+    /// RAM, refusing a layout that the guest CPU could not address.
+    pub fn new(
+        mem_size: u64,
+        mmio64_size: Option<u64>,
+        phys_bits: u8,
+    ) -> Result<Self, LayoutError> {
+        let low = mem_size.min(MEM_32BIT_HOLE);
+        let mut ram = vec![RamRange {
+            start: 0,
+            size: low,
+        }];
+        if mem_size > low {
+            ram.push(RamRange {
+                start: RAM_64BIT_START,
+                size: mem_size - low,
+            });
+        }
+        let ram_end = ram.last().map_or(0, |r| r.end());
+        let mmio64_size = mmio64_size.unwrap_or(DEFAULT_MMIO64_SIZE);
+        let start = align_up(ram_end.max(RAM_64BIT_START), MMIO64_ALIGN.min(mmio64_size));
+        let limit = 1u64.checked_shl(u32::from(phys_bits)).unwrap_or(u64::MAX);
+        match start.checked_add(mmio64_size) {
+            Some(end) if end <= limit => Ok(Layout {
+                ram,
+                mmio64_start: start,
+                mmio64_size,
+            }),
+            _ => Err(LayoutError::Mmio64TooLarge {
+                start,
+                size: mmio64_size,
+                phys_bits,
+            }),
+        }
+    }
+
+    pub fn low_ram_end(&self) -> u64 {
+        self.ram[0].end()
+    }
+
+    /// The e820 map the guest receives: RAM, the legacy hole and ECAM as reserved.
+    pub fn e820(&self) -> Vec<E820Entry> {
+        let mut map = vec![
+            E820Entry {
+                addr: 0,
+                size: EBDA_START,
+                kind: E820Kind::Ram,
+            },
+            E820Entry {
+                addr: EBDA_START,
+                size: HIGH_RAM_START - EBDA_START,
+                kind: E820Kind::Reserved,
+            },
+        ];
+        if self.low_ram_end() > HIGH_RAM_START {
+            map.push(E820Entry {
+                addr: HIGH_RAM_START,
+                size: self.low_ram_end() - HIGH_RAM_START,
+                kind: E820Kind::Ram,
+            });
+        }
+        map.push(E820Entry {
+            addr: ECAM_START,
+            size: ECAM_SIZE,
+            kind: E820Kind::Reserved,
+        });
+        for r in &self.ram[1..] {
+            map.push(E820Entry {
+                addr: r.start,
+                size: r.size,
+                kind: E820Kind::Ram,
+            });
+        }
+        map
+    }
+}
+
+pub fn align_up(v: u64, align: u64) -> u64 {
+    debug_assert!(align.is_power_of_two());
+    (v + (align - 1)) & !(align - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_vm_has_one_ram_range_and_a_window_at_128g() {
+        let l = Layout::new(512 * MIB, None, 40).unwrap();
+        assert_eq!(
+            l.ram,
+            vec![RamRange {
+                start: 0,
+                size: 512 * MIB
+            }]
+        );
+        assert_eq!(l.mmio64_start, 128 * GIB);
+        assert_eq!(l.mmio64_size, 256 * GIB);
+    }
+
+    #[test]
+    fn large_vm_is_split_around_the_hole() {
+        let l = Layout::new(8 * GIB, None, 40).unwrap();
+        assert_eq!(
+            l.ram[0],
+            RamRange {
+                start: 0,
+                size: 3 * GIB
+            }
+        );
+        assert_eq!(
+            l.ram[1],
+            RamRange {
+                start: 4 * GIB,
+                size: 5 * GIB
+            }
+        );
+        assert_eq!(l.mmio64_start, 128 * GIB);
+        let ram: u64 = l
+            .e820()
+            .iter()
+            .filter(|e| e.kind == E820Kind::Ram)
+            .map(|e| e.size)
+            .sum();
+        assert_eq!(ram, 8 * GIB - (HIGH_RAM_START - EBDA_START));
+    }
+
+    #[test]
+    fn window_fits_two_aligned_128g_bars() {
+        for mem in [64 * MIB, 3 * GIB, 100 * GIB, 200 * GIB] {
+            let l = Layout::new(mem, None, 40).unwrap();
+            assert_eq!(l.mmio64_start % (128 * GIB), 0);
+            assert!(l.mmio64_size >= 2 * 128 * GIB);
+            assert!(l.mmio64_start >= l.ram.last().unwrap().end());
+        }
+    }
+
+    #[test]
+    fn refuses_what_the_cpu_cannot_address() {
+        assert!(Layout::new(512 * MIB, None, 36).is_err());
+        assert!(Layout::new(512 * MIB, Some(1 << 40), 40).is_err());
+        assert!(Layout::new(512 * MIB, Some(1 << 48), 48).is_err());
+        assert!(Layout::new(512 * MIB, Some(4 * GIB), 36).is_ok());
+    }
+
+    #[test]
+    fn e820_is_sorted_and_disjoint() {
+        for mem in [32 * MIB, 3 * GIB, 5 * GIB] {
+            let map = Layout::new(mem, None, 40).unwrap().e820();
+            for w in map.windows(2) {
+                assert!(w[0].addr + w[0].size <= w[1].addr, "{map:?}");
+            }
+        }
+    }
+}

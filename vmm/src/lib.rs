@@ -1,0 +1,15 @@
+//! The ghvmm VMM: configuration, VM lifecycle, device manager and the x86_64 boot path.
+//! The `ghvmm` binary (src/main.rs) is a thin shell around `vm::run`.
+
+pub mod acpi_tables;
+pub mod arch;
+pub mod boot;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod device_manager;
+pub mod exit;
+pub mod layout;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

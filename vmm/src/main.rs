@@ -1,0 +1,62 @@
+//! `ghvmm`: boot a Linux guest on KVM. Exit code 0 when the guest powers off or resets,
+//! 1 on any error, with one error line on stderr.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use vmm::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's message has a usage block after the first line; one line is the contract.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            return fail(&format!("{first} (see --help)"));
+        }
+    };
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
+
+    let cfg = match cli.into_config() {
+        Ok(cfg) => cfg,
+        Err(e) => return fail(&e.to_string()),
+    };
+    match vmm::vm::run(&cfg) {
+        Ok(reason) => {
+            let _ = std::io::stdout().flush();
+            match reason {
+                vmm::exit::ExitReason::Fault(msg) => fail(&msg),
+                other => {
+                    log::info!("guest stopped: {other:?}");
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    let _ = std::io::stdout().flush();
+    // Keep it to one line even when an underlying error carries newlines.
+    let line = msg.replace('\n', " ");
+    eprintln!("ghvmm: error: {line}");
+    ExitCode::from(1)
+}

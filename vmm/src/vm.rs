@@ -1,0 +1,141 @@
+//! VM lifecycle: create the KVM VM, memory, devices, ACPI and vCPUs; boot; wait for the end.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::arch::{cpuid, regs};
+use crate::boot::{load_linux, BootSpec};
+use crate::config::VmConfig;
+use crate::console::StdinForwarder;
+use crate::device_manager::DeviceManager;
+use crate::exit::{ExitReason, ExitState};
+use crate::layout::{Layout, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use crate::vcpu::{self, VcpuContext};
+
+pub struct Vm {
+    // Field order matters for drop: vCPU threads reference the buses, and guest memory must
+    // outlive the VM fd's memory slots.
+    _vm: VmFd,
+    _mem: GuestMemoryMmap,
+    devices: DeviceManager,
+    exit: Arc<ExitState>,
+}
+
+fn open_kvm() -> Result<Kvm> {
+    let kvm = Kvm::new()
+        .context("cannot open /dev/kvm (is the kvm module loaded, and may this user use it?)")?;
+    let api = kvm.get_api_version();
+    anyhow::ensure!(api == 12, "unsupported KVM API version {api} (expected 12)");
+    Ok(kvm)
+}
+
+impl Vm {
+    /// Builds the VM and starts its vCPUs.
+    pub fn start(cfg: &VmConfig) -> Result<Vm> {
+        // Open the files first: a typo in a path must not cost a KVM VM set-up.
+        std::fs::metadata(&cfg.kernel)
+            .with_context(|| format!("cannot read kernel {}", cfg.kernel.display()))?;
+        if let Some(initramfs) = &cfg.initramfs {
+            std::fs::metadata(initramfs)
+                .with_context(|| format!("cannot read initramfs {}", initramfs.display()))?;
+        }
+
+        let kvm = open_kvm()?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .context("KVM_GET_SUPPORTED_CPUID")?;
+        let phys_bits = cpuid::phys_bits(&supported);
+        let layout = Layout::new(cfg.memory.size, cfg.platform.mmio64_size, phys_bits)?;
+        log::info!("guest physical address bits: {phys_bits}; layout: {layout:?}");
+
+        let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+            .context("KVM_SET_IDENTITY_MAP_ADDR")?;
+        vm.set_tss_address(KVM_TSS_ADDR as usize)
+            .context("KVM_SET_TSS_ADDR")?;
+        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .context("KVM_CREATE_PIT2")?;
+
+        let (mem, _next_slot) = crate::memory::create_guest_memory(&vm, &layout)?;
+        let exit = Arc::new(ExitState::default());
+        let devices = DeviceManager::new(&vm, cfg, exit.clone())?;
+
+        let desc = crate::acpi_tables::platform_desc(cfg.cpus.boot, &layout);
+        let rsdp_addr = crate::acpi_tables::install(&mem, &desc)?;
+        let entry = load_linux(
+            &mem,
+            &layout,
+            &BootSpec {
+                kernel: &cfg.kernel,
+                initramfs: cfg.initramfs.as_deref(),
+                cmdline: &cfg.cmdline,
+                rsdp_addr,
+            },
+        )?;
+        regs::write_boot_tables(&mem)?;
+
+        let mut vcpus = Vec::new();
+        for index in 0..cfg.cpus.boot {
+            let fd = vm
+                .create_vcpu(u64::from(index))
+                .with_context(|| format!("KVM_CREATE_VCPU {index}"))?;
+            let mut id = supported.clone();
+            cpuid::patch(&mut id, index, cfg.cpus.boot);
+            fd.set_cpuid2(&id)
+                .with_context(|| format!("vCPU {index}: KVM_SET_CPUID2"))?;
+            regs::setup_msrs(&fd)?;
+            regs::setup_lapic(&fd)?;
+            // Application processors wait for INIT/SIPI in the in-kernel LAPIC; only the
+            // bootstrap processor needs the boot register state.
+            if index == 0 {
+                regs::setup_fpu(&fd)?;
+                regs::setup_sregs(&fd, entry)?;
+                regs::setup_regs(&fd, entry)?;
+            }
+            vcpus.push(fd);
+        }
+        for (index, fd) in vcpus.into_iter().enumerate() {
+            vcpu::spawn(VcpuContext {
+                index: index as u8,
+                fd,
+                pio: devices.pio_bus.clone(),
+                mmio: devices.mmio_bus.clone(),
+                exit: exit.clone(),
+            })
+            .context("spawning a vCPU thread")?;
+        }
+        Ok(Vm {
+            _vm: vm,
+            _mem: mem,
+            devices,
+            exit,
+        })
+    }
+
+    /// Blocks until the guest powers off, resets or faults.
+    pub fn wait(&self) -> ExitReason {
+        self.exit.wait()
+    }
+
+    pub fn stdin_forwarder(&self) -> StdinForwarder {
+        StdinForwarder::new(self.devices.serial.clone())
+    }
+}
+
+pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
+    let vm = Vm::start(cfg)?;
+    let _console = if cfg.serial == crate::config::SerialConfig::Tty {
+        vm.stdin_forwarder().start()
+    } else {
+        None
+    };
+    Ok(vm.wait())
+}
