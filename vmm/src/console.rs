@@ -1,23 +1,49 @@
 //! Guest console input: when `--serial tty` and stdin is a terminal, stdin is put in raw mode
-//! and every byte goes to COM1's receive FIFO. The terminal is restored when the guard drops.
+//! and every byte goes to COM1's receive FIFO. The original terminal settings come back when
+//! the guard drops.
+//!
+//! The input thread reads fd 0 directly rather than through `std::io::stdin()`: std's handle
+//! holds a lock for the whole of a blocking read, and restoring the terminal on exit would then
+//! wait forever for a key press.
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
 use devices::Serial;
-use vmm_sys_util::terminal::Terminal;
+
+const STDIN: libc::c_int = 0;
 
 pub struct StdinForwarder {
     serial: Arc<Mutex<Serial>>,
 }
 
-/// Restores canonical mode on drop.
-pub struct RawModeGuard;
+/// Restores the terminal settings saved before raw mode.
+pub struct RawModeGuard {
+    saved: libc::termios,
+}
 
 impl Drop for RawModeGuard {
     fn drop(&mut self) {
-        let _ = std::io::stdin().lock().set_canon_mode();
+        // SAFETY: tcsetattr reads a termios we own; fd 0 stays open for the process lifetime.
+        unsafe { libc::tcsetattr(STDIN, libc::TCSANOW, &self.saved) };
     }
+}
+
+fn enter_raw_mode() -> std::io::Result<RawModeGuard> {
+    // SAFETY: termios is plain data; tcgetattr fills it or fails without touching it.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(STDIN, &mut saved) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut raw = saved;
+    // SAFETY: cfmakeraw only edits the struct we pass.
+    unsafe { libc::cfmakeraw(&mut raw) };
+    // Keep output post-processing so our own log lines still start at column 0.
+    raw.c_oflag |= libc::OPOST;
+    if unsafe { libc::tcsetattr(STDIN, libc::TCSANOW, &raw) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(RawModeGuard { saved })
 }
 
 impl StdinForwarder {
@@ -27,40 +53,47 @@ impl StdinForwarder {
 
     /// Starts forwarding if stdin is a terminal; returns the guard that restores it.
     pub fn start(self) -> Option<RawModeGuard> {
-        let stdin = std::io::stdin();
-        if !stdin.is_terminal() {
+        if !std::io::stdin().is_terminal() {
             return None;
         }
-        if let Err(e) = stdin.lock().set_raw_mode() {
-            log::warn!("cannot put the terminal in raw mode, guest input disabled: {e}");
-            return None;
-        }
+        let guard = match enter_raw_mode() {
+            Ok(g) => g,
+            Err(e) => {
+                log::warn!("cannot put the terminal in raw mode, guest input disabled: {e}");
+                return None;
+            }
+        };
         let serial = self.serial;
         let spawned = std::thread::Builder::new()
             .name("stdin".into())
-            .spawn(move || {
-                let mut buf = [0u8; 64];
-                loop {
-                    match std::io::stdin().lock().read(&mut buf) {
-                        Ok(0) => return,
-                        Ok(n) => serial
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .enqueue_input(&buf[..n]),
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            log::warn!("reading stdin: {e}; guest input stops");
-                            return;
-                        }
-                    }
-                }
-            });
+            .spawn(move || forward(serial));
         match spawned {
-            Ok(_) => Some(RawModeGuard),
+            Ok(_) => Some(guard),
             Err(e) => {
-                let _ = std::io::stdin().lock().set_canon_mode();
                 log::warn!("cannot start the stdin thread, guest input disabled: {e}");
                 None
+            }
+        }
+    }
+}
+
+fn forward(serial: Arc<Mutex<Serial>>) {
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: reads into a buffer we own, at most its length.
+        let n = unsafe { libc::read(STDIN, buf.as_mut_ptr().cast(), buf.len()) };
+        match n {
+            0 => return,
+            n if n > 0 => serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .enqueue_input(&buf[..n as usize]),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::warn!("reading stdin: {e}; guest input stops");
+                    return;
+                }
             }
         }
     }

@@ -130,12 +130,21 @@ impl Vm {
     }
 }
 
+/// Runs the VM to its end. The caller exits the process right after: vCPU threads may still
+/// be inside `KVM_RUN`, so the VM is deliberately not torn down here (unmapping guest memory
+/// under a running vCPU would only produce spurious faults); process exit releases it all.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     let vm = Vm::start(cfg)?;
-    let _console = if cfg.serial == crate::config::SerialConfig::Tty {
+    let console = if cfg.serial == crate::config::SerialConfig::Tty {
         vm.stdin_forwarder().start()
     } else {
         None
     };
-    Ok(vm.wait())
+    let reason = vm.wait();
+    if let Ok(mut serial) = vm.devices.serial.lock() {
+        serial.flush();
+    }
+    drop(console);
+    std::mem::forget(vm);
+    Ok(reason)
 }
