@@ -19,34 +19,16 @@ impl Trigger for IrqFdTrigger {
     }
 }
 
-/// The guest's output is written to `out` as the UART transmits it, and flushed at each line
-/// end and whenever the guest's transmit burst goes quiet, so a console reader sees it live.
+/// COM1. The guest's output goes to `out` byte by byte as the UART transmits it; vm-superio
+/// flushes `out` after every byte, so a console reader sees prompts and partial lines live.
 pub struct Serial {
-    uart: vm_superio::Serial<IrqFdTrigger, NoEvents, FlushingWriter>,
-}
-
-/// Flushes after newlines: without it, a buffered stdout would hold back a prompt or the last
-/// line of a guest that then hangs, which is exactly the output a user needs.
-pub struct FlushingWriter(Box<dyn Write + Send>);
-
-impl Write for FlushingWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.0.write(buf)?;
-        if buf[..n].contains(&b'\n') {
-            self.0.flush()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
+    uart: vm_superio::Serial<IrqFdTrigger, NoEvents, Box<dyn Write + Send>>,
 }
 
 impl Serial {
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
         Serial {
-            uart: vm_superio::Serial::new(IrqFdTrigger(irq), FlushingWriter(out)),
+            uart: vm_superio::Serial::new(IrqFdTrigger(irq), out),
         }
     }
 
@@ -100,8 +82,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
+    /// Records the bytes written and, at each flush, how many bytes had been written by then.
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    struct Sink(Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<usize>>>);
 
     impl Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -109,7 +92,20 @@ mod tests {
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
+            let n = self.0.lock().unwrap().len();
+            self.1.lock().unwrap().push(n);
             Ok(())
+        }
+    }
+
+    struct Broken;
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
         }
     }
 
@@ -125,7 +121,32 @@ mod tests {
         s.write(0x3f8, 0, b"h");
         s.write(0x3f8, 0, b"i");
         assert_eq!(*sink.0.lock().unwrap(), b"hi");
+        assert_eq!(
+            *sink.1.lock().unwrap(),
+            vec![1, 2],
+            "flushed after every byte"
+        );
         assert!(irq.read().unwrap() >= 1);
+    }
+
+    #[test]
+    fn wide_writes_transmit_only_the_first_byte() {
+        let sink = Sink::default();
+        let mut s = Serial::new(EventFd::new(EFD_NONBLOCK).unwrap(), Box::new(sink.clone()));
+        s.write(0x3f8, 0, b"abcd");
+        assert_eq!(*sink.0.lock().unwrap(), b"a");
+    }
+
+    #[test]
+    fn a_broken_output_does_not_stop_the_uart() {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut s = Serial::new(irq.try_clone().unwrap(), Box::new(Broken));
+        s.write(0x3f8, IER, &[0x02]);
+        s.write(0x3f8, 0, b"x");
+        s.flush();
+        let mut lsr = [0u8];
+        s.read(0x3f8, LSR, &mut lsr);
+        assert_ne!(lsr[0] & 0x20, 0, "transmitter still reports empty");
     }
 
     #[test]
@@ -152,6 +173,9 @@ mod tests {
         s.enqueue_input(&[b'x'; 10_000]);
         s.enqueue_input(b"more");
         s.enqueue_input(&[]);
+        let mut rbr = [0u8];
+        s.read(0x3f8, 0, &mut rbr);
+        assert_eq!(rbr, [b'x'], "the FIFO kept the first bytes");
         let mut b = [0u8; 8];
         s.read(0x3f8, 8, &mut b);
         s.read(0x3f8, u64::MAX, &mut b);

@@ -50,13 +50,27 @@ impl BarSpec {
     }
 }
 
+/// The low or high dword written with all ones: the guest is sizing the BAR, and the address
+/// it reads back is not one it wants decoded. No legitimate address has all bits set in either
+/// half (the flag bits of the low half are never all ones), so the pattern is unambiguous.
+const SIZING_PATTERN: u32 = 0xffff_ffff;
+
+#[derive(Debug, Clone, Copy)]
+struct Bar {
+    spec: BarSpec,
+    /// The address in the BAR register(s).
+    addr: u64,
+    /// Where the owner has the BAR mapped: the address it was added at or last reported in a
+    /// `BarReprogram`. Differs from `addr` while the guest is sizing or has decoding off.
+    mapped: u64,
+    /// Whether the last write to the low / high register was a sizing write.
+    sizing: [bool; 2],
+}
+
 #[derive(Debug, Clone, Copy)]
 enum BarSlot {
     Empty,
-    Bar {
-        spec: BarSpec,
-        addr: u64,
-    },
+    Bar(Bar),
     /// The upper half of the 64-bit BAR in the slot below.
     Upper,
 }
@@ -132,6 +146,12 @@ impl ConfigSpace {
         self.regs[COMMAND_REG] & 0xffff
     }
 
+    /// Declares BAR `index` (and `index + 1` for a 64-bit BAR) at guest address `addr`
+    /// (aligned down to `size`). The owner maps it there; from then on, a guest write that
+    /// leaves the BAR decoding at another address is returned as a [`BarReprogram`] from
+    /// [`ConfigSpace::write`], once the address is final: not during sizing, and only while the
+    /// command register enables the BAR's address space (a move made with decoding off is
+    /// reported when decoding is turned on).
     pub fn add_bar(&mut self, index: usize, spec: BarSpec, addr: u64) -> Result<(), BarError> {
         if index >= NUM_BARS {
             return Err(BarError::Index(index));
@@ -154,20 +174,23 @@ impl ConfigSpace {
         if taken(&self.bars[index]) || (is64 && taken(&self.bars[index + 1])) {
             return Err(BarError::Taken(index));
         }
-        self.bars[index] = BarSlot::Bar {
+        let addr = addr & !(spec.size - 1);
+        self.bars[index] = BarSlot::Bar(Bar {
             spec,
-            addr: addr & !(spec.size - 1),
-        };
+            addr,
+            mapped: addr,
+            sizing: [false; 2],
+        });
         if is64 {
             self.bars[index + 1] = BarSlot::Upper;
         }
         Ok(())
     }
 
-    /// The BAR's spec and current guest address.
+    /// The BAR's spec and the base the owner has it mapped at (see [`ConfigSpace::add_bar`]).
     pub fn bar(&self, index: usize) -> Option<(BarSpec, u64)> {
         match self.bars.get(index)? {
-            BarSlot::Bar { spec, addr } => Some((*spec, *addr)),
+            BarSlot::Bar(b) => Some((b.spec, b.mapped)),
             _ => None,
         }
     }
@@ -185,21 +208,21 @@ impl ConfigSpace {
     fn read_bar(&self, i: usize) -> u32 {
         match self.bars[i] {
             BarSlot::Empty => 0,
-            BarSlot::Bar { spec, addr } => {
+            BarSlot::Bar(Bar { spec, addr, .. }) => {
                 // A BAR of 4 GiB or more has no size bits in its low register.
                 let size_mask = !(spec.size as u32).wrapping_sub(1);
                 let flag_bits = if spec.kind == BarKind::Io { 0x3 } else { 0xf };
                 (addr as u32 & size_mask & !flag_bits) | spec.type_bits()
             }
             BarSlot::Upper => match self.bars[i - 1] {
-                BarSlot::Bar { addr, .. } => (addr >> 32) as u32,
+                BarSlot::Bar(b) => (b.addr >> 32) as u32,
                 _ => 0,
             },
         }
     }
 
-    /// Writes `data` at byte `offset` of register `reg`; returns BAR moves that happened
-    /// while the BAR's decoding is enabled.
+    /// Writes `data` at byte `offset` of register `reg`; returns the BAR moves the owner must
+    /// apply (see [`ConfigSpace::add_bar`]).
     pub fn write(&mut self, reg: usize, offset: u64, data: &[u8]) -> Vec<BarReprogram> {
         let Some(value) = merge(self.read(reg), offset, data) else {
             return Vec::new();
@@ -215,6 +238,10 @@ impl ConfigSpace {
         let cleared = self.w1c[reg] & lanes & value;
         let w = self.writable[reg];
         self.regs[reg] = ((old & !w) | (value & w)) & !cleared;
+        if reg == COMMAND_REG {
+            // Turning decoding on makes the addresses programmed meanwhile live.
+            return (0..NUM_BARS).filter_map(|i| self.sync_bar(i)).collect();
+        }
         Vec::new()
     }
 
@@ -228,37 +255,49 @@ impl ConfigSpace {
     }
 
     fn write_bar(&mut self, i: usize, value: u32) -> Vec<BarReprogram> {
-        let (owner, upper) = match self.bars[i] {
+        let (owner, half) = match self.bars[i] {
             BarSlot::Empty => return Vec::new(),
-            BarSlot::Bar { .. } => (i, false),
-            BarSlot::Upper => (i - 1, true),
+            BarSlot::Bar(_) => (i, 0),
+            BarSlot::Upper => (i - 1, 1),
         };
-        let BarSlot::Bar { spec, addr } = self.bars[owner] else {
+        let BarSlot::Bar(bar) = &mut self.bars[owner] else {
             return Vec::new();
         };
-        let mask = !(spec.size - 1);
-        let new = if upper {
-            (addr & 0xffff_ffff) | (u64::from(value) << 32)
+        let new = if half == 1 {
+            (bar.addr & 0xffff_ffff) | (u64::from(value) << 32)
         } else {
-            let low_mask = if spec.kind == BarKind::Io {
-                !0x3u32
+            let flag_bits = if bar.spec.kind == BarKind::Io {
+                0x3
             } else {
-                !0xfu32
+                0xf
             };
-            (addr & !0xffff_ffff) | u64::from(value & low_mask)
-        } & mask;
-        self.bars[owner] = BarSlot::Bar { spec, addr: new };
-        if new != addr && self.decoding(&spec) {
-            vec![BarReprogram {
-                bar: owner,
-                old_base: addr,
-                new_base: new,
-                len: spec.size,
-                region: spec.region(),
-            }]
-        } else {
-            Vec::new()
+            (bar.addr & !0xffff_ffff) | u64::from(value & !flag_bits)
+        };
+        bar.addr = new & !(bar.spec.size - 1);
+        bar.sizing[half] = value == SIZING_PATTERN;
+        self.sync_bar(owner).into_iter().collect()
+    }
+
+    /// Reports (and records) a move of BAR `i` if its register holds a final address that
+    /// differs from where it is mapped and its address space is enabled.
+    fn sync_bar(&mut self, i: usize) -> Option<BarReprogram> {
+        let BarSlot::Bar(bar) = self.bars[i] else {
+            return None;
+        };
+        if bar.addr == bar.mapped || bar.sizing.contains(&true) || !self.decoding(&bar.spec) {
+            return None;
         }
+        self.bars[i] = BarSlot::Bar(Bar {
+            mapped: bar.addr,
+            ..bar
+        });
+        Some(BarReprogram {
+            bar: i,
+            old_base: bar.mapped,
+            new_base: bar.addr,
+            len: bar.spec.size,
+            region: bar.spec.region(),
+        })
     }
 }
 
@@ -285,7 +324,10 @@ fn lane_mask(offset: u64, len: usize) -> u32 {
 
 /// Extracts `data.len()` bytes at `offset` from a register value; all-ones for bad accesses.
 pub fn extract(value: u32, offset: u64, data: &mut [u8]) {
-    if !matches!(data.len(), 1 | 2 | 4) || offset + data.len() as u64 > 4 {
+    let fits = offset
+        .checked_add(data.len() as u64)
+        .is_some_and(|end| end <= 4);
+    if !matches!(data.len(), 1 | 2 | 4) || !fits {
         data.fill(0xff);
         return;
     }
@@ -331,32 +373,131 @@ mod tests {
         assert_eq!(c.read(1) >> 16, 0);
     }
 
+    const MEM_ON: [u8; 2] = [0x02, 0x00];
+    const IO_ON: [u8; 2] = [0x01, 0x00];
+    const ALL_ONES: [u8; 4] = [0xff; 4];
+
+    fn dword(v: u32) -> [u8; 4] {
+        v.to_le_bytes()
+    }
+
     #[test]
-    fn bar64_sizing_and_relocation() {
+    fn bar64_sizing_reads_size_and_type_bits() {
         let mut c = ConfigSpace::new();
         c.add_bar(2, mem64(128 << 30), 0x80_0000_0000).unwrap();
-        assert_eq!(c.read(6), 0x0000_000c);
+        assert_eq!(c.read(6), 0x0000_000c, "64-bit prefetchable");
         assert_eq!(c.read(7), 0x80);
-        c.write(6, 0, &[0xff; 4]);
-        c.write(7, 0, &[0xff; 4]);
+        assert!(c.write(6, 0, &ALL_ONES).is_empty());
+        assert!(c.write(7, 0, &ALL_ONES).is_empty());
         assert_eq!(c.read(6), 0x0000_000c, "low bits below 4 GiB are size bits");
         assert_eq!(c.read(7), 0xffff_ffe0);
-        // Moves are reported only while memory decoding is on.
-        c.write(7, 0, &0x40u32.to_le_bytes());
-        assert!(c.write(6, 0, &0u32.to_le_bytes()).is_empty());
-        c.write(1, 0, &[0x02, 0x00]);
-        let moves = c.write(7, 0, &0x60u32.to_le_bytes());
+        c.write(6, 0, &dword(0));
+        c.write(7, 0, &dword(0x80));
+        assert_eq!(c.read(7), 0x80);
+        assert_eq!(c.bar(2).unwrap().1, 0x80_0000_0000);
+    }
+
+    #[test]
+    fn move_with_decoding_off_is_reported_when_decoding_turns_on() {
+        let mut c = ConfigSpace::new();
+        c.add_bar(2, mem64(128 << 30), 0x80_0000_0000).unwrap();
+        assert!(c.write(7, 0, &dword(0x40)).is_empty());
+        assert!(c.write(6, 0, &dword(0)).is_empty());
+        assert_eq!(
+            c.bar(2).unwrap().1,
+            0x80_0000_0000,
+            "still mapped at the old base"
+        );
+        let moves = c.write(1, 0, &MEM_ON);
         assert_eq!(
             moves,
             vec![BarReprogram {
                 bar: 2,
-                old_base: 0x40_0000_0000,
-                new_base: 0x60_0000_0000,
+                old_base: 0x80_0000_0000,
+                new_base: 0x40_0000_0000,
                 len: 128 << 30,
                 region: BarRegionType::Mem64
             }]
         );
-        assert_eq!(c.bar(2).unwrap().1, 0x60_0000_0000);
+        assert!(c.write(1, 0, &MEM_ON).is_empty(), "reported once");
+        assert_eq!(c.bar(2).unwrap().1, 0x40_0000_0000);
+        // With decoding on, each register write that moves the BAR is reported.
+        let moves = c.write(7, 0, &dword(0x60));
+        assert_eq!(moves.len(), 1);
+        assert_eq!(
+            (moves[0].old_base, moves[0].new_base),
+            (0x40_0000_0000, 0x60_0000_0000)
+        );
+    }
+
+    #[test]
+    fn sizing_with_decoding_on_is_not_a_move() {
+        let mut c = ConfigSpace::new();
+        c.add_bar(0, mem64(1 << 20), 0x20_0000_0000).unwrap();
+        c.write(1, 0, &MEM_ON);
+        assert!(c.write(4, 0, &ALL_ONES).is_empty());
+        assert!(c.write(5, 0, &ALL_ONES).is_empty());
+        assert_eq!(c.read(4), 0xfff0_000c);
+        assert_eq!(c.read(5), 0xffff_ffff);
+        assert!(c.write(4, 0, &dword(0x0000_000c)).is_empty());
+        assert!(c.write(5, 0, &dword(0x20)).is_empty(), "back where it was");
+        assert_eq!(c.bar(0).unwrap().1, 0x20_0000_0000);
+    }
+
+    #[test]
+    fn bar64_just_below_a_4g_boundary_is_a_real_address() {
+        // Top-down allocation puts small BARs at addresses whose low dword has every address
+        // bit set; only the exact all-ones pattern means sizing.
+        let mut c = ConfigSpace::new();
+        c.add_bar(0, mem64(4096), 0x20_0000_0000).unwrap();
+        c.write(1, 0, &MEM_ON);
+        c.write(5, 0, &dword(0x5f));
+        let moves = c.write(4, 0, &dword(0xffff_f00c));
+        assert_eq!(moves.len(), 1);
+        assert_eq!(moves[0].new_base, 0x5f_ffff_f000);
+        assert_eq!(c.read(4), 0xffff_f00c);
+    }
+
+    #[test]
+    fn type_and_prefetchable_bits_are_read_only() {
+        let mut c = ConfigSpace::new();
+        c.add_bar(0, mem64(4096), 0x1_0000_0000).unwrap();
+        let mem32 = BarSpec {
+            size: 4096,
+            kind: BarKind::Mem32,
+            prefetchable: false,
+        };
+        c.add_bar(2, mem32, 0xc000_0000).unwrap();
+        c.write(4, 0, &dword(0x1000));
+        c.write(6, 0, &dword(0xd000_100f));
+        assert_eq!(c.read(4), 0x0000_100c);
+        assert_eq!(c.read(6), 0xd000_1000);
+        c.write(4, 0, &[0x00]);
+        assert_eq!(c.read(4) & 0xf, 0xc);
+    }
+
+    #[test]
+    fn io_bar_follows_the_io_enable_bit() {
+        let mut c = ConfigSpace::new();
+        let io = BarSpec {
+            size: 32,
+            kind: BarKind::Io,
+            prefetchable: false,
+        };
+        c.add_bar(1, io, 0x1000).unwrap();
+        c.write(1, 0, &MEM_ON);
+        assert!(c.write(5, 0, &dword(0x2000)).is_empty());
+        let moves = c.write(1, 0, &IO_ON);
+        assert_eq!(
+            moves,
+            vec![BarReprogram {
+                bar: 1,
+                old_base: 0x1000,
+                new_base: 0x2000,
+                len: 32,
+                region: BarRegionType::Io
+            }]
+        );
     }
 
     #[test]
@@ -424,5 +565,8 @@ mod tests {
         assert_eq!(d, [0xff; 2]);
         extract(0x1234_5678, 2, &mut d);
         assert_eq!(d, [0x34, 0x12]);
+        extract(0x1234_5678, u64::MAX, &mut d);
+        assert_eq!(d, [0xff; 2]);
+        assert_eq!(merge(0, u64::MAX, &[1]), None);
     }
 }

@@ -4,12 +4,13 @@ use std::sync::{Arc, Mutex};
 
 use devices::BusDevice;
 
-use crate::config::{extract, merge};
+use crate::config::extract;
 use crate::device::BarHook;
 use crate::segment::{read_config, write_config, PciAddress, PciSegment};
 
 const ENABLE: u32 = 1 << 31;
 const DATA_OFFSET: u64 = 4;
+const ADDRESS_MASK: u32 = 0x80ff_fffc;
 
 pub struct PciConfigIo {
     segment: Arc<Mutex<PciSegment>>,
@@ -40,7 +41,11 @@ impl PciConfigIo {
 impl BusDevice for PciConfigIo {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         if offset < DATA_OFFSET {
-            extract(self.address, offset, data);
+            if offset == 0 && data.len() == 4 {
+                data.copy_from_slice(&self.address.to_le_bytes());
+            } else {
+                data.fill(0xff);
+            }
             return;
         }
         match self.selected() {
@@ -55,9 +60,12 @@ impl BusDevice for PciConfigIo {
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         if offset < DATA_OFFSET {
-            if let Some(v) = merge(self.address, offset, data) {
+            // CONFIG_ADDRESS only latches dword writes; narrower ones (e.g. 0xCF9, the reset
+            // control port of Intel chipsets) go elsewhere on real hardware.
+            match <[u8; 4]>::try_from(data) {
                 // Bits 30:24 are reserved and the two low bits select a byte, not a register.
-                self.address = v & 0x80ff_fffc;
+                Ok(d) if offset == 0 => self.address = u32::from_le_bytes(d) & ADDRESS_MASK,
+                _ => log::debug!("PCI config: ignored {}-byte write at {offset}", data.len()),
             }
             return;
         }
@@ -114,6 +122,39 @@ mod tests {
     }
 
     #[test]
+    fn address_register_is_dword_only() {
+        let mut io = io();
+        select(&mut io, 0x8000_0008);
+        io.write(0xcf8, 1, &[0x06]); // a chipset reset-control write to 0xCF9
+        io.write(0xcf8, 0, &[0x00, 0x00]);
+        let mut d = [0u8; 4];
+        io.read(0xcf8, 0, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x8000_0008);
+        let mut w = [0u8; 2];
+        io.read(0xcf8, 0, &mut w);
+        assert_eq!(w, [0xff; 2]);
+        let mut b = [0u8; 1];
+        io.read(0xcf8, 3, &mut b);
+        assert_eq!(b, [0xff]);
+    }
+
+    #[test]
+    fn writes_reach_the_selected_register() {
+        let mut io = io();
+        select(&mut io, 0x8000_0004);
+        io.write(0xcf8, 4, &[0x06, 0x00]); // command: memory + bus master
+        io.write(0xcf8, 7, &[0xff]); // status: write-1-to-clear, nothing set
+        let mut d = [0u8; 4];
+        io.read(0xcf8, 4, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x0000_0006);
+        select(&mut io, 0x8000_003c); // interrupt line
+        io.write(0xcf8, 4, &[0x0b]);
+        let mut b = [0u8; 1];
+        io.read(0xcf8, 4, &mut b);
+        assert_eq!(b, [0x0b]);
+    }
+
+    #[test]
     fn disabled_or_absent_reads_all_ones() {
         let mut io = io();
         select(&mut io, 0x0000_0000);
@@ -123,6 +164,26 @@ mod tests {
         select(&mut io, 0x8000_0800); // device 1
         io.read(0xcf8, 4, &mut d);
         assert_eq!(d, [0xff; 4]);
+    }
+
+    #[test]
+    fn bar_moves_reach_the_hook_outside_the_segment_lock() {
+        use crate::test_device::{segment_with_bar_device, BAR_BASE, BAR_SIZE};
+        let (segment, hook, seen) = segment_with_bar_device(3);
+        let mut io = PciConfigIo::new(segment, hook);
+        let dev3 = 0x8000_0000 | (3 << 11);
+        select(&mut io, dev3 | 0x04);
+        io.write(0xcf8, 4, &[0x02, 0x00]); // memory decoding on
+        select(&mut io, dev3 | 0x14); // BAR 1: upper half of BAR 0
+        io.write(0xcf8, 4, &0x50u32.to_le_bytes());
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        let (m, unlocked) = seen[0];
+        assert!(unlocked, "hook called with the segment lock held");
+        assert_eq!(
+            (m.bar, m.old_base, m.new_base, m.len),
+            (0, BAR_BASE, 0x50_0000_0000, BAR_SIZE)
+        );
     }
 
     #[test]

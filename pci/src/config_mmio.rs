@@ -91,6 +91,27 @@ mod tests {
     }
 
     #[test]
+    fn bar_moves_reach_the_hook_outside_the_segment_lock() {
+        use crate::test_device::{segment_with_bar_device, BAR_BASE};
+        let (segment, hook, seen) = segment_with_bar_device(5);
+        let mut e = PciConfigMmio::new(segment, hook);
+        let dev5 = 5 << 15;
+        let mut d = [0u8; 4];
+        e.read(0, dev5, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x5678_1234);
+        e.write(0, dev5 | 0x10, &[0x00, 0x00, 0x20, 0x00]); // BAR 0 low, decoding still off
+        assert!(seen.lock().unwrap().is_empty());
+        e.write(0, dev5 | 0x4, &[0x02]); // memory decoding on: the move becomes live
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].1, "hook called with the segment lock held");
+        assert_eq!(
+            (seen[0].0.old_base, seen[0].0.new_base),
+            (BAR_BASE, BAR_BASE | 0x20_0000)
+        );
+    }
+
+    #[test]
     fn hostile_accesses() {
         let mut e = ecam();
         let mut d = [0u8; 8];

@@ -7,6 +7,8 @@ pub mod config_mmio;
 pub mod device;
 pub mod host_bridge;
 pub mod segment;
+#[cfg(test)]
+mod test_device;
 
 pub use config::{BarKind, BarSpec, ConfigSpace};
 pub use config_io::PciConfigIo;
