@@ -1,1 +1,76 @@
-fn main() {}
+//! `cargo xtask`: everything that is not plain cargo.
+//!
+//!   cargo xtask e2e [--list] [FILTER...]   nested-virtualization scenarios
+//!   cargo xtask bench                      boot-time comparison with QEMU, in the rig
+//!   cargo xtask demo                       boot a guest under ghvmm and show its console
+//!   cargo xtask test                       fmt, clippy, unit tests, then every e2e scenario
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+fn cargo(root: &PathBuf, args: &[&str]) -> Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test(root: &PathBuf) -> Result<bool> {
+    cargo(root, &["fmt", "--all", "--", "--check"])?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    cargo(root, &["test", "--workspace"])?;
+    eprintln!("xtask: e2e (nested rig)");
+    rig::e2e(root, &[])
+}
+
+const USAGE: &str = "usage: cargo xtask <e2e [--list] [FILTER...] | bench | demo | test>";
+
+fn run() -> Result<bool> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = root();
+    match args.first().map(String::as_str) {
+        Some("e2e") if args.get(1).map(String::as_str) == Some("--list") => {
+            rig::list();
+            Ok(true)
+        }
+        Some("e2e") => rig::e2e(&root, &args[1..]),
+        Some("bench") => rig::bench::run(&root).map(|()| true),
+        Some("demo") => rig::demo(&root),
+        Some("test") => test(&root),
+        _ => bail!("{USAGE}"),
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,41 @@
-fn main() {}
+//! The guest-side checker. As PID 1 of an L3 guest it mounts the pseudo file systems, checks
+//! what the guest sees against the expectations on its kernel command line, dumps the ACPI
+//! tables through the console and powers off. In L2 it doubles as a timing helper for the
+//! bench (`checker time-to-marker ...`).
+//!
+//! Output protocol (one line each, parsed by tests/rig):
+//!   `@@INIT`                               first thing after start
+//!   `@@CHECK <name> PASS`                  a check passed
+//!   `@@CHECK <name> FAIL <reason>`         a check failed
+//!   `@@ACPI <file> <hex>`                  a chunk of one ACPI table
+//!   `@@ACPIEND <file> <len> <sum>`         end of that table: length and byte sum
+//!   `@@DONE`                               all checks reported
+
+mod checks;
+mod cmdline;
+mod timing;
+
+use std::io::Write;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("time-to-marker") {
+        std::process::exit(timing::main(&args[2..]));
+    }
+    if std::process::id() != 1 {
+        eprintln!("checker: run as init of an L3 guest, or as `checker time-to-marker`");
+        std::process::exit(2);
+    }
+    println!("@@INIT");
+    let _ = std::io::stdout().flush();
+    checks::mount_pseudo_filesystems();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let expect = cmdline::Expectations::parse(&cmdline);
+    match expect.mode.as_str() {
+        "demo" => checks::demo(),
+        _ => checks::run_all(&expect),
+    }
+    println!("@@DONE");
+    let _ = std::io::stdout().flush();
+    checks::finish(&expect.action);
+}

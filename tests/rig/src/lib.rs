@@ -1,1 +1,229 @@
+//! The nested-virtualization rig behind `cargo xtask e2e|bench|demo` (docs/testing.md).
+//!
+//! Host (this machine) -> QEMU TCG with an emulated AMD SVM CPU and Intel IOMMU = "L2 host",
+//! booting Debian's kernel with a busybox initramfs -> inside L2, ghvmm on KVM boots the same
+//! kernel as the "L3 guest" whose init is tests/checker. Results travel back as `@@` lines on
+//! the consoles.
 
+pub mod bench;
+pub mod cpio;
+pub mod iasl;
+pub mod images;
+pub mod modules;
+pub mod protocol;
+pub mod qemu;
+pub mod scenario;
+pub mod setup;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use images::Paths;
+use protocol::{Outcome, Transcript};
+use scenario::Scenario;
+use setup::say;
+
+/// Everything a run needs: packages installed, binaries built, the L2 base image written.
+pub struct Prepared {
+    pub paths: Paths,
+    pub base: Vec<u8>,
+}
+
+pub fn prepare(root: &Path) -> Result<Prepared> {
+    let abi = setup::ensure_packages()?;
+    images::cargo_build(root)?;
+    let paths = Paths {
+        root: root.to_path_buf(),
+        abi,
+    };
+    say("building the L2 initramfs (busybox, KVM/VFIO modules, ghvmm, L3 kernel + checker initramfs)");
+    let base = images::l2_base(&paths)?;
+    std::fs::create_dir_all(paths.rig_dir())?;
+    Ok(Prepared { paths, base })
+}
+
+/// One named result line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    pub name: String,
+    pub outcome: Outcome,
+}
+
+fn scenario_dir(p: &Paths, name: &str) -> PathBuf {
+    p.target().join("e2e").join(name)
+}
+
+/// Boots L2 with `overlays` appended to the base image and collects the transcript.
+pub fn boot_l2(
+    prep: &Prepared,
+    dir: &Path,
+    overlays: &[Vec<u8>],
+    timeout: Duration,
+    echo: bool,
+) -> Result<(Transcript, bool, Duration)> {
+    std::fs::create_dir_all(dir)?;
+    let initrd = dir.join("initrd.cpio");
+    let mut image = prep.base.clone();
+    for o in overlays {
+        image.extend_from_slice(o);
+    }
+    std::fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
+    let ivshmem = dir.join("ivshmem.bin");
+    std::fs::write(&ivshmem, vec![0u8; 64 << 20])?;
+    let l2 = qemu::L2 {
+        kernel: prep.paths.kernel(),
+        initrd,
+        ivshmem,
+        memory: "2G",
+    };
+    let mut t = Transcript::default();
+    let start = Instant::now();
+    let finished = l2.run(&dir.join("console.log"), timeout, echo, |line| {
+        t.feed(line);
+        t.l2_done
+    })?;
+    Ok((t, finished, start.elapsed()))
+}
+
+/// Runs one scenario and returns its results (never an Err for a guest-side failure).
+pub fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>> {
+    let dir = scenario_dir(&prep.paths, s.name);
+    let _ = std::fs::remove_dir_all(&dir);
+    say(&format!(
+        "{}: {} (timeout {}s)",
+        s.name,
+        s.about,
+        s.timeout.as_secs()
+    ));
+    let (t, finished, took) = boot_l2(
+        prep,
+        &dir,
+        &[images::scenario_overlay(&s.script)],
+        s.timeout,
+        false,
+    )?;
+    say(&format!(
+        "{}: finished in {:.1}s, console log in {}",
+        s.name,
+        took.as_secs_f64(),
+        dir.join("console.log").display()
+    ));
+    let mut results: Vec<CheckResult> = Vec::new();
+    let mut push = |name: String, outcome: Outcome| results.push(CheckResult { name, outcome });
+    for expected in &s.expect {
+        let got = t
+            .checks
+            .iter()
+            .find(|(n, _)| n == expected)
+            .map(|(_, o)| o.clone());
+        push(
+            format!("{}/{expected}", s.name),
+            got.unwrap_or_else(|| Outcome::Fail("never reported (see console.log)".into())),
+        );
+    }
+    for (name, outcome) in &t.checks {
+        if !s.expect.contains(&name.as_str()) {
+            push(format!("{}/{name}", s.name), outcome.clone());
+        }
+    }
+    if !finished {
+        push(
+            format!("{}/timeout", s.name),
+            Outcome::Fail(format!("no end after {}s", s.timeout.as_secs())),
+        );
+    }
+    if s.acpi {
+        let acpi_dir = dir.join("acpi");
+        std::fs::create_dir_all(&acpi_dir)?;
+        let tables = t.complete_tables();
+        if tables.is_empty() {
+            push(
+                format!("{}/acpi-tables", s.name),
+                Outcome::Fail("the guest sent no ACPI tables".into()),
+            );
+        }
+        for (name, bytes) in tables {
+            let check = format!("{}/iasl-{name}", s.name);
+            let outcome = match bytes {
+                Ok(b) => {
+                    let file = acpi_dir.join(format!("{name}.dat"));
+                    std::fs::write(&file, b)?;
+                    match iasl::disassemble(&file) {
+                        Ok(()) => Outcome::Pass,
+                        Err(e) => Outcome::Fail(e),
+                    }
+                }
+                Err(e) => Outcome::Fail(e),
+            };
+            push(check, outcome);
+        }
+    }
+    Ok(results)
+}
+
+/// Prints PASS/FAIL lines and the closing `N passed, M failed`; true when all passed.
+pub fn report(results: &[CheckResult]) -> bool {
+    let mut failed = 0;
+    for r in results {
+        match &r.outcome {
+            Outcome::Pass => println!("PASS {}", r.name),
+            Outcome::Fail(why) => {
+                failed += 1;
+                println!("FAIL {}: {why}", r.name);
+            }
+        }
+    }
+    println!("{} passed, {} failed", results.len() - failed, failed);
+    failed == 0
+}
+
+pub fn e2e(root: &Path, filters: &[String]) -> Result<bool> {
+    let all = scenario::all();
+    let chosen = scenario::select(&all, filters);
+    if chosen.is_empty() {
+        anyhow::bail!("no scenario matches {filters:?} (see --list)");
+    }
+    let prep = prepare(root)?;
+    let mut results = Vec::new();
+    for s in chosen {
+        results.extend(run_scenario(&prep, s)?);
+    }
+    Ok(report(&results))
+}
+
+pub fn list() {
+    for s in scenario::all() {
+        println!("{:<16} {}", s.name, s.about);
+    }
+}
+
+/// Boots one guest in demo mode with its console on the terminal.
+pub fn demo(root: &Path) -> Result<bool> {
+    let prep = prepare(root)?;
+    let script = format!(
+        "echo '@@L2 L2 host is up; starting ghvmm (2 vCPUs, 512M)'\n{}",
+        scenario::ghvmm_boot(2, "512M", "ghvmm.mode=demo")
+    );
+    say("booting L2 (QEMU TCG) and, inside it, an L3 guest under ghvmm");
+    let dir = scenario_dir(&prep.paths, "demo");
+    let (t, finished, took) = boot_l2(
+        &prep,
+        &dir,
+        &[images::scenario_overlay(&script)],
+        Duration::from_secs(300),
+        true,
+    )?;
+    let ok = finished
+        && t.checks
+            .iter()
+            .any(|(n, o)| n == "vmm-exit" && *o == Outcome::Pass);
+    say(&format!(
+        "demo {} in {:.1}s (log: {})",
+        if ok { "finished" } else { "FAILED" },
+        took.as_secs_f64(),
+        dir.join("console.log").display()
+    ));
+    Ok(ok)
+}

@@ -1,0 +1,261 @@
+//! The checks an L3 guest runs on itself, and the ACPI table dump.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::path::Path;
+
+use crate::cmdline::Expectations;
+
+/// ghvmm's e820 map reserves the legacy hole 0x9FC00-0xFFFFF (EBDA, BIOS area, ACPI tables);
+/// every other byte of configured RAM is "System RAM" (docs/platform.md).
+pub const LEGACY_HOLE: u64 = 0x10_0000 - 0x9_fc00;
+/// The kernel keeps part of RAM for itself (code, page tables, crash kernel...); MemTotal
+/// must still show at least this fraction of the configured RAM.
+const MEMTOTAL_MIN_PERCENT: u64 = 80;
+
+fn report(name: &str, result: Result<(), String>) {
+    match result {
+        Ok(()) => println!("@@CHECK {name} PASS"),
+        Err(reason) => println!("@@CHECK {name} FAIL {}", reason.replace('\n', " ")),
+    }
+    let _ = std::io::stdout().flush();
+}
+
+fn mount(source: &str, target: &str, fstype: &str) {
+    let _ = std::fs::create_dir_all(target);
+    let (Ok(s), Ok(t), Ok(f)) = (
+        CString::new(source),
+        CString::new(target),
+        CString::new(fstype),
+    ) else {
+        return;
+    };
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        println!(
+            "@@LOG mount {fstype} on {target}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+pub fn mount_pseudo_filesystems() {
+    mount("proc", "/proc", "proc");
+    mount("sysfs", "/sys", "sysfs");
+    mount("devtmpfs", "/dev", "devtmpfs");
+}
+
+/// Counts the CPUs in a list like "0-3,5".
+pub fn count_cpu_list(list: &str) -> Option<u32> {
+    let mut n = 0;
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+                n += b.checked_sub(a)? + 1;
+            }
+            None => {
+                part.parse::<u32>().ok()?;
+                n += 1;
+            }
+        }
+    }
+    Some(n)
+}
+
+fn check_cpus(expected: u32) -> Result<(), String> {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .map_err(|e| format!("reading cpu/online: {e}"))?;
+    let n = count_cpu_list(&online).ok_or_else(|| format!("cannot parse cpu/online {online:?}"))?;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").map_err(|e| e.to_string())?;
+    let m = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count() as u32;
+    if n != expected || m != expected {
+        return Err(format!(
+            "expected {expected} CPUs, online list says {n}, /proc/cpuinfo lists {m}"
+        ));
+    }
+    Ok(())
+}
+
+pub fn meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn check_memtotal(expected: u64) -> Result<(), String> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|e| e.to_string())?;
+    let total = meminfo_kib(&meminfo, "MemTotal").ok_or("no MemTotal")? * 1024;
+    let min = expected / 100 * MEMTOTAL_MIN_PERCENT;
+    if total > expected || total < min {
+        return Err(format!(
+            "MemTotal {total} bytes is not within {MEMTOTAL_MIN_PERCENT}%..100% of {expected}"
+        ));
+    }
+    Ok(())
+}
+
+/// Sums the "System RAM" entries the firmware (ghvmm) handed to the kernel.
+fn firmware_ram() -> Result<u64, String> {
+    let dir = std::fs::read_dir("/sys/firmware/memmap").map_err(|e| format!("memmap: {e}"))?;
+    let mut total = 0u64;
+    for entry in dir.flatten() {
+        let p = entry.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        if read("type").trim() != "System RAM" {
+            continue;
+        }
+        let hex = |s: String| u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok();
+        let (Some(start), Some(end)) = (hex(read("start")), hex(read("end"))) else {
+            return Err(format!("cannot parse {}", p.display()));
+        };
+        total += end + 1 - start;
+    }
+    Ok(total)
+}
+
+fn check_e820(expected: u64) -> Result<(), String> {
+    let ram = firmware_ram()?;
+    let want = expected - LEGACY_HOLE;
+    if ram != want {
+        return Err(format!(
+            "e820 System RAM is {ram:#x} bytes, expected {want:#x} (configured {expected:#x} minus the legacy hole)"
+        ));
+    }
+    Ok(())
+}
+
+/// Dumps every regular file under /sys/firmware/acpi/tables through the console.
+fn dump_acpi() -> Result<(), String> {
+    let root = Path::new("/sys/firmware/acpi/tables");
+    let mut files = Vec::new();
+    collect(root, root, &mut files).map_err(|e| format!("listing {}: {e}", root.display()))?;
+    if files.is_empty() {
+        return Err("no ACPI tables in /sys/firmware/acpi/tables".into());
+    }
+    let mut out = std::io::stdout().lock();
+    for (name, path) in files {
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => return Err(format!("reading {}: {e}", path.display())),
+        };
+        for chunk in bytes.chunks(96) {
+            let hex: String = chunk.iter().map(|b| format!("{b:02x}")).collect();
+            let _ = writeln!(out, "@@ACPI {name} {hex}");
+        }
+        let sum: u64 = bytes.iter().map(|b| u64::from(*b)).sum();
+        let _ = writeln!(out, "@@ACPIEND {name} {} {sum}", bytes.len());
+    }
+    let _ = out.flush();
+    Ok(())
+}
+
+fn collect(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, std::path::PathBuf)>,
+) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            collect(root, &p, out)?;
+        } else if ft.is_file() {
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .replace('/', "_");
+            out.push((rel, p));
+        }
+    }
+    Ok(())
+}
+
+pub fn run_all(expect: &Expectations) {
+    report("init", Ok(()));
+    if let Some(cpus) = expect.cpus {
+        report("cpus", check_cpus(cpus));
+    }
+    if let Some(mem) = expect.mem {
+        report("memtotal", check_memtotal(mem));
+        report("e820", check_e820(mem));
+    }
+    report("acpi-dump", dump_acpi());
+}
+
+pub fn demo() {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    println!();
+    println!("  Hello from an L3 guest booted by ghvmm (KVM inside QEMU-TCG).");
+    println!("  kernel:  {}", read("/proc/version").trim());
+    println!("  cmdline: {}", read("/proc/cmdline").trim());
+    println!(
+        "  CPUs online: {}",
+        read("/sys/devices/system/cpu/online").trim()
+    );
+    if let Some(kib) = meminfo_kib(&read("/proc/meminfo"), "MemTotal") {
+        println!("  MemTotal: {} MiB", kib / 1024);
+    }
+    let mut tables: Vec<String> = std::fs::read_dir("/sys/firmware/acpi/tables")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    tables.sort();
+    println!("  ACPI tables: {}", tables.join(" "));
+    println!("  Powering off.");
+    println!();
+}
+
+pub fn finish(action: &str) -> ! {
+    let cmd = if action == "reboot" {
+        libc::RB_AUTOBOOT
+    } else {
+        libc::RB_POWER_OFF
+    };
+    // SAFETY: sync and reboot take no pointers; as PID 1 we are allowed to reboot.
+    unsafe {
+        libc::sync();
+        libc::reboot(cmd);
+    }
+    // reboot() only returns on failure; PID 1 must not exit (the kernel would panic).
+    println!("@@LOG reboot failed: {}", std::io::Error::last_os_error());
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(count_cpu_list("0-3\n"), Some(4));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("0-1,4,6-7"), Some(5));
+        assert_eq!(count_cpu_list("3-1"), None);
+        assert_eq!(count_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn meminfo() {
+        let m = "MemTotal:         466276 kB\nMemFree: 1 kB\n";
+        assert_eq!(meminfo_kib(m, "MemTotal"), Some(466276));
+        assert_eq!(meminfo_kib(m, "Mem"), None);
+        assert_eq!(meminfo_kib(m, "Cached"), None);
+    }
+}

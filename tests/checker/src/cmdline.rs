@@ -1,0 +1,71 @@
+//! Expectations passed on the guest kernel command line as `ghvmm.<key>=<value>`.
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expectations {
+    /// `check` (default) or `demo`.
+    pub mode: String,
+    pub cpus: Option<u32>,
+    pub mem: Option<u64>,
+    /// `poweroff` (default) or `reboot`.
+    pub action: String,
+}
+
+impl Expectations {
+    pub fn parse(cmdline: &str) -> Self {
+        let mut e = Expectations {
+            mode: "check".into(),
+            action: "poweroff".into(),
+            ..Default::default()
+        };
+        for word in cmdline.split_whitespace() {
+            let Some((key, value)) = word.strip_prefix("ghvmm.").and_then(|w| w.split_once('='))
+            else {
+                continue;
+            };
+            match key {
+                "mode" => e.mode = value.to_string(),
+                "cpus" => e.cpus = value.parse().ok(),
+                "mem" => e.mem = parse_size(value),
+                "action" => e.action = value.to_string(),
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (num, shift) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 10),
+        b'M' => (&s[..s.len() - 1], 20),
+        b'G' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    num.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_expectations() {
+        let e = Expectations::parse(
+            "console=ttyS0 ghvmm.cpus=4 ghvmm.mem=1G ghvmm.action=reboot quiet",
+        );
+        assert_eq!(e.cpus, Some(4));
+        assert_eq!(e.mem, Some(1 << 30));
+        assert_eq!(e.action, "reboot");
+        assert_eq!(e.mode, "check");
+        let d = Expectations::parse("ghvmm.mode=demo ghvmm.cpus=x ghvmm.bogus");
+        assert_eq!((d.mode.as_str(), d.cpus), ("demo", None));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size(""), None);
+    }
+}
