@@ -4,6 +4,8 @@
 mod dsdt;
 mod madt;
 mod tables;
+#[doc(hidden)]
+pub mod testutil;
 
 pub use tables::{build_tables, AcpiBlob};
 

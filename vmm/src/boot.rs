@@ -221,6 +221,23 @@ fn load_pvh(
     Ok(Entry::Pvh(entry.0))
 }
 
+/// Real-mode code at the reset vector: `mov al, RESET_VALUE; mov dx, RESET_PORT; out dx, al;
+/// hlt; jmp $-1`. Linux on hardware-reduced ACPI without EFI resets by jumping here (its
+/// `reboot_init` prefers EFI, and the fallback after EFI is the BIOS reset vector), so this is
+/// the path `reboot` takes in a ghvmm guest.
+pub fn reset_vector_stub(port: u16, value: u8) -> [u8; 9] {
+    let p = port.to_le_bytes();
+    [0xb0, value, 0xba, p[0], p[1], 0xee, 0xf4, 0xeb, 0xfd]
+}
+
+pub fn write_reset_vector(mem: &GuestMemoryMmap, port: u16, value: u8) -> Result<()> {
+    mem.write_slice(
+        &reset_vector_stub(port, value),
+        GuestAddress(crate::layout::RESET_VECTOR),
+    )
+    .map_err(BootError::ZeroPage)
+}
+
 /// Places the initramfs page-aligned at the top of low RAM (below what the kernel can reach).
 fn load_initramfs(
     mem: &GuestMemoryMmap,
@@ -252,4 +269,20 @@ fn load_initramfs(
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|e| BootError::ReadInitramfs(path.into(), e.to_string()))?;
     Ok((addr, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_stub_writes_the_reset_register() {
+        assert_eq!(
+            reset_vector_stub(0x602, 1),
+            [0xb0, 0x01, 0xba, 0x02, 0x06, 0xee, 0xf4, 0xeb, 0xfd]
+        );
+        // It fits between the reset vector and the end of the first MiB, above the ACPI tables.
+        const { assert!(crate::layout::RESET_VECTOR + 9 <= 0x10_0000) };
+        const { assert!(crate::layout::ACPI_LIMIT <= crate::layout::RESET_VECTOR) };
+    }
 }

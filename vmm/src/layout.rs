@@ -25,7 +25,10 @@ pub const KERNEL_ADDR: u64 = 0x10_0000;
 pub const EBDA_START: u64 = 0x9_fc00;
 pub const HIGH_RAM_START: u64 = 0x10_0000;
 pub const ACPI_START: u64 = 0xe_0000;
-pub const ACPI_LIMIT: u64 = 0x10_0000;
+pub const ACPI_LIMIT: u64 = 0xf_0000;
+/// The x86 reset vector (F000:FFF0). ghvmm has no BIOS; a few bytes of real-mode code here
+/// turn "jump to the reset vector" into a write of the ACPI reset register.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
 
 /// Low RAM ends here at the latest; above it lies the 32-bit device hole.
 pub const MEM_32BIT_HOLE: u64 = 3 * GIB;

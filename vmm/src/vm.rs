@@ -13,7 +13,7 @@ use crate::config::VmConfig;
 use crate::console::StdinForwarder;
 use crate::device_manager::DeviceManager;
 use crate::exit::{ExitReason, ExitState};
-use crate::layout::{Layout, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use crate::layout::{Layout, ACPI_PM_PORT, ACPI_RESET_VALUE, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::vcpu::{self, VcpuContext};
 
 pub struct Vm {
@@ -81,6 +81,7 @@ impl Vm {
             },
         )?;
         regs::write_boot_tables(&mem)?;
+        crate::boot::write_reset_vector(&mem, ACPI_PM_PORT + 2, ACPI_RESET_VALUE)?;
 
         let mut vcpus = Vec::new();
         for index in 0..cfg.cpus.boot {

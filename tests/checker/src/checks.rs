@@ -9,9 +9,9 @@ use crate::cmdline::Expectations;
 /// ghvmm's e820 map reserves the legacy hole 0x9FC00-0xFFFFF (EBDA, BIOS area, ACPI tables);
 /// every other byte of configured RAM is "System RAM" (docs/platform.md).
 pub const LEGACY_HOLE: u64 = 0x10_0000 - 0x9_fc00;
-/// The kernel keeps part of RAM for itself (code, page tables, crash kernel...); MemTotal
-/// must still show at least this fraction of the configured RAM.
-const MEMTOTAL_MIN_PERCENT: u64 = 80;
+/// The kernel keeps part of RAM for itself (its image, page tables, the 64 MiB swiotlb
+/// bounce buffer...): MemTotal may fall short of the configured RAM by at most this much.
+const MEMTOTAL_SLACK: u64 = 112 << 20;
 
 fn report(name: &str, result: Result<(), String>) {
     match result {
@@ -94,10 +94,11 @@ pub fn meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
 fn check_memtotal(expected: u64) -> Result<(), String> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|e| e.to_string())?;
     let total = meminfo_kib(&meminfo, "MemTotal").ok_or("no MemTotal")? * 1024;
-    let min = expected / 100 * MEMTOTAL_MIN_PERCENT;
+    let min = expected.saturating_sub(MEMTOTAL_SLACK);
     if total > expected || total < min {
         return Err(format!(
-            "MemTotal {total} bytes is not within {MEMTOTAL_MIN_PERCENT}%..100% of {expected}"
+            "MemTotal {total} bytes is not within {} MiB below the configured {expected}",
+            MEMTOTAL_SLACK >> 20
         ));
     }
     Ok(())
