@@ -9,6 +9,7 @@ use kvm_ioctls::VmFd;
 use pci::{BarHook, BarReprogram, HostBridge, PciConfigIo, PciConfigMmio, PciSegment};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::bar_allocator::BarAllocator;
 use crate::config::{SerialConfig, VmConfig};
 use crate::exit::{ExitReason, ExitState};
 use crate::layout::*;
@@ -31,6 +32,8 @@ pub enum DeviceError {
     },
     #[error("PCI: {0}")]
     Pci(#[from] pci::PciError),
+    #[error("BAR space: {0}")]
+    BarSpace(#[from] crate::bar_allocator::BarAllocError),
 }
 
 type Result<T> = std::result::Result<T, DeviceError>;
@@ -41,6 +44,8 @@ pub struct DeviceManager {
     pub serial: Arc<Mutex<Serial>>,
     pub ged: Arc<Mutex<Ged>>,
     pub pci_segment: Arc<Mutex<PciSegment>>,
+    /// Guest addresses for device BARs (passthrough devices take theirs from here).
+    pub bar_allocator: Arc<Mutex<BarAllocator>>,
 }
 
 fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd> {
@@ -62,7 +67,7 @@ fn bus_insert(
 }
 
 impl DeviceManager {
-    pub fn new(vm: &VmFd, cfg: &VmConfig, exit: Arc<ExitState>) -> Result<Self> {
+    pub fn new(vm: &VmFd, cfg: &VmConfig, layout: &Layout, exit: Arc<ExitState>) -> Result<Self> {
         let pio_bus = Arc::new(Bus::new());
         let mmio_bus = Arc::new(Bus::new());
 
@@ -133,6 +138,7 @@ impl DeviceManager {
             serial,
             ged,
             pci_segment,
+            bar_allocator: Arc::new(Mutex::new(BarAllocator::new(layout)?)),
         })
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod acpi_tables;
 pub mod arch;
+pub mod bar_allocator;
 pub mod boot;
 pub mod cli;
 pub mod config;

@@ -66,7 +66,7 @@ impl Vm {
 
         let (mem, _next_slot) = crate::memory::create_guest_memory(&vm, &layout)?;
         let exit = Arc::new(ExitState::default());
-        let devices = DeviceManager::new(&vm, cfg, exit.clone())?;
+        let devices = DeviceManager::new(&vm, cfg, &layout, exit.clone())?;
 
         let desc = crate::acpi_tables::platform_desc(cfg.cpus.boot, &layout);
         let rsdp_addr = crate::acpi_tables::install(&mem, &desc)?;
