@@ -134,6 +134,35 @@ fn check_e820(expected: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The host bridge at 0000:00:00.0 with ghvmm's ids. Linux reads the first 256 bytes of
+/// configuration space through ports 0xCF8/0xCFC and the rest through ECAM, and only offers a
+/// 4096-byte `config` file when it accepted the MCFG region: both mechanisms are exercised.
+fn check_host_bridge() -> Result<(), String> {
+    let dev = Path::new("/sys/bus/pci/devices/0000:00:00.0");
+    let read = |f: &str| {
+        std::fs::read_to_string(dev.join(f))
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("{f}: {e}"))
+    };
+    let ids = (read("vendor")?, read("device")?, read("class")?);
+    if ids != ("0x8086".into(), "0x0d57".into(), "0x060000".into()) {
+        return Err(format!(
+            "00:00.0 is {ids:?}, expected 8086:0d57 class 060000"
+        ));
+    }
+    let config = std::fs::read(dev.join("config")).map_err(|e| format!("config: {e}"))?;
+    if config.len() != 4096 {
+        return Err(format!(
+            "config space is {} bytes: the kernel did not accept ECAM (MCFG)",
+            config.len()
+        ));
+    }
+    if config[..4] != [0x86, 0x80, 0x57, 0x0d] {
+        return Err(format!("config space starts with {:02x?}", &config[..4]));
+    }
+    Ok(())
+}
+
 /// Dumps every regular file under /sys/firmware/acpi/tables through the console.
 fn dump_acpi() -> Result<(), String> {
     let root = Path::new("/sys/firmware/acpi/tables");
@@ -192,6 +221,7 @@ pub fn run_all(expect: &Expectations) {
         report("memtotal", check_memtotal(mem));
         report("e820", check_e820(mem));
     }
+    report("pci-host-bridge", check_host_bridge());
     report("acpi-dump", dump_acpi());
 }
 

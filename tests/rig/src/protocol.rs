@@ -25,7 +25,9 @@ pub struct Transcript {
 impl Transcript {
     pub fn feed(&mut self, raw: &str) {
         let line = raw.trim_end_matches(['\r', '\n']);
-        let Some(at) = line.find("@@") else { return };
+        // The last record on a line wins: when a writer dies mid-line (a guest cut off in the
+        // middle of a table dump), the next record is appended to the unfinished line.
+        let Some(at) = line.rfind("@@") else { return };
         let rec = &line[at + 2..];
         let mut words = rec.splitn(3, ' ');
         let kind = words.next().unwrap_or("");
@@ -113,11 +115,13 @@ mod tests {
         t.feed("[    3.1] noise @@L2CHECK vmm-exit FAIL exit code 1: boom\n");
         t.feed("@@CHECK x MAYBE\n");
         t.feed("no record here\n");
+        t.feed("@@ACPI FACP 4641ghvmm: error: x@@L2CHECK vmm-exit PASS\n");
         assert_eq!(t.checks[0], ("cpus".into(), Outcome::Pass));
         assert_eq!(
             t.checks[1],
             ("vmm-exit".into(), Outcome::Fail("exit code 1: boom".into()))
         );
+        assert_eq!(t.checks[2], ("vmm-exit".into(), Outcome::Pass));
         assert_eq!(t.malformed.len(), 1);
     }
 
