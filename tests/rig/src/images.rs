@@ -140,6 +140,37 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
     Ok(c.finish())
 }
 
+/// The uncompressed ELF vmlinux inside a bzImage: the XZ stream after the setup code,
+/// decompressed with xz(1). ghvmm (and QEMU) boot it through its PVH entry point.
+pub fn extract_vmlinux(bzimage: &Path) -> Result<Vec<u8>> {
+    const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
+    let data = read(bzimage)?;
+    let at = data
+        .windows(XZ_MAGIC.len())
+        .position(|w| w == XZ_MAGIC)
+        .context("no XZ stream in the kernel image (this rig expects Debian's XZ bzImage)")?;
+    let mut child = Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("running xz")?;
+    let mut stdin = child.stdin.take().context("xz stdin")?;
+    let payload = data[at..].to_vec();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        // xz stops reading after the stream; a broken pipe then is expected.
+        let _ = stdin.write_all(&payload);
+    });
+    let out = child.wait_with_output().context("xz")?;
+    let _ = feeder.join();
+    if out.stdout.get(..4) != Some(b"\x7fELF") {
+        bail!("the decompressed kernel is not an ELF file");
+    }
+    Ok(out.stdout)
+}
+
 /// QEMU and its firmware, appended to the base image for the bench (the boot-time peer).
 pub fn qemu_overlay() -> Result<Vec<u8>> {
     let mut c = Cpio::new();
@@ -152,6 +183,7 @@ pub fn qemu_overlay() -> Result<Vec<u8>> {
         ("/usr/share/seabios/bios-256k.bin", "bios-256k.bin"),
         ("/usr/share/qemu/kvmvapic.bin", "kvmvapic.bin"),
         ("/usr/share/qemu/linuxboot_dma.bin", "linuxboot_dma.bin"),
+        ("/usr/share/qemu/pvh.bin", "pvh.bin"),
     ] {
         let real = std::fs::canonicalize(src).unwrap_or_else(|_| PathBuf::from(src));
         c.file(&format!("qemu/{name}"), 0o644, &read(&real)?);

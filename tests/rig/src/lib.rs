@@ -202,10 +202,14 @@ pub fn list() {
 /// Boots one guest in demo mode with its console on the terminal.
 pub fn demo(root: &Path) -> Result<bool> {
     let prep = prepare(root)?;
-    let script = format!(
-        "echo '@@L2 L2 host is up; starting ghvmm (2 vCPUs, 512M)'\n{}",
-        scenario::ghvmm_boot(2, "512M", "ghvmm.mode=demo")
-    );
+    // The full kernel log this time: the point is to watch the guest boot.
+    let script = "echo '@@L2 L2 host is up; starting ghvmm (2 vCPUs, 512M)'\n\
+         /bin/ghvmm --kernel /l3/vmlinuz --initramfs /l3/initramfs \
+         --cmdline \"console=ttyS0 panic=-1 ghvmm.mode=demo\" \
+         --cpus boot=2 --memory size=512M --serial tty --console off\n\
+         rc=$?\n\
+         l2_check vmm-exit $rc \"ghvmm exit code $rc (expected 0)\"\n"
+        .to_string();
     say("booting L2 (QEMU TCG) and, inside it, an L3 guest under ghvmm");
     let dir = scenario_dir(&prep.paths, "demo");
     let (t, finished, took) = boot_l2(

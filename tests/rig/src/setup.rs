@@ -84,6 +84,7 @@ pub fn ensure_packages() -> Result<String> {
         format!("linux-headers-{abi}"),
         "busybox-static".into(),
         "cpio".into(),
+        "xz-utils".into(),
         "acpica-tools".into(),
     ];
     let missing: Vec<&str> = wanted
