@@ -58,12 +58,7 @@ fn median(v: &mut [u64]) -> Option<u64> {
 pub fn run(root: &Path) -> Result<()> {
     let prep = crate::prepare(root)?;
     say("bench: extracting the uncompressed vmlinux from the bzImage (for PVH boots)");
-    let mut vmlinux = crate::cpio::Cpio::new();
-    vmlinux.file(
-        "l3/vmlinux",
-        0o644,
-        &images::extract_vmlinux(&prep.paths.kernel())?,
-    );
+    let vmlinux = images::vmlinux_overlay(&prep.paths)?;
     say("bench: booting L2; inside it ghvmm and QEMU/KVM boot the same L3, alternating, 3 times each");
     let dir = prep.paths.target().join("bench");
     let (t, finished, _) = crate::boot_l2(
@@ -71,7 +66,7 @@ pub fn run(root: &Path) -> Result<()> {
         &dir,
         &[
             images::qemu_overlay()?,
-            vmlinux.finish(),
+            vmlinux,
             images::scenario_overlay(&script()),
         ],
         Duration::from_secs(1200),

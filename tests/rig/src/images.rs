@@ -171,6 +171,13 @@ pub fn extract_vmlinux(bzimage: &Path) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// The uncompressed kernel at /l3/vmlinux, for PVH boots.
+pub fn vmlinux_overlay(p: &Paths) -> Result<Vec<u8>> {
+    let mut c = Cpio::new();
+    c.file("l3/vmlinux", 0o644, &extract_vmlinux(&p.kernel())?);
+    Ok(c.finish())
+}
+
 /// QEMU and its firmware, appended to the base image for the bench (the boot-time peer).
 pub fn qemu_overlay() -> Result<Vec<u8>> {
     let mut c = Cpio::new();

@@ -97,13 +97,12 @@ pub fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>> {
         s.about,
         s.timeout.as_secs()
     ));
-    let (t, finished, took) = boot_l2(
-        prep,
-        &dir,
-        &[images::scenario_overlay(&s.script)],
-        s.timeout,
-        false,
-    )?;
+    let mut overlays = Vec::new();
+    if s.vmlinux {
+        overlays.push(images::vmlinux_overlay(&prep.paths)?);
+    }
+    overlays.push(images::scenario_overlay(&s.script));
+    let (t, finished, took) = boot_l2(prep, &dir, &overlays, s.timeout, false)?;
     say(&format!(
         "{}: finished in {:.1}s, console log in {}",
         s.name,

@@ -14,13 +14,19 @@ pub struct Scenario {
     pub expect: Vec<&'static str>,
     /// Whether the guest dumps ACPI tables to disassemble with iasl on the host.
     pub acpi: bool,
+    /// Whether L2 also gets the uncompressed vmlinux (at /l3/vmlinux) for PVH boots.
+    pub vmlinux: bool,
     pub timeout: Duration,
 }
 
 /// How L2 boots an L3 guest under ghvmm and reports ghvmm's exit code.
 pub fn ghvmm_boot(cpus: u32, mem: &str, extra_cmdline: &str) -> String {
+    ghvmm_boot_kernel("/l3/vmlinuz", cpus, mem, extra_cmdline)
+}
+
+pub fn ghvmm_boot_kernel(kernel: &str, cpus: u32, mem: &str, extra_cmdline: &str) -> String {
     format!(
-        "/bin/ghvmm --kernel /l3/vmlinuz --initramfs /l3/initramfs \
+        "/bin/ghvmm --kernel {kernel} --initramfs /l3/initramfs \
          --cmdline \"{L3_CMDLINE} ghvmm.cpus={cpus} ghvmm.mem={mem} {extra_cmdline}\" \
          --cpus boot={cpus} --memory size={mem} --serial tty --console off\n\
          rc=$?\n\
@@ -34,6 +40,7 @@ const L3_CHECKS: &[&str] = &[
     "cpus",
     "memtotal",
     "e820",
+    "pci-host-bridge",
     "acpi-dump",
     "vmm-exit",
 ];
@@ -46,6 +53,7 @@ pub fn all() -> Vec<Scenario> {
             script: ghvmm_boot(2, "512M", ""),
             expect: L3_CHECKS.to_vec(),
             acpi: true,
+            vmlinux: false,
             timeout: Duration::from_secs(240),
         },
         Scenario {
@@ -54,6 +62,7 @@ pub fn all() -> Vec<Scenario> {
             script: ghvmm_boot(4, "1G", ""),
             expect: L3_CHECKS.to_vec(),
             acpi: false,
+            vmlinux: false,
             timeout: Duration::from_secs(240),
         },
         Scenario {
@@ -62,6 +71,16 @@ pub fn all() -> Vec<Scenario> {
             script: ghvmm_boot(1, "256M", "ghvmm.action=reboot"),
             expect: L3_CHECKS.to_vec(),
             acpi: false,
+            vmlinux: false,
+            timeout: Duration::from_secs(240),
+        },
+        Scenario {
+            name: "boot-pvh",
+            about: "the uncompressed vmlinux through its PVH entry (32-bit, hvm_start_info)",
+            script: ghvmm_boot_kernel("/l3/vmlinux", 2, "512M", ""),
+            expect: L3_CHECKS.to_vec(),
+            acpi: false,
+            vmlinux: true,
             timeout: Duration::from_secs(240),
         },
         Scenario {
@@ -80,6 +99,7 @@ pub fn all() -> Vec<Scenario> {
                 "bad-cpus",
             ],
             acpi: false,
+            vmlinux: false,
             timeout: Duration::from_secs(120),
         },
     ]
@@ -112,6 +132,7 @@ mod tests {
         let f = select(&all, &["smp".into(), "bad".into()]);
         let names: Vec<_> = f.iter().map(|s| s.name).collect();
         assert_eq!(names, ["boot-smp4", "boot-bad-args"]);
+        assert_eq!(select(&all, &["pvh".into()])[0].name, "boot-pvh");
         assert!(select(&all, &["nothing".into()]).is_empty());
     }
 }
