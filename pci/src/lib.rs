@@ -9,6 +9,7 @@ pub mod host_bridge;
 pub mod segment;
 #[cfg(test)]
 mod test_device;
+pub mod vfio;
 
 pub use config::{BarKind, BarSpec, ConfigSpace};
 pub use config_io::PciConfigIo;
