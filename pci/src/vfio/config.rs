@@ -1,0 +1,388 @@
+//! Configuration space of a passed-through function as the guest sees it.
+//!
+//! Most registers go straight to the device (VFIO's config region). ghvmm owns:
+//! - the BAR registers: emulated from the BAR layouts (sizing, relocation, 64-bit pairs, the
+//!   device's prefetchable bits), because guest addresses are ghvmm's to assign;
+//! - the expansion ROM BAR: hidden (reads 0), the guest never runs option ROMs here;
+//! - the interrupt pin: 0, as ghvmm delivers MSI/MSI-X only (INTx is not offered);
+//! - the capability list: only capabilities ghvmm can support are linked (power management,
+//!   MSI, PCI Express, MSI-X); the others are skipped by rewriting the "next" pointers;
+//! - the extended configuration space (0x100 and up): hidden, it reads 0.
+//!
+//! The command register is written to both the device (it must decode for its mmaps to work)
+//! and the emulated copy that tracks which BAR mappings are live.
+
+use crate::config::{extract, merge, BarKind, BarSpec, ConfigSpace};
+use crate::device::{BarReprogram, PciDevice};
+
+/// The device's real configuration space (VFIO config region read/write).
+pub trait DeviceConfig: Send {
+    fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()>;
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()>;
+}
+
+pub const CAP_PM: u8 = 0x01;
+pub const CAP_MSI: u8 = 0x05;
+pub const CAP_PCIE: u8 = 0x10;
+pub const CAP_MSIX: u8 = 0x11;
+const EXPOSED_CAPS: [u8; 4] = [CAP_PM, CAP_MSI, CAP_PCIE, CAP_MSIX];
+
+const COMMAND_REG: usize = 1;
+const STATUS_CAP_LIST: u32 = 1 << 20;
+const BAR0_REG: usize = 4;
+const ROM_REG: usize = 12;
+const CAP_PTR_REG: usize = 13;
+const INTERRUPT_REG: usize = 15;
+const STANDARD_REGS: usize = 64;
+/// A capability chain longer than this is a loop or garbage.
+const MAX_CAPS: usize = 48;
+
+/// One linked capability: where it is, its id, and the next exposed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capability {
+    pub offset: u8,
+    pub id: u8,
+    pub next: u8,
+}
+
+pub struct PassthroughConfig {
+    dev: Box<dyn DeviceConfig>,
+    emulated: ConfigSpace,
+    caps: Vec<Capability>,
+}
+
+fn read_u32(dev: &dyn DeviceConfig, offset: u64) -> u32 {
+    let mut b = [0xffu8; 4];
+    if dev.read(offset, &mut b).is_err() {
+        return 0xffff_ffff;
+    }
+    u32::from_le_bytes(b)
+}
+
+/// Walks the device's capability list and keeps the ones ghvmm exposes, relinked.
+pub fn exposed_capabilities(dev: &dyn DeviceConfig) -> Vec<Capability> {
+    let status = read_u32(dev, 4);
+    if status & STATUS_CAP_LIST == 0 {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    let mut ptr = (read_u32(dev, 0x34) & 0xfc) as u8;
+    while ptr >= 0x40 && found.len() < MAX_CAPS {
+        let header = read_u32(dev, u64::from(ptr));
+        let id = header as u8;
+        if found.iter().any(|c: &Capability| c.offset == ptr) {
+            break; // a loop
+        }
+        found.push(Capability {
+            offset: ptr,
+            id,
+            next: 0,
+        });
+        ptr = ((header >> 8) as u8) & 0xfc;
+    }
+    let mut kept: Vec<Capability> = found
+        .into_iter()
+        .filter(|c| EXPOSED_CAPS.contains(&c.id))
+        .collect();
+    for i in 0..kept.len() {
+        kept[i].next = kept.get(i + 1).map_or(0, |c| c.offset);
+    }
+    kept
+}
+
+impl PassthroughConfig {
+    /// `bars`: the guest BARs (index, spec, initial guest address), from the BAR layouts.
+    pub fn new(
+        dev: Box<dyn DeviceConfig>,
+        bars: &[(usize, BarSpec, u64)],
+    ) -> Result<Self, crate::config::BarError> {
+        let mut emulated = ConfigSpace::new();
+        for &(index, spec, addr) in bars {
+            emulated.add_bar(index, spec, addr)?;
+        }
+        let caps = exposed_capabilities(dev.as_ref());
+        Ok(PassthroughConfig {
+            dev,
+            emulated,
+            caps,
+        })
+    }
+
+    pub fn capabilities(&self) -> &[Capability] {
+        &self.caps
+    }
+
+    pub fn capability(&self, id: u8) -> Option<Capability> {
+        self.caps.iter().copied().find(|c| c.id == id)
+    }
+
+    /// The guest's current address of BAR `index`.
+    pub fn bar(&self, index: usize) -> Option<(BarSpec, u64)> {
+        self.emulated.bar(index)
+    }
+
+    pub fn memory_enabled(&self) -> bool {
+        self.emulated.command() & crate::config::COMMAND_MEMORY != 0
+    }
+
+    fn read_reg(&mut self, reg: usize) -> u32 {
+        let dev = self.dev.as_ref();
+        match reg {
+            r if (BAR0_REG..BAR0_REG + 6).contains(&r) => self.emulated.read(r),
+            ROM_REG => 0,
+            r if r >= STANDARD_REGS => 0,
+            COMMAND_REG => {
+                let v = read_u32(dev, 4);
+                if self.caps.is_empty() {
+                    v & !STATUS_CAP_LIST
+                } else {
+                    v
+                }
+            }
+            CAP_PTR_REG => {
+                let v = read_u32(dev, 0x34) & !0xff;
+                v | u32::from(self.caps.first().map_or(0, |c| c.offset))
+            }
+            INTERRUPT_REG => {
+                // Interrupt line is emulated scratch; interrupt pin 0 = no INTx.
+                let v = read_u32(dev, 0x3c) & 0xffff_0000;
+                v | (self.emulated.read(INTERRUPT_REG) & 0xff)
+            }
+            r => {
+                let off = (r * 4) as u64;
+                let mut v = read_u32(dev, off);
+                // Relink the capability whose header sits in this register.
+                if let Some(c) = self.caps.iter().find(|c| u64::from(c.offset) == off) {
+                    v = (v & !0xff00) | (u32::from(c.next) << 8);
+                }
+                v
+            }
+        }
+    }
+}
+
+impl PciDevice for PassthroughConfig {
+    fn read_config_register(&mut self, reg_idx: usize) -> u32 {
+        self.read_reg(reg_idx)
+    }
+
+    fn write_config_register(
+        &mut self,
+        reg_idx: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Vec<BarReprogram> {
+        let Some(_) = merge(0, offset, data) else {
+            return Vec::new();
+        };
+        match reg_idx {
+            r if (BAR0_REG..BAR0_REG + 6).contains(&r) => self.emulated.write(r, offset, data),
+            ROM_REG | CAP_PTR_REG => Vec::new(),
+            r if r >= STANDARD_REGS => Vec::new(),
+            INTERRUPT_REG => self.emulated.write(INTERRUPT_REG, offset, data),
+            COMMAND_REG => {
+                let _ = self.dev.write(4 + offset, data);
+                self.emulated.write(COMMAND_REG, offset, data)
+            }
+            r => {
+                // A capability header's id/next bytes are read-only in hardware; the rest
+                // (and MSI/MSI-X programming, until ghvmm emulates it) goes to the device.
+                let _ = self.dev.write((r * 4) as u64 + offset, data);
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Reads `data.len()` bytes of the guest-visible config space at byte `offset`.
+pub fn read_bytes(cfg: &mut PassthroughConfig, offset: u64, data: &mut [u8]) {
+    let reg = (offset / 4) as usize;
+    extract(cfg.read_reg(reg), offset % 4, data);
+}
+
+/// The BAR type the guest sees for a region: 64-bit when the device's BAR is.
+pub fn bar_spec(size: u64, is_64bit: bool, prefetchable: bool) -> BarSpec {
+    BarSpec {
+        size,
+        kind: if is_64bit {
+            BarKind::Mem64
+        } else {
+            BarKind::Mem32
+        },
+        prefetchable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A fake config space: 4 KiB of bytes, every write recorded.
+    type WriteLog = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+    #[derive(Clone)]
+    struct Fake(Arc<Mutex<Vec<u8>>>, WriteLog);
+
+    impl DeviceConfig for Fake {
+        fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+            let b = self.0.lock().unwrap();
+            let o = offset as usize;
+            match b.get(o..o + data.len()) {
+                Some(s) => {
+                    data.copy_from_slice(s);
+                    Ok(())
+                }
+                None => Err(std::io::Error::from_raw_os_error(22)),
+            }
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.1.lock().unwrap().push((offset, data.to_vec()));
+            let mut b = self.0.lock().unwrap();
+            let o = offset as usize;
+            b[o..o + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    /// 1af4:1110 with caps: PM@0x40 -> vendor@0x50 -> MSI-X@0x60 -> PCIe@0x70, INTx pin 1,
+    /// a ROM BAR, real BAR registers full of junk and an extended capability at 0x100.
+    fn device() -> Fake {
+        let mut b = vec![0u8; 4096];
+        b[0..4].copy_from_slice(&0x1110_1af4u32.to_le_bytes());
+        b[4..8].copy_from_slice(&(0x0010_0000u32 | 0x0003).to_le_bytes());
+        b[0x10..0x28].fill(0xab);
+        b[0x30..0x34].copy_from_slice(&0xfffe_0001u32.to_le_bytes());
+        b[0x34] = 0x40;
+        b[0x3c] = 0x0b;
+        b[0x3d] = 1;
+        for (off, id, next) in [
+            (0x40, CAP_PM, 0x50),
+            (0x50, 0x09, 0x60),
+            (0x60, CAP_MSIX, 0x70),
+            (0x70, CAP_PCIE, 0),
+        ] {
+            b[off] = id;
+            b[off + 1] = next;
+        }
+        b[0x100..0x104].copy_from_slice(&0x0001_0001u32.to_le_bytes());
+        Fake(Arc::new(Mutex::new(b)), Arc::new(Mutex::new(Vec::new())))
+    }
+
+    fn config(dev: &Fake) -> PassthroughConfig {
+        PassthroughConfig::new(
+            Box::new(dev.clone()),
+            &[
+                (0, bar_spec(4096, false, false), 0xc000_0000),
+                (2, bar_spec(128 << 30, true, true), 0x20_0000_0000),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn ids_pass_through_and_bars_are_emulated() {
+        let dev = device();
+        let mut c = config(&dev);
+        assert_eq!(c.read_config_register(0), 0x1110_1af4);
+        assert_eq!(c.read_config_register(4), 0xc000_0000);
+        assert_eq!(c.read_config_register(5), 0, "BAR1 absent");
+        assert_eq!(
+            c.read_config_register(6),
+            0x0000_000c,
+            "64-bit prefetchable"
+        );
+        assert_eq!(c.read_config_register(7), 0x20);
+        c.write_config_register(6, 0, &[0xff; 4]);
+        c.write_config_register(7, 0, &[0xff; 4]);
+        assert_eq!(c.read_config_register(7), 0xffff_ffe0);
+        assert!(
+            dev.1.lock().unwrap().is_empty(),
+            "BAR writes never reach the device"
+        );
+    }
+
+    #[test]
+    fn rom_interrupt_pin_and_extended_space_are_hidden() {
+        let dev = device();
+        let mut c = config(&dev);
+        assert_eq!(c.read_config_register(12), 0);
+        c.write_config_register(12, 0, &[0xff; 4]);
+        assert_eq!(c.read_config_register(12), 0);
+        assert_eq!((c.read_config_register(15) >> 8) & 0xff, 0, "no INTx pin");
+        c.write_config_register(15, 0, &[0x05]);
+        assert_eq!(c.read_config_register(15) & 0xff, 0x05);
+        assert_eq!(c.read_config_register(0x40), 0);
+        assert_eq!(c.read_config_register(1023), 0);
+        assert!(dev.1.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn capability_list_skips_what_ghvmm_does_not_expose() {
+        let dev = device();
+        let mut c = config(&dev);
+        let ids: Vec<u8> = c.capabilities().iter().map(|c| c.id).collect();
+        assert_eq!(ids, [CAP_PM, CAP_MSIX, CAP_PCIE]);
+        assert_eq!(c.read_config_register(13) & 0xff, 0x40);
+        assert_eq!(
+            (c.read_config_register(0x40 / 4) >> 8) & 0xff,
+            0x60,
+            "PM -> MSI-X, vendor cap skipped"
+        );
+        assert_eq!((c.read_config_register(0x60 / 4) >> 8) & 0xff, 0x70);
+        assert_eq!((c.read_config_register(0x70 / 4) >> 8) & 0xff, 0);
+        let mut b = [0u8; 1];
+        read_bytes(&mut c, 0x41, &mut b);
+        assert_eq!(b, [0x60]);
+    }
+
+    #[test]
+    fn command_goes_to_the_device_and_tracks_decode() {
+        let dev = device();
+        let mut c = config(&dev);
+        assert!(!c.memory_enabled());
+        c.write_config_register(1, 0, &[0x06, 0x00]);
+        assert!(c.memory_enabled());
+        assert_eq!(dev.1.lock().unwrap().as_slice(), &[(4, vec![0x06, 0x00])]);
+        // With decode on, moving BAR2 is reported so the VMM moves its slots and traps.
+        let moves = c.write_config_register(7, 0, &0x40u32.to_le_bytes());
+        assert_eq!(moves.len(), 1);
+        assert_eq!(moves[0].new_base, 0x40_0000_0000);
+    }
+
+    #[test]
+    fn hostile_capability_lists_terminate() {
+        let dev = device();
+        {
+            let mut b = dev.0.lock().unwrap();
+            b[0x41] = 0x40; // PM points to itself
+        }
+        let c = config(&dev);
+        assert_eq!(c.capabilities().len(), 1);
+        let dev = device();
+        {
+            let mut b = dev.0.lock().unwrap();
+            b[0x34] = 0x20; // into the header: not a capability
+        }
+        assert!(config(&dev).capabilities().is_empty());
+        let dev = device();
+        dev.0.lock().unwrap()[6] = 0; // status says no capability list
+        let mut c = config(&dev);
+        assert!(c.capabilities().is_empty());
+        assert_eq!(c.read_config_register(1) & STATUS_CAP_LIST, 0);
+        assert_eq!(c.read_config_register(13) & 0xff, 0);
+    }
+
+    #[test]
+    fn hostile_accesses_do_not_panic() {
+        let dev = device();
+        let mut c = config(&dev);
+        assert!(c.write_config_register(20, 3, &[1, 2]).is_empty());
+        assert!(c.write_config_register(20, 0, &[]).is_empty());
+        assert!(c.write_config_register(5000, 0, &[1]).is_empty());
+        let _ = c.read_config_register(5000);
+        let mut b = [0u8; 3];
+        read_bytes(&mut c, 0, &mut b);
+        assert_eq!(b, [0xff; 3]);
+    }
+}
