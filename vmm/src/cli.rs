@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 
 use crate::config::{
-    parse_console, ConfigError, CpusConfig, MemoryConfig, PlatformConfig, SerialConfig, VmConfig,
-    DEFAULT_CMDLINE,
+    parse_console, ConfigError, CpusConfig, DeviceConfig, MemoryConfig, PlatformConfig,
+    SerialConfig, VmConfig, DEFAULT_CMDLINE,
 };
 
 #[derive(Debug, Parser)]
@@ -42,6 +42,9 @@ pub struct Cli {
     /// mmio64_size=SIZE: size of the 64-bit PCI MMIO window (power of two, default 256G).
     #[arg(long, value_name = "mmio64_size=SIZE")]
     pub platform: Option<String>,
+    /// path=/sys/bus/pci/devices/BDF[,id=NAME]: pass a VFIO-bound PCI device through (repeatable).
+    #[arg(long, value_name = "path=PATH[,id=NAME]")]
+    pub device: Vec<String>,
     /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr.
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,
@@ -58,6 +61,12 @@ pub enum CliError {
 impl Cli {
     pub fn into_config(self) -> Result<VmConfig, CliError> {
         parse_console(&self.console)?;
+        let devices = self
+            .device
+            .iter()
+            .map(|d| DeviceConfig::parse(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        DeviceConfig::check_unique(&devices)?;
         Ok(VmConfig {
             kernel: self.kernel.ok_or(CliError::NoKernel)?,
             initramfs: self.initramfs,
@@ -69,6 +78,7 @@ impl Cli {
                 Some(p) => PlatformConfig::parse(p)?,
                 None => PlatformConfig { mmio64_size: None },
             },
+            devices,
         })
     }
 }

@@ -284,6 +284,62 @@ impl PlatformConfig {
     }
 }
 
+/// `--device path=/sys/bus/pci/devices/BDF[,id=NAME]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    pub path: PathBuf,
+    pub id: Option<String>,
+}
+
+impl DeviceConfig {
+    pub fn parse(s: &str) -> Result<Self> {
+        let p = OptionParser::parse("device", &["path", "id"], s)?;
+        let path = p
+            .get("path")
+            .filter(|v| !v.is_empty())
+            .ok_or(ConfigError::MissingKey {
+                option: "device",
+                key: "path",
+            })?;
+        let id = p.get("id").map(str::to_string);
+        if let Some(id) = &id {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(ConfigError::InvalidValue {
+                    option: "device",
+                    key: "id",
+                    value: id.clone(),
+                    reason: "use letters, digits, '_' and '-'".into(),
+                });
+            }
+        }
+        Ok(DeviceConfig {
+            path: PathBuf::from(path),
+            id,
+        })
+    }
+
+    /// Refuses two devices with one id (ids name devices in the API and in NUMA options).
+    pub fn check_unique(devices: &[DeviceConfig]) -> Result<()> {
+        for (i, d) in devices.iter().enumerate() {
+            if let Some(id) = &d.id {
+                if devices[..i].iter().any(|o| o.id.as_ref() == Some(id)) {
+                    return Err(ConfigError::InvalidValue {
+                        option: "device",
+                        key: "id",
+                        value: id.clone(),
+                        reason: "given to two devices".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelFormat {
     /// Decided when the file is read: a bzImage, or an ELF vmlinux with a PVH note.
@@ -299,6 +355,7 @@ pub struct VmConfig {
     pub memory: MemoryConfig,
     pub serial: SerialConfig,
     pub platform: PlatformConfig,
+    pub devices: Vec<DeviceConfig>,
 }
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -372,6 +429,28 @@ mod tests {
         assert!(SerialConfig::parse("pty").is_err());
         assert!(parse_console("off").is_ok());
         assert!(parse_console("tty").is_err());
+    }
+
+    #[test]
+    fn devices() {
+        let d = DeviceConfig::parse("path=/sys/bus/pci/devices/0000:00:03.0,id=gpu0").unwrap();
+        assert_eq!(d.path, PathBuf::from("/sys/bus/pci/devices/0000:00:03.0"));
+        assert_eq!(d.id.as_deref(), Some("gpu0"));
+        assert!(DeviceConfig::parse("id=gpu0").is_err());
+        assert!(DeviceConfig::parse("path=").is_err());
+        assert!(DeviceConfig::parse("path=/x,id=a b").is_err());
+        assert!(DeviceConfig::parse("path=/x,id=").is_err());
+        assert!(DeviceConfig::parse("path=/x,iommu=on").is_err());
+        let two = [
+            DeviceConfig::parse("path=/a,id=x").unwrap(),
+            DeviceConfig::parse("path=/b,id=x").unwrap(),
+        ];
+        assert!(DeviceConfig::check_unique(&two).is_err());
+        let ok = [
+            DeviceConfig::parse("path=/a,id=x").unwrap(),
+            DeviceConfig::parse("path=/b").unwrap(),
+        ];
+        assert!(DeviceConfig::check_unique(&ok).is_ok());
     }
 
     #[test]

@@ -18,17 +18,17 @@ use crate::layout::*;
 pub enum DeviceError {
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
-    #[error("KVM refused irqfd for GSI {gsi}: {source}")]
-    Irqfd { gsi: u32, source: kvm_ioctls::Error },
-    #[error("cannot open serial output file {path}: {source}")]
+    #[error("KVM refused irqfd for GSI {gsi}: {error}")]
+    Irqfd { gsi: u32, error: kvm_ioctls::Error },
+    #[error("cannot open serial output file {path}: {error}")]
     SerialFile {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("placing {what} on the bus: {source}")]
+    #[error("placing {what} on the bus: {error}")]
     Bus {
         what: &'static str,
-        source: devices::BusError,
+        error: devices::BusError,
     },
     #[error("PCI: {0}")]
     Pci(#[from] pci::PciError),
@@ -51,7 +51,7 @@ pub struct DeviceManager {
 fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd> {
     let fd = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
     vm.register_irqfd(&fd, gsi)
-        .map_err(|source| DeviceError::Irqfd { gsi, source })?;
+        .map_err(|source| DeviceError::Irqfd { gsi, error: source })?;
     Ok(fd)
 }
 
@@ -63,7 +63,10 @@ fn bus_insert(
     len: u64,
 ) -> Result<()> {
     bus.insert(dev, base, len)
-        .map_err(|source| DeviceError::Bus { what, source })
+        .map_err(|source| DeviceError::Bus {
+            what,
+            error: source,
+        })
 }
 
 impl DeviceManager {
@@ -78,7 +81,7 @@ impl DeviceManager {
                 Box::new(
                     File::create(path).map_err(|source| DeviceError::SerialFile {
                         path: path.clone(),
-                        source,
+                        error: source,
                     })?,
                 )
             }

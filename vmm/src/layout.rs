@@ -3,6 +3,7 @@
 pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
+pub const PAGE_SIZE: u64 = 4096;
 
 // Boot structures in low RAM, where the 64-bit boot protocol expects identity-mapped memory.
 pub const GDT_ADDR: u64 = 0x500;

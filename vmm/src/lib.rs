@@ -13,4 +13,5 @@ pub mod exit;
 pub mod layout;
 pub mod memory;
 pub mod vcpu;
+pub mod vfio;
 pub mod vm;

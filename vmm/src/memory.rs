@@ -10,12 +10,12 @@ use crate::layout::Layout;
 pub enum MemoryError {
     #[error("cannot allocate guest memory: {0}")]
     Allocate(String),
-    #[error("KVM refused memory slot {slot} ({size:#x} bytes at {addr:#x}): {source}")]
+    #[error("KVM refused memory slot {slot} ({size:#x} bytes at {addr:#x}): {error}")]
     SetSlot {
         slot: u32,
         addr: u64,
         size: u64,
-        source: kvm_ioctls::Error,
+        error: kvm_ioctls::Error,
     },
 }
 
@@ -49,7 +49,7 @@ pub fn create_guest_memory(
             slot,
             addr,
             size,
-            source,
+            error: source,
         })?;
         slot += 1;
     }

@@ -64,9 +64,32 @@ impl Vm {
         })
         .context("KVM_CREATE_PIT2")?;
 
-        let (mem, _next_slot) = crate::memory::create_guest_memory(&vm, &layout)?;
+        let (mem, mut next_slot) = crate::memory::create_guest_memory(&vm, &layout)?;
         let exit = Arc::new(ExitState::default());
         let devices = DeviceManager::new(&vm, cfg, &layout, exit.clone())?;
+        let container = std::sync::Mutex::new(None);
+        for d in &cfg.devices {
+            let mut ctx = crate::vfio::VfioContext {
+                vm: &vm,
+                mem: &mem,
+                mmio_bus: &devices.mmio_bus,
+                allocator: &devices.bar_allocator,
+                container: &container,
+                next_slot: &mut next_slot,
+                mmio64_size: layout.mmio64_size,
+            };
+            // The error names the device path itself.
+            let assigned = crate::vfio::assign(&mut ctx, &d.path).context("--device")?;
+            let slot = devices
+                .pci_segment
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add_device(None, assigned.device)
+                .context("no free PCI slot")?;
+            log::info!("{}: guest BDF 0000:00:{slot:02x}.0", d.path.display());
+        }
+        // The container (and with it the DMA mappings) lives as long as the VM.
+        std::mem::forget(container);
 
         let desc = crate::acpi_tables::platform_desc(cfg.cpus.boot, &layout);
         let rsdp_addr = crate::acpi_tables::install(&mem, &desc)?;

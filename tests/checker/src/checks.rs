@@ -13,7 +13,7 @@ pub const LEGACY_HOLE: u64 = 0x10_0000 - 0x9_fc00;
 /// bounce buffer...): MemTotal may fall short of the configured RAM by at most this much.
 const MEMTOTAL_SLACK: u64 = 112 << 20;
 
-fn report(name: &str, result: Result<(), String>) {
+pub fn report(name: &str, result: Result<(), String>) {
     match result {
         Ok(()) => println!("@@CHECK {name} PASS"),
         Err(reason) => println!("@@CHECK {name} FAIL {}", reason.replace('\n', " ")),
@@ -222,6 +222,9 @@ pub fn run_all(expect: &Expectations) {
         report("e820", check_e820(mem));
     }
     report("pci-host-bridge", check_host_bridge());
+    if expect.vfio.as_deref() == Some("ivshmem") {
+        crate::vfio::ivshmem();
+    }
     report("acpi-dump", dump_acpi());
 }
 

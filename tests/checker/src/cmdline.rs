@@ -8,6 +8,8 @@ pub struct Expectations {
     pub mem: Option<u64>,
     /// `poweroff` (default) or `reboot`.
     pub action: String,
+    /// A passed-through ivshmem device is expected (`ghvmm.vfio=ivshmem`).
+    pub vfio: Option<String>,
 }
 
 impl Expectations {
@@ -27,6 +29,7 @@ impl Expectations {
                 "cpus" => e.cpus = value.parse().ok(),
                 "mem" => e.mem = parse_size(value),
                 "action" => e.action = value.to_string(),
+                "vfio" => e.vfio = Some(value.to_string()),
                 _ => {}
             }
         }

@@ -14,6 +14,7 @@
 mod checks;
 mod cmdline;
 mod timing;
+mod vfio;
 
 use std::io::Write;
 

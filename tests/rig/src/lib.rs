@@ -111,9 +111,12 @@ pub fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>> {
     ));
     let mut results: Vec<CheckResult> = Vec::new();
     let mut push = |name: String, outcome: Outcome| results.push(CheckResult { name, outcome });
+    let mut reported = t.checks.clone();
+    if let Some(host_checks) = s.host_checks {
+        reported.extend(host_checks(&dir));
+    }
     for expected in &s.expect {
-        let got = t
-            .checks
+        let got = reported
             .iter()
             .find(|(n, _)| n == expected)
             .map(|(_, o)| o.clone());
@@ -122,7 +125,7 @@ pub fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>> {
             got.unwrap_or_else(|| Outcome::Fail("never reported (see console.log)".into())),
         );
     }
-    for (name, outcome) in &t.checks {
+    for (name, outcome) in &reported {
         if !s.expect.contains(&name.as_str()) {
             push(format!("{}/{name}", s.name), outcome.clone());
         }

@@ -16,10 +16,10 @@ use crate::layout::{
 pub enum RegsError {
     #[error("writing boot page tables or GDT into guest memory: {0}")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
-    #[error("KVM {what}: {source}")]
+    #[error("KVM {what}: {error}")]
     Kvm {
         what: &'static str,
-        source: kvm_ioctls::Error,
+        error: kvm_ioctls::Error,
     },
     #[error("building the MSR list: {0}")]
     Msrs(String),
@@ -28,7 +28,10 @@ pub enum RegsError {
 type Result<T> = std::result::Result<T, RegsError>;
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RegsError {
-    move |source| RegsError::Kvm { what, source }
+    move |source| RegsError::Kvm {
+        what,
+        error: source,
+    }
 }
 
 const CR0_PE: u64 = 1 << 0;

@@ -1,0 +1,170 @@
+//! Checks on a passed-through ivshmem device (1af4:1110): BAR sizes and types as the guest sees
+//! them, data written through the mapped BAR2 (the host checks it landed in the backing file),
+//! and ghvmm's padding of the 256-byte register BAR0.
+
+use std::path::{Path, PathBuf};
+
+use crate::checks::report;
+
+/// Patterns written at these BAR2 offsets; the rig looks for them in the host's file.
+pub const PATTERNS: [(u64, &[u8; 16]); 3] = [
+    (0, b"ghvmm-bar2-at-0!"),
+    (1 << 20, b"ghvmm-bar2-at-1M"),
+    ((64 << 20) - 16, b"ghvmm-bar2-atEnd"),
+];
+
+const IORESOURCE_PREFETCH: u64 = 0x2000;
+const IORESOURCE_MEM_64: u64 = 0x0010_0000;
+
+fn find(vendor: &str, device: &str) -> Option<PathBuf> {
+    let dir = std::fs::read_dir("/sys/bus/pci/devices").ok()?;
+    dir.flatten().map(|e| e.path()).find(|p| {
+        let r = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        r("vendor").trim() == vendor && r("device").trim() == device
+    })
+}
+
+/// (start, size, flags) of BAR `bar` from the sysfs `resource` file.
+fn resource(dev: &Path, bar: usize) -> Result<(u64, u64, u64), String> {
+    let text = std::fs::read_to_string(dev.join("resource")).map_err(|e| e.to_string())?;
+    let line = text.lines().nth(bar).ok_or("no such BAR line")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16).ok())
+        .collect();
+    match v.as_slice() {
+        [start, end, flags] if *end > *start => Ok((*start, end - start + 1, *flags)),
+        _ => Err(format!("BAR {bar} is not assigned: {line:?}")),
+    }
+}
+
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn open(dev: &Path, bar: usize, len: usize) -> Result<Self, String> {
+        let path = dev.join(format!("resource{bar}"));
+        let c =
+            std::ffi::CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
+        // SAFETY: plain syscalls on a path we own; the mapping is checked before use.
+        unsafe {
+            let fd = libc::open(c.as_ptr(), libc::O_RDWR | libc::O_SYNC);
+            if fd < 0 {
+                return Err(format!(
+                    "open {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+            let ptr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            libc::close(fd);
+            if ptr == libc::MAP_FAILED {
+                return Err(format!(
+                    "mmap {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(Mapping {
+                ptr: ptr.cast(),
+                len,
+            })
+        }
+    }
+
+    fn write(&self, off: u64, data: &[u8]) {
+        for (i, b) in data.iter().enumerate() {
+            let o = off as usize + i;
+            if o < self.len {
+                // SAFETY: inside the mapping; volatile because it is device memory.
+                unsafe { self.ptr.add(o).write_volatile(*b) };
+            }
+        }
+    }
+
+    fn read(&self, off: u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .filter(|i| off as usize + i < self.len)
+            // SAFETY: inside the mapping.
+            .map(|i| unsafe { self.ptr.add(off as usize + i).read_volatile() })
+            .collect()
+    }
+
+    fn read_u32(&self, off: u64) -> u32 {
+        // SAFETY: 4-byte aligned offset inside the mapping, one 32-bit access.
+        unsafe { (self.ptr.add(off as usize) as *const u32).read_volatile() }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+pub fn ivshmem() {
+    let Some(dev) = find("0x1af4", "0x1110") else {
+        report(
+            "vfio-present",
+            Err("no 1af4:1110 device in /sys/bus/pci/devices".into()),
+        );
+        return;
+    };
+    report("vfio-present", Ok(()));
+    report(
+        "vfio-bar2",
+        resource(&dev, 2).and_then(|(start, size, flags)| {
+            let want = IORESOURCE_MEM_64 | IORESOURCE_PREFETCH;
+            if size != 64 << 20 || flags & want != want {
+                return Err(format!("BAR2 at {start:#x}: size {size:#x}, flags {flags:#x}; want 64 MiB, 64-bit prefetchable"));
+            }
+            Ok(())
+        }),
+    );
+    report(
+        "vfio-bar2-data",
+        Mapping::open(&dev, 2, 64 << 20).and_then(|m| {
+            for (off, pat) in PATTERNS {
+                m.write(off, pat);
+            }
+            for (off, pat) in PATTERNS {
+                let got = m.read(off, 16);
+                if got != pat {
+                    return Err(format!("read back {got:02x?} at {off:#x}"));
+                }
+            }
+            Ok(())
+        }),
+    );
+    // BAR0 is 256 bytes of registers; ghvmm shows a 4 KiB BAR whose tail is its padding.
+    report(
+        "vfio-bar0-padding",
+        resource(&dev, 0).and_then(|(_, size, _)| {
+            if size != 4096 {
+                return Err(format!(
+                    "BAR0 is {size:#x} bytes, expected 0x1000 (256 padded to a page)"
+                ));
+            }
+            let m = Mapping::open(&dev, 0, 4096)?;
+            m.write(0x800, &[0xaa; 8]);
+            let words: Vec<u32> = [0x100u64, 0x800, 0xffc]
+                .iter()
+                .map(|o| m.read_u32(*o))
+                .collect();
+            if words.iter().any(|w| *w != 0) {
+                return Err(format!("padding reads {words:#x?}, expected zeros"));
+            }
+            Ok(())
+        }),
+    );
+}

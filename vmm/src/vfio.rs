@@ -1,0 +1,583 @@
+//! VFIO PCI passthrough (`--device path=/sys/bus/pci/devices/BDF`): opens the device through
+//! a type1 container, DMA-maps guest RAM (IOVA = guest physical address), lays out each BAR
+//! (`pci::vfio::bar_layout`), maps the mappable pieces as KVM memory slots and traps the rest
+//! (forwarded to the region, or answered as padding).
+//!
+//! vfio-ioctls 0.10 is used for the container/group/device set-up and region info. Its
+//! `region_read`/`region_write` only log errors, so region and config accesses go through
+//! pread/pwrite on the device fd here, where the error reaches the caller. It has no mmap
+//! helper either: `map_region` below does it.
+//!
+//! Not yet: MSI/MSI-X routing, BAR relocation by the guest (ghvmm's assignment is kept; a
+//! move is logged and refused), hot plug. See issue 3.
+
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use devices::{Bus, BusDevice};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use pci::vfio::dispatch::{self, RegionIo};
+use pci::vfio::{
+    bar_layout, BarLayout, DeviceConfig, Limits, PassthroughConfig, PieceKind, RegionDesc,
+    SparseArea,
+};
+use pci::{BarReprogram, PciDevice};
+use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioRegionInfoCap};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::bar_allocator::{BarAllocator, Window};
+use crate::layout::{MMIO32_SIZE, PAGE_SIZE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VfioSetupError {
+    #[error("{path} is not a PCI device in sysfs: {error}")]
+    NotADevice {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "{path}: the device is bound to {driver}, not to a VFIO driver (bind it to vfio-pci first)"
+    )]
+    NotVfioBound { path: PathBuf, driver: String },
+    #[error("{path}: cannot open the VFIO container /dev/vfio/vfio: {error}")]
+    Container {
+        path: PathBuf,
+        error: vfio_ioctls::VfioError,
+    },
+    #[error("{path}: cannot open the device through its IOMMU group: {error}")]
+    Device {
+        path: PathBuf,
+        error: vfio_ioctls::VfioError,
+    },
+    #[error("{path}: cannot DMA-map guest RAM at {gpa:#x}: {error}")]
+    DmaMap {
+        path: PathBuf,
+        gpa: u64,
+        error: vfio_ioctls::VfioError,
+    },
+    #[error("{path}: {error}")]
+    Layout {
+        path: PathBuf,
+        error: pci::vfio::LayoutError,
+    },
+    #[error("{path}: BAR {bar}: {error}")]
+    BarSpace {
+        path: PathBuf,
+        bar: usize,
+        error: crate::bar_allocator::BarAllocError,
+    },
+    #[error(
+        "{path}: BAR {bar}: cannot mmap {size:#x} bytes at region offset {offset:#x}: {error}"
+    )]
+    Mmap {
+        path: PathBuf,
+        bar: usize,
+        offset: u64,
+        size: u64,
+        error: std::io::Error,
+    },
+    #[error("{path}: BAR {bar}: KVM refused memory slot {slot} at {gpa:#x}: {error}")]
+    Slot {
+        path: PathBuf,
+        bar: usize,
+        slot: u32,
+        gpa: u64,
+        error: kvm_ioctls::Error,
+    },
+    #[error("{path}: BAR {bar}: placing the trapped range on the bus: {error}")]
+    Bus {
+        path: PathBuf,
+        bar: usize,
+        error: devices::BusError,
+    },
+    #[error("config space: {0}")]
+    Config(String),
+    #[error("{path}: PCI: {error}")]
+    Pci { path: PathBuf, error: pci::PciError },
+}
+
+type Result<T> = std::result::Result<T, VfioSetupError>;
+
+/// pread/pwrite on the device fd at `base` (a region's offset in the fd).
+struct FdRegion {
+    device: Arc<VfioDevice>,
+    base: u64,
+}
+
+impl FdRegion {
+    fn pread(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        let at = self
+            .base
+            .checked_add(offset)
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
+        // SAFETY: reads at most data.len() bytes into a buffer we own.
+        let n = unsafe {
+            libc::pread(
+                self.device.as_raw_fd(),
+                data.as_mut_ptr().cast(),
+                data.len(),
+                at as libc::off_t,
+            )
+        };
+        match n {
+            n if n as usize == data.len() => Ok(()),
+            n if n < 0 => Err(std::io::Error::last_os_error()),
+            _ => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    fn pwrite(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let at = self
+            .base
+            .checked_add(offset)
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
+        // SAFETY: writes at most data.len() bytes from a buffer we own.
+        let n = unsafe {
+            libc::pwrite(
+                self.device.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                at as libc::off_t,
+            )
+        };
+        match n {
+            n if n as usize == data.len() => Ok(()),
+            n if n < 0 => Err(std::io::Error::last_os_error()),
+            _ => Err(std::io::ErrorKind::WriteZero.into()),
+        }
+    }
+}
+
+impl RegionIo for FdRegion {
+    fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        self.pread(offset, data)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.pwrite(offset, data)
+    }
+}
+
+impl DeviceConfig for FdRegion {
+    fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        self.pread(offset, data)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.pwrite(offset, data)
+    }
+}
+
+/// The trapped parts of one BAR (forwarded and padding), on the MMIO bus.
+struct BarTrap {
+    bar: usize,
+    bar_base: u64,
+    layout: BarLayout,
+    region: FdRegion,
+    reported: bool,
+}
+
+impl BarTrap {
+    fn report(&mut self, errors: Vec<dispatch::DeviceError>) {
+        // Once per BAR: a failing device must not flood the log from a vCPU loop.
+        if let Some(e) = errors.first() {
+            if !self.reported {
+                log::error!(
+                    "BAR {}: region access at {:#x} failed: {}",
+                    self.bar,
+                    e.offset,
+                    e.error
+                );
+                self.reported = true;
+            }
+        }
+    }
+}
+
+impl BusDevice for BarTrap {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        let at = base - self.bar_base + offset;
+        let errors = dispatch::read(&self.layout, &self.region, at, data);
+        self.report(errors);
+    }
+
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+        let at = base - self.bar_base + offset;
+        let errors = dispatch::write(&self.layout, &self.region, at, data);
+        self.report(errors);
+    }
+}
+
+/// The guest-visible PCI function.
+pub struct PassthroughDevice {
+    config: PassthroughConfig,
+    path: PathBuf,
+    _device: Arc<VfioDevice>,
+}
+
+impl PciDevice for PassthroughDevice {
+    fn read_config_register(&mut self, reg_idx: usize) -> u32 {
+        self.config.read_config_register(reg_idx)
+    }
+
+    fn write_config_register(
+        &mut self,
+        reg_idx: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Vec<BarReprogram> {
+        let moves = self.config.write_config_register(reg_idx, offset, data);
+        for m in &moves {
+            log::warn!(
+                "{}: the guest moved BAR {} from {:#x} to {:#x}; BAR relocation is not supported yet, the device stays at {:#x}",
+                self.path.display(),
+                m.bar,
+                m.old_base,
+                m.new_base,
+                m.old_base
+            );
+        }
+        Vec::new()
+    }
+}
+
+fn check_bound_to_vfio(path: &Path) -> Result<()> {
+    std::fs::metadata(path.join("config")).map_err(|source| VfioSetupError::NotADevice {
+        path: path.into(),
+        error: source,
+    })?;
+    let driver = std::fs::read_link(path.join("driver"))
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "no driver".into());
+    let driver = if driver == "no driver" {
+        driver
+    } else {
+        format!("driver {driver}")
+    };
+    if !driver.contains("vfio") {
+        return Err(VfioSetupError::NotVfioBound {
+            path: path.into(),
+            driver,
+        });
+    }
+    Ok(())
+}
+
+/// An mmap of `size` bytes of the device fd at `offset`, its host address aligned to `align`
+/// (so the host kernel can back it with huge pfn mappings).
+fn map_region(fd: i32, offset: u64, size: u64, align: u64) -> std::io::Result<*mut u8> {
+    let len = size as usize;
+    let span = len + align as usize;
+    // SAFETY: reserve address space (no access) that the device mapping will replace.
+    let reserve = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if reserve == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let start = reserve as usize;
+    let aligned = (start + align as usize - 1) & !(align as usize - 1);
+    // SAFETY: [aligned, aligned + len) lies inside the reservation we own; MAP_FIXED replaces it.
+    let addr = unsafe {
+        libc::mmap(
+            aligned as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd,
+            offset as libc::off_t,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: releasing our own reservation.
+        unsafe { libc::munmap(reserve, span) };
+        return Err(e);
+    }
+    // SAFETY: trimming the unused parts of our own reservation around the mapping.
+    unsafe {
+        if aligned > start {
+            libc::munmap(reserve, aligned - start);
+        }
+        let end = aligned + len;
+        if start + span > end {
+            libc::munmap(end as *mut libc::c_void, start + span - end);
+        }
+    }
+    Ok(addr.cast())
+}
+
+/// Byte ranges of the MSI-X table and PBA, per BAR index, from the MSI-X capability.
+fn msix_ranges(config: &FdRegion) -> Vec<(usize, SparseArea)> {
+    let mut out = Vec::new();
+    let caps = pci::vfio::config::exposed_capabilities(config);
+    let Some(cap) = caps.iter().find(|c| c.id == pci::vfio::config::CAP_MSIX) else {
+        return out;
+    };
+    let mut b = [0u8; 12];
+    if config.pread(u64::from(cap.offset), &mut b).is_err() {
+        return out;
+    }
+    let vectors = u64::from(u16::from_le_bytes([b[2], b[3]]) & 0x7ff) + 1;
+    let table = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    let pba = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    out.push((
+        (table & 7) as usize,
+        SparseArea {
+            offset: u64::from(table & !7),
+            size: vectors * 16,
+        },
+    ));
+    out.push((
+        (pba & 7) as usize,
+        SparseArea {
+            offset: u64::from(pba & !7),
+            size: vectors.div_ceil(64) * 8,
+        },
+    ));
+    out
+}
+
+/// Everything the VM needs to keep for an assigned device.
+pub struct Assigned {
+    pub device: Arc<Mutex<PassthroughDevice>>,
+    /// (guest address, size, host address) of each memory slot, for DMA and teardown later.
+    pub slots: Vec<(u64, u64, u64)>,
+}
+
+pub struct VfioContext<'a> {
+    pub vm: &'a VmFd,
+    pub mem: &'a GuestMemoryMmap,
+    pub mmio_bus: &'a Bus,
+    pub allocator: &'a Mutex<BarAllocator>,
+    pub container: &'a Mutex<Option<Arc<VfioContainer>>>,
+    pub next_slot: &'a mut u32,
+    pub mmio64_size: u64,
+}
+
+pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
+    check_bound_to_vfio(path)?;
+    let p = || path.to_path_buf();
+    // One container per VM; guest RAM is DMA-mapped into it once, after the first device's
+    // group has set the IOMMU type (VFIO refuses mappings before that).
+    let mut slot = ctx.container.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh = slot.is_none();
+    let container = match slot.as_ref() {
+        Some(c) => c.clone(),
+        None => Arc::new(
+            VfioContainer::new(None).map_err(|source| VfioSetupError::Container {
+                path: p(),
+                error: source,
+            })?,
+        ),
+    };
+    let device = Arc::new(
+        VfioDevice::new(path, container.clone(), false).map_err(|source| {
+            VfioSetupError::Device {
+                path: p(),
+                error: source,
+            }
+        })?,
+    );
+    if fresh {
+        for region in ctx.mem.iter() {
+            let gpa = region.start_addr().0;
+            // SAFETY: the RAM mapping lives as long as the VM (the process).
+            unsafe { container.vfio_dma_map(gpa, region.len() as usize, region.as_ptr()) }
+                .map_err(|source| VfioSetupError::DmaMap {
+                    path: p(),
+                    gpa,
+                    error: source,
+                })?;
+        }
+        *slot = Some(container);
+    }
+    drop(slot);
+
+    let config = FdRegion {
+        device: device.clone(),
+        base: device.get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX),
+    };
+    let msix = msix_ranges(&config);
+    let limits = Limits {
+        page_size: PAGE_SIZE,
+        mmio32_size: MMIO32_SIZE,
+        mmio64_size: ctx.mmio64_size,
+    };
+    let fd = device.as_raw_fd();
+    let mut bars = Vec::new();
+    let mut slots = Vec::new();
+    let mut bar = 0usize;
+    while bar < 6 {
+        let mut reg = [0u8; 4];
+        let _ = config.pread(0x10 + 4 * bar as u64, &mut reg);
+        let reg = u32::from_le_bytes(reg);
+        let index = bar as u32;
+        let size = device.get_region_size(index);
+        let is_io = reg & 1 == 1;
+        let is_64bit = !is_io && (reg >> 1) & 3 == 2;
+        let this = bar;
+        bar += if is_64bit { 2 } else { 1 };
+        if size == 0 || is_io {
+            if is_io && size != 0 {
+                log::warn!(
+                    "{}: I/O BAR {this} is not supported and stays hidden",
+                    path.display()
+                );
+            }
+            continue;
+        }
+        let sparse = device
+            .get_region_caps(index)
+            .into_iter()
+            .find_map(|c| match c {
+                VfioRegionInfoCap::SparseMmap(s) => Some(
+                    s.areas
+                        .iter()
+                        .map(|a| SparseArea {
+                            offset: a.offset,
+                            size: a.size,
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            });
+        let desc = RegionDesc {
+            index,
+            size,
+            mmap: device.get_region_flags(index) & VFIO_REGION_INFO_FLAG_MMAP != 0,
+            sparse,
+            is_64bit,
+            trapped: msix
+                .iter()
+                .filter(|(b, _)| *b == this)
+                .map(|(_, a)| *a)
+                .collect(),
+        };
+        let Some(layout) = bar_layout(&desc, &limits).map_err(|source| VfioSetupError::Layout {
+            path: p(),
+            error: source,
+        })?
+        else {
+            continue;
+        };
+        let window = if is_64bit {
+            Window::Mmio64
+        } else {
+            Window::Mmio32
+        };
+        let base = ctx
+            .allocator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allocate(window, layout.bar_size)
+            .map_err(|source| VfioSetupError::BarSpace {
+                path: p(),
+                bar: this,
+                error: source,
+            })?;
+        let region_offset = device.get_region_offset(index);
+        for piece in &layout.pieces {
+            let gpa = base + piece.offset;
+            match piece.kind {
+                PieceKind::Mapped { host_align } => {
+                    let host = map_region(fd, region_offset + piece.offset, piece.size, host_align)
+                        .map_err(|source| VfioSetupError::Mmap {
+                            path: p(),
+                            bar: this,
+                            offset: piece.offset,
+                            size: piece.size,
+                            error: source,
+                        })?;
+                    let slot = *ctx.next_slot;
+                    let desc = kvm_userspace_memory_region {
+                        slot,
+                        flags: 0,
+                        guest_phys_addr: gpa,
+                        memory_size: piece.size,
+                        userspace_addr: host as u64,
+                    };
+                    // SAFETY: the device mapping stays for the life of the process.
+                    unsafe { ctx.vm.set_user_memory_region(desc) }.map_err(|source| {
+                        VfioSetupError::Slot {
+                            path: p(),
+                            bar: this,
+                            slot,
+                            gpa,
+                            error: source,
+                        }
+                    })?;
+                    *ctx.next_slot += 1;
+                    slots.push((gpa, piece.size, host as u64));
+                }
+                PieceKind::Forwarded | PieceKind::Padding => {}
+            }
+        }
+        // One trap device answers every unmapped run of this BAR.
+        let trap = Arc::new(Mutex::new(BarTrap {
+            bar: this,
+            bar_base: base,
+            layout: layout.clone(),
+            region: FdRegion {
+                device: device.clone(),
+                base: region_offset,
+            },
+            reported: false,
+        }));
+        let mut run: Option<(u64, u64)> = None;
+        let mut runs = Vec::new();
+        for piece in &layout.pieces {
+            let trapped = !matches!(piece.kind, PieceKind::Mapped { .. });
+            match (trapped, run) {
+                (true, Some((s, l))) => run = Some((s, l + piece.size)),
+                (true, None) => run = Some((piece.offset, piece.size)),
+                (false, Some(r)) => {
+                    runs.push(r);
+                    run = None;
+                }
+                (false, None) => {}
+            }
+        }
+        runs.extend(run);
+        for (off, len) in runs {
+            ctx.mmio_bus
+                .insert(trap.clone(), base + off, len)
+                .map_err(|source| VfioSetupError::Bus {
+                    path: p(),
+                    bar: this,
+                    error: source,
+                })?;
+        }
+        log::info!(
+            "{}: BAR {this}: region {size:#x} bytes -> {:#x}-byte BAR at {base:#x}: {:?}",
+            path.display(),
+            layout.bar_size,
+            layout.pieces
+        );
+        let prefetchable = reg & 0x8 != 0;
+        bars.push((
+            this,
+            pci::vfio::config::bar_spec(layout.bar_size, is_64bit, prefetchable),
+            base,
+        ));
+    }
+    let config = PassthroughConfig::new(Box::new(config), &bars)
+        .map_err(|e| VfioSetupError::Config(format!("{}: {e}", path.display())))?;
+    Ok(Assigned {
+        device: Arc::new(Mutex::new(PassthroughDevice {
+            config,
+            path: path.into(),
+            _device: device,
+        })),
+        slots,
+    })
+}
