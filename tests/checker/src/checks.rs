@@ -222,8 +222,10 @@ pub fn run_all(expect: &Expectations) {
         report("e820", check_e820(mem));
     }
     report("pci-host-bridge", check_host_bridge());
-    if expect.vfio.as_deref() == Some("ivshmem") {
-        crate::vfio::ivshmem();
+    match expect.vfio.as_deref() {
+        Some("ivshmem") => crate::vfio::ivshmem(),
+        Some("gh") => crate::gh::gpu_like(&expect.gh_mode, expect.gh_len.unwrap_or(0)),
+        _ => {}
     }
     report("acpi-dump", dump_acpi());
 }

@@ -10,6 +10,9 @@ pub struct Expectations {
     pub action: String,
     /// A passed-through ivshmem device is expected (`ghvmm.vfio=ivshmem`).
     pub vfio: Option<String>,
+    /// The GPU-like device's contract and real length (`ghvmm.gh_mode=`, `ghvmm.gh_len=`).
+    pub gh_mode: String,
+    pub gh_len: Option<u64>,
 }
 
 impl Expectations {
@@ -30,6 +33,8 @@ impl Expectations {
                 "mem" => e.mem = parse_size(value),
                 "action" => e.action = value.to_string(),
                 "vfio" => e.vfio = Some(value.to_string()),
+                "gh_mode" => e.gh_mode = value.to_string(),
+                "gh_len" => e.gh_len = value.parse().ok(),
                 _ => {}
             }
         }

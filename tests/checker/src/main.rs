@@ -13,6 +13,7 @@
 
 mod checks;
 mod cmdline;
+mod gh;
 mod timing;
 mod vfio;
 

@@ -13,10 +13,10 @@ pub const PATTERNS: [(u64, &[u8; 16]); 3] = [
     ((64 << 20) - 16, b"ghvmm-bar2-atEnd"),
 ];
 
-const IORESOURCE_PREFETCH: u64 = 0x2000;
-const IORESOURCE_MEM_64: u64 = 0x0010_0000;
+pub const IORESOURCE_PREFETCH: u64 = 0x2000;
+pub const IORESOURCE_MEM_64: u64 = 0x0010_0000;
 
-fn find(vendor: &str, device: &str) -> Option<PathBuf> {
+pub fn find(vendor: &str, device: &str) -> Option<PathBuf> {
     let dir = std::fs::read_dir("/sys/bus/pci/devices").ok()?;
     dir.flatten().map(|e| e.path()).find(|p| {
         let r = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
@@ -25,7 +25,7 @@ fn find(vendor: &str, device: &str) -> Option<PathBuf> {
 }
 
 /// (start, size, flags) of BAR `bar` from the sysfs `resource` file.
-fn resource(dev: &Path, bar: usize) -> Result<(u64, u64, u64), String> {
+pub fn resource(dev: &Path, bar: usize) -> Result<(u64, u64, u64), String> {
     let text = std::fs::read_to_string(dev.join("resource")).map_err(|e| e.to_string())?;
     let line = text.lines().nth(bar).ok_or("no such BAR line")?;
     let v: Vec<u64> = line
@@ -38,13 +38,13 @@ fn resource(dev: &Path, bar: usize) -> Result<(u64, u64, u64), String> {
     }
 }
 
-struct Mapping {
+pub struct Mapping {
     ptr: *mut u8,
     len: usize,
 }
 
 impl Mapping {
-    fn open(dev: &Path, bar: usize, len: usize) -> Result<Self, String> {
+    pub fn open(dev: &Path, bar: usize, len: usize) -> Result<Self, String> {
         let path = dev.join(format!("resource{bar}"));
         let c =
             std::ffi::CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
@@ -81,7 +81,7 @@ impl Mapping {
         }
     }
 
-    fn write(&self, off: u64, data: &[u8]) {
+    pub fn write(&self, off: u64, data: &[u8]) {
         for (i, b) in data.iter().enumerate() {
             let o = off as usize + i;
             if o < self.len {
@@ -91,7 +91,7 @@ impl Mapping {
         }
     }
 
-    fn read(&self, off: u64, len: usize) -> Vec<u8> {
+    pub fn read(&self, off: u64, len: usize) -> Vec<u8> {
         (0..len)
             .filter(|i| off as usize + i < self.len)
             // SAFETY: inside the mapping.
@@ -102,6 +102,34 @@ impl Mapping {
     fn read_u32(&self, off: u64) -> u32 {
         // SAFETY: 4-byte aligned offset inside the mapping, one 32-bit access.
         unsafe { (self.ptr.add(off as usize) as *const u32).read_volatile() }
+    }
+
+    /// One access of `width` bytes (1, 2, 4 or 8) at `off`, as a little-endian value.
+    pub fn read_width(&self, off: u64, width: usize) -> u64 {
+        // SAFETY: callers keep off + width inside the mapping; x86 allows any alignment, and
+        // a single instruction of that width is what the guest's padding test is about.
+        unsafe {
+            let p = self.ptr.add(off as usize);
+            match width {
+                1 => u64::from(p.read_volatile()),
+                2 => u64::from((p as *const u16).read_unaligned()),
+                4 => u64::from((p as *const u32).read_unaligned()),
+                _ => (p as *const u64).read_unaligned(),
+            }
+        }
+    }
+
+    pub fn write_width(&self, off: u64, width: usize, value: u64) {
+        // SAFETY: as read_width.
+        unsafe {
+            let p = self.ptr.add(off as usize);
+            match width {
+                1 => p.write_volatile(value as u8),
+                2 => (p as *mut u16).write_unaligned(value as u16),
+                4 => (p as *mut u32).write_unaligned(value as u32),
+                _ => (p as *mut u64).write_unaligned(value),
+            }
+        }
     }
 }
 

@@ -36,6 +36,32 @@ impl Paths {
     }
 }
 
+/// Builds tests/variant-driver against the installed headers of the L2 kernel.
+pub fn variant_driver(p: &Paths) -> Result<Vec<u8>> {
+    let src = p.root.join("tests/variant-driver");
+    let build = p.rig_dir().join("variant-driver");
+    std::fs::create_dir_all(&build)?;
+    for f in ["ghvmm_test_vfio.c", "Makefile"] {
+        std::fs::copy(src.join(f), build.join(f)).with_context(|| format!("copying {f}"))?;
+    }
+    let headers = format!("/usr/src/linux-headers-{}", p.abi);
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(&headers)
+        .arg(format!("M={}", build.display()))
+        .arg("modules")
+        .output()
+        .context("running make for the variant driver")?;
+    if !out.status.success() {
+        bail!(
+            "building the variant driver failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    read(&build.join("ghvmm_test_vfio.ko"))
+}
+
 pub fn cargo_build(root: &Path) -> Result<()> {
     say("building ghvmm and the checker (release)");
     let status = Command::new(env_or("CARGO", "cargo"))
@@ -135,6 +161,12 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
         names.push(file.to_string());
     }
     c.file("modules.order", 0o644, (names.join("\n") + "\n").as_bytes());
+    say("building the test variant driver against the kernel headers");
+    c.file(
+        "lib/modules/extra/ghvmm_test_vfio.ko",
+        0o644,
+        &variant_driver(p)?,
+    );
     c.file("l3/vmlinuz", 0o644, &read(&p.kernel())?);
     c.file("l3/initramfs", 0o644, &l3_initramfs(p)?);
     Ok(c.finish())

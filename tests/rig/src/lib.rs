@@ -97,6 +97,16 @@ pub fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>> {
         s.about,
         s.timeout.as_secs()
     ));
+    // Host checks may need the GPU-like device's length: keep it next to the log.
+    if let Some(len) = s
+        .script
+        .split("ghvmm.gh_len=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+    {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("gh_len"), len.trim_end_matches('"'))?;
+    }
     let mut overlays = Vec::new();
     if s.vmlinux {
         overlays.push(images::vmlinux_overlay(&prep.paths)?);

@@ -106,7 +106,145 @@ const L3_CHECKS: &[&str] = &[
     "vmm-exit",
 ];
 
+/// Default GPU-like device lengths: one a multiple of 2 MiB (not a power of two), one not.
+pub const GH_LENGTHS: [u64; 2] = [48 << 20, (40 << 20) + (12 << 10)];
+pub const GH_MODES: [&str; 2] = ["vmm_pads", "kernel_pads"];
+
+fn bind_variant(mode: &str, len: u64, extra: &str) -> String {
+    format!(
+        "insmod /lib/modules/extra/ghvmm_test_vfio.ko mode={mode} length={len} {extra}\n\
+         IVSHMEM=\n\
+         for d in /sys/bus/pci/devices/*; do\n\
+             [ \"$(cat $d/vendor)\" = 0x1af4 ] && [ \"$(cat $d/device)\" = 0x1110 ] && IVSHMEM=$d\n\
+         done\n\
+         echo ghvmm_test_vfio > $IVSHMEM/driver_override\n\
+         [ -e $IVSHMEM/driver ] && echo $(basename $IVSHMEM) > $IVSHMEM/driver/unbind\n\
+         echo $(basename $IVSHMEM) > /sys/bus/pci/drivers_probe\n\
+         readlink $IVSHMEM/driver 2>/dev/null | grep -q ghvmm_test_vfio\n\
+         l2_check vfio-bind $? \"ivshmem did not bind to ghvmm_test_vfio\"\n"
+    )
+}
+
+fn short_len(len: u64) -> String {
+    match (len >> 20, (len >> 10) & 1023) {
+        (m, 0) => format!("{m}M"),
+        (m, k) => format!("{m}M{k}K"),
+    }
+}
+
+/// The GPU-like device scenarios for `modes` x `lengths`.
+pub fn gh_device_scenarios(modes: &[&'static str], lengths: &[u64]) -> Vec<Scenario> {
+    let mut v = Vec::new();
+    for &mode in modes {
+        for &len in lengths {
+            let name: &'static str = Box::leak(
+                format!(
+                    "vfio-gh-{}-{}",
+                    mode.trim_end_matches("_pads"),
+                    short_len(len)
+                )
+                .into_boxed_str(),
+            );
+            v.push(Scenario {
+                name,
+                about: if mode == "vmm_pads" {
+                    "GPU-like BAR, region not a power of two: ghvmm pads (reads 0)"
+                } else {
+                    "GPU-like BAR, power-of-two region with a sparse area: the kernel pads (reads 0xff)"
+                },
+                script: format!(
+                    "{}{}",
+                    bind_variant(mode, len, ""),
+                    ghvmm_boot_with(
+                        "/l3/vmlinuz",
+                        2,
+                        "512M",
+                        &format!("ghvmm.vfio=gh ghvmm.gh_mode={mode} ghvmm.gh_len={len}"),
+                        "--device path=$IVSHMEM,id=gpu0"
+                    )
+                ),
+                expect: [
+                    L3_CHECKS,
+                    &["vfio-bind", "gh-bar", "gh-data", "gh-padding-read", "gh-straddle", "gh-padding-write", "host-file"],
+                ]
+                .concat(),
+                acpi: false,
+                vmlinux: false,
+                host_checks: Some(if mode == "vmm_pads" { gh_file_check::<0> } else { gh_file_check::<1> }),
+                timeout: Duration::from_secs(240),
+            });
+        }
+    }
+    v
+}
+
+/// Reads back the scenario's length from its script and checks the host file: the guest's
+/// patterns are there, and nothing it wrote into the padding reached the file.
+fn gh_file_check<const KERNEL: u8>(
+    dir: &std::path::Path,
+) -> Vec<(String, crate::protocol::Outcome)> {
+    use crate::protocol::Outcome;
+    let len = std::fs::read_to_string(dir.join("gh_len"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let outcome = match (std::fs::read(dir.join("ivshmem.bin")), len) {
+        (Err(e), _) => Outcome::Fail(format!("reading ivshmem.bin: {e}")),
+        (_, None) => Outcome::Fail("no gh_len next to the log".into()),
+        (Ok(file), Some(len)) => {
+            let mut bad = Vec::new();
+            for (off, pat) in gh_patterns(len) {
+                if file.get(off as usize..off as usize + pat.len()) != Some(&pat[..]) {
+                    bad.push(format!("pattern missing at {off:#x}"));
+                }
+            }
+            if let Some(i) = file.iter().skip(len as usize).position(|b| *b != 0) {
+                bad.push(format!(
+                    "padding write reached the file at {:#x}",
+                    len as usize + i
+                ));
+            }
+            if bad.is_empty() {
+                Outcome::Pass
+            } else {
+                Outcome::Fail(bad.join("; "))
+            }
+        }
+    };
+    vec![("host-file".to_string(), outcome)]
+}
+
+/// The patterns the checker writes through the GPU-like BAR (tests/checker/src/gh.rs).
+pub fn gh_patterns(len: u64) -> [(u64, [u8; 16]); 3] {
+    let mid = (len / 2) & !15;
+    [
+        (0, *b"gh-mem-at-start!"),
+        (mid, *b"gh-mem-in-middle"),
+        (len - 16, *b"gh-mem-last-16B!"),
+    ]
+}
+
 pub fn all() -> Vec<Scenario> {
+    let mut v = base();
+    v.extend(gh_device_scenarios(&GH_MODES, &GH_LENGTHS));
+    v.push(Scenario {
+        name: "vfio-gh-bad-info",
+        about: "the variant driver reports a sparse area outside its region: ghvmm refuses, exit 1",
+        script: format!(
+            "{}expect_clean_failure refused --kernel /l3/vmlinuz --device path=$IVSHMEM\n\
+             grep -q 'region 2' /tmp/err\n\
+             l2_check names-region $? \"the error does not name region 2: $(cat /tmp/err)\"\n",
+            bind_variant("kernel_pads", GH_LENGTHS[0], "bad_info=1")
+        ),
+        expect: vec!["kvm", "vfio-bind", "refused", "names-region"],
+        acpi: false,
+        vmlinux: false,
+        host_checks: None,
+        timeout: Duration::from_secs(120),
+    });
+    v
+}
+
+fn base() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "boot-basic",

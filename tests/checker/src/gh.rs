@@ -1,0 +1,133 @@
+//! Checks on the GPU-like device (tests/variant-driver) as the guest sees it: one BAR of the
+//! next power of two, data through the real part, and the padding behaving per contract
+//! (0x00 when ghvmm pads, 0xff when the kernel pads), byte by byte across the boundary.
+
+use crate::checks::report;
+use crate::vfio::{find, resource, Mapping, IORESOURCE_MEM_64, IORESOURCE_PREFETCH};
+
+/// Must match tests/rig/src/scenario.rs `gh_patterns` (the host looks for them in its file).
+fn patterns(len: u64) -> [(u64, [u8; 16]); 3] {
+    let mid = (len / 2) & !15;
+    [
+        (0, *b"gh-mem-at-start!"),
+        (mid, *b"gh-mem-in-middle"),
+        (len - 16, *b"gh-mem-last-16B!"),
+    ]
+}
+
+pub fn gpu_like(mode: &str, len: u64) {
+    let pad: u8 = if mode == "kernel_pads" { 0xff } else { 0x00 };
+    let bar_size = len.max(4096).next_power_of_two();
+    let Some(dev) = find("0x1af4", "0x1110") else {
+        report("gh-bar", Err("no 1af4:1110 device".into()));
+        return;
+    };
+    report(
+        "gh-bar",
+        resource(&dev, 2).and_then(|(start, size, flags)| {
+            let want = IORESOURCE_MEM_64 | IORESOURCE_PREFETCH;
+            if size != bar_size || flags & want != want || start % bar_size != 0 {
+                return Err(format!(
+                    "BAR2 at {start:#x}, {size:#x} bytes, flags {flags:#x}; want {bar_size:#x}, 64-bit prefetchable, aligned"
+                ));
+            }
+            Ok(())
+        }),
+    );
+    let m = match Mapping::open(&dev, 2, bar_size as usize) {
+        Ok(m) => m,
+        Err(e) => {
+            report("gh-data", Err(e));
+            return;
+        }
+    };
+    report(
+        "gh-data",
+        (|| {
+            for (off, pat) in patterns(len) {
+                m.write(off, &pat);
+            }
+            for (off, pat) in patterns(len) {
+                let got = m.read(off, 16);
+                if got != pat {
+                    return Err(format!("read back {got:02x?} at {off:#x}"));
+                }
+            }
+            Ok(())
+        })(),
+    );
+    report(
+        "gh-padding-read",
+        (|| {
+            for width in [1usize, 2, 4, 8] {
+                for off in [len, len + 1, len + 3, (len + 4096) & !4095, bar_size - 8] {
+                    if off + width as u64 > bar_size {
+                        continue;
+                    }
+                    let got = m.read_width(off, width);
+                    let want = u64::from_le_bytes([pad; 8]) & (u64::MAX >> (64 - 8 * width));
+                    if got != want {
+                        return Err(format!(
+                            "{width}-byte read at {off:#x} gave {got:#x}, want {want:#x}"
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        })(),
+    );
+    report(
+        "gh-straddle",
+        (|| {
+            // Four bytes across the end of the real memory: two real, two padding.
+            let at = len - 2;
+            let real = m.read(at, 2);
+            let got = m.read_width(at, 4).to_le_bytes();
+            let want = [real[0], real[1], pad, pad];
+            if got[..4] != want {
+                return Err(format!(
+                    "straddling read at {at:#x} gave {:02x?}, want {want:02x?}",
+                    &got[..4]
+                ));
+            }
+            let got8 = m.read_width(len - 4, 8).to_le_bytes();
+            let real4 = m.read(len - 4, 4);
+            if got8[..4] != real4[..] || got8[4..] != [pad; 4] {
+                return Err(format!(
+                    "8-byte straddling read at {:#x} gave {got8:02x?}",
+                    len - 4
+                ));
+            }
+            Ok(())
+        })(),
+    );
+    report(
+        "gh-padding-write",
+        (|| {
+            for width in [1usize, 2, 4, 8] {
+                for off in [len, bar_size - 8] {
+                    m.write_width(off, width, 0xaaaa_aaaa_aaaa_aaaa);
+                    let got = m.read_width(off, width);
+                    let want = u64::from_le_bytes([pad; 8]) & (u64::MAX >> (64 - 8 * width));
+                    if got != want {
+                        return Err(format!(
+                            "after a {width}-byte write at {off:#x} the padding reads {got:#x}"
+                        ));
+                    }
+                }
+            }
+            // A write straddling the end changes only the real bytes.
+            m.write_width(len - 2, 4, 0x4443_4241);
+            let back = m.read(len - 2, 2);
+            if back != [0x41, 0x42] {
+                return Err(format!(
+                    "straddling write left {back:02x?} in the last real bytes"
+                ));
+            }
+            // Restore the last pattern for the host-side check.
+            let (off, pat) = patterns(len)[2];
+            m.write(off, &pat);
+            Ok(())
+        })(),
+    );
+}
