@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything that is not plain cargo.
 //!
-//!   cargo xtask e2e [--list] [FILTER...]   nested-virtualization scenarios
+//!   cargo xtask e2e [--list] [--gh-mode vmm_pads|kernel_pads] [--gh-len BYTES] [FILTER...]
+//!                                          nested-virtualization scenarios
 //!   cargo xtask bench                      boot-time comparison with QEMU, in the rig
 //!   cargo xtask demo                       boot a guest under ghvmm and show its console
 //!   cargo xtask test                       fmt, clippy, unit tests, then every e2e scenario
@@ -45,10 +46,10 @@ fn test(root: &PathBuf) -> Result<bool> {
     )?;
     cargo(root, &["test", "--workspace"])?;
     eprintln!("xtask: e2e (nested rig)");
-    rig::e2e(root, &[])
+    rig::e2e(root, &rig::E2eArgs::parse(&[])?)
 }
 
-const USAGE: &str = "usage: cargo xtask <e2e [--list] [FILTER...] | bench | demo | test>";
+const USAGE: &str = "usage: cargo xtask <e2e [--list] [--gh-mode M] [--gh-len BYTES] [FILTER...] | bench | demo | test>";
 
 fn run() -> Result<bool> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,7 +59,7 @@ fn run() -> Result<bool> {
             rig::list();
             Ok(true)
         }
-        Some("e2e") => rig::e2e(&root, &args[1..]),
+        Some("e2e") => rig::e2e(&root, &rig::E2eArgs::parse(&args[1..])?),
         Some("bench") => rig::bench::run(&root).map(|()| true),
         Some("demo") => rig::demo(&root),
         Some("test") => test(&root),

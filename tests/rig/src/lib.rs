@@ -191,8 +191,69 @@ pub fn report(results: &[CheckResult]) -> bool {
     failed == 0
 }
 
-pub fn e2e(root: &Path, filters: &[String]) -> Result<bool> {
-    let all = scenario::all();
+/// `cargo xtask e2e` arguments: filters, and optionally one GPU-like device configuration
+/// replacing the default modes x lengths.
+pub struct E2eArgs {
+    pub filters: Vec<String>,
+    pub gh_mode: Option<String>,
+    pub gh_len: Option<u64>,
+}
+
+impl E2eArgs {
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let mut a = E2eArgs {
+            filters: Vec::new(),
+            gh_mode: None,
+            gh_len: None,
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--gh-mode" => {
+                    let m = it
+                        .next()
+                        .context("--gh-mode needs vmm_pads or kernel_pads")?;
+                    if !scenario::GH_MODES.contains(&m.as_str()) {
+                        anyhow::bail!("--gh-mode {m}: use vmm_pads or kernel_pads");
+                    }
+                    a.gh_mode = Some(m.clone());
+                }
+                "--gh-len" => {
+                    let l = it.next().context("--gh-len needs a byte count")?;
+                    let n: u64 = l
+                        .parse()
+                        .with_context(|| format!("--gh-len {l}: not a number of bytes"))?;
+                    if !(4096..=64 << 20).contains(&n) || !n.is_multiple_of(4096) {
+                        anyhow::bail!("--gh-len {l}: a multiple of 4096 between 4 KiB and 64 MiB (ivshmem's BAR2)");
+                    }
+                    a.gh_len = Some(n);
+                }
+                f if f.starts_with("--") => anyhow::bail!("unknown option {f}"),
+                f => a.filters.push(f.to_string()),
+            }
+        }
+        Ok(a)
+    }
+}
+
+pub fn e2e(root: &Path, args: &E2eArgs) -> Result<bool> {
+    let mut all = scenario::all();
+    if args.gh_mode.is_some() || args.gh_len.is_some() {
+        let modes: Vec<&'static str> = match &args.gh_mode {
+            Some(m) => scenario::GH_MODES
+                .iter()
+                .copied()
+                .filter(|x| x == m)
+                .collect(),
+            None => scenario::GH_MODES.to_vec(),
+        };
+        let lens: Vec<u64> = args
+            .gh_len
+            .map_or(scenario::GH_LENGTHS.to_vec(), |l| vec![l]);
+        all.retain(|s| !s.name.starts_with("vfio-gh-") || s.name == "vfio-gh-bad-info");
+        all.extend(scenario::gh_device_scenarios(&modes, &lens));
+    }
+    let filters = &args.filters;
     let chosen = scenario::select(&all, filters);
     if chosen.is_empty() {
         anyhow::bail!("no scenario matches {filters:?} (see --list)");
@@ -242,4 +303,27 @@ pub fn demo(root: &Path) -> Result<bool> {
         dir.join("console.log").display()
     ));
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<E2eArgs> {
+        E2eArgs::parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn e2e_arguments() {
+        let a = args(&["--gh-mode", "kernel_pads", "--gh-len", "8192", "gh"]).unwrap();
+        assert_eq!(
+            (a.gh_mode.as_deref(), a.gh_len, a.filters.len()),
+            (Some("kernel_pads"), Some(8192), 1)
+        );
+        assert!(args(&["--gh-mode", "both"]).is_err());
+        assert!(args(&["--gh-len", "4097"]).is_err());
+        assert!(args(&["--gh-len", "1G"]).is_err());
+        assert!(args(&["--gh-len"]).is_err());
+        assert!(args(&["--bogus"]).is_err());
+    }
 }

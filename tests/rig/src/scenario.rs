@@ -127,6 +127,7 @@ fn bind_variant(mode: &str, len: u64, extra: &str) -> String {
 
 fn short_len(len: u64) -> String {
     match (len >> 20, (len >> 10) & 1023) {
+        (0, k) => format!("{k}K"),
         (m, 0) => format!("{m}M"),
         (m, k) => format!("{m}M{k}K"),
     }
@@ -351,12 +352,33 @@ mod tests {
     }
 
     #[test]
+    fn gh_scenarios_cover_modes_and_lengths() {
+        let v = gh_device_scenarios(&GH_MODES, &GH_LENGTHS);
+        let names: Vec<_> = v.iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            [
+                "vfio-gh-vmm-48M",
+                "vfio-gh-vmm-40M12K",
+                "vfio-gh-kernel-48M",
+                "vfio-gh-kernel-40M12K"
+            ]
+        );
+        assert!(
+            GH_LENGTHS.iter().any(|l| l % (2 << 20) != 0),
+            "one length is not a multiple of 2 MiB"
+        );
+        assert!(v[3].script.contains("mode=kernel_pads length=41955328"));
+        assert_eq!(gh_patterns(48 << 20)[2].0, (48 << 20) - 16);
+    }
+
+    #[test]
     fn filters_by_substring() {
         let all = all();
         assert_eq!(select(&all, &[]).len(), all.len());
         let f = select(&all, &["smp".into(), "bad".into()]);
         let names: Vec<_> = f.iter().map(|s| s.name).collect();
-        assert_eq!(names, ["boot-smp4", "boot-bad-args"]);
+        assert_eq!(names, ["boot-smp4", "boot-bad-args", "vfio-gh-bad-info"]);
         assert_eq!(select(&all, &["pvh".into()])[0].name, "boot-pvh");
         assert!(select(&all, &["nothing".into()]).is_empty());
     }
