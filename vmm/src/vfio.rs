@@ -209,11 +209,116 @@ impl BusDevice for BarTrap {
     }
 }
 
+/// A mapped piece of a BAR: its host mapping and the KVM slot number reserved for it.
+struct MappedPiece {
+    offset: u64,
+    size: u64,
+    host: u64,
+    slot: u32,
+}
+
+/// One BAR's pieces, installable at any guest address: KVM slots for the mapped pieces and
+/// the trap device for the rest move (or go away) together.
+struct BarPlan {
+    index: usize,
+    mapped: Vec<MappedPiece>,
+    trap: Arc<Mutex<BarTrap>>,
+    trap_runs: Vec<(u64, u64)>,
+    installed: Option<u64>,
+}
+
+impl BarPlan {
+    fn set_slot(
+        vm: &VmFd,
+        p: &MappedPiece,
+        gpa: u64,
+        size: u64,
+    ) -> std::result::Result<(), kvm_ioctls::Error> {
+        let desc = kvm_userspace_memory_region {
+            slot: p.slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: p.host,
+        };
+        // SAFETY: the host mapping stays for the life of the process; size 0 deletes the slot.
+        unsafe { vm.set_user_memory_region(desc) }
+    }
+
+    fn install(&mut self, vm: &VmFd, bus: &Bus, base: u64) -> std::result::Result<(), String> {
+        for p in &self.mapped {
+            Self::set_slot(vm, p, base + p.offset, p.size)
+                .map_err(|e| format!("slot {} at {:#x}: {e}", p.slot, base + p.offset))?;
+        }
+        self.trap.lock().unwrap_or_else(|e| e.into_inner()).bar_base = base;
+        for &(off, len) in &self.trap_runs {
+            bus.insert(self.trap.clone(), base + off, len)
+                .map_err(|e| format!("trap at {:#x}: {e}", base + off))?;
+        }
+        self.installed = Some(base);
+        Ok(())
+    }
+
+    fn uninstall(&mut self, vm: &VmFd, bus: &Bus) {
+        let Some(base) = self.installed.take() else {
+            return;
+        };
+        for p in &self.mapped {
+            if let Err(e) = Self::set_slot(vm, p, base + p.offset, 0) {
+                log::error!("BAR {}: removing slot {}: {e}", self.index, p.slot);
+            }
+        }
+        for &(off, _) in &self.trap_runs {
+            let _ = bus.remove(base + off);
+        }
+    }
+}
+
 /// The guest-visible PCI function.
 pub struct PassthroughDevice {
     config: PassthroughConfig,
     path: PathBuf,
+    vm: Arc<VmFd>,
+    mmio_bus: Arc<Bus>,
+    bars: Vec<BarPlan>,
     _device: Arc<VfioDevice>,
+}
+
+impl PassthroughDevice {
+    /// Makes the installed slots and traps match what the guest's registers say: BARs whose
+    /// decoding is off are removed, moved BARs are reinstalled at their new address.
+    fn reconcile(&mut self) {
+        let wanted = self.config.decoding_bars();
+        for plan in &mut self.bars {
+            let want = wanted
+                .iter()
+                .find(|(i, _, _)| *i == plan.index)
+                .map(|(_, _, a)| *a);
+            if plan.installed == want {
+                continue;
+            }
+            plan.uninstall(&self.vm, &self.mmio_bus);
+            if let Some(base) = want {
+                if let Err(e) = plan.install(&self.vm, &self.mmio_bus, base) {
+                    // An address the guest chose that collides with something else: the BAR
+                    // stays unmapped (reads all-ones), as a real device would not respond.
+                    log::error!(
+                        "{}: BAR {} at {base:#x}: {e}",
+                        self.path.display(),
+                        plan.index
+                    );
+                    plan.uninstall(&self.vm, &self.mmio_bus);
+                    plan.installed = None;
+                }
+            }
+            log::info!(
+                "{}: BAR {} now at {:?}",
+                self.path.display(),
+                plan.index,
+                plan.installed
+            );
+        }
+    }
 }
 
 impl PciDevice for PassthroughDevice {
@@ -227,17 +332,9 @@ impl PciDevice for PassthroughDevice {
         offset: u64,
         data: &[u8],
     ) -> Vec<BarReprogram> {
-        let moves = self.config.write_config_register(reg_idx, offset, data);
-        for m in &moves {
-            log::warn!(
-                "{}: the guest moved BAR {} from {:#x} to {:#x}; BAR relocation is not supported yet, the device stays at {:#x}",
-                self.path.display(),
-                m.bar,
-                m.old_base,
-                m.new_base,
-                m.old_base
-            );
-        }
+        // Moves are applied here, not by the config-access hook: this device owns its slots.
+        let _ = self.config.write_config_register(reg_idx, offset, data);
+        self.reconcile();
         Vec::new()
     }
 }
@@ -350,14 +447,12 @@ fn msix_ranges(config: &FdRegion) -> Vec<(usize, SparseArea)> {
 /// Everything the VM needs to keep for an assigned device.
 pub struct Assigned {
     pub device: Arc<Mutex<PassthroughDevice>>,
-    /// (guest address, size, host address) of each memory slot, for DMA and teardown later.
-    pub slots: Vec<(u64, u64, u64)>,
 }
 
 pub struct VfioContext<'a> {
-    pub vm: &'a VmFd,
+    pub vm: &'a Arc<VmFd>,
     pub mem: &'a GuestMemoryMmap,
-    pub mmio_bus: &'a Bus,
+    pub mmio_bus: &'a Arc<Bus>,
     pub allocator: &'a Mutex<BarAllocator>,
     pub container: &'a Mutex<Option<Arc<VfioContainer>>>,
     pub next_slot: &'a mut u32,
@@ -415,7 +510,7 @@ pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
     };
     let fd = device.as_raw_fd();
     let mut bars = Vec::new();
-    let mut slots = Vec::new();
+    let mut plans = Vec::new();
     let mut bar = 0usize;
     while bar < 6 {
         let mut reg = [0u8; 4];
@@ -486,40 +581,24 @@ pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
                 error: source,
             })?;
         let region_offset = device.get_region_offset(index);
+        let mut mapped = Vec::new();
         for piece in &layout.pieces {
-            let gpa = base + piece.offset;
-            match piece.kind {
-                PieceKind::Mapped { host_align } => {
-                    let host = map_region(fd, region_offset + piece.offset, piece.size, host_align)
-                        .map_err(|source| VfioSetupError::Mmap {
-                            path: p(),
-                            bar: this,
-                            offset: piece.offset,
-                            size: piece.size,
-                            error: source,
-                        })?;
-                    let slot = *ctx.next_slot;
-                    let desc = kvm_userspace_memory_region {
-                        slot,
-                        flags: 0,
-                        guest_phys_addr: gpa,
-                        memory_size: piece.size,
-                        userspace_addr: host as u64,
-                    };
-                    // SAFETY: the device mapping stays for the life of the process.
-                    unsafe { ctx.vm.set_user_memory_region(desc) }.map_err(|source| {
-                        VfioSetupError::Slot {
-                            path: p(),
-                            bar: this,
-                            slot,
-                            gpa,
-                            error: source,
-                        }
+            if let PieceKind::Mapped { host_align } = piece.kind {
+                let host = map_region(fd, region_offset + piece.offset, piece.size, host_align)
+                    .map_err(|error| VfioSetupError::Mmap {
+                        path: p(),
+                        bar: this,
+                        offset: piece.offset,
+                        size: piece.size,
+                        error,
                     })?;
-                    *ctx.next_slot += 1;
-                    slots.push((gpa, piece.size, host as u64));
-                }
-                PieceKind::Forwarded | PieceKind::Padding => {}
+                mapped.push(MappedPiece {
+                    offset: piece.offset,
+                    size: piece.size,
+                    host: host as u64,
+                    slot: *ctx.next_slot,
+                });
+                *ctx.next_slot += 1;
             }
         }
         // One trap device answers every unmapped run of this BAR.
@@ -534,29 +613,30 @@ pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
             reported: false,
         }));
         let mut run: Option<(u64, u64)> = None;
-        let mut runs = Vec::new();
+        let mut trap_runs = Vec::new();
         for piece in &layout.pieces {
             let trapped = !matches!(piece.kind, PieceKind::Mapped { .. });
             match (trapped, run) {
                 (true, Some((s, l))) => run = Some((s, l + piece.size)),
                 (true, None) => run = Some((piece.offset, piece.size)),
                 (false, Some(r)) => {
-                    runs.push(r);
+                    trap_runs.push(r);
                     run = None;
                 }
                 (false, None) => {}
             }
         }
-        runs.extend(run);
-        for (off, len) in runs {
-            ctx.mmio_bus
-                .insert(trap.clone(), base + off, len)
-                .map_err(|source| VfioSetupError::Bus {
-                    path: p(),
-                    bar: this,
-                    error: source,
-                })?;
-        }
+        trap_runs.extend(run);
+        let mut plan = BarPlan {
+            index: this,
+            mapped,
+            trap,
+            trap_runs,
+            installed: None,
+        };
+        plan.install(ctx.vm, ctx.mmio_bus, base)
+            .map_err(|e| VfioSetupError::Config(format!("{}: BAR {this}: {e}", path.display())))?;
+        plans.push(plan);
         log::info!(
             "{}: BAR {this}: region {size:#x} bytes -> {:#x}-byte BAR at {base:#x}: {:?}",
             path.display(),
@@ -576,8 +656,10 @@ pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
         device: Arc::new(Mutex::new(PassthroughDevice {
             config,
             path: path.into(),
+            vm: ctx.vm.clone(),
+            mmio_bus: ctx.mmio_bus.clone(),
+            bars: plans,
             _device: device,
         })),
-        slots,
     })
 }

@@ -19,7 +19,7 @@ use crate::vcpu::{self, VcpuContext};
 pub struct Vm {
     // Field order matters for drop: vCPU threads reference the buses, and guest memory must
     // outlive the VM fd's memory slots.
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     _mem: GuestMemoryMmap,
     devices: DeviceManager,
     exit: Arc<ExitState>,
@@ -65,6 +65,7 @@ impl Vm {
         .context("KVM_CREATE_PIT2")?;
 
         let (mem, mut next_slot) = crate::memory::create_guest_memory(&vm, &layout)?;
+        let vm = Arc::new(vm);
         let exit = Arc::new(ExitState::default());
         let devices = DeviceManager::new(&vm, cfg, &layout, exit.clone())?;
         let container = std::sync::Mutex::new(None);

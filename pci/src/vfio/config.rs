@@ -100,12 +100,40 @@ impl PassthroughConfig {
         for &(index, spec, addr) in bars {
             emulated.add_bar(index, spec, addr)?;
         }
+        // Like firmware, hand the guest a device whose assigned BARs already decode; the
+        // guest may turn decoding off (and ghvmm then unmaps the BARs) and on again.
+        let mut decode = 0u16;
+        for &(_, spec, _) in bars {
+            decode |= if spec.kind == BarKind::Io {
+                crate::config::COMMAND_IO as u16
+            } else {
+                crate::config::COMMAND_MEMORY as u16
+            };
+        }
+        emulated.write(COMMAND_REG, 0, &decode.to_le_bytes());
         let caps = exposed_capabilities(dev.as_ref());
         Ok(PassthroughConfig {
             dev,
             emulated,
             caps,
         })
+    }
+
+    /// Which BARs should decode now, and where: `(index, spec, guest address)` for each BAR
+    /// whose address space (memory or I/O) is enabled in the guest's command register.
+    pub fn decoding_bars(&self) -> Vec<(usize, BarSpec, u64)> {
+        let command = self.emulated.command();
+        (0..6)
+            .filter_map(|i| self.emulated.bar(i).map(|(spec, addr)| (i, spec, addr)))
+            .filter(|(_, spec, _)| {
+                let bit = if spec.kind == BarKind::Io {
+                    crate::config::COMMAND_IO
+                } else {
+                    crate::config::COMMAND_MEMORY
+                };
+                command & bit != 0
+            })
+            .collect()
     }
 
     pub fn capabilities(&self) -> &[Capability] {
@@ -132,7 +160,9 @@ impl PassthroughConfig {
             ROM_REG => 0,
             r if r >= STANDARD_REGS => 0,
             COMMAND_REG => {
-                let v = read_u32(dev, 4);
+                // The decode bits are the guest's (emulated); everything else is the device's.
+                let decode = crate::config::COMMAND_MEMORY | crate::config::COMMAND_IO;
+                let v = (read_u32(dev, 4) & !decode) | (self.emulated.command() & decode);
                 if self.caps.is_empty() {
                     v & !STATUS_CAP_LIST
                 } else {
@@ -340,7 +370,20 @@ mod tests {
     fn command_goes_to_the_device_and_tracks_decode() {
         let dev = device();
         let mut c = config(&dev);
+        assert!(
+            c.memory_enabled(),
+            "assigned BARs start decoding, as firmware leaves them"
+        );
+        assert_eq!(c.decoding_bars().len(), 2);
+        c.write_config_register(1, 0, &[0x04, 0x00]);
         assert!(!c.memory_enabled());
+        assert!(c.decoding_bars().is_empty());
+        assert_eq!(
+            c.read_config_register(1) & 0x3,
+            0,
+            "the guest sees its own decode bits"
+        );
+        dev.1.lock().unwrap().clear();
         c.write_config_register(1, 0, &[0x06, 0x00]);
         assert!(c.memory_enabled());
         assert_eq!(dev.1.lock().unwrap().as_slice(), &[(4, vec![0x06, 0x00])]);
@@ -348,6 +391,9 @@ mod tests {
         let moves = c.write_config_register(7, 0, &0x40u32.to_le_bytes());
         assert_eq!(moves.len(), 1);
         assert_eq!(moves[0].new_base, 0x40_0000_0000);
+        assert!(c
+            .decoding_bars()
+            .contains(&(2, bar_spec(128 << 30, true, true), 0x40_0000_0000)));
     }
 
     #[test]

@@ -141,6 +141,11 @@ impl Drop for Mapping {
 }
 
 pub fn ivshmem() {
+    ivshmem_checks();
+    bar_moves();
+}
+
+fn ivshmem_checks() {
     let Some(dev) = find("0x1af4", "0x1110") else {
         report(
             "vfio-present",
@@ -195,4 +200,125 @@ pub fn ivshmem() {
             Ok(())
         }),
     );
+}
+
+/// The guest's own configuration-space writes through sysfs (the kernel passes them on).
+struct Config(std::fs::File);
+
+impl Config {
+    fn open(dev: &Path) -> Result<Self, String> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dev.join("config"))
+            .map(Config)
+            .map_err(|e| format!("config: {e}"))
+    }
+
+    fn read32(&self, off: u64) -> u32 {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0xffu8; 4];
+        let _ = self.0.read_exact_at(&mut b, off);
+        u32::from_le_bytes(b)
+    }
+
+    fn write16(&self, off: u64, v: u16) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        self.0
+            .write_all_at(&v.to_le_bytes(), off)
+            .map_err(|e| e.to_string())
+    }
+
+    fn write32(&self, off: u64, v: u32) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        self.0
+            .write_all_at(&v.to_le_bytes(), off)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Maps `len` bytes of physical memory through /dev/mem.
+fn devmem(phys: u64, len: usize) -> Result<Mapping, String> {
+    let c = std::ffi::CString::new("/dev/mem").map_err(|e| e.to_string())?;
+    // SAFETY: plain syscalls; the mapping is checked before use.
+    unsafe {
+        let fd = libc::open(c.as_ptr(), libc::O_RDWR | libc::O_SYNC);
+        if fd < 0 {
+            return Err(format!(
+                "open /dev/mem: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            phys as libc::off_t,
+        );
+        libc::close(fd);
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "mmap /dev/mem at {phys:#x}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+}
+
+/// Memory decode off: the BAR stops answering. BAR2 moved by the guest: the data follows it.
+pub fn bar_moves() {
+    let Some(dev) = find("0x1af4", "0x1110") else {
+        report("vfio-decode-off", Err("no 1af4:1110 device".into()));
+        return;
+    };
+    let result = (|| -> Result<(), String> {
+        let cfg = Config::open(&dev)?;
+        let bar2 = Mapping::open(&dev, 2, 64 << 20)?;
+        let before = bar2.read(0, 16);
+        let command = cfg.read32(4) as u16;
+        cfg.write16(4, command & !0x2)?;
+        let off = bar2.read(0, 16);
+        if off != [0xff; 16] {
+            return Err(format!("with memory decode off BAR2 reads {off:02x?}"));
+        }
+        report("vfio-decode-off", Ok(()));
+        let old = (u64::from(cfg.read32(0x1c)) << 32) | u64::from(cfg.read32(0x18) & !0xf);
+        let new = old + (4 << 30);
+        cfg.write32(0x18, (new as u32) | 0xc)?;
+        cfg.write32(0x1c, (new >> 32) as u32)?;
+        cfg.write16(4, command | 0x2)?;
+        let moved = devmem(new, 4096)?.read(0, 16);
+        let stale = bar2.read(0, 16);
+        // Put it back where the guest kernel believes it is.
+        cfg.write16(4, command & !0x2)?;
+        cfg.write32(0x18, (old as u32) | 0xc)?;
+        cfg.write32(0x1c, (old >> 32) as u32)?;
+        cfg.write16(4, command | 0x2)?;
+        let back = bar2.read(0, 16);
+        if moved != before {
+            return Err(format!("after moving BAR2 {old:#x} -> {new:#x} the new address reads {moved:02x?}, want {before:02x?}"));
+        }
+        if stale != [0xff; 16] {
+            return Err(format!(
+                "the old address still answers after the move: {stale:02x?}"
+            ));
+        }
+        if back != before {
+            return Err(format!("after moving back BAR2 reads {back:02x?}"));
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => report("vfio-bar-move", Ok(())),
+        Err(e) => {
+            report("vfio-decode-off", Err(e.clone()));
+            report("vfio-bar-move", Err(e));
+        }
+    }
 }

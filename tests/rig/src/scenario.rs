@@ -292,7 +292,7 @@ fn base() -> Vec<Scenario> {
             about: "L2's ivshmem on plain vfio-pci, passed through: BAR2 mapped (data reaches the host file), BAR0 trapped and padded",
             script: format!("{BIND_IVSHMEM}{}", ghvmm_boot_with(
                 "/l3/vmlinuz", 2, "512M", "ghvmm.vfio=ivshmem", "--device path=$IVSHMEM,id=shm0")),
-            expect: [L3_CHECKS, &["vfio-bind", "vfio-present", "vfio-bar2", "vfio-bar2-data", "vfio-bar0-padding", "host-file"]].concat(),
+            expect: [L3_CHECKS, &["vfio-bind", "vfio-present", "vfio-bar2", "vfio-bar2-data", "vfio-bar0-padding", "vfio-decode-off", "vfio-bar-move", "host-file"]].concat(),
             acpi: false,
             vmlinux: false,
             host_checks: Some(ivshmem_file_check),
