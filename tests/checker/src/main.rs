@@ -11,6 +11,7 @@
 //!   `@@ACPIEND <file> <len> <sum>`         end of that table: length and byte sum
 //!   `@@DONE`                               all checks reported
 
+mod bench;
 mod checks;
 mod cmdline;
 mod gh;
@@ -35,6 +36,7 @@ fn main() {
     let expect = cmdline::Expectations::parse(&cmdline);
     match expect.mode.as_str() {
         "demo" => checks::demo(),
+        "bench-gh" => bench::gh(expect.gh_len.unwrap_or(0)),
         _ => checks::run_all(&expect),
     }
     println!("@@DONE");

@@ -44,8 +44,17 @@ pub struct Mapping {
 }
 
 impl Mapping {
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
     pub fn open(dev: &Path, bar: usize, len: usize) -> Result<Self, String> {
-        let path = dev.join(format!("resource{bar}"));
+        Self::open_file(dev, &format!("resource{bar}"), len)
+    }
+
+    /// `resourceN` (uncached) or `resourceN_wc` (write-combining, prefetchable BARs only).
+    pub fn open_file(dev: &Path, name: &str, len: usize) -> Result<Self, String> {
+        let path = dev.join(name);
         let c =
             std::ffi::CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
         // SAFETY: plain syscalls on a path we own; the mapping is checked before use.
@@ -235,6 +244,11 @@ impl Config {
             .write_all_at(&v.to_le_bytes(), off)
             .map_err(|e| e.to_string())
     }
+}
+
+/// Maps `len` bytes of physical memory through /dev/mem (for the bench).
+pub fn devmem_public(phys: u64, len: usize) -> Result<Mapping, String> {
+    devmem(phys, len)
 }
 
 /// Maps `len` bytes of physical memory through /dev/mem.

@@ -110,7 +110,7 @@ const L3_CHECKS: &[&str] = &[
 pub const GH_LENGTHS: [u64; 2] = [48 << 20, (40 << 20) + (12 << 10)];
 pub const GH_MODES: [&str; 2] = ["vmm_pads", "kernel_pads"];
 
-fn bind_variant(mode: &str, len: u64, extra: &str) -> String {
+pub fn bind_variant(mode: &str, len: u64, extra: &str) -> String {
     format!(
         "insmod /lib/modules/extra/ghvmm_test_vfio.ko mode={mode} length={len} {extra}\n\
          IVSHMEM=\n\
