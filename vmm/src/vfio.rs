@@ -20,8 +20,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use pci::vfio::dispatch::{self, RegionIo};
 use pci::vfio::{
-    bar_layout, BarLayout, DeviceConfig, Limits, PassthroughConfig, PieceKind, RegionDesc,
-    SparseArea,
+    bar_layout, BarLayout, Limits, PassthroughConfig, PieceKind, RegionDesc, SparseArea,
 };
 use pci::{BarReprogram, PciDevice};
 use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
@@ -152,15 +151,6 @@ impl FdRegion {
 }
 
 impl RegionIo for FdRegion {
-    fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
-        self.pread(offset, data)
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.pwrite(offset, data)
-    }
-}
-
-impl DeviceConfig for FdRegion {
     fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
         self.pread(offset, data)
     }

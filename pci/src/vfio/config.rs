@@ -15,11 +15,8 @@
 use crate::config::{extract, merge, BarKind, BarSpec, ConfigSpace};
 use crate::device::{BarReprogram, PciDevice};
 
-/// The device's real configuration space (VFIO config region read/write).
-pub trait DeviceConfig: Send {
-    fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()>;
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()>;
-}
+/// The device's real configuration space is a VFIO region like any other.
+pub use super::dispatch::RegionIo as DeviceConfig;
 
 pub const CAP_PM: u8 = 0x01;
 pub const CAP_MSI: u8 = 0x05;

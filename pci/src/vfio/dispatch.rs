@@ -8,7 +8,8 @@ use std::ops::Range;
 use super::layout::{BarLayout, PieceKind};
 
 /// The device side: VFIO region read/write at a region offset (pread/pwrite on the device fd).
-pub trait RegionIo {
+/// Also how the configuration region is reached (`config::DeviceConfig`).
+pub trait RegionIo: Send {
     fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()>;
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()>;
 }
@@ -100,7 +101,7 @@ pub fn write(layout: &BarLayout, io: &dyn RegionIo, offset: u64, data: &[u8]) ->
 mod tests {
     use super::*;
     use crate::vfio::layout::{bar_layout, Limits, RegionDesc, SparseArea};
-    use std::cell::RefCell;
+    use std::sync::Mutex;
 
     const LIMITS: Limits = Limits {
         page_size: 4096,
@@ -111,35 +112,35 @@ mod tests {
     /// A fake device region: `len` real bytes; like nvgrace-gpu, reads between `len` and
     /// `size` give 0xff and writes there are dropped; accesses past `size` fail.
     struct FakeRegion {
-        bytes: RefCell<Vec<u8>>,
+        bytes: Mutex<Vec<u8>>,
         len: u64,
         size: u64,
         fail: bool,
-        log: RefCell<Vec<(char, u64, usize)>>,
+        log: Mutex<Vec<(char, u64, usize)>>,
     }
 
     impl FakeRegion {
         fn new(len: u64, size: u64) -> Self {
             FakeRegion {
-                bytes: RefCell::new((0..len).map(|i| (i * 7 + 1) as u8).collect()),
+                bytes: Mutex::new((0..len).map(|i| (i * 7 + 1) as u8).collect()),
                 len,
                 size,
                 fail: false,
-                log: RefCell::new(Vec::new()),
+                log: Mutex::new(Vec::new()),
             }
         }
     }
 
     impl RegionIo for FakeRegion {
         fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
-            self.log.borrow_mut().push(('r', offset, data.len()));
+            self.log.lock().unwrap().push(('r', offset, data.len()));
             if self.fail || offset + data.len() as u64 > self.size {
                 return Err(std::io::Error::from_raw_os_error(libc_eio()));
             }
             for (i, d) in data.iter_mut().enumerate() {
                 let o = offset + i as u64;
                 *d = if o < self.len {
-                    self.bytes.borrow()[o as usize]
+                    self.bytes.lock().unwrap()[o as usize]
                 } else {
                     0xff
                 };
@@ -147,14 +148,14 @@ mod tests {
             Ok(())
         }
         fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.log.borrow_mut().push(('w', offset, data.len()));
+            self.log.lock().unwrap().push(('w', offset, data.len()));
             if self.fail || offset + data.len() as u64 > self.size {
                 return Err(std::io::Error::from_raw_os_error(libc_eio()));
             }
             for (i, d) in data.iter().enumerate() {
                 let o = offset + i as u64;
                 if o < self.len {
-                    self.bytes.borrow_mut()[o as usize] = *d;
+                    self.bytes.lock().unwrap()[o as usize] = *d;
                 }
             }
             Ok(())
@@ -217,7 +218,7 @@ mod tests {
                     for (i, b) in buf.iter().enumerate() {
                         let o = start + i as u64;
                         let want = if o < len {
-                            dev.bytes.borrow()[o as usize]
+                            dev.bytes.lock().unwrap()[o as usize]
                         } else {
                             pad
                         };
@@ -232,15 +233,15 @@ mod tests {
     fn padding_writes_never_reach_the_device() {
         let len = 4096 + 3;
         let (layout, dev) = vmm_pads(len);
-        let before = dev.bytes.borrow().clone();
+        let before = dev.bytes.lock().unwrap().clone();
         write(&layout, &dev, len - 1, &[1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(dev.log.borrow().as_slice(), &[('w', len - 1, 1)]);
-        let after = dev.bytes.borrow().clone();
+        assert_eq!(dev.log.lock().unwrap().as_slice(), &[('w', len - 1, 1)]);
+        let after = dev.bytes.lock().unwrap().clone();
         assert_eq!(after[..len as usize - 1], before[..len as usize - 1]);
         assert_eq!(after[len as usize - 1], 1);
-        dev.log.borrow_mut().clear();
+        dev.log.lock().unwrap().clear();
         write(&layout, &dev, len + 100, &[9; 8]);
-        assert!(dev.log.borrow().is_empty());
+        assert!(dev.log.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -54,7 +54,11 @@ impl Mapping {
 
     /// `resourceN` (uncached) or `resourceN_wc` (write-combining, prefetchable BARs only).
     pub fn open_file(dev: &Path, name: &str, len: usize) -> Result<Self, String> {
-        let path = dev.join(name);
+        Self::map(&dev.join(name), 0, len)
+    }
+
+    /// Maps `len` bytes of the file at `path` from `offset`, shared, read-write.
+    fn map(path: &Path, offset: u64, len: usize) -> Result<Self, String> {
         let c =
             std::ffi::CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
         // SAFETY: plain syscalls on a path we own; the mapping is checked before use.
@@ -73,12 +77,12 @@ impl Mapping {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd,
-                0,
+                offset as libc::off_t,
             );
             libc::close(fd);
             if ptr == libc::MAP_FAILED {
                 return Err(format!(
-                    "mmap {}: {}",
+                    "mmap {} at {offset:#x}: {}",
                     path.display(),
                     std::io::Error::last_os_error()
                 ));
@@ -253,36 +257,7 @@ pub fn devmem_public(phys: u64, len: usize) -> Result<Mapping, String> {
 
 /// Maps `len` bytes of physical memory through /dev/mem.
 fn devmem(phys: u64, len: usize) -> Result<Mapping, String> {
-    let c = std::ffi::CString::new("/dev/mem").map_err(|e| e.to_string())?;
-    // SAFETY: plain syscalls; the mapping is checked before use.
-    unsafe {
-        let fd = libc::open(c.as_ptr(), libc::O_RDWR | libc::O_SYNC);
-        if fd < 0 {
-            return Err(format!(
-                "open /dev/mem: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        let ptr = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            phys as libc::off_t,
-        );
-        libc::close(fd);
-        if ptr == libc::MAP_FAILED {
-            return Err(format!(
-                "mmap /dev/mem at {phys:#x}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(Mapping {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
+    Mapping::map(Path::new("/dev/mem"), phys, len)
 }
 
 /// Memory decode off: the BAR stops answering. BAR2 moved by the guest: the data follows it.

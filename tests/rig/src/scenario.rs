@@ -34,19 +34,21 @@ pub fn ghvmm_boot_kernel(kernel: &str, cpus: u32, mem: &str, extra_cmdline: &str
     ghvmm_boot_with(kernel, cpus, mem, extra_cmdline, "")
 }
 
-/// Finds L2's ivshmem (1af4:1110) and binds it to vfio-pci; `$IVSHMEM` is its sysfs path.
-const BIND_IVSHMEM: &str = r#"IVSHMEM=
-for d in /sys/bus/pci/devices/*; do
-    [ "$(cat $d/vendor)" = 0x1af4 ] && [ "$(cat $d/device)" = 0x1110 ] && IVSHMEM=$d
-done
-if [ -n "$IVSHMEM" ]; then
-    echo vfio-pci > $IVSHMEM/driver_override
-    [ -e $IVSHMEM/driver ] && echo $(basename $IVSHMEM) > $IVSHMEM/driver/unbind
-    echo $(basename $IVSHMEM) > /sys/bus/pci/drivers_probe
-fi
-readlink $IVSHMEM/driver 2>/dev/null | grep -q vfio-pci
-l2_check vfio-bind $? "ivshmem ($IVSHMEM) did not bind to vfio-pci"
-"#;
+/// Shell that finds L2's ivshmem (1af4:1110), binds it to `driver` and reports `vfio-bind`;
+/// `$IVSHMEM` is then its sysfs path.
+fn bind_ivshmem(driver: &str) -> String {
+    format!(
+        "IVSHMEM=\n\
+         for d in /sys/bus/pci/devices/*; do\n\
+             [ \"$(cat $d/vendor)\" = 0x1af4 ] && [ \"$(cat $d/device)\" = 0x1110 ] && IVSHMEM=$d\n\
+         done\n\
+         echo {driver} > $IVSHMEM/driver_override\n\
+         [ -e $IVSHMEM/driver ] && echo $(basename $IVSHMEM) > $IVSHMEM/driver/unbind\n\
+         echo $(basename $IVSHMEM) > /sys/bus/pci/drivers_probe\n\
+         readlink $IVSHMEM/driver 2>/dev/null | grep -q {driver}\n\
+         l2_check vfio-bind $? \"ivshmem ($IVSHMEM) did not bind to {driver}\"\n"
+    )
+}
 
 /// The patterns tests/checker/src/vfio.rs writes through BAR2, at the same offsets.
 const IVSHMEM_PATTERNS: [(u64, &[u8; 16]); 3] = [
@@ -112,16 +114,8 @@ pub const GH_MODES: [&str; 2] = ["vmm_pads", "kernel_pads"];
 
 pub fn bind_variant(mode: &str, len: u64, extra: &str) -> String {
     format!(
-        "insmod /lib/modules/extra/ghvmm_test_vfio.ko mode={mode} length={len} {extra}\n\
-         IVSHMEM=\n\
-         for d in /sys/bus/pci/devices/*; do\n\
-             [ \"$(cat $d/vendor)\" = 0x1af4 ] && [ \"$(cat $d/device)\" = 0x1110 ] && IVSHMEM=$d\n\
-         done\n\
-         echo ghvmm_test_vfio > $IVSHMEM/driver_override\n\
-         [ -e $IVSHMEM/driver ] && echo $(basename $IVSHMEM) > $IVSHMEM/driver/unbind\n\
-         echo $(basename $IVSHMEM) > /sys/bus/pci/drivers_probe\n\
-         readlink $IVSHMEM/driver 2>/dev/null | grep -q ghvmm_test_vfio\n\
-         l2_check vfio-bind $? \"ivshmem did not bind to ghvmm_test_vfio\"\n"
+        "insmod /lib/modules/extra/ghvmm_test_vfio.ko mode={mode} length={len} {extra}\n{}",
+        bind_ivshmem("ghvmm_test_vfio")
     )
 }
 
@@ -290,7 +284,7 @@ fn base() -> Vec<Scenario> {
         Scenario {
             name: "vfio-ivshmem",
             about: "L2's ivshmem on plain vfio-pci, passed through: BAR2 mapped (data reaches the host file), BAR0 trapped and padded",
-            script: format!("{BIND_IVSHMEM}{}", ghvmm_boot_with(
+            script: format!("{}{}", bind_ivshmem("vfio-pci"), ghvmm_boot_with(
                 "/l3/vmlinuz", 2, "512M", "ghvmm.vfio=ivshmem", "--device path=$IVSHMEM,id=shm0")),
             expect: [L3_CHECKS, &["vfio-bind", "vfio-present", "vfio-bar2", "vfio-bar2-data", "vfio-bar0-padding", "vfio-decode-off", "vfio-bar-move", "host-file"]].concat(),
             acpi: false,
