@@ -5,6 +5,7 @@
 pub mod config;
 pub mod dispatch;
 pub mod layout;
+pub mod msix;
 
 pub use config::{DeviceConfig, PassthroughConfig};
 pub use dispatch::{split_access, AccessPart, RegionIo};
