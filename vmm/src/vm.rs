@@ -20,6 +20,8 @@ pub struct Vm {
     // Field order matters for drop: vCPU threads reference the buses, and guest memory must
     // outlive the VM fd's memory slots.
     _vm: Arc<VmFd>,
+    /// The VFIO container: its lifetime is the DMA mappings' lifetime.
+    _vfio: std::sync::Mutex<Option<Arc<vfio_ioctls::VfioContainer>>>,
     _mem: GuestMemoryMmap,
     devices: DeviceManager,
     exit: Arc<ExitState>,
@@ -89,8 +91,6 @@ impl Vm {
                 .context("no free PCI slot")?;
             log::info!("{}: guest BDF 0000:00:{slot:02x}.0", d.path.display());
         }
-        // The container (and with it the DMA mappings) lives as long as the VM.
-        std::mem::forget(container);
 
         let desc = crate::acpi_tables::platform_desc(cfg.cpus.boot, &layout);
         let rsdp_addr = crate::acpi_tables::install(&mem, &desc)?;
@@ -138,6 +138,7 @@ impl Vm {
             .context("spawning a vCPU thread")?;
         }
         Ok(Vm {
+            _vfio: container,
             _vm: vm,
             _mem: mem,
             devices,
