@@ -8,6 +8,7 @@ use acpi_tables::aml::{
 };
 use acpi_tables::{sdt::Sdt, Aml, AmlSink};
 
+use crate::validate::{bad, bridge_name, ecam_range};
 use crate::{AcpiError, PciSegmentDesc, PlatformDesc, OEM_ID, OEM_REVISION};
 
 /// Already-serialised AML, so objects can be built one at a time and then nested (the
@@ -26,13 +27,6 @@ fn raw(aml: &dyn Aml) -> Raw {
     Raw(v)
 }
 
-fn bad(segment: u16, what: &str) -> AcpiError {
-    AcpiError::BadSegment {
-        segment,
-        what: what.to_string(),
-    }
-}
-
 fn host_bridge(seg: &PciSegmentDesc) -> Result<Raw, AcpiError> {
     if seg.bus_end < seg.bus_start {
         return Err(bad(seg.segment, "bus_end is below bus_start"));
@@ -47,16 +41,16 @@ fn host_bridge(seg: &PciSegmentDesc) -> Result<Raw, AcpiError> {
         resources.push(raw(&AddressSpace::new_io(0x0d00u16, 0xffff, None)));
     }
     if seg.mmio32.len > 0 {
-        let last = seg
+        let (first, last) = seg
             .mmio32
             .last()
-            .filter(|l| *l <= u64::from(u32::MAX))
+            .and_then(|l| Some((u32::try_from(seg.mmio32.base).ok()?, u32::try_from(l).ok()?)))
             .ok_or_else(|| bad(seg.segment, "32-bit window does not fit below 4 GiB"))?;
         resources.push(raw(&AddressSpace::new_memory(
             AddressSpaceCacheable::NotCacheable,
             true,
-            seg.mmio32.base as u32,
-            last as u32,
+            first,
+            last,
             None,
         )));
     }
@@ -75,13 +69,9 @@ fn host_bridge(seg: &PciSegmentDesc) -> Result<Raw, AcpiError> {
     }
     let refs: Vec<&dyn Aml> = resources.iter().map(|r| r as &dyn Aml).collect();
     let crs = ResourceTemplate::new(refs);
-    let name = format!("PCI{:X}", seg.segment);
-    if name.len() > 4 {
-        return Err(bad(seg.segment, "only segments 0-0xFFF can be named"));
-    }
+    let name = bridge_name(seg.segment)?;
     let hid = Name::new("_HID".into(), &EISAName::new("PNP0A08"));
     let cid = Name::new("_CID".into(), &EISAName::new("PNP0A03"));
-    let adr = Name::new("_ADR".into(), &aml::ZERO);
     let seg_id = u64::from(seg.segment);
     let segn = Name::new("_SEG".into(), &seg_id);
     let uid = Name::new("_UID".into(), &seg_id);
@@ -90,7 +80,7 @@ fn host_bridge(seg: &PciSegmentDesc) -> Result<Raw, AcpiError> {
     let crs = Name::new("_CRS".into(), &crs);
     Ok(raw(&Device::new(
         name.as_str().into(),
-        vec![&hid, &cid, &adr, &segn, &uid, &bbn, &crs],
+        vec![&hid, &cid, &segn, &uid, &bbn, &crs],
     )))
 }
 
@@ -146,19 +136,17 @@ fn ged(mmio_base: u64, irq: u32) -> Raw {
 fn motherboard_resources(segments: &[PciSegmentDesc]) -> Result<Raw, AcpiError> {
     let mut resources: Vec<Raw> = Vec::new();
     for seg in segments {
-        let buses = u64::from(seg.bus_end - seg.bus_start) + 1;
-        let len = buses << 20;
-        let base = seg.ecam_base + (u64::from(seg.bus_start) << 20);
-        match (u32::try_from(base), u32::try_from(len)) {
-            (Ok(b), Ok(l)) if u64::from(b) + u64::from(l) <= 1 << 32 => {
-                resources.push(raw(&Memory32Fixed::new(false, b, l)))
-            }
+        let (base, len) = ecam_range(seg)?;
+        let last = base
+            .checked_add(len - 1)
+            .ok_or_else(|| bad(seg.segment, "ECAM range wraps around"))?;
+        match (u32::try_from(base), u32::try_from(len), u32::try_from(last)) {
+            (Ok(b), Ok(l), Ok(_)) => resources.push(raw(&Memory32Fixed::new(true, b, l))),
             _ => resources.push(raw(&AddressSpace::new_memory(
                 AddressSpaceCacheable::NotCacheable,
-                false,
+                true,
                 base,
-                base.checked_add(len - 1)
-                    .ok_or_else(|| bad(seg.segment, "ECAM range wraps around"))?,
+                last,
                 None,
             ))),
         }
@@ -195,4 +183,53 @@ pub fn build(desc: &PlatformDesc) -> Result<Vec<u8>, AcpiError> {
     s5.to_aml_bytes(&mut dsdt);
     dsdt.update_checksum();
     Ok(dsdt.as_slice().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::platform;
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn names_every_device_once() {
+        let mut p = platform(1);
+        let mut s = p.pci_segments[0].clone();
+        s.segment = 0x10;
+        s.ecam_base = 0xe100_0000;
+        s.io = false;
+        p.pci_segments.push(s);
+        let d = build(&p).unwrap();
+        assert_eq!(
+            u32::from_le_bytes([d[4], d[5], d[6], d[7]]) as usize,
+            d.len()
+        );
+        assert_eq!(d.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        for name in [
+            &b"PCI0"[..],
+            b"P010",
+            b"COM1",
+            b"PWRB",
+            b"GED_",
+            b"MRES",
+            b"_S5_",
+            b"_EVT",
+        ] {
+            assert!(contains(&d, name), "{}", String::from_utf8_lossy(name));
+        }
+        assert!(!contains(&d, b"_ADR"), "a device has either _HID or _ADR");
+    }
+
+    #[test]
+    fn optional_parts_can_be_absent() {
+        let mut p = platform(1);
+        p.serial = None;
+        p.pci_segments.clear();
+        let d = build(&p).unwrap();
+        assert!(!contains(&d, b"COM1") && !contains(&d, b"MRES") && !contains(&d, b"PCI0"));
+        assert!(contains(&d, b"GED_"));
+    }
 }

@@ -2,10 +2,13 @@
 //! platform. Pure: no KVM, no I/O; the VMM copies the result into guest memory.
 
 mod dsdt;
+mod fadt;
 mod madt;
+mod mcfg;
 mod tables;
 #[doc(hidden)]
 pub mod testutil;
+mod validate;
 
 pub use tables::{build_tables, AcpiBlob};
 
@@ -19,10 +22,16 @@ pub enum AcpiError {
     NoCpus,
     #[error("{0} local APICs do not fit in the MADT")]
     TooManyCpus(usize),
+    #[error("APIC id {0:#x} is listed twice")]
+    DuplicateApicId(u32),
+    #[error("APIC id {0:#x} is the x2APIC broadcast id, not a processor")]
+    BadApicId(u32),
     #[error("PCI segment {segment}: {what}")]
     BadSegment { segment: u16, what: String },
     #[error("the ACPI tables ({size} bytes at {base:#x}) do not fit below {limit:#x}")]
     TooLarge { base: u64, size: u64, limit: u64 },
+    #[error("the RSDP must be 16-byte aligned, {0:#x} is not")]
+    MisalignedBase(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

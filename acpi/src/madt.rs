@@ -8,14 +8,13 @@ use acpi_tables::{Aml, AmlSink};
 use zerocopy::{Immutable, IntoBytes};
 
 use crate::tables::set_checksum;
+use crate::validate::MAX_CPUS;
 use crate::{AcpiError, PlatformDesc, OEM_ID, OEM_REVISION};
 
 const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// MADT flags: PCAT_COMPAT, dual 8259s are present (the in-kernel PIC); Linux masks them.
 const PCAT_COMPAT: u32 = 1;
 const MADT_FLAGS_OFFSET: usize = 40;
-/// Largest MADT the checksum-patched byte layout handles comfortably.
-const MAX_CPUS: usize = 4096;
 
 #[repr(C, packed)]
 #[derive(Clone, Copy, IntoBytes, Immutable)]

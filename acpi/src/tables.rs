@@ -1,13 +1,11 @@
-//! Lays the tables out in guest memory and links them: RSDP -> XSDT -> FADT -> DSDT, MADT, MCFG.
+//! Lays the tables out in guest memory and links them: RSDP -> XSDT -> FADT -> DSDT, and the
+//! XSDT's other tables (MADT, MCFG; SRAT/SLIT join that list when NUMA arrives).
 
-use acpi_tables::fadt::{FADTBuilder, Flags};
-use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 
-use crate::{dsdt, madt, AcpiError, PlatformDesc, OEM_ID, OEM_REVISION};
+use crate::{dsdt, fadt, madt, mcfg, validate, AcpiError, PlatformDesc, OEM_ID, OEM_REVISION};
 
 /// What to copy into guest memory, and where the guest finds the RSDP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,127 +15,100 @@ pub struct AcpiBlob {
 }
 
 const CHECKSUM_OFFSET: usize = 9;
+const HEADER_LEN: usize = 36;
+/// The RSDP must be 16-byte aligned for the legacy BIOS-area scan; the others just follow suit.
 const TABLE_ALIGN: u64 = 16;
-/// IA-PC boot architecture flags: no VGA (bit 2), no CMOS RTC (bit 5). "No 8042" is bit 1
-/// being clear, and "legacy devices" bit 0 clear: there is no ISA bus to probe.
-const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 5);
 
 /// Recomputes an SDT's checksum after its bytes were patched.
 pub(crate) fn set_checksum(table: &mut [u8]) {
+    if table.len() <= CHECKSUM_OFFSET {
+        return;
+    }
     table[CHECKSUM_OFFSET] = 0;
     let sum = table.iter().fold(0u8, |a, b| a.wrapping_add(*b));
     table[CHECKSUM_OFFSET] = sum.wrapping_neg();
 }
 
-fn bytes(aml: &dyn Aml) -> Vec<u8> {
+pub(crate) fn bytes(aml: &dyn Aml) -> Vec<u8> {
     let mut v = Vec::new();
     aml.to_aml_bytes(&mut v);
     v
 }
 
-fn io_register(port: u16) -> GAS {
-    GAS::new(
-        AddressSpace::SystemIo,
-        8,
-        0,
-        AccessSize::ByteAccess,
-        u64::from(port),
-    )
+/// Hands out aligned addresses from `base` upwards and fails once anything crosses `limit`.
+struct Placer {
+    base: u64,
+    limit: u64,
+    cursor: u64,
 }
 
-fn fadt(desc: &PlatformDesc, dsdt_addr: u64) -> Vec<u8> {
-    let mut f = FADTBuilder::new(OEM_ID, *b"GHVMMFAC", OEM_REVISION)
-        .dsdt_64(dsdt_addr)
-        .flag(Flags::HwReducedAcpi)
-        .flag(Flags::ResetRegSup);
-    f.iapc_boot_arch = IAPC_BOOT_ARCH.into();
-    f.reset_reg = io_register(desc.pm.reset_port);
-    f.reset_value = desc.pm.reset_value;
-    f.sleep_control_reg = io_register(desc.pm.sleep_control_port);
-    f.sleep_status_reg = io_register(desc.pm.sleep_status_port);
-    bytes(&f.finalize())
-}
-
-fn mcfg(desc: &PlatformDesc) -> Vec<u8> {
-    let mut m = MCFG::new(OEM_ID, *b"GHVMMMCF", OEM_REVISION);
-    for s in &desc.pci_segments {
-        m.add_ecam(s.ecam_base, s.segment, s.bus_start, s.bus_end);
+impl Placer {
+    fn new(base: u64, limit: u64) -> Result<Self, AcpiError> {
+        if base % TABLE_ALIGN != 0 {
+            return Err(AcpiError::MisalignedBase(base));
+        }
+        Ok(Placer {
+            base,
+            limit,
+            cursor: base,
+        })
     }
-    bytes(&m)
+
+    fn place(&mut self, len: usize) -> Result<u64, AcpiError> {
+        let at = self.cursor.checked_next_multiple_of(TABLE_ALIGN);
+        let end = at.and_then(|a| a.checked_add(u64::try_from(len).ok()?));
+        match (at, end) {
+            (Some(at), Some(end)) if end <= self.limit => {
+                self.cursor = end;
+                Ok(at)
+            }
+            _ => Err(self.too_large(end)),
+        }
+    }
+
+    fn too_large(&self, end: Option<u64>) -> AcpiError {
+        AcpiError::TooLarge {
+            base: self.base,
+            size: end.map_or(u64::MAX, |e| e.saturating_sub(self.base)),
+            limit: self.limit,
+        }
+    }
 }
 
-fn align(v: u64) -> Option<u64> {
-    v.checked_add(TABLE_ALIGN - 1)
-        .map(|v| v & !(TABLE_ALIGN - 1))
-}
-
-/// Builds every table and places them from `base` (RSDP first) up to `limit`.
+/// Builds every table and places them from `base` (RSDP first, at `base` itself) up to `limit`.
 pub fn build_tables(desc: &PlatformDesc, base: u64, limit: u64) -> Result<AcpiBlob, AcpiError> {
+    validate::platform(desc)?;
     let dsdt = dsdt::build(desc)?;
-    let madt = madt::build(desc)?;
-    let mcfg = mcfg(desc);
-    let rsdp_len = Rsdp::len() as u64;
-    let xsdt_len = 36 + 8 * 3;
-    let fadt_len = acpi_tables::fadt::FADT::len() as u64;
+    // Tables the XSDT lists besides the FADT; each is complete (checksummed) already.
+    let others = [madt::build(desc)?, mcfg::build(&desc.pci_segments)];
 
-    let too_large = |end: Option<u64>| AcpiError::TooLarge {
-        base,
-        size: end.map_or(u64::MAX, |e| e.saturating_sub(base)),
-        limit,
-    };
-    let mut cursor = Some(base);
-    let mut place = |len: u64| -> Option<u64> {
-        let at = align(cursor?)?;
-        cursor = at.checked_add(len);
-        Some(at)
-    };
-    let rsdp_addr = place(rsdp_len);
-    let xsdt_addr = place(xsdt_len);
-    let fadt_addr = place(fadt_len);
-    let dsdt_addr = place(dsdt.len() as u64);
-    let madt_addr = place(madt.len() as u64);
-    let mcfg_addr = place(mcfg.len() as u64);
-    let end = cursor;
-    let (
-        Some(rsdp_addr),
-        Some(xsdt_addr),
-        Some(fadt_addr),
-        Some(dsdt_addr),
-        Some(madt_addr),
-        Some(mcfg_addr),
-        Some(e),
-    ) = (
-        rsdp_addr, xsdt_addr, fadt_addr, dsdt_addr, madt_addr, mcfg_addr, end,
-    )
-    else {
-        return Err(too_large(None));
-    };
-    if e > limit {
-        return Err(too_large(end));
-    }
-
+    let mut placer = Placer::new(base, limit)?;
+    let rsdp_addr = placer.place(Rsdp::len())?;
+    let xsdt_addr = placer.place(HEADER_LEN + 8 * (1 + others.len()))?;
+    let fadt_addr = placer.place(fadt::len())?;
+    let dsdt_addr = placer.place(dsdt.len())?;
+    let mut regions = Vec::with_capacity(4 + others.len());
     let mut xsdt = XSDT::new(OEM_ID, *b"GHVMMXSD", OEM_REVISION);
-    for t in [fadt_addr, madt_addr, mcfg_addr] {
-        xsdt.add_entry(t);
+    xsdt.add_entry(fadt_addr);
+    let mut placed = Vec::with_capacity(others.len());
+    for table in others {
+        let addr = placer.place(table.len())?;
+        xsdt.add_entry(addr);
+        placed.push((addr, table));
     }
-    Ok(AcpiBlob {
-        rsdp_addr,
-        regions: vec![
-            (rsdp_addr, bytes(&Rsdp::new(OEM_ID, xsdt_addr))),
-            (xsdt_addr, bytes(&xsdt)),
-            (fadt_addr, fadt(desc, dsdt_addr)),
-            (dsdt_addr, dsdt),
-            (madt_addr, madt),
-            (mcfg_addr, mcfg),
-        ],
-    })
+    regions.push((rsdp_addr, bytes(&Rsdp::new(OEM_ID, xsdt_addr))));
+    regions.push((xsdt_addr, bytes(&xsdt)));
+    regions.push((fadt_addr, fadt::build(&desc.pm, dsdt_addr)));
+    regions.push((dsdt_addr, dsdt));
+    regions.extend(placed);
+    Ok(AcpiBlob { rsdp_addr, regions })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testutil::platform;
-    use crate::AddrRange;
+    use crate::{AddrRange, PciSegmentDesc};
 
     fn u32_at(b: &[u8], o: usize) -> u32 {
         u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
@@ -188,12 +159,17 @@ mod tests {
         let blob = build_tables(&platform(1), 0xe0000, 0x100000).unwrap();
         let (_, rsdp) = table(&blob, b"RSD PTR ");
         assert_eq!(rsdp[15], 2, "revision 2");
+        assert_eq!(rsdp.len(), 36);
+        assert_eq!(u32_at(rsdp, 20), 36, "RSDP length");
+        assert_eq!(u32_at(rsdp, 16), 0, "no RSDT");
+        assert_eq!(&rsdp[9..15], b"GHVMM ");
         let (xsdt_addr, xsdt) = table(&blob, b"XSDT");
         assert_eq!(u64_at(rsdp, 24), xsdt_addr);
         let entries: Vec<u64> = (36..xsdt.len())
             .step_by(8)
             .map(|o| u64_at(xsdt, o))
             .collect();
+        assert_eq!(entries.len(), 3, "FADT, MADT, MCFG");
         for sig in [&b"FACP"[..], b"APIC", b"MCFG"] {
             assert!(entries.contains(&table(&blob, sig).0), "{sig:?}");
         }
@@ -333,5 +309,138 @@ mod tests {
             Err(AcpiError::TooLarge { .. })
         ));
         assert!(build_tables(&platform(1), u64::MAX - 64, u64::MAX).is_err());
+        assert!(build_tables(&platform(1), 0x10_0000, 0xe_0000).is_err());
+        assert_eq!(
+            build_tables(&platform(1), 0xe0008, 0x100000),
+            Err(AcpiError::MisalignedBase(0xe0008))
+        );
+        p = platform(1);
+        p.pci_segments[0].ecam_base = u64::MAX;
+        assert!(matches!(
+            build_tables(&p, 0xe0000, 0x100000),
+            Err(AcpiError::BadSegment { .. })
+        ));
+        p = platform(1);
+        p.pci_segments[0].segment = 0x1000;
+        assert!(matches!(
+            build_tables(&p, 0xe0000, 0x100000),
+            Err(AcpiError::BadSegment { .. })
+        ));
+        p = platform(300);
+        p.apic_ids[299] = 7;
+        assert_eq!(
+            build_tables(&p, 0xe0000, 0x100000),
+            Err(AcpiError::DuplicateApicId(7))
+        );
+    }
+
+    #[test]
+    fn huge_windows_are_valid() {
+        let mut p = platform(1);
+        p.pci_segments[0].mmio32 = AddrRange {
+            base: 0,
+            len: u64::from(u32::MAX),
+        };
+        p.pci_segments[0].mmio64 = AddrRange {
+            base: 0,
+            len: u64::MAX,
+        };
+        p.pci_segments[0].bus_end = 255;
+        let blob = build_tables(&p, 0xe0000, 0x100000).unwrap();
+        let (_, m) = table(&blob, b"MCFG");
+        assert_eq!(m[55], 255, "end bus");
+    }
+
+    #[test]
+    fn the_most_cpus_still_fit() {
+        let mut p = platform(4096);
+        p.apic_ids = (0..4096).map(|i| i * 1000).collect();
+        let blob = build_tables(&p, 0xe0000, 0x100000).unwrap();
+        let end = blob
+            .regions
+            .iter()
+            .map(|(a, b)| a + b.len() as u64)
+            .max()
+            .unwrap();
+        assert!(end <= 0x100000);
+    }
+
+    /// A cheap fuzzer: arbitrary descriptions give tables or an error, never a panic, and
+    /// whatever they give stays inside [base, limit).
+    #[test]
+    fn arbitrary_descriptions_never_panic() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let iterations = std::env::var("ACPI_FUZZ_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000);
+        for _ in 0..iterations {
+            let mut p = platform((rng.next() % 40) as u32);
+            for id in p.apic_ids.iter_mut() {
+                if rng.next() % 4 == 0 {
+                    *id = rng.value() as u32;
+                }
+            }
+            for _ in 0..rng.next() % 4 {
+                p.pci_segments.push(PciSegmentDesc {
+                    segment: rng.next() as u16 % 0x20,
+                    bus_start: rng.next() as u8,
+                    bus_end: rng.next() as u8,
+                    ecam_base: rng.value(),
+                    mmio32: AddrRange {
+                        base: rng.value(),
+                        len: rng.value(),
+                    },
+                    mmio64: AddrRange {
+                        base: rng.value(),
+                        len: rng.value(),
+                    },
+                    io: rng.next() % 2 == 0,
+                });
+            }
+            let (base, limit) = if rng.next() % 8 == 0 {
+                (rng.value() & !15, rng.value())
+            } else {
+                (0xe0000, 0x100000)
+            };
+            if let Ok(blob) = build_tables(&p, base, limit) {
+                assert_eq!(blob.rsdp_addr, base);
+                for (a, b) in &blob.regions {
+                    assert!(*a >= base && a + b.len() as u64 <= limit);
+                }
+            }
+        }
+    }
+
+    /// xorshift64: deterministic, so a failure reproduces.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// Boundaries are where arithmetic breaks; plain random values rarely land on them.
+        fn value(&mut self) -> u64 {
+            const EDGES: [u64; 8] = [
+                0,
+                1,
+                (1 << 32) - 1,
+                1 << 32,
+                (1 << 32) + 1,
+                u64::MAX - (1 << 20),
+                u64::MAX - 1,
+                u64::MAX,
+            ];
+            let n = self.next();
+            match self.next() % 4 {
+                0 => EDGES[(n % 8) as usize],
+                1 => n % (1 << 33),
+                _ => n,
+            }
+        }
     }
 }
