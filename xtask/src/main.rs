@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything that is not plain cargo.
 //!
-//!   cargo xtask e2e [--list] [--gh-mode vmm_pads|kernel_pads] [--gh-len BYTES] [FILTER...]
+//!   cargo xtask e2e [--list] [--gh-mode vmm_pads|kernel_pads] [--gh-len BYTES]
+//!                   [--l3-vmm ghvmm|qemu] [FILTER...]
 //!                                          nested-virtualization scenarios
 //!   cargo xtask bench                      boot-time comparison with QEMU, in the rig
 //!   cargo xtask demo                       boot a guest under ghvmm and show its console
@@ -49,7 +50,7 @@ fn test(root: &PathBuf) -> Result<bool> {
     rig::e2e(root, &rig::E2eArgs::parse(&[])?)
 }
 
-const USAGE: &str = "usage: cargo xtask <e2e [--list] [--gh-mode M] [--gh-len BYTES] [FILTER...] | bench | demo | test>";
+const USAGE: &str = "usage: cargo xtask <e2e [--list] [--gh-mode M] [--gh-len BYTES] [--l3-vmm ghvmm|qemu] [FILTER...] | bench | demo | test>";
 
 fn run() -> Result<bool> {
     let args: Vec<String> = std::env::args().skip(1).collect();

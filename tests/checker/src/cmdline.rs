@@ -13,6 +13,9 @@ pub struct Expectations {
     /// The GPU-like device's contract and real length (`ghvmm.gh_mode=`, `ghvmm.gh_len=`).
     pub gh_mode: String,
     pub gh_len: Option<u64>,
+    /// The VMM the rig says runs us: `ghvmm` (default) or a peer (`qemu`), under which the
+    /// checks of ghvmm's own platform (docs/platform.md) do not apply.
+    pub platform: String,
 }
 
 impl Expectations {
@@ -20,6 +23,7 @@ impl Expectations {
         let mut e = Expectations {
             mode: "check".into(),
             action: "poweroff".into(),
+            platform: "ghvmm".into(),
             ..Default::default()
         };
         for word in cmdline.split_whitespace() {
@@ -35,6 +39,7 @@ impl Expectations {
                 "vfio" => e.vfio = Some(value.to_string()),
                 "gh_mode" => e.gh_mode = value.to_string(),
                 "gh_len" => e.gh_len = value.parse().ok(),
+                "platform" => e.platform = value.to_string(),
                 _ => {}
             }
         }
@@ -65,6 +70,8 @@ mod tests {
         assert_eq!(e.mem, Some(1 << 30));
         assert_eq!(e.action, "reboot");
         assert_eq!(e.mode, "check");
+        assert_eq!(e.platform, "ghvmm");
+        assert_eq!(Expectations::parse("ghvmm.platform=qemu").platform, "qemu");
         let d = Expectations::parse("ghvmm.mode=demo ghvmm.cpus=x ghvmm.bogus");
         assert_eq!((d.mode.as_str(), d.cpus), ("demo", None));
     }

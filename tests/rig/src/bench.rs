@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::images;
-use crate::scenario::L3_CMDLINE;
+use crate::l3::{Kernel, Vmm, L3};
 use crate::setup::say;
 
 const RUNS: usize = 3;
@@ -15,26 +15,17 @@ const MEM: &str = "512M";
 const CPUS: u32 = 2;
 
 /// The four VMM x kernel-format combinations, in the order they alternate.
-const VARIANTS: [(&str, &str, &str); 4] = [
-    ("ghvmm-bzimage", "ghvmm", "/l3/vmlinuz"),
-    ("qemu-bzimage", "qemu", "/l3/vmlinuz"),
-    ("ghvmm-pvh", "ghvmm", "/l3/vmlinux"),
-    ("qemu-pvh", "qemu", "/l3/vmlinux"),
+const VARIANTS: [(&str, Vmm, Kernel); 4] = [
+    ("ghvmm-bzimage", Vmm::Ghvmm, Kernel::BzImage),
+    ("qemu-bzimage", Vmm::Qemu, Kernel::BzImage),
+    ("ghvmm-pvh", Vmm::Ghvmm, Kernel::Vmlinux),
+    ("qemu-pvh", Vmm::Qemu, Kernel::Vmlinux),
 ];
 
-fn command(vmm: &str, kernel: &str) -> String {
-    let cmdline = format!("{L3_CMDLINE} ghvmm.cpus={CPUS} ghvmm.mem={MEM}");
-    match vmm {
-        "ghvmm" => format!(
-            "/bin/ghvmm --kernel {kernel} --initramfs /l3/initramfs --cmdline \"{cmdline}\" \
-             --cpus boot={CPUS} --memory size={MEM} --serial tty --console off"
-        ),
-        _ => format!(
-            "/bin/qemu-system-x86_64 -enable-kvm -cpu host -m {MEM} -smp {CPUS} -L /qemu \
-             -nic none -vga none -display none -serial stdio -monitor none -no-reboot \
-             -kernel {kernel} -initrd /l3/initramfs -append \"{cmdline}\""
-        ),
-    }
+/// The same guest for every VMM: QEMU's guest is told `ghvmm.platform=qemu`, which only
+/// makes the checker skip ghvmm-specific checks after its `@@INIT` marker.
+fn command(vmm: Vmm, kernel: Kernel) -> String {
+    L3::new(vmm, CPUS, MEM).kernel(kernel).command()
 }
 
 /// The GPU-like device bench (issue 3): copy bandwidth into the mapped BAR vs RAM, KVM's MMIO
@@ -45,9 +36,7 @@ const GH_LEN: u64 = 48 << 20;
 fn gh_script() -> String {
     format!(
         "{bind}mount -t debugfs none /sys/kernel/debug\n\
-         /bin/ghvmm --kernel /l3/vmlinuz --initramfs /l3/initramfs \
-         --cmdline \"{L3_CMDLINE} ghvmm.mode=bench-gh ghvmm.gh_len={GH_LEN}\" --cpus boot=2 \
-         --memory size=512M --serial tty --console off --device path=$IVSHMEM > /tmp/gh.out 2>&1 < /dev/null &\n\
+         {ghvmm} > /tmp/gh.out 2>&1 < /dev/null &\n\
          PID=$!\n\
          n=0; while ! grep -q @@COPY-START /tmp/gh.out && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done\n\
          D=$(ls -d /sys/kernel/debug/kvm/$PID-* | head -1)\n\
@@ -57,7 +46,11 @@ fn gh_script() -> String {
          wait $PID\n\
          echo \"@@BENCH gh-copy-mmio-exits $((B - A))\"\n\
          grep -a @@BENCH /tmp/gh.out\n",
-        bind = crate::scenario::bind_variant("vmm_pads", GH_LEN, "")
+        bind = crate::vfio_scenarios::bind_variant("vmm_pads", GH_LEN, ""),
+        ghvmm = L3::new(Vmm::Ghvmm, 2, "512M")
+            .cmdline(&format!("ghvmm.mode=bench-gh ghvmm.gh_len={GH_LEN}"))
+            .vmm_args("--device path=$IVSHMEM")
+            .command()
     )
 }
 
@@ -81,7 +74,6 @@ fn median(v: &mut [u64]) -> Option<u64> {
 
 pub fn run(root: &Path) -> Result<()> {
     let prep = crate::prepare(root)?;
-    say("bench: extracting the uncompressed vmlinux from the bzImage (for PVH boots)");
     let vmlinux = images::vmlinux_overlay(&prep.paths)?;
     say("bench: booting L2; inside it ghvmm and QEMU/KVM boot the same L3, alternating, 3 times each");
     let dir = prep.paths.target().join("bench");
@@ -89,10 +81,11 @@ pub fn run(root: &Path) -> Result<()> {
         &prep,
         &dir,
         &[
-            images::qemu_overlay()?,
+            images::qemu_overlay(&prep.paths)?,
             vmlinux,
             images::scenario_overlay(&(script() + &gh_script())),
         ],
+        &[],
         Duration::from_secs(1200),
         false,
     )?;

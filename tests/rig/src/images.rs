@@ -1,11 +1,13 @@
 //! Builds what the rig boots: the L3 initramfs (checker as init), the L2 base initramfs
 //! (busybox, KVM/VFIO modules, ghvmm, the L3 kernel and initramfs) and per-scenario extras.
+//! Each is cached under target/rig/ (crate::cache) and rebuilt when one of its inputs changes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::cache::{cached, Inputs};
 use crate::cpio::Cpio;
 use crate::modules;
 use crate::setup::say;
@@ -13,6 +15,7 @@ use crate::setup::say;
 /// Modules L2 loads at boot (with their dependencies): KVM for ghvmm, VFIO for later issues.
 const L2_MODULES: &[&str] = &[
     "kvm_amd",
+    "vfio_virqfd",
     "vfio",
     "vfio_iommu_type1",
     "vfio_pci_core",
@@ -38,28 +41,39 @@ impl Paths {
 
 /// Builds tests/variant-driver against the installed headers of the L2 kernel.
 pub fn variant_driver(p: &Paths) -> Result<Vec<u8>> {
+    const SOURCES: [&str; 2] = ["ghvmm_test_vfio.c", "Makefile"];
     let src = p.root.join("tests/variant-driver");
-    let build = p.rig_dir().join("variant-driver");
-    std::fs::create_dir_all(&build)?;
-    for f in ["ghvmm_test_vfio.c", "Makefile"] {
-        std::fs::copy(src.join(f), build.join(f)).with_context(|| format!("copying {f}"))?;
+    let inputs = Inputs::new()
+        .files(&SOURCES.map(|f| src.join(f)))
+        .text("abi", &p.abi);
+    let (ko, from_cache) = cached(&p.rig_dir(), "ghvmm_test_vfio.ko", &inputs, || {
+        say("building the test variant driver against the kernel headers");
+        let build = p.rig_dir().join("variant-driver");
+        std::fs::create_dir_all(&build)?;
+        for f in SOURCES {
+            std::fs::copy(src.join(f), build.join(f)).with_context(|| format!("copying {f}"))?;
+        }
+        let headers = format!("/usr/src/linux-headers-{}", p.abi);
+        let out = Command::new("make")
+            .arg("-C")
+            .arg(&headers)
+            .arg(format!("M={}", build.display()))
+            .arg("modules")
+            .output()
+            .context("running make for the variant driver")?;
+        if !out.status.success() {
+            bail!(
+                "building the variant driver failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        read(&build.join("ghvmm_test_vfio.ko"))
+    })?;
+    if from_cache {
+        say("test variant driver unchanged (cached)");
     }
-    let headers = format!("/usr/src/linux-headers-{}", p.abi);
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(&headers)
-        .arg(format!("M={}", build.display()))
-        .arg("modules")
-        .output()
-        .context("running make for the variant driver")?;
-    if !out.status.success() {
-        bail!(
-            "building the variant driver failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    read(&build.join("ghvmm_test_vfio.ko"))
+    Ok(ko)
 }
 
 pub fn cargo_build(root: &Path) -> Result<()> {
@@ -100,6 +114,15 @@ fn read(p: &Path) -> Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("reading {}", p.display()))
 }
 
+/// A binary and the files its shared libraries resolve to (cache inputs).
+fn binary_files(src: &Path) -> Result<Vec<PathBuf>> {
+    let mut v = vec![src.to_path_buf()];
+    for lib in shared_libs(src)? {
+        v.push(std::fs::canonicalize(&lib).unwrap_or(lib));
+    }
+    Ok(v)
+}
+
 /// Adds a binary at `dest` and its shared libraries at their own paths.
 pub fn add_binary(c: &mut Cpio, src: &Path, dest: &str) -> Result<()> {
     c.file(dest, 0o755, &read(src)?);
@@ -110,34 +133,32 @@ pub fn add_binary(c: &mut Cpio, src: &Path, dest: &str) -> Result<()> {
     Ok(())
 }
 
+const BUSYBOX: &str = "/bin/busybox";
+
 fn busybox(c: &mut Cpio) -> Result<()> {
-    c.file("bin/busybox", 0o755, &read(Path::new("/bin/busybox"))?);
+    c.file("bin/busybox", 0o755, &read(Path::new(BUSYBOX))?);
     // The init scripts call `busybox --install -s`; sh must exist before that.
     c.symlink("bin/sh", "busybox");
     Ok(())
 }
 
+/// The L3 guest's initramfs: the checker as /init.
 pub fn l3_initramfs(p: &Paths) -> Result<Vec<u8>> {
-    let mut c = Cpio::new();
-    add_binary(&mut c, &p.target().join("release/checker"), "init")?;
-    for d in ["proc", "sys", "dev", "tmp"] {
-        c.dir(d);
-    }
-    Ok(c.finish())
+    let checker = p.target().join("release/checker");
+    let inputs = Inputs::new().files(&binary_files(&checker)?);
+    let (bytes, _) = cached(&p.rig_dir(), "l3-initramfs.cpio", &inputs, || {
+        let mut c = Cpio::new();
+        add_binary(&mut c, &checker, "init")?;
+        for d in ["proc", "sys", "dev", "tmp"] {
+            c.dir(d);
+        }
+        Ok(c.finish())
+    })?;
+    Ok(bytes)
 }
 
-/// L2's base image. `tests/l2/init` is its /init; scenarios append /scenario.sh.
-pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
-    let mut c = Cpio::new();
-    busybox(&mut c)?;
-    c.file("init", 0o755, &read(&p.root.join("tests/l2/init"))?);
-    for d in ["proc", "sys", "dev", "tmp", "l3"] {
-        c.dir(d);
-    }
-    add_binary(&mut c, &p.target().join("release/ghvmm"), "bin/ghvmm")?;
-    add_binary(&mut c, &p.target().join("release/checker"), "bin/checker")?;
-
-    let moddir = PathBuf::from(format!("/lib/modules/{}", p.abi));
+/// Modules L2 loads, dependencies first, as paths relative to /lib/modules/<abi>.
+fn l2_module_order(moddir: &Path) -> Result<Vec<String>> {
     let deps = modules::parse_deps(
         &std::fs::read_to_string(moddir.join("modules.dep")).context("reading modules.dep")?,
     );
@@ -148,28 +169,84 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
             missing.join(" ")
         ));
     }
-    let mut names = Vec::new();
-    for m in &order {
-        let file = m.rsplit('/').next().unwrap_or(m);
-        let data = read(&moddir.join(m))?;
-        if file.ends_with(".ko.xz") || file.ends_with(".ko.zst") {
-            bail!(
-                "compressed module {file}: this kernel packaging is not supported by the rig yet"
-            );
-        }
-        c.file(&format!("lib/modules/{file}"), 0o644, &data);
-        names.push(file.to_string());
+    Ok(order)
+}
+
+/// A module's file name and contents, decompressed: busybox's insmod takes plain .ko files.
+fn module(path: &Path) -> Result<(String, Vec<u8>)> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tool = if name.ends_with(".ko.xz") {
+        "xz"
+    } else if name.ends_with(".ko.zst") {
+        "zstd"
+    } else {
+        return Ok((name, read(path)?));
+    };
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .with_context(|| format!("running {tool} to decompress {name}"))?;
+    if !out.status.success() {
+        bail!("{tool} -dc {} failed", path.display());
     }
-    c.file("modules.order", 0o644, (names.join("\n") + "\n").as_bytes());
-    say("building the test variant driver against the kernel headers");
-    c.file(
-        "lib/modules/extra/ghvmm_test_vfio.ko",
-        0o644,
-        &variant_driver(p)?,
-    );
-    c.file("l3/vmlinuz", 0o644, &read(&p.kernel())?);
-    c.file("l3/initramfs", 0o644, &l3_initramfs(p)?);
-    Ok(c.finish())
+    let plain = name
+        .rsplit_once(".ko")
+        .map_or(name.clone(), |(stem, _)| format!("{stem}.ko"));
+    Ok((plain, out.stdout))
+}
+
+/// L2's base image. `tests/l2/init` is its /init; scenarios append /scenario.sh.
+pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
+    // Dependencies first: their cached outputs are inputs of this image.
+    let variant = variant_driver(p)?;
+    let l3 = l3_initramfs(p)?;
+    let ghvmm = p.target().join("release/ghvmm");
+    let checker = p.target().join("release/checker");
+    let init = p.root.join("tests/l2/init");
+    let moddir = PathBuf::from(format!("/lib/modules/{}", p.abi));
+    let order = l2_module_order(&moddir)?;
+    let module_files: Vec<PathBuf> = order.iter().map(|m| moddir.join(m)).collect();
+    let inputs = Inputs::new()
+        .files(&[
+            PathBuf::from(BUSYBOX),
+            init.clone(),
+            p.kernel(),
+            p.rig_dir().join("ghvmm_test_vfio.ko"),
+            p.rig_dir().join("l3-initramfs.cpio"),
+        ])
+        .files(&binary_files(&ghvmm)?)
+        .files(&binary_files(&checker)?)
+        .files(&module_files);
+    let (bytes, from_cache) = cached(&p.rig_dir(), "l2-base.cpio", &inputs, || {
+        say("building the L2 initramfs (busybox, KVM/VFIO modules, ghvmm, L3 kernel + checker initramfs)");
+        let mut c = Cpio::new();
+        busybox(&mut c)?;
+        c.file("init", 0o755, &read(&init)?);
+        for d in ["proc", "sys", "dev", "tmp", "l3"] {
+            c.dir(d);
+        }
+        add_binary(&mut c, &ghvmm, "bin/ghvmm")?;
+        add_binary(&mut c, &checker, "bin/checker")?;
+        let mut names = Vec::new();
+        for path in &module_files {
+            let (file, data) = module(path)?;
+            c.file(&format!("lib/modules/{file}"), 0o644, &data);
+            names.push(file);
+        }
+        c.file("modules.order", 0o644, (names.join("\n") + "\n").as_bytes());
+        c.file("lib/modules/extra/ghvmm_test_vfio.ko", 0o644, &variant);
+        c.file("l3/vmlinuz", 0o644, &read(&p.kernel())?);
+        c.file("l3/initramfs", 0o644, &l3);
+        Ok(c.finish())
+    })?;
+    if from_cache {
+        say("L2 initramfs unchanged (cached)");
+    }
+    Ok(bytes)
 }
 
 /// The uncompressed ELF vmlinux inside a bzImage: the XZ stream after the setup code,
@@ -205,29 +282,44 @@ pub fn extract_vmlinux(bzimage: &Path) -> Result<Vec<u8>> {
 
 /// The uncompressed kernel at /l3/vmlinux, for PVH boots.
 pub fn vmlinux_overlay(p: &Paths) -> Result<Vec<u8>> {
-    let mut c = Cpio::new();
-    c.file("l3/vmlinux", 0o644, &extract_vmlinux(&p.kernel())?);
-    Ok(c.finish())
+    let inputs = Inputs::new().file(&p.kernel());
+    let (bytes, _) = cached(&p.rig_dir(), "vmlinux.cpio", &inputs, || {
+        say("extracting the uncompressed vmlinux from the bzImage (for PVH boots)");
+        let mut c = Cpio::new();
+        c.file("l3/vmlinux", 0o644, &extract_vmlinux(&p.kernel())?);
+        Ok(c.finish())
+    })?;
+    Ok(bytes)
 }
 
-/// QEMU and its firmware, appended to the base image for the bench (the boot-time peer).
-pub fn qemu_overlay() -> Result<Vec<u8>> {
-    let mut c = Cpio::new();
-    add_binary(
-        &mut c,
-        Path::new("/usr/bin/qemu-system-x86_64"),
-        "bin/qemu-system-x86_64",
-    )?;
-    for (src, name) in [
-        ("/usr/share/seabios/bios-256k.bin", "bios-256k.bin"),
-        ("/usr/share/qemu/kvmvapic.bin", "kvmvapic.bin"),
-        ("/usr/share/qemu/linuxboot_dma.bin", "linuxboot_dma.bin"),
-        ("/usr/share/qemu/pvh.bin", "pvh.bin"),
-    ] {
-        let real = std::fs::canonicalize(src).unwrap_or_else(|_| PathBuf::from(src));
-        c.file(&format!("qemu/{name}"), 0o644, &read(&real)?);
-    }
-    Ok(c.finish())
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+/// SeaBIOS and the option ROMs QEMU needs for a direct kernel boot (and PVH), for `-L /qemu`.
+const QEMU_FIRMWARE: [(&str, &str); 4] = [
+    ("/usr/share/seabios/bios-256k.bin", "bios-256k.bin"),
+    ("/usr/share/qemu/kvmvapic.bin", "kvmvapic.bin"),
+    ("/usr/share/qemu/linuxboot_dma.bin", "linuxboot_dma.bin"),
+    ("/usr/share/qemu/pvh.bin", "pvh.bin"),
+];
+
+/// QEMU and its firmware in L2, for the bench and for QEMU as the L3 VMM.
+pub fn qemu_overlay(p: &Paths) -> Result<Vec<u8>> {
+    let firmware: Vec<PathBuf> = QEMU_FIRMWARE
+        .iter()
+        .map(|(src, _)| std::fs::canonicalize(src).unwrap_or_else(|_| PathBuf::from(src)))
+        .collect();
+    let inputs = Inputs::new()
+        .files(&binary_files(Path::new(QEMU))?)
+        .files(&firmware);
+    let (bytes, _) = cached(&p.rig_dir(), "qemu.cpio", &inputs, || {
+        say("adding QEMU and its firmware to L2");
+        let mut c = Cpio::new();
+        add_binary(&mut c, Path::new(QEMU), "bin/qemu-system-x86_64")?;
+        for (real, (_, name)) in firmware.iter().zip(QEMU_FIRMWARE) {
+            c.file(&format!("qemu/{name}"), 0o644, &read(real)?);
+        }
+        Ok(c.finish())
+    })?;
+    Ok(bytes)
 }
 
 /// A one-file archive carrying the scenario's script.
@@ -235,4 +327,31 @@ pub fn scenario_overlay(script: &str) -> Vec<u8> {
     let mut c = Cpio::new();
     c.file("scenario.sh", 0o755, script.as_bytes());
     c.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_are_decompressed_and_renamed() {
+        let dir = std::env::temp_dir().join(format!("rig-modules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plain = dir.join("kvm.ko");
+        std::fs::write(&plain, b"\x7fELF module").unwrap();
+        assert_eq!(
+            module(&plain).unwrap(),
+            ("kvm.ko".into(), b"\x7fELF module".to_vec())
+        );
+        // xz -k leaves kvm.ko and writes kvm.ko.xz next to it.
+        let ok = Command::new("xz").arg("-kf").arg(&plain).status();
+        if ok.is_ok_and(|s| s.success()) {
+            let (name, data) = module(&dir.join("kvm.ko.xz")).unwrap();
+            assert_eq!(
+                (name.as_str(), &data[..]),
+                ("kvm.ko", &b"\x7fELF module"[..])
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

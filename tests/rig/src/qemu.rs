@@ -9,14 +9,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-/// L2's kernel command line: a quiet console and the emulated IOMMU on.
-const L2_CMDLINE: &str = "console=ttyS0 intel_iommu=on iommu=pt quiet loglevel=1 panic=-1";
+/// L2's kernel command line: a quiet console and the emulated IOMMU on. `RIG_L2_LOGLEVEL`
+/// overrides the console log level (8 shows everything, e.g. soft-lockup backtraces).
+fn l2_cmdline() -> String {
+    let level = std::env::var("RIG_L2_LOGLEVEL")
+        .ok()
+        .and_then(|v| v.parse::<u8>().ok())
+        .unwrap_or(1);
+    format!("console=ttyS0 intel_iommu=on iommu=pt quiet loglevel={level} panic=-1")
+}
 
 pub struct L2 {
     pub kernel: std::path::PathBuf,
     pub initrd: std::path::PathBuf,
     pub ivshmem: std::path::PathBuf,
+    /// QEMU's own log: CPU resets with their register state, so an L2 that dies silently
+    /// (a triple fault: QEMU exits because of -no-reboot) leaves its last RIP behind.
+    pub qemu_log: std::path::PathBuf,
     pub memory: &'static str,
+    /// More QEMU arguments (a scenario's extra devices).
+    pub extra: Vec<String>,
 }
 
 impl L2 {
@@ -35,13 +47,17 @@ impl L2 {
             .arg(&self.kernel)
             .arg("-initrd")
             .arg(&self.initrd)
-            .args(["-append", L2_CMDLINE])
+            .arg("-append")
+            .arg(l2_cmdline())
             .arg("-object")
             .arg(format!(
                 "memory-backend-file,id=hm,mem-path={},size=64M,share=on",
                 self.ivshmem.display()
             ))
-            .args(["-device", "ivshmem-plain,memdev=hm"]);
+            .args(["-device", "ivshmem-plain,memdev=hm"])
+            .args(["-d", "cpu_reset,guest_errors", "-D"])
+            .arg(&self.qemu_log)
+            .args(&self.extra);
         c
     }
 

@@ -85,6 +85,8 @@ pub fn ensure_packages() -> Result<String> {
         "busybox-static".into(),
         "cpio".into(),
         "xz-utils".into(),
+        // Builds the test variant driver; linux-headers brings the compiler but not make.
+        "make".into(),
         "acpica-tools".into(),
     ];
     let missing: Vec<&str> = wanted

@@ -1,0 +1,265 @@
+//! The passthrough scenarios: L2's ivshmem (backed by a host file) on vfio-pci or on the
+//! GPU-like test variant driver (tests/variant-driver), passed through to an L3 guest.
+
+use std::path::Path;
+
+use crate::l3::L3;
+use crate::protocol::Outcome;
+use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
+
+/// Shell that finds L2's ivshmem (1af4:1110), binds it to `driver` and reports `vfio-bind`;
+/// `$IVSHMEM` is then its sysfs path.
+fn bind_ivshmem(driver: &str) -> String {
+    format!(
+        "IVSHMEM=\n\
+         for d in /sys/bus/pci/devices/*; do\n\
+             [ \"$(cat $d/vendor)\" = 0x1af4 ] && [ \"$(cat $d/device)\" = 0x1110 ] && IVSHMEM=$d\n\
+         done\n\
+         echo {driver} > $IVSHMEM/driver_override\n\
+         [ -e $IVSHMEM/driver ] && echo $(basename $IVSHMEM) > $IVSHMEM/driver/unbind\n\
+         echo $(basename $IVSHMEM) > /sys/bus/pci/drivers_probe\n\
+         readlink $IVSHMEM/driver 2>/dev/null | grep -q {driver}\n\
+         l2_check vfio-bind $? \"ivshmem ($IVSHMEM) did not bind to {driver}\"\n"
+    )
+}
+
+/// Loads the GPU-like test device in `mode` with `len` bytes and binds ivshmem to it.
+pub fn bind_variant(mode: &str, len: u64, extra: &str) -> String {
+    format!(
+        "insmod /lib/modules/extra/ghvmm_test_vfio.ko mode={mode} length={len} {extra}\n{}",
+        bind_ivshmem("ghvmm_test_vfio")
+    )
+}
+
+/// The patterns tests/checker/src/vfio.rs writes through BAR2, at the same offsets.
+const IVSHMEM_PATTERNS: [(u64, &[u8; 16]); 3] = [
+    (0, b"ghvmm-bar2-at-0!"),
+    (1 << 20, b"ghvmm-bar2-at-1M"),
+    ((64 << 20) - 16, b"ghvmm-bar2-atEnd"),
+];
+
+fn read_backing_file(dir: &Path) -> Result<Vec<u8>, Outcome> {
+    std::fs::read(dir.join("ivshmem.bin"))
+        .map_err(|e| Outcome::Fail(format!("reading ivshmem.bin: {e}")))
+}
+
+/// What the guest wrote through the passed-through BAR2 is in the host's backing file.
+fn ivshmem_file_check(_: &Scenario, dir: &Path) -> Vec<(String, Outcome)> {
+    let outcome = read_backing_file(dir).map_or_else(
+        |o| o,
+        |file| {
+            let bad: Vec<String> = IVSHMEM_PATTERNS
+                .iter()
+                .filter(|(off, pat)| file.get(*off as usize..*off as usize + 16) != Some(&pat[..]))
+                .map(|(off, _)| format!("{off:#x}"))
+                .collect();
+            if bad.is_empty() {
+                Outcome::Pass
+            } else {
+                Outcome::Fail(format!(
+                    "pattern missing in the host file at {}",
+                    bad.join(", ")
+                ))
+            }
+        },
+    );
+    vec![("host-file".to_string(), outcome)]
+}
+
+/// Default GPU-like device lengths: one a multiple of 2 MiB (not a power of two), one not.
+pub const GH_LENGTHS: [u64; 2] = [48 << 20, (40 << 20) + (12 << 10)];
+pub const GH_MODES: [&str; 2] = ["vmm_pads", "kernel_pads"];
+
+fn short_len(len: u64) -> String {
+    match (len >> 20, (len >> 10) & 1023) {
+        (0, k) => format!("{k}K"),
+        (m, 0) => format!("{m}M"),
+        (m, k) => format!("{m}M{k}K"),
+    }
+}
+
+/// The GPU-like device scenarios for `modes` x `lengths`.
+pub fn gh_device_scenarios(modes: &[&'static str], lengths: &[u64]) -> Vec<Scenario> {
+    let mut v = Vec::new();
+    for &mode in modes {
+        for &len in lengths {
+            let name: &'static str = Box::leak(
+                format!(
+                    "vfio-gh-{}-{}",
+                    mode.trim_end_matches("_pads"),
+                    short_len(len)
+                )
+                .into_boxed_str(),
+            );
+            let about = if mode == "vmm_pads" {
+                "GPU-like BAR, region not a power of two: ghvmm pads (reads 0)"
+            } else {
+                "GPU-like BAR, power-of-two region with a sparse area: the kernel pads (reads 0xff)"
+            };
+            let l3 = L3::new(BOOT_VMM, 2, "512M")
+                .cmdline(&format!(
+                    "ghvmm.vfio=gh ghvmm.gh_mode={mode} ghvmm.gh_len={len}"
+                ))
+                .vmm_args("--device path=$IVSHMEM,id=gpu0");
+            v.push(Scenario {
+                setup: bind_variant(mode, len, ""),
+                expect: [
+                    L3_CHECKS,
+                    &[
+                        "vfio-bind",
+                        "gh-bar",
+                        "gh-data",
+                        "gh-padding-read",
+                        "gh-straddle",
+                        "gh-padding-write",
+                        "host-file",
+                    ],
+                ]
+                .concat(),
+                host_checks: Some(gh_file_check),
+                ..Scenario::boot(name, about, l3)
+            });
+        }
+    }
+    v
+}
+
+/// The host file holds the guest's patterns, and nothing the guest wrote into the padding.
+fn gh_file_check(s: &Scenario, dir: &Path) -> Vec<(String, Outcome)> {
+    let len =
+        s.l3.as_ref()
+            .and_then(|l| l.expectation("gh_len"))
+            .and_then(|v| v.parse::<u64>().ok());
+    let outcome = match (read_backing_file(dir), len) {
+        (Err(o), _) => o,
+        (_, None) => Outcome::Fail("the scenario sets no ghvmm.gh_len".into()),
+        (Ok(file), Some(len)) => {
+            let mut bad = Vec::new();
+            for (off, pat) in gh_patterns(len) {
+                if file.get(off as usize..off as usize + pat.len()) != Some(&pat[..]) {
+                    bad.push(format!("pattern missing at {off:#x}"));
+                }
+            }
+            if let Some(i) = file.iter().skip(len as usize).position(|b| *b != 0) {
+                bad.push(format!(
+                    "padding write reached the file at {:#x}",
+                    len as usize + i
+                ));
+            }
+            if bad.is_empty() {
+                Outcome::Pass
+            } else {
+                Outcome::Fail(bad.join("; "))
+            }
+        }
+    };
+    vec![("host-file".to_string(), outcome)]
+}
+
+/// The patterns the checker writes through the GPU-like BAR (tests/checker/src/gh.rs).
+pub fn gh_patterns(len: u64) -> [(u64, [u8; 16]); 3] {
+    let mid = (len / 2) & !15;
+    [
+        (0, *b"gh-mem-at-start!"),
+        (mid, *b"gh-mem-in-middle"),
+        (len - 16, *b"gh-mem-last-16B!"),
+    ]
+}
+
+fn ivshmem_scenario() -> Scenario {
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline("ghvmm.vfio=ivshmem")
+        .vmm_args("--device path=$IVSHMEM,id=shm0");
+    Scenario {
+        setup: bind_ivshmem("vfio-pci"),
+        expect: [
+            L3_CHECKS,
+            &[
+                "vfio-bind",
+                "vfio-present",
+                "vfio-bar2",
+                "vfio-bar2-data",
+                "vfio-bar0-padding",
+                "vfio-decode-off",
+                "vfio-bar-move",
+                "host-file",
+            ],
+        ]
+        .concat(),
+        host_checks: Some(ivshmem_file_check),
+        ..Scenario::boot(
+            "vfio-ivshmem",
+            "L2's ivshmem on plain vfio-pci, passed through: BAR2 mapped (data reaches the host file), BAR0 trapped and padded",
+            l3,
+        )
+    }
+}
+
+fn bad_info_scenario() -> Scenario {
+    Scenario {
+        expect: vec!["kvm", "vfio-bind", "refused", "names-region"],
+        ..Scenario::l2_only(
+            "vfio-gh-bad-info",
+            "the variant driver reports a sparse area outside its region: ghvmm refuses, exit 1",
+            format!(
+                "{}expect_clean_failure refused --kernel /l3/vmlinuz --device path=$IVSHMEM\n\
+                 grep -q 'region 2' /tmp/err\n\
+                 l2_check names-region $? \"the error does not name region 2: $(cat /tmp/err)\"\n",
+                bind_variant("kernel_pads", GH_LENGTHS[0], "bad_info=1")
+            ),
+        )
+    }
+}
+
+/// The passthrough scenarios, in run order.
+pub fn all() -> Vec<Scenario> {
+    let mut v = vec![ivshmem_scenario()];
+    v.extend(gh_device_scenarios(&GH_MODES, &GH_LENGTHS));
+    v.push(bad_info_scenario());
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gh_scenarios_cover_modes_and_lengths() {
+        let v = gh_device_scenarios(&GH_MODES, &GH_LENGTHS);
+        let names: Vec<_> = v.iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            [
+                "vfio-gh-vmm-48M",
+                "vfio-gh-vmm-40M12K",
+                "vfio-gh-kernel-48M",
+                "vfio-gh-kernel-40M12K"
+            ]
+        );
+        assert!(
+            GH_LENGTHS.iter().any(|l| l % (2 << 20) != 0),
+            "one length is not a multiple of 2 MiB"
+        );
+        assert!(v[3].script().contains("mode=kernel_pads length=41955328"));
+        assert!(v[3].script().contains("--device path=$IVSHMEM,id=gpu0"));
+        assert_eq!(gh_patterns(48 << 20)[2].0, (48 << 20) - 16);
+    }
+
+    #[test]
+    fn gh_host_check_reads_the_length_from_the_scenario() {
+        let len = 8192u64;
+        let s = gh_device_scenarios(&["vmm_pads"], &[len]).remove(0);
+        let dir = std::env::temp_dir().join(format!("rig-gh-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut file = vec![0u8; 16384];
+        for (off, pat) in gh_patterns(len) {
+            file[off as usize..off as usize + 16].copy_from_slice(&pat);
+        }
+        std::fs::write(dir.join("ivshmem.bin"), &file).unwrap();
+        assert_eq!(gh_file_check(&s, &dir)[0].1, Outcome::Pass);
+        file[len as usize + 5] = 0xff;
+        std::fs::write(dir.join("ivshmem.bin"), &file).unwrap();
+        assert!(matches!(gh_file_check(&s, &dir)[0].1, Outcome::Fail(_)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
