@@ -10,6 +10,7 @@ pub mod config;
 pub mod console;
 pub mod device_manager;
 pub mod exit;
+pub mod irq_routing;
 pub mod layout;
 pub mod memory;
 pub mod vcpu;

@@ -13,6 +13,7 @@ use crate::config::VmConfig;
 use crate::console::StdinForwarder;
 use crate::device_manager::DeviceManager;
 use crate::exit::{ExitReason, ExitState};
+use crate::irq_routing::GsiRouting;
 use crate::layout::{Layout, ACPI_PM_PORT, ACPI_RESET_VALUE, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::vcpu::{self, VcpuContext};
 
@@ -71,6 +72,7 @@ impl Vm {
         let exit = Arc::new(ExitState::default());
         let devices = DeviceManager::new(&vm, cfg, &layout, exit.clone())?;
         let container = std::sync::Mutex::new(None);
+        let routing = Arc::new(GsiRouting::new(vm.clone()));
         for d in &cfg.devices {
             let mut ctx = crate::vfio::VfioContext {
                 vm: &vm,
@@ -80,6 +82,7 @@ impl Vm {
                 container: &container,
                 next_slot: &mut next_slot,
                 mmio64_size: layout.mmio64_size,
+                routing: &routing,
             };
             // The error names the device path itself.
             let assigned = crate::vfio::assign(&mut ctx, &d.path).context("--device")?;

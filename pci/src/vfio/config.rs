@@ -7,11 +7,13 @@
 //! - the interrupt pin: 0, as ghvmm delivers MSI/MSI-X only (INTx is not offered);
 //! - the capability list: only capabilities ghvmm can support are linked (power management,
 //!   MSI, PCI Express, MSI-X); the others are skipped by rewriting the "next" pointers;
+//! - MSI and MSI-X: emulated (`interrupts.rs`), their programming never reaches the device;
 //! - the extended configuration space (0x100 and up): hidden, it reads 0.
 //!
 //! The command register is written to both the device (it must decode for its mmaps to work)
 //! and the emulated copy that tracks which BAR mappings are live.
 
+use super::interrupts::SharedInterrupts;
 use crate::config::{extract, merge, BarKind, BarSpec, ConfigSpace};
 use crate::device::{BarReprogram, PciDevice};
 
@@ -46,6 +48,7 @@ pub struct PassthroughConfig {
     dev: Box<dyn DeviceConfig>,
     emulated: ConfigSpace,
     caps: Vec<Capability>,
+    interrupts: SharedInterrupts,
 }
 
 fn read_u32(dev: &dyn DeviceConfig, offset: u64) -> u32 {
@@ -88,10 +91,13 @@ pub fn exposed_capabilities(dev: &dyn DeviceConfig) -> Vec<Capability> {
 }
 
 impl PassthroughConfig {
-    /// `bars`: the guest BARs (index, spec, initial guest address), from the BAR layouts.
+    /// `bars`: the guest BARs (index, spec, initial guest address), from the BAR layouts;
+    /// `interrupts`: the emulated MSI/MSI-X capabilities (shared with the BAR trap that
+    /// answers the MSI-X table).
     pub fn new(
         dev: Box<dyn DeviceConfig>,
         bars: &[(usize, BarSpec, u64)],
+        interrupts: SharedInterrupts,
     ) -> Result<Self, crate::config::BarError> {
         let mut emulated = ConfigSpace::new();
         for &(index, spec, addr) in bars {
@@ -113,6 +119,7 @@ impl PassthroughConfig {
             dev,
             emulated,
             caps,
+            interrupts,
         })
     }
 
@@ -182,7 +189,8 @@ impl PassthroughConfig {
                 if let Some(c) = self.caps.iter().find(|c| u64::from(c.offset) == off) {
                     v = (v & !0xff00) | (u32::from(c.next) << 8);
                 }
-                v
+                let irq = self.interrupts.lock().unwrap_or_else(|e| e.into_inner());
+                irq.config_read(r, v).unwrap_or(v)
             }
         }
     }
@@ -212,9 +220,12 @@ impl PciDevice for PassthroughConfig {
                 self.emulated.write(COMMAND_REG, offset, data)
             }
             r => {
-                // A capability header's id/next bytes are read-only in hardware; the rest
-                // (and MSI/MSI-X programming, until ghvmm emulates it) goes to the device.
-                let _ = self.dev.write((r * 4) as u64 + offset, data);
+                // MSI/MSI-X programming is emulated; everything else goes to the device
+                // (a capability header's id/next bytes are read-only in hardware).
+                let mut irq = self.interrupts.lock().unwrap_or_else(|e| e.into_inner());
+                if !irq.config_write(r, offset, data) {
+                    let _ = self.dev.write((r * 4) as u64 + offset, data);
+                }
                 Vec::new()
             }
         }
@@ -243,6 +254,8 @@ pub fn bar_spec(size: u64, is_64bit: bool, prefetchable: bool) -> BarSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vfio::interrupts::tests::Recorder;
+    use crate::vfio::interrupts::{InterruptCaps, Interrupts, IrqKind, IrqUpdate};
     use std::sync::{Arc, Mutex};
 
     /// A fake config space: 4 KiB of bytes, every write recorded.
@@ -296,15 +309,25 @@ mod tests {
         Fake(Arc::new(Mutex::new(b)), Arc::new(Mutex::new(Vec::new())))
     }
 
-    fn config(dev: &Fake) -> PassthroughConfig {
+    fn config_with(dev: &Fake, rec: &Recorder) -> PassthroughConfig {
+        let caps = exposed_capabilities(dev);
+        let irq = Interrupts::new(
+            InterruptCaps::from_device(&caps, dev),
+            Box::new(rec.clone()),
+        );
         PassthroughConfig::new(
             Box::new(dev.clone()),
             &[
                 (0, bar_spec(4096, false, false), 0xc000_0000),
                 (2, bar_spec(128 << 30, true, true), 0x20_0000_0000),
             ],
+            irq.shared(),
         )
         .unwrap()
+    }
+
+    fn config(dev: &Fake) -> PassthroughConfig {
+        config_with(dev, &Recorder::default())
     }
 
     #[test]
@@ -391,6 +414,41 @@ mod tests {
         assert!(c
             .decoding_bars()
             .contains(&(2, bar_spec(128 << 30, true, true), 0x40_0000_0000)));
+    }
+
+    #[test]
+    fn msix_programming_is_emulated_not_sent_to_the_device() {
+        let dev = device();
+        {
+            // MSI-X with 2 vectors, table in BAR 0 at 0x800.
+            let mut b = dev.0.lock().unwrap();
+            b[0x62..0x64].copy_from_slice(&1u16.to_le_bytes());
+            b[0x64..0x68].copy_from_slice(&0x800u32.to_le_bytes());
+            b[0x68..0x6c].copy_from_slice(&0xc00u32.to_le_bytes());
+        }
+        let rec = Recorder::default();
+        let mut c = config_with(&dev, &rec);
+        c.write_config_register(0x60 / 4, 2, &0x8000u16.to_le_bytes());
+        assert_eq!(c.read_config_register(0x60 / 4) >> 16, 0x8001);
+        assert_eq!(
+            (c.read_config_register(0x60 / 4) >> 8) & 0xff,
+            0x70,
+            "still relinked"
+        );
+        assert_eq!(
+            rec.0.lock().unwrap().as_slice(),
+            &[IrqUpdate::Enable {
+                kind: IrqKind::Msix,
+                vectors: 2
+            }]
+        );
+        assert!(
+            dev.1.lock().unwrap().is_empty(),
+            "nothing reached the device"
+        );
+        // A register outside the interrupt capabilities still goes to the device.
+        c.write_config_register(0x44 / 4, 0, &[3, 0]);
+        assert_eq!(dev.1.lock().unwrap().as_slice(), &[(0x44, vec![3, 0])]);
     }
 
     #[test]

@@ -1,14 +1,20 @@
 //! VFIO passthrough pieces that are pure logic: how a device region becomes a guest BAR
-//! (`layout`) and how a trapped access to that BAR is answered (`dispatch`). The VFIO device
-//! itself (ioctls, memory slots, interrupts) builds on these.
+//! (`layout`), how a trapped access to that BAR is answered (`dispatch`), the guest's view of
+//! config space (`config`) and the emulated MSI/MSI-X capabilities (`interrupts`, `msi`,
+//! `msix`). The VFIO device itself (ioctls, memory slots, KVM routes) builds on these.
 
 pub mod config;
 pub mod dispatch;
+pub mod interrupts;
 pub mod layout;
+pub mod msi;
 pub mod msix;
 
 pub use config::{DeviceConfig, PassthroughConfig};
 pub use dispatch::{split_access, AccessPart, RegionIo};
+pub use interrupts::{
+    InterruptCaps, Interrupts, IrqKind, IrqSink, IrqUpdate, MsiMessage, SharedInterrupts,
+};
 pub use layout::{
     bar_layout, BarLayout, LayoutError, Limits, Piece, PieceKind, RegionDesc, SparseArea,
 };

@@ -5,6 +5,8 @@
 //! nothing while it is masked. Interrupts then go device → eventfd → KVM → guest, never through
 //! a ghvmm thread.
 
+use super::interrupts::{IrqKind, IrqUpdate, MsiMessage};
+
 /// One table entry (16 bytes in the BAR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MsixEntry {
@@ -22,27 +24,6 @@ impl Default for MsixEntry {
             masked: true,
         }
     }
-}
-
-/// Where an MSI write goes: address and data as the guest programmed them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MsiMessage {
-    pub addr: u64,
-    pub data: u32,
-}
-
-/// What the VMM must do after an access.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MsixUpdate {
-    /// Give the device `vectors` eventfds for its MSI-X vectors.
-    Enable { vectors: u16 },
-    /// Take MSI-X away from the device.
-    Disable,
-    /// Route `vector` to `message`, or to nothing (masked) when `None`.
-    Route {
-        vector: u16,
-        message: Option<MsiMessage>,
-    },
 }
 
 const CONTROL_ENABLE: u16 = 1 << 15;
@@ -101,19 +82,22 @@ impl MsixState {
     }
 
     /// The guest writes the control word (only enable and function mask are writable).
-    pub fn write_control(&mut self, value: u16) -> Vec<MsixUpdate> {
+    pub fn write_control(&mut self, value: u16) -> Vec<IrqUpdate> {
         let was = self.enabled();
         let writable = CONTROL_ENABLE | CONTROL_FUNCTION_MASK;
         self.control = (self.control & !writable) | (value & writable);
         let mut updates = Vec::new();
         match (was, self.enabled()) {
-            (false, true) => updates.push(MsixUpdate::Enable {
+            (false, true) => updates.push(IrqUpdate::Enable {
+                kind: IrqKind::Msix,
                 vectors: self.vectors(),
             }),
             (true, false) => {
                 // Routes first, so nothing stays routed to a disabled function.
                 updates.extend(self.reroute());
-                updates.push(MsixUpdate::Disable);
+                updates.push(IrqUpdate::Disable {
+                    kind: IrqKind::Msix,
+                });
                 return updates;
             }
             _ => {}
@@ -150,7 +134,7 @@ impl MsixState {
     }
 
     /// The guest writes the table: dword or qword accesses at dword alignment.
-    pub fn table_write(&mut self, offset: u64, data: &[u8]) -> Vec<MsixUpdate> {
+    pub fn table_write(&mut self, offset: u64, data: &[u8]) -> Vec<IrqUpdate> {
         if !matches!(data.len(), 4 | 8) || !offset.is_multiple_of(4) {
             return Vec::new();
         }
@@ -186,13 +170,14 @@ impl MsixState {
     }
 
     /// Route updates for every vector whose wanted route changed since last reported.
-    fn reroute(&mut self) -> Vec<MsixUpdate> {
+    fn reroute(&mut self) -> Vec<IrqUpdate> {
         let mut updates = Vec::new();
         for v in 0..self.entries.len() {
             let want = self.wanted(v);
             if self.applied[v] != want {
                 self.applied[v] = want;
-                updates.push(MsixUpdate::Route {
+                updates.push(IrqUpdate::Route {
+                    kind: IrqKind::Msix,
                     vector: v as u16,
                     message: want,
                 });
@@ -211,7 +196,7 @@ mod tests {
         MsixState::new(0x0003_0011, 0x0000_0001, 0x0000_0801)
     }
 
-    fn program(s: &mut MsixState, v: u64, addr: u64, data: u32) -> Vec<MsixUpdate> {
+    fn program(s: &mut MsixState, v: u64, addr: u64, data: u32) -> Vec<IrqUpdate> {
         let base = v * 16;
         let mut u = s.table_write(base, &(addr as u32).to_le_bytes());
         u.extend(s.table_write(base + 4, &((addr >> 32) as u32).to_le_bytes()));
@@ -238,7 +223,10 @@ mod tests {
         // Enable with the function masked, program, unmask an entry, unmask the function.
         assert_eq!(
             s.write_control(CONTROL_ENABLE | CONTROL_FUNCTION_MASK),
-            vec![MsixUpdate::Enable { vectors: 4 }]
+            vec![IrqUpdate::Enable {
+                kind: IrqKind::Msix,
+                vectors: 4
+            }]
         );
         assert!(
             program(&mut s, 1, 0xfee0_1000, 0x4041).is_empty(),
@@ -255,7 +243,8 @@ mod tests {
         };
         assert_eq!(
             u,
-            vec![MsixUpdate::Route {
+            vec![IrqUpdate::Route {
+                kind: IrqKind::Msix,
                 vector: 1,
                 message: Some(msg)
             }]
@@ -263,14 +252,16 @@ mod tests {
         // Masking the vector removes its route; unmasking restores it.
         assert_eq!(
             s.table_write(16 + 12, &1u32.to_le_bytes()),
-            vec![MsixUpdate::Route {
+            vec![IrqUpdate::Route {
+                kind: IrqKind::Msix,
                 vector: 1,
                 message: None
             }]
         );
         assert_eq!(
             s.table_write(16 + 12, &0u32.to_le_bytes()),
-            vec![MsixUpdate::Route {
+            vec![IrqUpdate::Route {
+                kind: IrqKind::Msix,
                 vector: 1,
                 message: Some(msg)
             }]
@@ -279,7 +270,8 @@ mod tests {
         let u = program(&mut s, 1, 0xfee0_2000, 0x4042);
         assert_eq!(
             u.last(),
-            Some(&MsixUpdate::Route {
+            Some(&IrqUpdate::Route {
+                kind: IrqKind::Msix,
                 vector: 1,
                 message: Some(MsiMessage {
                     addr: 0xfee0_2000,
@@ -291,11 +283,14 @@ mod tests {
         assert_eq!(
             s.write_control(0),
             vec![
-                MsixUpdate::Route {
+                IrqUpdate::Route {
+                    kind: IrqKind::Msix,
                     vector: 1,
                     message: None
                 },
-                MsixUpdate::Disable
+                IrqUpdate::Disable {
+                    kind: IrqKind::Msix
+                }
             ]
         );
     }

@@ -231,6 +231,7 @@ pub fn run_all(expect: &Expectations) {
     match expect.vfio.as_deref() {
         Some("ivshmem") => crate::vfio::ivshmem(),
         Some("gh") => crate::gh::gpu_like(&expect.gh_mode, expect.gh_len.unwrap_or(0)),
+        Some("nic") => crate::nic::e1000e(),
         _ => {}
     }
     report("acpi-dump", dump_acpi());

@@ -15,6 +15,7 @@ mod bench;
 mod checks;
 mod cmdline;
 mod gh;
+mod nic;
 mod timing;
 mod vfio;
 

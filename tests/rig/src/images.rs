@@ -12,7 +12,8 @@ use crate::cpio::Cpio;
 use crate::modules;
 use crate::setup::say;
 
-/// Modules L2 loads at boot (with their dependencies): KVM for ghvmm, VFIO for later issues.
+/// Modules L2 loads at boot (with their dependencies): KVM for ghvmm, VFIO for passthrough,
+/// e1000e for L2's end of the private link in the NIC scenario.
 const L2_MODULES: &[&str] = &[
     "kvm_amd",
     "vfio_virqfd",
@@ -20,7 +21,12 @@ const L2_MODULES: &[&str] = &[
     "vfio_iommu_type1",
     "vfio_pci_core",
     "vfio_pci",
+    "e1000e",
 ];
+
+/// Modules the L3 checker loads itself (the passed-through NIC's driver), with their
+/// dependencies, in /lib/modules/ of the L3 initramfs.
+const L3_MODULES: &[&str] = &["e1000e"];
 
 pub struct Paths {
     pub root: PathBuf,
@@ -142,27 +148,42 @@ fn busybox(c: &mut Cpio) -> Result<()> {
     Ok(())
 }
 
-/// The L3 guest's initramfs: the checker as /init.
+/// The L3 guest's initramfs: the checker as /init, busybox and the NIC driver for the
+/// passthrough checks.
 pub fn l3_initramfs(p: &Paths) -> Result<Vec<u8>> {
     let checker = p.target().join("release/checker");
-    let inputs = Inputs::new().files(&binary_files(&checker)?);
+    let moddir = PathBuf::from(format!("/lib/modules/{}", p.abi));
+    let module_files: Vec<PathBuf> = module_order(&moddir, L3_MODULES)?
+        .iter()
+        .map(|m| moddir.join(m))
+        .collect();
+    let inputs = Inputs::new()
+        .files(&binary_files(&checker)?)
+        .file(Path::new(BUSYBOX))
+        .files(&module_files);
     let (bytes, _) = cached(&p.rig_dir(), "l3-initramfs.cpio", &inputs, || {
         let mut c = Cpio::new();
         add_binary(&mut c, &checker, "init")?;
+        c.file("bin/busybox", 0o755, &read(Path::new(BUSYBOX))?);
         for d in ["proc", "sys", "dev", "tmp"] {
             c.dir(d);
+        }
+        for path in &module_files {
+            let (file, data) = module(path)?;
+            c.file(&format!("lib/modules/{file}"), 0o644, &data);
         }
         Ok(c.finish())
     })?;
     Ok(bytes)
 }
 
-/// Modules L2 loads, dependencies first, as paths relative to /lib/modules/<abi>.
-fn l2_module_order(moddir: &Path) -> Result<Vec<String>> {
+/// `wanted` modules and their dependencies, dependencies first, as paths relative to
+/// /lib/modules/<abi>.
+fn module_order(moddir: &Path, wanted: &[&str]) -> Result<Vec<String>> {
     let deps = modules::parse_deps(
         &std::fs::read_to_string(moddir.join("modules.dep")).context("reading modules.dep")?,
     );
-    let (order, missing) = modules::closure(&deps, L2_MODULES);
+    let (order, missing) = modules::closure(&deps, wanted);
     if !missing.is_empty() {
         say(&format!(
             "modules built into the kernel or absent: {}",
@@ -208,7 +229,7 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
     let checker = p.target().join("release/checker");
     let init = p.root.join("tests/l2/init");
     let moddir = PathBuf::from(format!("/lib/modules/{}", p.abi));
-    let order = l2_module_order(&moddir)?;
+    let order = module_order(&moddir, L2_MODULES)?;
     let module_files: Vec<PathBuf> = order.iter().map(|m| moddir.join(m)).collect();
     let inputs = Inputs::new()
         .files(&[

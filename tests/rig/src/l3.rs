@@ -151,9 +151,13 @@ impl L3 {
             format!(" {}", self.vmm_args)
         };
         match self.vmm {
+            // RIG_GHVMM_ARGS (e.g. -vv) is for debugging a scenario by hand.
             Vmm::Ghvmm => format!(
                 "/bin/ghvmm --kernel {kernel} --initramfs /l3/initramfs --cmdline \"{cmdline}\" \
-                 --cpus boot={cpus} --memory size={mem} --serial tty --console off{extra}"
+                 --cpus boot={cpus} --memory size={mem} --serial tty --console off{extra}{}",
+                std::env::var("RIG_GHVMM_ARGS")
+                    .map(|a| format!(" {a}"))
+                    .unwrap_or_default()
             ),
             // -L: SeaBIOS and the option ROMs copied into L2; -nic none: no NIC ROM needed.
             Vmm::Qemu => format!(

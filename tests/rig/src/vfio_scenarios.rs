@@ -7,6 +7,18 @@ use crate::l3::L3;
 use crate::protocol::Outcome;
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
 
+/// Shell that binds the PCI device whose sysfs path is in `$var` to `driver` (taking it from
+/// the driver it has) and reports the L2 check `check`.
+fn bind_device(var: &str, driver: &str, check: &str) -> String {
+    format!(
+        "echo {driver} > ${var}/driver_override\n\
+         [ -e ${var}/driver ] && echo $(basename ${var}) > ${var}/driver/unbind\n\
+         echo $(basename ${var}) > /sys/bus/pci/drivers_probe\n\
+         readlink ${var}/driver 2>/dev/null | grep -q {driver}\n\
+         l2_check {check} $? \"${var} did not bind to {driver}\"\n"
+    )
+}
+
 /// Shell that finds L2's ivshmem (1af4:1110), binds it to `driver` and reports `vfio-bind`;
 /// `$IVSHMEM` is then its sysfs path.
 fn bind_ivshmem(driver: &str) -> String {
@@ -14,12 +26,8 @@ fn bind_ivshmem(driver: &str) -> String {
         "IVSHMEM=\n\
          for d in /sys/bus/pci/devices/*; do\n\
              [ \"$(cat $d/vendor)\" = 0x1af4 ] && [ \"$(cat $d/device)\" = 0x1110 ] && IVSHMEM=$d\n\
-         done\n\
-         echo {driver} > $IVSHMEM/driver_override\n\
-         [ -e $IVSHMEM/driver ] && echo $(basename $IVSHMEM) > $IVSHMEM/driver/unbind\n\
-         echo $(basename $IVSHMEM) > /sys/bus/pci/drivers_probe\n\
-         readlink $IVSHMEM/driver 2>/dev/null | grep -q {driver}\n\
-         l2_check vfio-bind $? \"ivshmem ($IVSHMEM) did not bind to {driver}\"\n"
+         done\n{}",
+        bind_device("IVSHMEM", driver, "vfio-bind")
     )
 }
 
@@ -211,9 +219,66 @@ fn bad_info_scenario() -> Scenario {
     }
 }
 
+/// L2's two e1000e NICs: the one passed through to L3 and L2's own, joined by a QEMU hub
+/// and to nothing else (no user-mode networking, no tap: the rig never reaches a real
+/// network).
+pub const NIC_PASSTHROUGH: &str = "0000:00:05.0";
+pub const NIC_L2: &str = "0000:00:06.0";
+/// L2's address on the private link (the checker pings it, tests/checker/src/nic.rs).
+const NIC_L2_ADDR: &str = "10.99.0.1/24";
+
+fn nic_qemu_args() -> Vec<String> {
+    [
+        "-netdev",
+        "hubport,id=pt,hubid=0",
+        "-device",
+        "e1000e,netdev=pt,bus=pcie.0,addr=0x5",
+        "-netdev",
+        "hubport,id=l2,hubid=0",
+        "-device",
+        "e1000e,netdev=l2,bus=pcie.0,addr=0x6",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn nic_scenario() -> Scenario {
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline("ghvmm.vfio=nic")
+        .vmm_args("--device path=$NIC,id=nic0");
+    let setup = format!(
+        "NIC=/sys/bus/pci/devices/{NIC_PASSTHROUGH}\n{}\
+         L2IF=$(ls /sys/bus/pci/devices/{NIC_L2}/net 2>/dev/null | head -n 1)\n\
+         [ -n \"$L2IF\" ] && ip addr add {NIC_L2_ADDR} dev $L2IF && ip link set $L2IF up\n\
+         l2_check nic-l2-up $? \"L2's own e1000e ({NIC_L2}, interface '$L2IF') did not come up\"\n",
+        bind_device("NIC", "vfio-pci", "nic-bind")
+    );
+    Scenario {
+        setup,
+        expect: [
+            L3_CHECKS,
+            &[
+                "nic-bind",
+                "nic-l2-up",
+                "nic-present",
+                "nic-link",
+                "nic-ping",
+                "nic-msix",
+            ],
+        ]
+        .concat(),
+        qemu_args: nic_qemu_args(),
+        ..Scenario::boot(
+            "vfio-nic",
+            "an e1000e on vfio-pci passed through: its driver gets MSI-X interrupts and pings L2 over a private link (DMA)",
+            l3,
+        )
+    }
+}
+
 /// The passthrough scenarios, in run order.
 pub fn all() -> Vec<Scenario> {
-    let mut v = vec![ivshmem_scenario()];
+    let mut v = vec![ivshmem_scenario(), nic_scenario()];
     v.extend(gh_device_scenarios(&GH_MODES, &GH_LENGTHS));
     v.push(bad_info_scenario());
     v

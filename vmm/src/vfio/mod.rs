@@ -8,8 +8,11 @@
 //! pread/pwrite on the device fd here, where the error reaches the caller. It has no mmap
 //! helper either: `map_region` below does it.
 //!
-//! Not yet: MSI/MSI-X routing, BAR relocation by the guest (ghvmm's assignment is kept; a
-//! move is logged and refused), hot plug. See issue 3.
+//! MSI and MSI-X are emulated (`pci::vfio::interrupts`) and applied to VFIO and KVM by
+//! `irq::VfioIrqSink`; the MSI-X table is answered by the BAR trap from the emulated state.
+//! INTx is not offered (the interrupt pin reads 0).
+
+mod irq;
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -20,7 +23,8 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use pci::vfio::dispatch::{self, RegionIo};
 use pci::vfio::{
-    bar_layout, BarLayout, Limits, PassthroughConfig, PieceKind, RegionDesc, SparseArea,
+    bar_layout, BarLayout, InterruptCaps, Interrupts, Limits, PassthroughConfig, PieceKind,
+    RegionDesc, SharedInterrupts, SparseArea,
 };
 use pci::{BarReprogram, PciDevice};
 use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
@@ -28,6 +32,7 @@ use vfio_ioctls::{VfioContainer, VfioDevice, VfioRegionInfoCap};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::bar_allocator::{BarAllocator, Window};
+use crate::irq_routing::GsiRouting;
 use crate::layout::{MMIO32_SIZE, PAGE_SIZE};
 
 #[derive(Debug, thiserror::Error)]
@@ -159,12 +164,14 @@ impl RegionIo for FdRegion {
     }
 }
 
-/// The trapped parts of one BAR (forwarded and padding), on the MMIO bus.
+/// The trapped parts of one BAR (forwarded and padding, and the emulated MSI-X table), on
+/// the MMIO bus.
 struct BarTrap {
     bar: usize,
     bar_base: u64,
     layout: BarLayout,
     region: FdRegion,
+    interrupts: SharedInterrupts,
     reported: bool,
 }
 
@@ -188,12 +195,22 @@ impl BarTrap {
 impl BusDevice for BarTrap {
     fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
         let at = base - self.bar_base + offset;
+        let irq = self.interrupts.lock().unwrap_or_else(|e| e.into_inner());
+        if irq.table_read(self.bar, at, data) {
+            return;
+        }
+        drop(irq);
         let errors = dispatch::read(&self.layout, &self.region, at, data);
         self.report(errors);
     }
 
     fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
         let at = base - self.bar_base + offset;
+        let mut irq = self.interrupts.lock().unwrap_or_else(|e| e.into_inner());
+        if irq.table_write(self.bar, at, data) {
+            return;
+        }
+        drop(irq);
         let errors = dispatch::write(&self.layout, &self.region, at, data);
         self.report(errors);
     }
@@ -403,37 +420,6 @@ fn map_region(fd: i32, offset: u64, size: u64, align: u64) -> std::io::Result<*m
     Ok(addr.cast())
 }
 
-/// Byte ranges of the MSI-X table and PBA, per BAR index, from the MSI-X capability.
-fn msix_ranges(config: &FdRegion) -> Vec<(usize, SparseArea)> {
-    let mut out = Vec::new();
-    let caps = pci::vfio::config::exposed_capabilities(config);
-    let Some(cap) = caps.iter().find(|c| c.id == pci::vfio::config::CAP_MSIX) else {
-        return out;
-    };
-    let mut b = [0u8; 12];
-    if config.pread(u64::from(cap.offset), &mut b).is_err() {
-        return out;
-    }
-    let vectors = u64::from(u16::from_le_bytes([b[2], b[3]]) & 0x7ff) + 1;
-    let table = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-    let pba = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-    out.push((
-        (table & 7) as usize,
-        SparseArea {
-            offset: u64::from(table & !7),
-            size: vectors * 16,
-        },
-    ));
-    out.push((
-        (pba & 7) as usize,
-        SparseArea {
-            offset: u64::from(pba & !7),
-            size: vectors.div_ceil(64) * 8,
-        },
-    ));
-    out
-}
-
 /// Everything the VM needs to keep for an assigned device.
 pub struct Assigned {
     pub device: Arc<Mutex<PassthroughDevice>>,
@@ -447,6 +433,7 @@ pub struct VfioContext<'a> {
     pub container: &'a Mutex<Option<Arc<VfioContainer>>>,
     pub next_slot: &'a mut u32,
     pub mmio64_size: u64,
+    pub routing: &'a Arc<GsiRouting>,
 }
 
 pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
@@ -492,7 +479,17 @@ pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
         device: device.clone(),
         base: device.get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX),
     };
-    let msix = msix_ranges(&config);
+    let caps = pci::vfio::config::exposed_capabilities(&config);
+    let irq_caps = InterruptCaps::from_device(&caps, &config);
+    // The MSI-X table and PBA stay trapped: the table is emulated, the PBA read from the
+    // device.
+    let msix = irq_caps.msix_ranges();
+    let sink = irq::VfioIrqSink::new(
+        path.display().to_string(),
+        device.clone(),
+        ctx.routing.clone(),
+    );
+    let interrupts = Interrupts::new(irq_caps, Box::new(sink)).shared();
     let limits = Limits {
         page_size: PAGE_SIZE,
         mmio32_size: MMIO32_SIZE,
@@ -544,8 +541,11 @@ pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
             is_64bit,
             trapped: msix
                 .iter()
-                .filter(|(b, _)| *b == this)
-                .map(|(_, a)| *a)
+                .filter(|r| r.bar == this)
+                .map(|r| SparseArea {
+                    offset: r.offset,
+                    size: r.size,
+                })
                 .collect(),
         };
         let Some(layout) = bar_layout(&desc, &limits).map_err(|source| VfioSetupError::Layout {
@@ -600,6 +600,7 @@ pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
                 device: device.clone(),
                 base: region_offset,
             },
+            interrupts: interrupts.clone(),
             reported: false,
         }));
         let mut run: Option<(u64, u64)> = None;
@@ -640,7 +641,7 @@ pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
             base,
         ));
     }
-    let config = PassthroughConfig::new(Box::new(config), &bars)
+    let config = PassthroughConfig::new(Box::new(config), &bars, interrupts)
         .map_err(|e| VfioSetupError::Config(format!("{}: {e}", path.display())))?;
     Ok(Assigned {
         device: Arc::new(Mutex::new(PassthroughDevice {

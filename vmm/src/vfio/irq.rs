@@ -1,0 +1,337 @@
+//! Applies a passed-through function's MSI/MSI-X programming (`pci::vfio::IrqUpdate`) to
+//! VFIO and KVM: each enabled vector gets an eventfd that VFIO signals when the device fires,
+//! a GSI whose KVM route is the message the guest programmed, and an irqfd binding the two.
+//! The interrupt then goes device → host IRQ → eventfd → KVM → guest vCPU without any ghvmm
+//! thread running.
+//!
+//! A masked vector keeps its eventfd but loses its irqfd: what the device signals meanwhile
+//! stays counted in the eventfd, and KVM injects it when the irqfd is registered again at
+//! unmask (KVM checks for a pending event on registration), which is the spec's "pending"
+//! behaviour.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pci::vfio::{IrqKind, IrqSink, IrqUpdate, MsiMessage};
+use vfio_bindings::bindings::vfio::{VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX};
+use vfio_ioctls::VfioDevice;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::irq_routing::GsiRouting;
+
+/// What the sink needs from the VFIO device (a fake in unit tests).
+pub trait DeviceIrqs: Send + Sync {
+    fn enable(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), String>;
+    fn disable(&self, kind: IrqKind) -> Result<(), String>;
+}
+
+fn index(kind: IrqKind) -> u32 {
+    match kind {
+        IrqKind::Msi => VFIO_PCI_MSI_IRQ_INDEX,
+        IrqKind::Msix => VFIO_PCI_MSIX_IRQ_INDEX,
+    }
+}
+
+impl DeviceIrqs for VfioDevice {
+    fn enable(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), String> {
+        // vfio-ioctls programs vectors 0..n in one VFIO_DEVICE_SET_IRQS, which is all ghvmm
+        // needs: masking is done at the irqfd, not at the device.
+        self.enable_irq(index(kind), fds.to_vec())
+            .map_err(|e| e.to_string())
+    }
+    fn disable(&self, kind: IrqKind) -> Result<(), String> {
+        self.disable_irq(index(kind)).map_err(|e| e.to_string())
+    }
+}
+
+struct Vector {
+    event: EventFd,
+    gsi: u32,
+    /// Whether the irqfd is registered (the vector is routed and unmasked).
+    live: bool,
+}
+
+pub struct VfioIrqSink {
+    /// The device, for log lines.
+    name: String,
+    device: Arc<dyn DeviceIrqs>,
+    routing: Arc<GsiRouting>,
+    active: HashMap<IrqKind, Vec<Vector>>,
+}
+
+impl VfioIrqSink {
+    pub fn new(name: String, device: Arc<dyn DeviceIrqs>, routing: Arc<GsiRouting>) -> Self {
+        VfioIrqSink {
+            name,
+            device,
+            routing,
+            active: HashMap::new(),
+        }
+    }
+
+    fn enable(&mut self, kind: IrqKind, vectors: u16) -> Result<(), String> {
+        if self.active.contains_key(&kind) {
+            self.disable(kind)?;
+        }
+        let mut made: Vec<Vector> = Vec::new();
+        let fail = |made: &mut Vec<Vector>, why: String| {
+            for v in made.drain(..) {
+                let _ = self.routing.release(v.gsi);
+            }
+            Err(why)
+        };
+        for _ in 0..vectors {
+            let event = match EventFd::new(EFD_NONBLOCK) {
+                Ok(e) => e,
+                Err(e) => return fail(&mut made, format!("eventfd: {e}")),
+            };
+            let gsi = match self.routing.allocate() {
+                Ok(g) => g,
+                Err(e) => return fail(&mut made, e.to_string()),
+            };
+            made.push(Vector {
+                event,
+                gsi,
+                live: false,
+            });
+        }
+        let fds: Vec<&EventFd> = made.iter().map(|v| &v.event).collect();
+        if let Err(e) = self.device.enable(kind, &fds) {
+            return fail(&mut made, format!("VFIO_DEVICE_SET_IRQS: {e}"));
+        }
+        log::info!("{}: {kind:?} enabled with {vectors} vectors", self.name);
+        self.active.insert(kind, made);
+        Ok(())
+    }
+
+    fn disable(&mut self, kind: IrqKind) -> Result<(), String> {
+        let Some(vectors) = self.active.remove(&kind) else {
+            return Ok(());
+        };
+        for v in &vectors {
+            if v.live {
+                let _ = self.routing.unregister_irqfd(&v.event, v.gsi);
+            }
+            let _ = self.routing.release(v.gsi);
+        }
+        log::info!("{}: {kind:?} disabled", self.name);
+        self.device
+            .disable(kind)
+            .map_err(|e| format!("VFIO_DEVICE_SET_IRQS: {e}"))
+    }
+
+    fn route(
+        &mut self,
+        kind: IrqKind,
+        vector: u16,
+        message: Option<MsiMessage>,
+    ) -> Result<(), String> {
+        let Some(v) = self
+            .active
+            .get_mut(&kind)
+            .and_then(|vs| vs.get_mut(usize::from(vector)))
+        else {
+            return Err(format!("{kind:?} vector {vector} routed while not enabled"));
+        };
+        log::debug!(
+            "{}: {kind:?} vector {vector} (GSI {}) -> {message:x?}",
+            self.name,
+            v.gsi
+        );
+        if message.is_none() && v.live {
+            self.routing
+                .unregister_irqfd(&v.event, v.gsi)
+                .map_err(|e| e.to_string())?;
+            v.live = false;
+        }
+        self.routing
+            .set(v.gsi, message)
+            .map_err(|e| e.to_string())?;
+        if message.is_some() && !v.live {
+            self.routing
+                .register_irqfd(&v.event, v.gsi)
+                .map_err(|e| e.to_string())?;
+            v.live = true;
+        }
+        Ok(())
+    }
+
+    fn apply_one(&mut self, u: IrqUpdate) -> Result<(), String> {
+        match u {
+            IrqUpdate::Enable { kind, vectors } => self.enable(kind, vectors),
+            IrqUpdate::Disable { kind } => self.disable(kind),
+            IrqUpdate::Route {
+                kind,
+                vector,
+                message,
+            } => self.route(kind, vector, message),
+        }
+    }
+}
+
+impl IrqSink for VfioIrqSink {
+    fn apply(&mut self, updates: Vec<IrqUpdate>) {
+        for u in updates {
+            // The guest asked for something the host cannot do: like a device whose
+            // interrupt never arrives, the guest driver times out; ghvmm keeps running.
+            if let Err(e) = self.apply_one(u) {
+                log::error!("{}: {u:?}: {e}", self.name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::irq_routing::tests::FakeKvm;
+    use crate::irq_routing::Route;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct FakeDevice {
+        calls: Mutex<Vec<(IrqKind, Option<usize>)>>,
+        refuse: bool,
+    }
+
+    impl DeviceIrqs for FakeDevice {
+        fn enable(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), String> {
+            self.calls.lock().unwrap().push((kind, Some(fds.len())));
+            if self.refuse {
+                Err("EINVAL".into())
+            } else {
+                Ok(())
+            }
+        }
+        fn disable(&self, kind: IrqKind) -> Result<(), String> {
+            self.calls.lock().unwrap().push((kind, None));
+            Ok(())
+        }
+    }
+
+    fn msg(data: u32) -> Option<MsiMessage> {
+        Some(MsiMessage {
+            addr: 0xfee0_0000,
+            data,
+        })
+    }
+
+    fn route(kind: IrqKind, vector: u16, message: Option<MsiMessage>) -> IrqUpdate {
+        IrqUpdate::Route {
+            kind,
+            vector,
+            message,
+        }
+    }
+
+    fn sink(refuse: bool) -> (VfioIrqSink, Arc<FakeKvm>, Arc<FakeDevice>) {
+        let kvm = Arc::new(FakeKvm::default());
+        let dev = Arc::new(FakeDevice {
+            refuse,
+            ..Default::default()
+        });
+        let s = VfioIrqSink::new(
+            "dev".into(),
+            dev.clone(),
+            Arc::new(GsiRouting::new(kvm.clone())),
+        );
+        (s, kvm, dev)
+    }
+
+    fn msi_routes(kvm: &FakeKvm) -> Vec<Route> {
+        kvm.tables
+            .lock()
+            .unwrap()
+            .last()
+            .map(|t| {
+                t.iter()
+                    .filter(|r| matches!(r, Route::Msi { .. }))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn enable_route_mask_unmask_disable() {
+        let (mut s, kvm, dev) = sink(false);
+        let k = IrqKind::Msix;
+        s.apply(vec![IrqUpdate::Enable {
+            kind: k,
+            vectors: 3,
+        }]);
+        assert_eq!(dev.calls.lock().unwrap().as_slice(), &[(k, Some(3))]);
+        s.apply(vec![route(k, 1, msg(0x41))]);
+        assert_eq!(
+            msi_routes(&kvm),
+            [Route::Msi {
+                gsi: 25,
+                message: msg(0x41).unwrap()
+            }]
+        );
+        assert_eq!(kvm.irqfds.lock().unwrap().as_slice(), &[(25, true)]);
+        // Masking drops the irqfd (events stay counted); unmasking brings it back.
+        s.apply(vec![route(k, 1, None)]);
+        s.apply(vec![route(k, 1, msg(0x41))]);
+        // Reprogramming a live vector only changes its route.
+        s.apply(vec![route(k, 1, msg(0x42))]);
+        assert_eq!(
+            kvm.irqfds.lock().unwrap().as_slice(),
+            &[(25, true), (25, false), (25, true)]
+        );
+        s.apply(vec![IrqUpdate::Disable { kind: k }]);
+        assert_eq!(kvm.irqfds.lock().unwrap().last(), Some(&(25, false)));
+        assert!(msi_routes(&kvm).is_empty());
+        assert_eq!(dev.calls.lock().unwrap().last(), Some(&(k, None)));
+        // GSIs came back: a new enable starts from 24 again.
+        s.apply(vec![
+            IrqUpdate::Enable {
+                kind: IrqKind::Msi,
+                vectors: 1,
+            },
+            route(IrqKind::Msi, 0, msg(0x50)),
+        ]);
+        assert_eq!(
+            msi_routes(&kvm),
+            [Route::Msi {
+                gsi: 24,
+                message: msg(0x50).unwrap()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_refused_enable_leaves_nothing_behind() {
+        let (mut s, kvm, _) = sink(true);
+        s.apply(vec![
+            IrqUpdate::Enable {
+                kind: IrqKind::Msix,
+                vectors: 2,
+            },
+            route(IrqKind::Msix, 0, msg(1)),
+        ]);
+        assert!(s.active.is_empty());
+        assert!(kvm.irqfds.lock().unwrap().is_empty());
+        assert!(msi_routes(&kvm).is_empty());
+        assert_eq!(s.routing.allocate().unwrap(), 24, "GSIs were released");
+    }
+
+    #[test]
+    fn updates_for_vectors_that_do_not_exist_are_ignored() {
+        let (mut s, kvm, _) = sink(false);
+        s.apply(vec![route(IrqKind::Msix, 0, msg(1))]);
+        s.apply(vec![IrqUpdate::Enable {
+            kind: IrqKind::Msix,
+            vectors: 1,
+        }]);
+        s.apply(vec![route(IrqKind::Msix, 7, msg(1))]);
+        s.apply(vec![IrqUpdate::Disable { kind: IrqKind::Msi }]);
+        assert!(kvm.irqfds.lock().unwrap().is_empty());
+        // Enabling twice re-creates the vectors instead of leaking the first set.
+        s.apply(vec![IrqUpdate::Enable {
+            kind: IrqKind::Msix,
+            vectors: 1,
+        }]);
+        assert_eq!(s.active[&IrqKind::Msix][0].gsi, 24);
+    }
+}
