@@ -51,7 +51,13 @@ pub fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>> {
             outcome,
         })
     };
-    if !finished {
+    if let Some((line, _)) = &t.lockup {
+        // Stopped early: waiting any longer only costs the timeout.
+        push(
+            "lockup",
+            Outcome::Fail(format!("a kernel stopped scheduling, L2 stopped: {line}")),
+        );
+    } else if !finished {
         push(
             "timeout",
             Outcome::Fail(format!("no end after {}s", s.timeout.as_secs())),
@@ -157,7 +163,55 @@ fn run_with_one_retry(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>>
         failed.join("; "),
         kept.display()
     );
-    run_scenario(prep, s)
+    print_evidence(&kept);
+    let second = run_scenario(prep, s)?;
+    if second.iter().any(|r| matches!(r.outcome, Outcome::Fail(_))) {
+        print_evidence(&dir.join("console.log"));
+    }
+    Ok(second)
+}
+
+/// Console lines that say why a run went wrong (kernel bugs and their backtraces, faults,
+/// VMM errors), at most `MAX` of them: CI keeps only the rig's output, not target/e2e.
+pub fn evidence(console: &str) -> Vec<String> {
+    const MAX: usize = 60;
+    const MARKERS: [&str; 9] = [
+        "BUG:",
+        "Kernel panic",
+        "RIP:",
+        "Call Trace",
+        "triple fault",
+        "ghvmm: error",
+        "WARNING:",
+        "@@L2LOG watchdog",
+        "KVM counters",
+    ];
+    let mut out = Vec::new();
+    let mut trace_left = 0;
+    for line in console.lines() {
+        let hit = MARKERS.iter().any(|m| line.contains(m));
+        if hit || trace_left > 0 {
+            out.push(line.trim_end().to_string());
+            if out.len() >= MAX {
+                break;
+            }
+        }
+        if line.contains("Call Trace") {
+            trace_left = 14;
+        } else if trace_left > 0 {
+            trace_left -= 1;
+        }
+    }
+    out
+}
+
+fn print_evidence(console_log: &Path) {
+    let text = std::fs::read(console_log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    for line in evidence(&text) {
+        println!("  | {line}");
+    }
 }
 
 /// `cargo xtask e2e` arguments: filters, optionally one GPU-like device configuration
@@ -326,6 +380,22 @@ mod tests {
             .scenarios()
             .is_err());
         assert!(args(&["nothing-matches"]).unwrap().scenarios().is_err());
+    }
+
+    #[test]
+    fn evidence_keeps_bugs_and_backtraces_only() {
+        let mut log = String::from("@@L2 up 2.2\nnoise\n[ 40.5] watchdog: BUG: soft lockup - CPU#0\n");
+        log.push_str("[ 40.5] RIP: 0010:svm_vcpu_run+0x1\n[ 40.5] Call Trace:\n");
+        for i in 0..20 {
+            log.push_str(&format!("[ 40.5]  frame{i}\n"));
+        }
+        log.push_str("@@CHECK init PASS\nghvmm: error: vCPU 1: triple fault\n");
+        let e = evidence(&log);
+        assert!(e[0].contains("soft lockup") && e[1].contains("RIP:"));
+        assert!(e.iter().any(|l| l.ends_with("frame13")));
+        assert!(!e.iter().any(|l| l.ends_with("frame14")), "a trace is cut after 14 lines");
+        assert!(e.last().unwrap().contains("triple fault"));
+        assert!(!e.iter().any(|l| l.contains("noise") || l.contains("@@CHECK")));
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub fn boot_l2(
     let start = Instant::now();
     let finished = l2.run(&dir.join("console.log"), timeout, echo, |line| {
         t.feed(line);
-        t.l2_done
+        t.over()
     })?;
     Ok((t, finished, start.elapsed()))
 }

@@ -20,11 +20,33 @@ pub struct Transcript {
     pub l2_done: bool,
     pub l3_done: bool,
     pub malformed: Vec<String>,
+    /// A kernel's report that a CPU stopped scheduling (soft lockup, RCU stall): the
+    /// scenario cannot end any more. The line, and how many lines came after it (the
+    /// backtrace, which the rig waits for before it stops L2).
+    pub lockup: Option<(String, usize)>,
 }
+
+/// Kernel messages after which a scenario can only time out.
+const LOCKUP_MARKERS: [&str; 3] = [
+    "BUG: soft lockup",
+    "rcu_preempt detected stalls",
+    "rcu_sched detected stalls",
+];
+
+/// Lines kept after a lockup report before L2 is stopped: enough for the backtraces of
+/// both of L2's CPUs at the rig's log level.
+pub const LOCKUP_TAIL_LINES: usize = 120;
 
 impl Transcript {
     pub fn feed(&mut self, raw: &str) {
         let line = raw.trim_end_matches(['\r', '\n']);
+        match &mut self.lockup {
+            Some((_, after)) => *after += 1,
+            None if LOCKUP_MARKERS.iter().any(|m| line.contains(m)) => {
+                self.lockup = Some((line.trim().to_string(), 0));
+            }
+            None => {}
+        }
         // The last record on a line wins: when a writer dies mid-line (a guest cut off in the
         // middle of a table dump), the next record is appended to the unfinished line.
         let Some(at) = line.rfind("@@") else { return };
@@ -70,6 +92,16 @@ impl Transcript {
             "DONE" => self.l3_done = true,
             _ => {}
         }
+    }
+
+    /// Whether there is nothing more to wait for: L2 finished, or a lockup was reported and
+    /// its backtrace has arrived.
+    pub fn over(&self) -> bool {
+        self.l2_done
+            || self
+                .lockup
+                .as_ref()
+                .is_some_and(|(_, after)| *after >= LOCKUP_TAIL_LINES)
     }
 
     /// The ACPI tables that arrived whole (length and sum match what the guest announced).
@@ -138,6 +170,21 @@ mod tests {
         assert_eq!(tables[1], ("DSDT".into(), Ok(&[1u8, 2, 0xff][..])));
         assert!(tables[0].1.is_err());
         assert_eq!(t.malformed.len(), 1);
+    }
+
+    #[test]
+    fn a_lockup_ends_the_wait_after_its_backtrace() {
+        let mut t = Transcript::default();
+        t.feed("[   40.55] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [vcpu1:150]\r\n");
+        assert!(!t.over(), "waits for the backtrace");
+        for _ in 0..LOCKUP_TAIL_LINES {
+            t.feed("[   40.56]  ? kvm_arch_vcpu_ioctl_run+0x1/0x2 [kvm]");
+        }
+        assert!(t.over());
+        let (line, _) = t.lockup.clone().unwrap();
+        assert!(line.starts_with("[   40.55] watchdog: BUG: soft lockup"));
+        t.feed("BUG: soft lockup - CPU#1");
+        assert!(t.lockup.unwrap().0.contains("CPU#0"), "the first report is kept");
     }
 
     #[test]

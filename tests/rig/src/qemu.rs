@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-/// L2's kernel command line: a quiet console and the emulated IOMMU on. `RIG_L2_LOGLEVEL`
-/// overrides the console log level (8 shows everything, e.g. soft-lockup backtraces).
+/// L2's kernel command line: the emulated IOMMU on, and a console that shows warnings and
+/// worse, so a kernel bug in L2 (a soft lockup, a WARN) leaves its backtrace in console.log.
+/// `RIG_L2_LOGLEVEL` overrides the console log level (8 shows everything).
 fn l2_cmdline() -> String {
     let level = std::env::var("RIG_L2_LOGLEVEL")
         .ok()
         .and_then(|v| v.parse::<u8>().ok())
-        .unwrap_or(1);
+        .unwrap_or(5);
     format!("console=ttyS0 intel_iommu=on iommu=pt quiet loglevel={level} panic=-1")
 }
 
