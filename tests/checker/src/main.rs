@@ -1,7 +1,7 @@
 //! The guest-side checker. As PID 1 of an L3 guest it mounts the pseudo file systems, checks
 //! what the guest sees against the expectations on its kernel command line, dumps the ACPI
 //! tables through the console and powers off. In L2 it doubles as a timing helper for the
-//! bench (`checker time-to-marker ...`).
+//! bench (`checker time-to-marker ...`) and names kernel addresses (`checker resolve ...`).
 //!
 //! Output protocol (one line each, parsed by tests/rig):
 //!   `@@INIT`                               first thing after start
@@ -16,6 +16,7 @@ mod checks;
 mod cmdline;
 mod gh;
 mod nic;
+mod resolve;
 mod timing;
 mod vfio;
 
@@ -23,11 +24,13 @@ use std::io::Write;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("time-to-marker") {
-        std::process::exit(timing::main(&args[2..]));
+    match args.get(1).map(String::as_str) {
+        Some("time-to-marker") => std::process::exit(timing::main(&args[2..])),
+        Some("resolve") => std::process::exit(resolve::main(&args[2..])),
+        _ => {}
     }
     if std::process::id() != 1 {
-        eprintln!("checker: run as init of an L3 guest, or as `checker time-to-marker`");
+        eprintln!("checker: run as init of an L3 guest, or as `checker time-to-marker|resolve`");
         std::process::exit(2);
     }
     println!("@@INIT");

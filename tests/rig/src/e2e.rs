@@ -60,7 +60,11 @@ pub fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>> {
     } else if !finished {
         push(
             "timeout",
-            Outcome::Fail(format!("no end after {}s", s.timeout.as_secs())),
+            Outcome::Fail(format!(
+                "no end after {}s; {}",
+                s.timeout.as_secs(),
+                where_l2_was(prep, &dir)
+            )),
         );
     } else if !t.l2_done {
         push(
@@ -76,6 +80,37 @@ pub fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>> {
         }
     }
     Ok(results)
+}
+
+/// Where L2's CPUs were when the scenario timed out: their RIPs from registers.txt, named
+/// by a fresh L2 (crate::symbols).
+fn where_l2_was(prep: &Prepared, dir: &Path) -> String {
+    let info = std::fs::read_to_string(dir.join("registers.txt")).unwrap_or_default();
+    let rips = crate::symbols::rips(&info);
+    if rips.is_empty() {
+        return "no register dump (QEMU's monitor did not answer)".into();
+    }
+    say("naming the hung L2's RIPs in a fresh L2 (/proc/kallsyms)");
+    let addrs: Vec<String> = rips.iter().map(|r| format!("{r:#x}")).collect();
+    // The variant driver loads last in both, so its addresses match too.
+    let script = format!(
+        "insmod /lib/modules/extra/ghvmm_test_vfio.ko 2>/dev/null\n/bin/checker resolve {}\n",
+        addrs.join(" ")
+    );
+    let names = boot_l2(
+        prep,
+        &dir.join("resolve"),
+        &[images::scenario_overlay(&script)],
+        &[],
+        std::time::Duration::from_secs(120),
+        false,
+    )
+    .map(|(t, _, _)| t.resolved)
+    .unwrap_or_default();
+    format!(
+        "L2 CPUs: {} (registers.txt)",
+        crate::symbols::describe(&rips, &names)
+    )
 }
 
 /// Every expected check (a missing one fails), then any other reported check, prefixed by the
@@ -139,13 +174,7 @@ fn acpi_checks(t: &Transcript, acpi_dir: &Path) -> Result<Vec<(String, Outcome)>
 /// printed, with the first attempt's failures, and the first attempt's logs are kept.
 fn run_with_one_retry(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>> {
     let first = run_scenario(prep, s)?;
-    let failed: Vec<String> = first
-        .iter()
-        .filter_map(|r| match &r.outcome {
-            Outcome::Fail(why) => Some(format!("{}: {why}", r.name)),
-            Outcome::Pass => None,
-        })
-        .collect();
+    let failed = failure_summary(&first);
     if failed.is_empty() {
         return Ok(first);
     }
@@ -158,9 +187,8 @@ fn run_with_one_retry(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>>
         e2e.join(format!("{}.attempt1.qemu.log", s.name)),
     );
     println!(
-        "RETRY {}: first attempt failed ({}); its log: {}",
+        "RETRY {}: first attempt failed ({failed}); its log: {}",
         s.name,
-        failed.join("; "),
         kept.display()
     );
     print_evidence(&kept);
@@ -169,6 +197,25 @@ fn run_with_one_retry(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>>
         print_evidence(&dir.join("console.log"));
     }
     Ok(second)
+}
+
+/// The failures of one attempt in one line, the checks that never reported named together.
+fn failure_summary(results: &[CheckResult]) -> String {
+    let mut silent = Vec::new();
+    let mut failed = Vec::new();
+    for r in results {
+        if let Outcome::Fail(why) = &r.outcome {
+            if why.starts_with("never reported") {
+                silent.push(r.name.rsplit('/').next().unwrap_or(&r.name).to_string());
+            } else {
+                failed.push(format!("{}: {why}", r.name));
+            }
+        }
+    }
+    if !silent.is_empty() {
+        failed.push(format!("never reported: {}", silent.join(", ")));
+    }
+    failed.join("; ")
 }
 
 /// Console lines that say why a run went wrong (kernel bugs and their backtraces, faults,
@@ -384,7 +431,8 @@ mod tests {
 
     #[test]
     fn evidence_keeps_bugs_and_backtraces_only() {
-        let mut log = String::from("@@L2 up 2.2\nnoise\n[ 40.5] watchdog: BUG: soft lockup - CPU#0\n");
+        let mut log =
+            String::from("@@L2 up 2.2\nnoise\n[ 40.5] watchdog: BUG: soft lockup - CPU#0\n");
         log.push_str("[ 40.5] RIP: 0010:svm_vcpu_run+0x1\n[ 40.5] Call Trace:\n");
         for i in 0..20 {
             log.push_str(&format!("[ 40.5]  frame{i}\n"));
@@ -393,9 +441,14 @@ mod tests {
         let e = evidence(&log);
         assert!(e[0].contains("soft lockup") && e[1].contains("RIP:"));
         assert!(e.iter().any(|l| l.ends_with("frame13")));
-        assert!(!e.iter().any(|l| l.ends_with("frame14")), "a trace is cut after 14 lines");
+        assert!(
+            !e.iter().any(|l| l.ends_with("frame14")),
+            "a trace is cut after 14 lines"
+        );
         assert!(e.last().unwrap().contains("triple fault"));
-        assert!(!e.iter().any(|l| l.contains("noise") || l.contains("@@CHECK")));
+        assert!(!e
+            .iter()
+            .any(|l| l.contains("noise") || l.contains("@@CHECK")));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod protocol;
 pub mod qemu;
 pub mod scenario;
 pub mod setup;
+pub mod symbols;
 pub mod vfio_scenarios;
 
 pub use demo::demo;
@@ -100,6 +101,9 @@ pub fn boot_l2(
         initrd,
         ivshmem,
         qemu_log: dir.join("qemu.log"),
+        // In the temp dir: a unix socket path must fit in 108 bytes, a checkout may be deep.
+        monitor: std::env::temp_dir().join(format!("rig-monitor-{}.sock", std::process::id())),
+        registers: dir.join("registers.txt"),
         memory: "2G",
         extra: qemu_args.to_vec(),
     };

@@ -24,6 +24,8 @@ pub struct Transcript {
     /// scenario cannot end any more. The line, and how many lines came after it (the
     /// backtrace, which the rig waits for before it stops L2).
     pub lockup: Option<(String, usize)>,
+    /// `checker resolve` answers: address -> symbol.
+    pub resolved: Vec<(String, String)>,
 }
 
 /// Kernel messages after which a scenario can only time out.
@@ -88,6 +90,7 @@ impl Transcript {
                 Ok(ms) => self.bench.push((a.to_string(), ms)),
                 Err(_) => self.malformed.push(line.to_string()),
             },
+            "RESOLVE" => self.resolved.push((a.to_string(), rest.trim().to_string())),
             "L2DONE" => self.l2_done = true,
             "DONE" => self.l3_done = true,
             _ => {}
@@ -184,7 +187,10 @@ mod tests {
         let (line, _) = t.lockup.clone().unwrap();
         assert!(line.starts_with("[   40.55] watchdog: BUG: soft lockup"));
         t.feed("BUG: soft lockup - CPU#1");
-        assert!(t.lockup.unwrap().0.contains("CPU#0"), "the first report is kept");
+        assert!(
+            t.lockup.unwrap().0.contains("CPU#0"),
+            "the first report is kept"
+        );
     }
 
     #[test]

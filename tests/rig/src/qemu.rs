@@ -17,7 +17,8 @@ fn l2_cmdline() -> String {
         .ok()
         .and_then(|v| v.parse::<u8>().ok())
         .unwrap_or(5);
-    format!("console=ttyS0 intel_iommu=on iommu=pt quiet loglevel={level} panic=-1")
+    // nokaslr: kernel addresses match System.map (crate::symbols names a hung CPU's RIP).
+    format!("console=ttyS0 intel_iommu=on iommu=pt quiet loglevel={level} panic=-1 nokaslr")
 }
 
 pub struct L2 {
@@ -27,6 +28,10 @@ pub struct L2 {
     /// QEMU's own log: CPU resets with their register state, so an L2 that dies silently
     /// (a triple fault: QEMU exits because of -no-reboot) leaves its last RIP behind.
     pub qemu_log: std::path::PathBuf,
+    /// QEMU's human monitor (a unix socket): on a timeout the rig saves every CPU's
+    /// registers from it into `registers` before stopping QEMU.
+    pub monitor: std::path::PathBuf,
+    pub registers: std::path::PathBuf,
     pub memory: &'static str,
     /// More QEMU arguments (a scenario's extra devices).
     pub extra: Vec<String>,
@@ -42,7 +47,11 @@ impl L2 {
                 "intel-iommu,intremap=on,caching-mode=on,aw-bits=48",
             ])
             .args(["-m", self.memory, "-smp", "2"])
-            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+            .args(["-display", "none", "-serial", "stdio", "-monitor"])
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                self.monitor.display()
+            ))
             .args(["-no-reboot", "-nic", "none"])
             .arg("-kernel")
             .arg(&self.kernel)
@@ -72,6 +81,7 @@ impl L2 {
         mut on_line: impl FnMut(&str) -> bool,
     ) -> Result<bool> {
         let mut log = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let _ = std::fs::remove_file(&self.monitor);
         let mut child = self
             .command()
             .stdin(Stdio::null())
@@ -127,13 +137,41 @@ impl L2 {
                 }
             }
         }
+        if !finished {
+            self.save_registers();
+        }
         stop(&mut child);
+        let _ = std::fs::remove_file(&self.monitor);
         // Drain what is already buffered so the log is complete.
         while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             let _ = writeln!(log, "{line}");
             on_line(&line);
         }
         Ok(finished)
+    }
+}
+
+impl L2 {
+    /// `info registers -a` from the monitor into `self.registers` (best effort: it is
+    /// evidence for a hang, not a result).
+    fn save_registers(&self) {
+        use std::io::Read;
+        use std::os::unix::net::UnixStream;
+        let Ok(mut sock) = UnixStream::connect(&self.monitor) else {
+            return;
+        };
+        let _ = sock.set_read_timeout(Some(Duration::from_millis(1500)));
+        let _ = sock.write_all(b"info registers -a\n");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        // The monitor answers in pieces; stop when it goes quiet.
+        while let Ok(n) = sock.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let _ = std::fs::write(&self.registers, out);
     }
 }
 
