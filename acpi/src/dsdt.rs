@@ -1,15 +1,25 @@
-//! The DSDT: PCI host bridges, COM1, the power button and the GED that signals it, a
+//! The DSDT: PCI host bridges (with their NUMA node and the PCI functions that publish
+//! device properties), COM1, the power button and the GED that signals it, a
 //! motherboard-resources device reserving ECAM, and the S5 sleep type.
 
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Equal, Field, FieldAccessType,
     FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local, Memory32Fixed, Method, Name,
-    Notify, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Scope, Store, IO,
+    Notify, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Scope, Store, Uuid, IO,
 };
-use acpi_tables::{sdt::Sdt, Aml, AmlSink};
+use acpi_tables::{Aml, AmlSink};
 
-use crate::validate::{bad, bridge_name, ecam_range};
-use crate::{AcpiError, PciSegmentDesc, PlatformDesc, OEM_ID, OEM_REVISION};
+use crate::tables::sdt;
+use crate::validate::{aml_name, bad, bridge_name, ecam_range};
+use crate::{AcpiError, PciFunctionDesc, PciSegmentDesc, PlatformDesc};
+
+/// The ACPI Device Properties UUID: a `_DSD` package under it holds `{ key, value }` pairs,
+/// which Linux reads with `device_property_read_*` (as DT properties).
+const DEVICE_PROPERTIES_UUID: &str = "daffd814-6eba-4d8c-8a91-bc9bbf4aa301";
+
+/// AML's PkgLength is 28 bits and also counts its own bytes and the scope's name;
+/// acpi_tables silently truncates a longer one. (Unreachable with inputs of sane size.)
+const MAX_SCOPE_CONTENT: usize = (1 << 28) - 16;
 
 /// Already-serialised AML, so objects can be built one at a time and then nested (the
 /// `aml` builders borrow their children, which makes deep trees awkward to build in place).
@@ -25,6 +35,35 @@ fn raw(aml: &dyn Aml) -> Raw {
     let mut v = Vec::new();
     aml.to_aml_bytes(&mut v);
     Raw(v)
+}
+
+/// `Name(_DSD, Package { ToUUID(Device Properties), Package { { key, value }, ... } })`.
+fn device_properties(properties: &[(String, u64)]) -> Name {
+    let pairs: Vec<Raw> = properties
+        .iter()
+        .map(|(key, value)| raw(&Package::new(vec![key, value])))
+        .collect();
+    let refs: Vec<&dyn Aml> = pairs.iter().map(|r| r as &dyn Aml).collect();
+    let pairs = Package::new(refs);
+    let uuid = Uuid::new(DEVICE_PROPERTIES_UUID);
+    Name::new("_DSD".into(), &Package::new(vec![&uuid, &pairs]))
+}
+
+/// `Device(name) { _ADR [_DSD] }` for a function on the host bridge's root bus.
+fn pci_function(segment: u16, f: &PciFunctionDesc) -> Result<Raw, AcpiError> {
+    // Validated already; checked again because `Path::new` panics on a bad name.
+    if !aml_name(&f.name) {
+        return Err(bad(segment, "a PCI function has a bad AML name"));
+    }
+    // _ADR: device in the high word, function in the low word.
+    let adr = (u64::from(f.device) << 16) | u64::from(f.function);
+    let adr = Name::new("_ADR".into(), &adr);
+    let dsd = (!f.dsd.is_empty()).then(|| device_properties(&f.dsd));
+    let mut children: Vec<&dyn Aml> = vec![&adr];
+    if let Some(dsd) = &dsd {
+        children.push(dsd);
+    }
+    Ok(raw(&Device::new(f.name.as_str().into(), children)))
 }
 
 fn host_bridge(seg: &PciSegmentDesc) -> Result<Raw, AcpiError> {
@@ -78,10 +117,21 @@ fn host_bridge(seg: &PciSegmentDesc) -> Result<Raw, AcpiError> {
     let bbn_v = u64::from(seg.bus_start);
     let bbn = Name::new("_BBN".into(), &bbn_v);
     let crs = Name::new("_CRS".into(), &crs);
-    Ok(raw(&Device::new(
-        name.as_str().into(),
-        vec![&hid, &cid, &segn, &uid, &bbn, &crs],
-    )))
+    let pxm = seg
+        .proximity_domain
+        .map(|d| Name::new("_PXM".into(), &u64::from(d)));
+    let functions = seg
+        .functions
+        .iter()
+        .map(|f| pci_function(seg.segment, f))
+        .collect::<Result<Vec<Raw>, _>>()?;
+    let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &segn, &uid, &bbn];
+    if let Some(pxm) = &pxm {
+        children.push(pxm);
+    }
+    children.push(&crs);
+    children.extend(functions.iter().map(|f| f as &dyn Aml));
+    Ok(raw(&Device::new(name.as_str().into(), children)))
 }
 
 fn com1(port: u16, irq: u32) -> Raw {
@@ -172,17 +222,23 @@ pub fn build(desc: &PlatformDesc) -> Result<Vec<u8>, AcpiError> {
     if !desc.pci_segments.is_empty() {
         sb.push(motherboard_resources(&desc.pci_segments)?);
     }
+    let sb_len: usize = sb.iter().map(|r| r.0.len()).sum();
+    if sb_len > MAX_SCOPE_CONTENT {
+        return Err(AcpiError::TableTooLarge {
+            signature: "DSDT".into(),
+            size: sb_len,
+        });
+    }
     let refs: Vec<&dyn Aml> = sb.iter().map(|r| r as &dyn Aml).collect();
     let scope = Scope::new("\\_SB_".into(), refs);
     let s5_type = 5u64;
     let s5 = Package::new(vec![&s5_type, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
     let s5 = Name::new("_S5_".into(), &s5);
 
-    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"GHVMMDSD", OEM_REVISION);
-    scope.to_aml_bytes(&mut dsdt);
-    s5.to_aml_bytes(&mut dsdt);
-    dsdt.update_checksum();
-    Ok(dsdt.as_slice().to_vec())
+    let mut body = Vec::new();
+    scope.to_aml_bytes(&mut body);
+    s5.to_aml_bytes(&mut body);
+    sdt(*b"DSDT", 6, *b"GHVMMDSD", &body)
 }
 
 #[cfg(test)]
@@ -223,6 +279,51 @@ mod tests {
         assert!(!contains(&d, b"_ADR"), "a device has either _HID or _ADR");
     }
 
+    /// `Name(_PXM, 1)` and `Device(GPU0) { Name(_ADR, 0x30001) Name(_DSD, ...) }` in the GPU
+    /// segment's bridge; iasl (tests/iasl.rs) checks the same as ASL.
+    #[test]
+    fn numa_segment_has_pxm_and_function_devices() {
+        let mut p = crate::testutil::numa_platform(2);
+        let seg = &mut p.pci_segments[1];
+        seg.proximity_domain = Some(1);
+        seg.functions[0].device = 3;
+        seg.functions[0].function = 1;
+        seg.functions.push(PciFunctionDesc {
+            device: 4,
+            function: 0,
+            name: "NIC0".into(),
+            dsd: vec![],
+        });
+        let d = build(&p).unwrap();
+        assert_eq!(d.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        let pci1 = d.windows(4).position(|w| w == b"PCI1").unwrap();
+        let gpu0 = d.windows(4).position(|w| w == b"GPU0").unwrap();
+        let nic0 = d.windows(4).position(|w| w == b"NIC0").unwrap();
+        assert!(pci1 < gpu0 && gpu0 < nic0);
+        // NameOp "_PXM" One; NameOp "_ADR" DWordPrefix 0x00030001; NameOp "_ADR" (4 << 16).
+        assert!(contains(&d[pci1..gpu0], b"\x08_PXM\x01"));
+        assert!(contains(&d[gpu0..], b"\x08_ADR\x0c\x01\x00\x03\x00"));
+        assert!(contains(&d[nic0..], b"\x08_ADR\x0c\x00\x00\x04\x00"));
+        // The Device Properties UUID in its mixed-endian buffer form.
+        let uuid = [
+            0x14, 0xd8, 0xff, 0xda, 0xba, 0x6e, 0x8c, 0x4d, 0x8a, 0x91, 0xbc, 0x9b, 0xbf, 0x4a,
+            0xa3, 0x01,
+        ];
+        assert!(contains(&d[gpu0..nic0], b"_DSD"));
+        assert!(contains(&d[gpu0..nic0], &uuid));
+        // { "nvidia,gpu-mem-pxm-start", 2 }: StringPrefix ... NUL, BytePrefix 2.
+        assert!(contains(
+            &d[gpu0..nic0],
+            b"\x0dnvidia,gpu-mem-pxm-start\x00\x0a\x02"
+        ));
+        assert!(contains(
+            &d[gpu0..nic0],
+            b"\x0dnvidia,gpu-mem-pxm-count\x00\x0a\x08"
+        ));
+        assert!(!contains(&d[nic0..], b"_DSD"), "no properties, no _DSD");
+        assert!(!contains(&d[..pci1], b"_PXM"), "segment 0 has no _PXM");
+    }
+
     #[test]
     fn optional_parts_can_be_absent() {
         let mut p = platform(1);
@@ -231,5 +332,7 @@ mod tests {
         let d = build(&p).unwrap();
         assert!(!contains(&d, b"COM1") && !contains(&d, b"MRES") && !contains(&d, b"PCI0"));
         assert!(contains(&d, b"GED_"));
+        let d = build(&platform(1)).unwrap();
+        assert!(!contains(&d, b"_PXM") && !contains(&d, b"_ADR") && !contains(&d, b"_DSD"));
     }
 }

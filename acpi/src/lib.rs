@@ -5,6 +5,8 @@ mod dsdt;
 mod fadt;
 mod madt;
 mod mcfg;
+mod slit;
+mod srat;
 mod tables;
 #[doc(hidden)]
 pub mod testutil;
@@ -32,6 +34,36 @@ pub enum AcpiError {
     TooLarge { base: u64, size: u64, limit: u64 },
     #[error("the RSDP must be 16-byte aligned, {0:#x} is not")]
     MisalignedBase(u64),
+    #[error("the {signature} table is too large to encode ({size} bytes)")]
+    TableTooLarge { signature: String, size: usize },
+    #[error("{0} NUMA nodes do not fit in a SLIT")]
+    TooManyNumaNodes(usize),
+    #[error(
+        "NUMA node {index} has proximity domain {domain}: domains must be 0..n-1 in node order \
+         (the SLIT is indexed by them)"
+    )]
+    NumaDomainOrder { index: usize, domain: u32 },
+    #[error("NUMA node {node}: {what}")]
+    BadNumaNode { node: u32, what: String },
+    #[error("no NUMA node has memory, and a guest ignores an SRAT without Memory Affinity")]
+    NoNumaMemory,
+    #[error("APIC id {0:#x} is listed twice in the NUMA nodes")]
+    NumaApicIdTwice(u32),
+    #[error("NUMA node APIC id {0:#x} is not one of the platform's vCPUs")]
+    UnknownNumaApicId(u32),
+    #[error("the NUMA distance matrix must be {0} x {0}, one row and one column per node")]
+    DistanceMatrixShape(usize),
+    #[error("the NUMA distance from node {node} to itself is {distance}, it must be 10")]
+    BadLocalDistance { node: usize, distance: u8 },
+    #[error(
+        "the NUMA distance from node {from} to node {to} is {distance}, it must be 11-255 \
+         (0-9 are reserved, 10 means local)"
+    )]
+    BadRemoteDistance {
+        from: usize,
+        to: usize,
+        distance: u8,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +98,67 @@ pub struct PciSegmentDesc {
     pub mmio64: AddrRange,
     /// Segment 0 decodes port I/O: the config ports and the I/O windows.
     pub io: bool,
+    /// The host bridge's `_PXM`: the NUMA node its devices are closest to (a node of
+    /// `PlatformDesc::numa`).
+    pub proximity_domain: Option<u32>,
+    /// PCI functions that need an ACPI device object under the host bridge (for `_DSD`).
+    pub functions: Vec<PciFunctionDesc>,
+}
+
+/// An ACPI device object for a PCI function on the segment's root bus (`bus_start`):
+/// `Device(name) { _ADR [_DSD] }` under the host bridge, which is where the guest's PCI core
+/// looks for a root-bus function's companion (a function behind a bridge would need the
+/// bridge's own device object, which nothing here needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciFunctionDesc {
+    pub device: u8,
+    pub function: u8,
+    /// A four-character AML name, e.g. `GPU0`.
+    pub name: String,
+    /// Device properties (`_DSD`, ACPI Device Properties UUID), integer-valued, in order;
+    /// e.g. `nvidia,gpu-mem-pxm-start`. No `_DSD` when empty.
+    pub dsd: Vec<(String, u64)>,
+}
+
+/// A PCI function's address (what a Generic Initiator names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciAddress {
+    pub segment: u16,
+    pub bus: u8,
+    pub device: u8,
+    pub function: u8,
+}
+
+/// `ssss:bb:dd.f`, as lspci prints it.
+impl std::fmt::Display for PciAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.segment, self.bus, self.device, self.function
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumaNode {
+    /// Must be the node's index in `NumaDesc::nodes`.
+    pub proximity_domain: u32,
+    /// APIC ids of the vCPUs in this node (Processor Local APIC affinity for ids < 255,
+    /// x2APIC affinity otherwise).
+    pub apic_ids: Vec<u32>,
+    /// Guest RAM ranges in this node (Memory Affinity, flag Enabled).
+    pub memory: Vec<AddrRange>,
+    /// Makes the node a Generic Initiator node for this PCI function.
+    pub generic_initiator: Option<PciAddress>,
+}
+
+/// The guest's NUMA topology: an SRAT and a SLIT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumaDesc {
+    pub nodes: Vec<NumaNode>,
+    /// distances[i][j]: SLIT distance from nodes[i] to nodes[j] (10 on the diagonal).
+    pub distances: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,4 +190,6 @@ pub struct PlatformDesc {
     pub serial: Option<SerialDesc>,
     pub pm: PmDesc,
     pub ged: GedDesc,
+    /// No SRAT and no SLIT when `None`.
+    pub numa: Option<NumaDesc>,
 }

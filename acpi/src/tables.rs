@@ -1,11 +1,14 @@
 //! Lays the tables out in guest memory and links them: RSDP -> XSDT -> FADT -> DSDT, and the
-//! XSDT's other tables (MADT, MCFG; SRAT/SLIT join that list when NUMA arrives).
+//! XSDT's other tables (MADT, MCFG, and SRAT and SLIT for a NUMA guest).
 
 use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 
-use crate::{dsdt, fadt, madt, mcfg, validate, AcpiError, PlatformDesc, OEM_ID, OEM_REVISION};
+use crate::{
+    dsdt, fadt, madt, mcfg, slit, srat, validate, AcpiError, PlatformDesc, OEM_ID, OEM_REVISION,
+};
 
 /// What to copy into guest memory, and where the guest finds the RSDP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +30,33 @@ pub(crate) fn set_checksum(table: &mut [u8]) {
     table[CHECKSUM_OFFSET] = 0;
     let sum = table.iter().fold(0u8, |a, b| a.wrapping_add(*b));
     table[CHECKSUM_OFFSET] = sum.wrapping_neg();
+}
+
+/// A complete table: the standard header, then `body`. The body is appended in one piece
+/// because `Sdt` recomputes the checksum over the whole table on every append.
+pub(crate) fn sdt(
+    signature: [u8; 4],
+    revision: u8,
+    oem_table_id: [u8; 8],
+    body: &[u8],
+) -> Result<Vec<u8>, AcpiError> {
+    let size = HEADER_LEN.saturating_add(body.len());
+    if u32::try_from(size).is_err() {
+        return Err(AcpiError::TableTooLarge {
+            signature: String::from_utf8_lossy(&signature).into_owned(),
+            size,
+        });
+    }
+    let mut t = Sdt::new(
+        signature,
+        HEADER_LEN as u32,
+        revision,
+        OEM_ID,
+        oem_table_id,
+        OEM_REVISION,
+    );
+    t.append_slice(body);
+    Ok(t.as_slice().to_vec())
 }
 
 pub(crate) fn bytes(aml: &dyn Aml) -> Vec<u8> {
@@ -80,7 +110,11 @@ pub fn build_tables(desc: &PlatformDesc, base: u64, limit: u64) -> Result<AcpiBl
     validate::platform(desc)?;
     let dsdt = dsdt::build(desc)?;
     // Tables the XSDT lists besides the FADT; each is complete (checksummed) already.
-    let others = [madt::build(desc)?, mcfg::build(&desc.pci_segments)];
+    let mut others = vec![madt::build(desc)?, mcfg::build(&desc.pci_segments)];
+    if let Some(numa) = &desc.numa {
+        others.push(srat::build(numa)?);
+        others.push(slit::build(numa)?);
+    }
 
     let mut placer = Placer::new(base, limit)?;
     let rsdp_addr = placer.place(Rsdp::len())?;
@@ -107,8 +141,10 @@ pub fn build_tables(desc: &PlatformDesc, base: u64, limit: u64) -> Result<AcpiBl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::platform;
-    use crate::{AddrRange, PciSegmentDesc};
+    use crate::testutil::{numa_platform, platform};
+    use crate::{
+        AddrRange, NumaDesc, NumaNode, PciAddress, PciFunctionDesc, PciSegmentDesc, PlatformDesc,
+    };
 
     fn u32_at(b: &[u8], o: usize) -> u32 {
         u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
@@ -126,7 +162,13 @@ mod tests {
 
     #[test]
     fn every_table_has_a_valid_checksum_and_length() {
-        let blob = build_tables(&platform(4), 0xe0000, 0x100000).unwrap();
+        for desc in [platform(4), numa_platform(4)] {
+            every_table_is_valid(&desc);
+        }
+    }
+
+    fn every_table_is_valid(desc: &PlatformDesc) {
+        let blob = build_tables(desc, 0xe0000, 0x100000).unwrap();
         assert_eq!(blob.rsdp_addr, 0xe0000);
         for (addr, bytes) in &blob.regions {
             assert_eq!(addr % 16, 0);
@@ -177,6 +219,61 @@ mod tests {
         let (dsdt_addr, _) = table(&blob, b"DSDT");
         assert_eq!(u64_at(fadt, 140), dsdt_addr, "X_DSDT");
         assert_eq!(u32_at(fadt, 40), 0, "no 32-bit DSDT pointer");
+    }
+
+    fn xsdt_entries(blob: &AcpiBlob) -> Vec<u64> {
+        let (_, xsdt) = table(blob, b"XSDT");
+        (36..xsdt.len())
+            .step_by(8)
+            .map(|o| u64_at(xsdt, o))
+            .collect()
+    }
+
+    #[test]
+    fn without_numa_there_is_no_srat_or_slit() {
+        let blob = build_tables(&platform(4), 0xe0000, 0x100000).unwrap();
+        for sig in [&b"SRAT"[..], b"SLIT"] {
+            assert!(!blob.regions.iter().any(|(_, b)| b.starts_with(sig)));
+        }
+        assert_eq!(xsdt_entries(&blob).len(), 3);
+    }
+
+    #[test]
+    fn numa_links_srat_and_slit_from_the_xsdt() {
+        let blob = build_tables(&numa_platform(4), 0xe0000, 0x100000).unwrap();
+        let entries = xsdt_entries(&blob);
+        assert_eq!(entries.len(), 5, "FADT, MADT, MCFG, SRAT, SLIT");
+        for sig in [&b"FACP"[..], b"APIC", b"MCFG", b"SRAT", b"SLIT"] {
+            assert!(entries.contains(&table(&blob, sig).0), "{sig:?}");
+        }
+        assert_eq!(table(&blob, b"SRAT").1[8], 3, "SRAT revision");
+        assert_eq!(table(&blob, b"SLIT").1[8], 1, "SLIT revision");
+    }
+
+    /// Many nodes are the VMM's choice; the SLIT grows as n², and past what the ACPI area
+    /// holds that is an error, never a panic.
+    #[test]
+    fn many_numa_nodes_fit_or_fail_cleanly() {
+        let mut p = numa_platform(4);
+        let numa = p.numa.as_mut().unwrap();
+        let gi = numa.nodes[2].clone();
+        for d in 10..1000 {
+            numa.nodes.push(NumaNode {
+                proximity_domain: d,
+                ..gi.clone()
+            });
+        }
+        let n = numa.nodes.len();
+        numa.distances = (0..n)
+            .map(|i| (0..n).map(|j| if i == j { 10 } else { 255 }).collect())
+            .collect();
+        assert!(matches!(
+            build_tables(&p, 0xe0000, 0x100000),
+            Err(AcpiError::TooLarge { .. })
+        ));
+        let blob = build_tables(&p, 0x1_0000_0000, 0x1_0100_0000).unwrap();
+        let (_, slit) = table(&blob, b"SLIT");
+        assert_eq!(slit.len(), 44 + 1000 * 1000);
     }
 
     #[test]
@@ -396,7 +493,12 @@ mod tests {
                         len: rng.value(),
                     },
                     io: rng.next() % 2 == 0,
+                    proximity_domain: (rng.next() % 2 == 0).then(|| rng.next() as u32 % 6),
+                    functions: (0..rng.next() % 3).map(|_| rng.function()).collect(),
                 });
+            }
+            if rng.next() % 2 == 0 {
+                p.numa = Some(rng.numa(&p.apic_ids));
             }
             let (base, limit) = if rng.next() % 8 == 0 {
                 (rng.value() & !15, rng.value())
@@ -405,6 +507,8 @@ mod tests {
             };
             if let Ok(blob) = build_tables(&p, base, limit) {
                 assert_eq!(blob.rsdp_addr, base);
+                let has_srat = blob.regions.iter().any(|(_, b)| b.starts_with(b"SRAT"));
+                assert_eq!(has_srat, p.numa.is_some());
                 for (a, b) in &blob.regions {
                     assert!(*a >= base && a + b.len() as u64 <= limit);
                 }
@@ -412,10 +516,193 @@ mod tests {
         }
     }
 
+    /// Small mutations of a valid NUMA platform: most stay valid or fail one check, so the
+    /// SRAT/SLIT builders see many inputs (random descriptions rarely get past validation).
+    /// Whatever builds must say exactly what was described.
+    #[test]
+    fn mutated_numa_descriptions_never_panic() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let iterations = std::env::var("ACPI_FUZZ_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000);
+        let mut built = 0;
+        for _ in 0..iterations {
+            let mut p = numa_platform(2 + (rng.next() % 300) as u32);
+            for _ in 0..rng.next() % 4 {
+                rng.mutate(&mut p);
+            }
+            let Ok(blob) = build_tables(&p, 0xe0000, 0x100000) else {
+                continue;
+            };
+            built += 1;
+            let numa = p.numa.as_ref().unwrap();
+            let n = numa.nodes.len();
+            let (_, slit) = table(&blob, b"SLIT");
+            assert_eq!(u64_at(slit, 36), n as u64);
+            assert_eq!(slit[44..], numa.distances.concat()[..]);
+            let (_, srat) = table(&blob, b"SRAT");
+            let mut o = 48;
+            let mut counts = [0usize; 6];
+            while o < srat.len() {
+                counts[usize::from(srat[o])] += 1;
+                o += usize::from(srat[o + 1]);
+            }
+            assert_eq!(o, srat.len());
+            let sum = |f: fn(&NumaNode) -> usize| numa.nodes.iter().map(f).sum::<usize>();
+            assert_eq!(counts[0] + counts[2], sum(|n| n.apic_ids.len()));
+            assert_eq!(counts[1], sum(|n| n.memory.len()));
+            assert_eq!(
+                counts[5],
+                sum(|n| usize::from(n.generic_initiator.is_some()))
+            );
+        }
+        assert!(
+            built * 10 > iterations,
+            "only {built} of {iterations} built"
+        );
+    }
+
     /// xorshift64: deterministic, so a failure reproduces.
     struct Rng(u64);
 
     impl Rng {
+        /// Mostly plausible (so some descriptions get through validation), sometimes not.
+        fn function(&mut self) -> PciFunctionDesc {
+            const NAMES: [&str; 6] = ["GPU0", "GPU1", "NIC_", "gpu0", "_ADR", "GPU00"];
+            const KEYS: [&str; 4] = ["nvidia,gpu-mem-pxm-start", "a", "", "k\0y"];
+            PciFunctionDesc {
+                device: self.next() as u8 % 40,
+                function: self.next() as u8 % 10,
+                name: NAMES[(self.next() % 6) as usize].into(),
+                dsd: (0..self.next() % 3)
+                    .map(|_| (KEYS[(self.next() % 4) as usize].into(), self.value()))
+                    .collect(),
+            }
+        }
+
+        fn numa(&mut self, cpus: &[u32]) -> NumaDesc {
+            let n = (self.next() % 6) as usize;
+            let mut nodes = Vec::new();
+            for i in 0..n {
+                let proximity_domain = if self.next() % 8 == 0 {
+                    self.next() as u32 % 8
+                } else {
+                    i as u32
+                };
+                let mut apic_ids: Vec<u32> = Vec::new();
+                for &id in cpus {
+                    if self.next() % n as u64 == 0 {
+                        apic_ids.push(id);
+                    }
+                }
+                if self.next() % 16 == 0 {
+                    apic_ids.push(self.value() as u32);
+                }
+                let mut memory = Vec::new();
+                for _ in 0..self.next() % 3 {
+                    memory.push(AddrRange {
+                        base: self.value(),
+                        len: self.value(),
+                    });
+                }
+                let generic_initiator = (self.next() % 3 == 0).then(|| PciAddress {
+                    segment: self.next() as u16 % 0x20,
+                    bus: self.next() as u8 % 4,
+                    device: self.next() as u8 % 40,
+                    function: self.next() as u8 % 10,
+                });
+                nodes.push(NumaNode {
+                    proximity_domain,
+                    apic_ids,
+                    memory,
+                    generic_initiator,
+                });
+            }
+            let rows = if self.next() % 8 == 0 { n + 1 } else { n };
+            let mut distances = Vec::new();
+            for i in 0..rows {
+                let mut row = Vec::new();
+                for j in 0..n {
+                    row.push(match self.next() % 16 {
+                        0 => self.next() as u8,
+                        _ if i == j => 10,
+                        _ => 11 + self.next() as u8 % 100,
+                    });
+                }
+                distances.push(row);
+            }
+            NumaDesc { nodes, distances }
+        }
+
+        /// One random change to a NUMA platform's description.
+        fn mutate(&mut self, p: &mut PlatformDesc) {
+            let numa = p.numa.as_mut().unwrap();
+            let n = numa.nodes.len();
+            let i = (self.next() as usize) % n.max(1);
+            let j = (self.next() as usize) % n.max(1);
+            let byte = self.next() as u8;
+            match self.next() % 12 {
+                0 if n > 0 => numa.nodes[i].proximity_domain = byte.into(),
+                1 if n > 0 => numa.nodes[i].apic_ids.push(u32::from(byte)),
+                2 if n > 0 => numa.nodes[i].apic_ids.clear(),
+                3 if n > 0 => numa.nodes[i].memory.push(AddrRange {
+                    base: self.value(),
+                    len: self.value(),
+                }),
+                4 if n > 0 => numa.nodes[i].memory.clear(),
+                5 if n > 0 => {
+                    let pci = numa.nodes[i].generic_initiator.get_or_insert(PciAddress {
+                        segment: 0,
+                        bus: 0,
+                        device: 0,
+                        function: 0,
+                    });
+                    match self.next() % 4 {
+                        0 => pci.segment = u16::from(byte % 4),
+                        1 => pci.bus = byte % 2,
+                        2 => pci.device = byte % 40,
+                        _ => pci.function = byte % 10,
+                    }
+                }
+                6 if n > 0 => numa.distances[i][j] = byte,
+                7 => match self.next() % 3 {
+                    0 => drop(numa.distances.pop()),
+                    1 => {
+                        numa.distances.get_mut(i).and_then(|r| r.pop());
+                    }
+                    _ => numa.distances.push(vec![10; n]),
+                },
+                8 => {
+                    // A node more, at the end, with a consistent distance row and column.
+                    let mut node = numa.nodes[n.saturating_sub(1)].clone();
+                    node.proximity_domain = n as u32;
+                    node.apic_ids.clear();
+                    numa.nodes.push(node);
+                    for row in numa.distances.iter_mut() {
+                        row.push(40);
+                    }
+                    let mut row = vec![40; n + 1];
+                    row[n] = 10;
+                    numa.distances.push(row);
+                }
+                9 => {
+                    let seg = &mut p.pci_segments[(self.next() % 2) as usize];
+                    seg.proximity_domain = (self.next() % 2 == 0).then_some(u32::from(byte % 12));
+                }
+                10 => {
+                    let f = self.function();
+                    p.pci_segments[(self.next() % 2) as usize].functions.push(f);
+                }
+                _ => {
+                    let fs = &mut p.pci_segments[1].functions;
+                    if let Some(f) = fs.first_mut() {
+                        f.dsd.push(("a".repeat(byte.into()), self.value()));
+                    }
+                }
+            }
+        }
+
         fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;

@@ -4,8 +4,10 @@
 //! The rig does the same with the tables a Linux guest actually received.
 //!
 //! The RSDP is not a table iasl can load from a file (its "length" field is "PTR "); the unit
-//! tests check it byte by byte.
+//! tests check it byte by byte. This iasl (20200925) decodes every SRAT structure we emit,
+//! Generic Initiator Affinity included (its device handle as 16 raw bytes).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -26,13 +28,18 @@ fn iasl(dir: &Path, args: &[&str]) -> (Output, String) {
 
 /// Disassembles and recompiles every table of `desc`; returns the DSDT source.
 fn check(name: &str, desc: &PlatformDesc) -> String {
+    check_tables(name, desc).remove("DSDT").unwrap()
+}
+
+/// Disassembles and recompiles every table of `desc`; returns each table's source.
+fn check_tables(name: &str, desc: &PlatformDesc) -> BTreeMap<String, String> {
     let blob = acpi::build_tables(desc, 0xe0000, 0x100000).unwrap();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("iasl")
         .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut dsdt = None;
+    let mut sources = BTreeMap::new();
     let mut checked = Vec::new();
     for (_, bytes) in &blob.regions {
         if bytes.starts_with(b"RSD PTR ") {
@@ -62,19 +69,34 @@ fn check(name: &str, desc: &PlatformDesc) -> String {
             text.contains("0 Errors, 0 Warnings, 0 Remarks"),
             "{name}/{sig}: recompiling the disassembly is not clean:\n{text}\n{dsl}"
         );
-        if sig == "DSDT" {
-            dsdt = Some(dsl);
-        }
+        sources.insert(sig.clone(), dsl);
         checked.push(sig);
     }
-    assert_eq!(checked, ["XSDT", "FACP", "DSDT", "APIC", "MCFG"], "{name}");
-    dsdt.unwrap()
+    let mut expected = vec!["XSDT", "FACP", "DSDT", "APIC", "MCFG"];
+    if desc.numa.is_some() {
+        expected.extend(["SRAT", "SLIT"]);
+    }
+    assert_eq!(checked, expected, "{name}");
+    sources
 }
 
 fn assert_has(dsl: &str, needles: &[&str]) {
     for needle in needles {
         assert!(dsl.contains(needle), "DSDT lacks {needle:?}:\n{dsl}");
     }
+}
+
+/// How many times iasl printed `needle` (e.g. a structure's name) in `dsl`.
+fn count(dsl: &str, needle: &str) -> usize {
+    dsl.matches(needle).count()
+}
+
+/// iasl's data-table lines, `[offset]   Field Name : value`, without the offset column.
+fn fields(dsl: &str) -> String {
+    dsl.lines()
+        .map(|l| l.split_once(']').map_or(l, |(_, rest)| rest).trim())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -150,4 +172,76 @@ fn iasl_accepts_a_bare_platform() {
     let dsl = check("bare", &desc);
     assert!(!dsl.contains("COM1") && !dsl.contains("PNP0C02"), "{dsl}");
     assert_has(&dsl, &["Device (GED)", "Device (PWRB)", "_S5"]);
+}
+
+/// The Grace-Hopper profile: two CPU nodes, the GPU's eight Generic Initiator nodes on segment
+/// 1, the segment's _PXM and the GPU's _DSD.
+#[test]
+fn iasl_accepts_a_numa_platform() {
+    let tables = check_tables("numa", &acpi::testutil::numa_platform(4));
+    assert_has(
+        &tables["DSDT"],
+        &[
+            "Device (PCI1)",
+            "Name (_PXM, Zero)",
+            "Device (GPU0)",
+            "Name (_ADR, Zero)",
+            "ToUUID (\"daffd814-6eba-4d8c-8a91-bc9bbf4aa301\") /* Device Properties for _DSD */",
+            "\"nvidia,gpu-mem-pxm-start\", \n                            0x02",
+            "\"nvidia,gpu-mem-pxm-count\", \n                            0x08",
+        ],
+    );
+    let srat = fields(&tables["SRAT"]);
+    assert_has(&srat, &["Revision : 03", "Table Revision : 00000001"]);
+    assert_eq!(count(&srat, "[Processor Local APIC/SAPIC Affinity]"), 4);
+    assert_eq!(count(&srat, "[Memory Affinity]"), 2);
+    assert_eq!(count(&srat, "[Generic Initiator Affinity]"), 8);
+    assert_eq!(count(&srat, "Device Handle Type : 01"), 8, "PCI");
+    // Segment 1 (LE), bus 0, devfn 0.
+    assert_eq!(
+        count(
+            &srat,
+            "Device Handle : 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00"
+        ),
+        8
+    );
+    for domain in 2..10 {
+        assert!(srat.contains(&format!(
+            "Device Handle Type : 01\nProximity Domain : {domain:08X}"
+        )));
+    }
+    let slit = fields(&tables["SLIT"]);
+    assert_has(
+        &slit,
+        &[
+            "Revision : 01",
+            "Localities : 000000000000000A",
+            "Locality   0 : 0A 14 1E 1E 1E 1E 1E 1E 1E 1E",
+            "Locality   1 : 14 0A 1E 1E 1E 1E 1E 1E 1E 1E",
+            "Locality   9 : 1E 1E 1E 1E 1E 1E 1E 1E 1E 0A",
+        ],
+    );
+}
+
+/// x2APIC affinity for APIC ids from 255 on, and a Generic Initiator whose devfn is not 0.
+#[test]
+fn iasl_decodes_x2apic_affinity_and_devfn() {
+    let mut desc = acpi::testutil::numa_platform(300);
+    let numa = desc.numa.as_mut().unwrap();
+    numa.nodes[9].generic_initiator = Some(acpi::PciAddress {
+        segment: 0,
+        bus: 0,
+        device: 3,
+        function: 1,
+    });
+    let srat = fields(&check_tables("numa-x2apic", &desc)["SRAT"]);
+    assert_eq!(count(&srat, "[Processor Local APIC/SAPIC Affinity]"), 255);
+    assert_eq!(count(&srat, "[Processor Local x2APIC Affinity]"), 300 - 255);
+    assert_has(
+        &srat,
+        &[
+            "Proximity Domain : 00000001\nApic ID : 0000012B",
+            "Device Handle : 00 00 00 19 00 00 00 00 00 00 00 00 00 00 00 00",
+        ],
+    );
 }

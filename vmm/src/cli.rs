@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 
 use crate::config::{
-    parse_console, ConfigError, CpusConfig, DeviceConfig, MemoryConfig, PlatformConfig,
-    SerialConfig, VmConfig, DEFAULT_CMDLINE,
+    parse_console, ConfigError, CpusConfig, DeviceConfig, GhConfig, MemoryConfig, NumaConfig,
+    PlatformConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE,
 };
 
 #[derive(Debug, Parser)]
@@ -42,9 +42,26 @@ pub struct Cli {
     /// mmio64_size=SIZE: size of the 64-bit PCI MMIO window (power of two, default 256G).
     #[arg(long, value_name = "mmio64_size=SIZE")]
     pub platform: Option<String>,
-    /// path=/sys/bus/pci/devices/BDF[,id=NAME]: pass a VFIO-bound PCI device through (repeatable).
-    #[arg(long, value_name = "path=PATH[,id=NAME]")]
+    /// path=/sys/bus/pci/devices/BDF[,id=NAME][,gh_slot=K|auto]: pass a VFIO-bound PCI device
+    /// through (repeatable); gh_slot places it in a --gh slot.
+    #[arg(long, value_name = "path=PATH[,id=NAME][,gh_slot=K|auto]")]
     pub device: Vec<String>,
+    /// guest_numa_id=N[,cpus=[0-2,5]][,distances=[1@20,2@30]][,device_id=ID]: a guest NUMA
+    /// node (repeatable; ids 0..N-1). device_id makes it a Generic Initiator node of that
+    /// --device. Lists may also be written 0-2:5 and 1@20:2@30.
+    #[arg(
+        long,
+        value_name = "guest_numa_id=N[,cpus=LIST][,distances=LIST][,device_id=ID]"
+    )]
+    pub numa: Vec<String>,
+    /// slots=S[,nodes=8][,distance=20][,dsd=off][,bar_space=256G]: Grace Hopper profile, S GPU
+    /// slots (slot k = PCI segment k+1, GPU at 00.0), each with `nodes` empty Generic Initiator
+    /// NUMA nodes at SLIT `distance`, numbered after the --numa nodes.
+    #[arg(
+        long,
+        value_name = "slots=S[,nodes=N][,distance=D][,dsd=on|off][,bar_space=SIZE]"
+    )]
+    pub gh: Option<String>,
     /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr.
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,
@@ -67,7 +84,12 @@ impl Cli {
             .map(|d| DeviceConfig::parse(d))
             .collect::<Result<Vec<_>, _>>()?;
         DeviceConfig::check_unique(&devices)?;
-        Ok(VmConfig {
+        let numa = self
+            .numa
+            .iter()
+            .map(|n| NumaConfig::parse(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cfg = VmConfig {
             kernel: self.kernel.ok_or(CliError::NoKernel)?,
             initramfs: self.initramfs,
             cmdline: self.cmdline,
@@ -79,7 +101,13 @@ impl Cli {
                 None => PlatformConfig { mmio64_size: None },
             },
             devices,
-        })
+            numa,
+            gh: self.gh.as_deref().map(GhConfig::parse).transpose()?,
+        };
+        // Refuse an inconsistent topology here, before the VM opens anything; the VM
+        // resolves it again from the config.
+        crate::numa::resolve(&cfg)?;
+        Ok(cfg)
     }
 }
 
@@ -134,5 +162,121 @@ mod tests {
         assert!(parse(&["--kernel", "/k", "--console", "tty"]).is_err());
         assert!(parse(&["--kernel", "/k", "--cpus", "boot=0"]).is_err());
         assert!(parse(&["--kernel"]).is_err());
+    }
+
+    #[test]
+    fn clap_shape_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn numa_nodes() {
+        let c = parse(&[
+            "--kernel",
+            "/k",
+            "--cpus",
+            "boot=4",
+            "--numa",
+            "guest_numa_id=0,cpus=0-1",
+            "--numa",
+            "guest_numa_id=1,cpus=2-3,distances=0@20",
+        ])
+        .unwrap();
+        assert_eq!(c.numa.len(), 2);
+        let t = crate::numa::resolve(&c).unwrap().unwrap();
+        assert_eq!(t.distances, [[10, 20], [20, 10]]);
+        // Cloud Hypervisor's bracketed lists, commas inside.
+        let c = parse(&[
+            "--kernel",
+            "/k",
+            "--cpus",
+            "boot=3",
+            "--numa",
+            "guest_numa_id=0,cpus=[0,2],distances=[1@30,2@40]",
+            "--numa",
+            "guest_numa_id=1,cpus=[1]",
+            "--numa",
+            "guest_numa_id=2,device_id=nic",
+            "--device",
+            "path=/sys/bus/pci/devices/0000:00:03.0,id=nic",
+        ])
+        .unwrap();
+        assert_eq!(c.numa[0].cpus, Some(vec![0, 2]));
+        assert_eq!(c.numa[0].distances, [(1, 30), (2, 40)]);
+        assert_eq!(parse(&["--kernel", "/k"]).unwrap().numa, []);
+    }
+
+    #[test]
+    fn gh_profile() {
+        let c = parse(&[
+            "--kernel",
+            "/k",
+            "--gh",
+            "slots=2,dsd=on",
+            "--device",
+            "path=/g0,id=gpu0,gh_slot=auto",
+            "--device",
+            "path=/g1,gh_slot=0",
+        ])
+        .unwrap();
+        let gh = c.gh.clone().unwrap();
+        assert_eq!((gh.slots, gh.nodes, gh.dsd), (2, 8, true));
+        let t = crate::numa::resolve(&c).unwrap().unwrap();
+        assert_eq!(t.nodes.len(), 17);
+        assert_eq!(t.slot_of_device(0).map(|s| s.index), Some(1));
+        assert_eq!(t.slot_of_device(1).map(|s| s.index), Some(0));
+        assert_eq!(parse(&["--kernel", "/k"]).unwrap().gh, None);
+    }
+
+    #[test]
+    fn malformed_numa_and_gh_are_errors() {
+        let k = ["--kernel", "/k", "--cpus", "boot=2"];
+        let cases: &[&[&str]] = &[
+            &["--numa", ""],
+            &["--numa", "guest_numa_id"],
+            &["--numa", "cpus=0-1"],
+            &["--numa", "guest_numa_id=0,cpus=[0-1"],
+            &["--numa", "guest_numa_id=0,cpus=0-1]"],
+            &["--numa", "guest_numa_id=0,cpus=1-0"],
+            &["--numa", "guest_numa_id=0,cpus=0-99999999999999999999"],
+            &["--numa", "guest_numa_id=0,cpus=0-2"],
+            &["--numa", "guest_numa_id=0,cpus=0"],
+            &["--numa", "guest_numa_id=0,cpus=[0,,1]"],
+            &["--numa", "guest_numa_id=0,distances=[1@20]"],
+            &["--numa", "guest_numa_id=0,distances=1@5"],
+            &["--numa", "guest_numa_id=0,device_id=nope"],
+            &["--numa", "guest_numa_id=1"],
+            &["--numa", "guest_numa_id=0", "--numa", "guest_numa_id=0"],
+            &["--numa", "guest_numa_id=0,memory_zones=[m0]"],
+            &["--gh", ""],
+            &["--gh", "slots=0"],
+            &["--gh", "slots=1,nodes=64"],
+            &["--gh", "slots=1,distance=10"],
+            &["--gh", "slots=1,bar_space=3G"],
+            &["--gh", "slots=1,dsd=1"],
+            &["--gh", "slots=1", "--gh", "slots=2"],
+            &["--device", "path=/g,gh_slot=0"],
+            &["--gh", "slots=1", "--device", "path=/g,gh_slot=1"],
+            &["--gh", "slots=1", "--device", "path=/g,gh_slot=x"],
+            &[
+                "--gh",
+                "slots=1",
+                "--device",
+                "path=/a,gh_slot=0",
+                "--device",
+                "path=/b,gh_slot=auto",
+            ],
+        ];
+        for extra in cases {
+            let args: Vec<&str> = k.iter().chain(extra.iter()).copied().collect();
+            let e = parse(&args).expect_err(&format!("{extra:?}"));
+            // clap's own errors carry a usage block (main.rs keeps their first line).
+            if !e.contains("Usage:") {
+                assert!(!e.contains('\n'), "{extra:?}: {e}");
+            }
+        }
+        let e = parse(&["--kernel", "/k", "--device", "path=/g,id=gpu0,gh_slot=0"]).unwrap_err();
+        assert_eq!(e, "--device: id=gpu0: gh_slot needs --gh");
     }
 }

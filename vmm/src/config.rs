@@ -35,6 +35,14 @@ pub enum ConfigError {
         value: String,
         reason: &'static str,
     },
+    #[error("--{option}: unbalanced '[' or ']' in '{value}'")]
+    UnbalancedBrackets { option: &'static str, value: String },
+    /// A rule that involves several options or several values (NUMA and GH resolution).
+    #[error("--{option}: {reason}")]
+    Inconsistent {
+        option: &'static str,
+        reason: String,
+    },
 }
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -52,7 +60,7 @@ impl<'a> OptionParser<'a> {
         s: &'a str,
     ) -> Result<Self> {
         let mut pairs: Vec<(&str, &str)> = Vec::new();
-        for item in s.split(',') {
+        for item in split_top_level(option, s)? {
             let (key, value) = item
                 .split_once('=')
                 .ok_or_else(|| ConfigError::NotKeyValue {
@@ -94,6 +102,27 @@ impl<'a> OptionParser<'a> {
             .transpose()
     }
 
+    /// An `InvalidValue` error for `key` as given on the command line.
+    pub fn invalid(&self, key: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::InvalidValue {
+            option: self.option,
+            key,
+            value: self.get(key).unwrap_or_default().to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Applies a pure value parser to `key`, turning its message into an `InvalidValue`.
+    pub fn with<T>(
+        &self,
+        key: &'static str,
+        f: impl FnOnce(&str) -> std::result::Result<T, String>,
+    ) -> Result<Option<T>> {
+        self.get(key)
+            .map(|v| f(v).map_err(|reason| self.invalid(key, reason)))
+            .transpose()
+    }
+
     pub fn u32(&self, key: &'static str) -> Result<Option<u32>> {
         self.get(key)
             .map(|v| {
@@ -106,6 +135,35 @@ impl<'a> OptionParser<'a> {
             })
             .transpose()
     }
+}
+
+/// Splits on the commas outside brackets: Cloud Hypervisor writes lists as `cpus=[0-2,5]`, so
+/// the comma inside `[...]` belongs to the value. Brackets must balance; they do not nest in
+/// any accepted value, but counting depth keeps the split well defined if they do.
+fn split_top_level<'a>(option: &'static str, s: &'a str) -> Result<Vec<&'a str>> {
+    let unbalanced = || ConfigError::UnbalancedBrackets {
+        option,
+        value: s.to_string(),
+    };
+    let mut items = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.checked_sub(1).ok_or_else(unbalanced)?,
+            ',' if depth == 0 => {
+                items.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(unbalanced());
+    }
+    items.push(&s[start..]);
+    Ok(items)
 }
 
 // The accepted-key lists are `'static` slices, so joining them once per error is fine; the
@@ -284,16 +342,38 @@ impl PlatformConfig {
     }
 }
 
-/// `--device path=/sys/bus/pci/devices/BDF[,id=NAME]`
+/// Which GH slot (`--gh`) a device is placed in at boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GhSlotRequest {
+    /// The lowest slot no device asked for by number.
+    Auto,
+    Index(u16),
+}
+
+impl GhSlotRequest {
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        if s == "auto" {
+            return Ok(GhSlotRequest::Auto);
+        }
+        let n = parse_number(s).map_err(|e| format!("{e} (use a slot number or auto)"))?;
+        u16::try_from(n)
+            .map(GhSlotRequest::Index)
+            .map_err(|_| format!("slot {n} is too large"))
+    }
+}
+
+/// `--device path=/sys/bus/pci/devices/BDF[,id=NAME][,gh_slot=K|auto]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceConfig {
     pub path: PathBuf,
     pub id: Option<String>,
+    /// Checked against `--gh` when the topology is resolved (`numa::resolve`).
+    pub gh_slot: Option<GhSlotRequest>,
 }
 
 impl DeviceConfig {
     pub fn parse(s: &str) -> Result<Self> {
-        let p = OptionParser::parse("device", &["path", "id"], s)?;
+        let p = OptionParser::parse("device", &["path", "id", "gh_slot"], s)?;
         let path = p
             .get("path")
             .filter(|v| !v.is_empty())
@@ -301,24 +381,12 @@ impl DeviceConfig {
                 option: "device",
                 key: "path",
             })?;
-        let id = p.get("id").map(str::to_string);
-        if let Some(id) = &id {
-            if id.is_empty()
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(ConfigError::InvalidValue {
-                    option: "device",
-                    key: "id",
-                    value: id.clone(),
-                    reason: "use letters, digits, '_' and '-'".into(),
-                });
-            }
-        }
+        let id = p.with("id", parse_id)?;
+        let gh_slot = p.with("gh_slot", GhSlotRequest::parse)?;
         Ok(DeviceConfig {
             path: PathBuf::from(path),
             id,
+            gh_slot,
         })
     }
 
@@ -340,6 +408,232 @@ impl DeviceConfig {
     }
 }
 
+/// Device ids appear inside other options' values (`--numa device_id=`), so they keep to
+/// characters that no option syntax uses.
+fn parse_id(s: &str) -> std::result::Result<String, String> {
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err("use letters, digits, '_' and '-'".into());
+    }
+    Ok(s.to_string())
+}
+
+/// A decimal number: digits only (no sign, no spaces, no hex), as the lists below expect.
+fn parse_number(s: &str) -> std::result::Result<u32, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("'{s}' is not a number"));
+    }
+    s.parse().map_err(|_| format!("'{s}' is too large"))
+}
+
+/// The items of a list value in either Cloud Hypervisor spelling: `[a,b,c]` (current; the
+/// OptionParser keeps the bracketed commas together) or `a:b:c` (older releases).
+fn list_items(s: &str) -> std::result::Result<Vec<&str>, String> {
+    let items: Vec<&str> = match s.strip_prefix('[') {
+        Some(rest) => {
+            let inner = rest
+                .strip_suffix(']')
+                .ok_or_else(|| format!("'{s}' does not end with ']'"))?;
+            if inner.contains(['[', ']']) {
+                return Err(format!("'{s}' has nested brackets"));
+            }
+            inner.split(',').collect()
+        }
+        None => {
+            if s.contains(['[', ']']) {
+                return Err(format!("'{s}' has a bracket inside the list"));
+            }
+            s.split(':').collect()
+        }
+    };
+    if items.iter().any(|i| i.is_empty()) {
+        return Err(format!("empty item in '{s}'"));
+    }
+    Ok(items)
+}
+
+/// `0-2:5` or `[0-2,5]`: vCPU indexes, sorted. Indexes are bounded by `MAX_VCPUS` here so
+/// that a hostile range (`0-4294967295`) is refused before it is expanded.
+pub fn parse_cpu_list(s: &str) -> std::result::Result<Vec<u8>, String> {
+    let mut seen = [false; MAX_VCPUS as usize];
+    for item in list_items(s)? {
+        let num = |n: &str| parse_number(n).map_err(|e| format!("{e} in '{item}'"));
+        let (first, last) = match item.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => {
+                let n = num(item)?;
+                (n, n)
+            }
+        };
+        if first > last {
+            return Err(format!("'{item}' is a decreasing range"));
+        }
+        if last >= MAX_VCPUS as u32 {
+            return Err(format!(
+                "vCPU {last} is above the highest possible index {}",
+                MAX_VCPUS - 1
+            ));
+        }
+        for cpu in first..=last {
+            if std::mem::replace(&mut seen[cpu as usize], true) {
+                return Err(format!("vCPU {cpu} is listed twice"));
+            }
+        }
+    }
+    Ok((0..MAX_VCPUS).filter(|&c| seen[c as usize]).collect())
+}
+
+/// `1@20:2@30` or `[1@20,2@30]`: (destination node, SLIT distance) pairs in the given order.
+/// `from` is the node they belong to: the ACPI SLIT reserves 10 for a node's distance to
+/// itself and requires more than 10 to any other node.
+pub fn parse_distances(from: u32, s: &str) -> std::result::Result<Vec<(u32, u8)>, String> {
+    let mut out: Vec<(u32, u8)> = Vec::new();
+    for item in list_items(s)? {
+        let (dest, dist) = item
+            .split_once('@')
+            .ok_or_else(|| format!("'{item}' is not DEST@DISTANCE"))?;
+        let dest = parse_number(dest)?;
+        let dist = parse_number(dist)?;
+        if dest == from && dist != 10 {
+            return Err(format!("distance from node {from} to itself must be 10"));
+        }
+        if dest != from && !(11..=255).contains(&dist) {
+            return Err(format!(
+                "distance {dist} to node {dest} is not between 11 and 255"
+            ));
+        }
+        if out.iter().any(|&(d, _)| d == dest) {
+            return Err(format!("node {dest} is given twice"));
+        }
+        out.push((dest, dist as u8));
+    }
+    Ok(out)
+}
+
+/// A guest kernel ignores proximity domains beyond its MAX_NUMNODES (64 with x86_64's default
+/// NODES_SHIFT of 6), so a larger topology would silently lose nodes.
+pub const MAX_NUMA_NODES: usize = 64;
+
+/// `--numa guest_numa_id=N[,cpus=LIST][,distances=LIST][,device_id=ID]` (Cloud Hypervisor's
+/// syntax, without its memory zones: all guest RAM is in one node, see `numa::resolve`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumaConfig {
+    pub guest_numa_id: u32,
+    /// `None` when `cpus=` was not given (then `numa::resolve` may place all vCPUs here).
+    pub cpus: Option<Vec<u8>>,
+    /// (destination node, distance), as given.
+    pub distances: Vec<(u32, u8)>,
+    /// The node is a Generic Initiator node of the `--device` with this id.
+    pub device_id: Option<String>,
+}
+
+impl NumaConfig {
+    pub fn parse(s: &str) -> Result<Self> {
+        let p = OptionParser::parse(
+            "numa",
+            &["guest_numa_id", "cpus", "distances", "device_id"],
+            s,
+        )?;
+        let guest_numa_id =
+            p.with("guest_numa_id", parse_number)?
+                .ok_or(ConfigError::MissingKey {
+                    option: "numa",
+                    key: "guest_numa_id",
+                })?;
+        let cpus = p.with("cpus", parse_cpu_list)?;
+        let distances = p
+            .with("distances", |v| parse_distances(guest_numa_id, v))?
+            .unwrap_or_default();
+        let device_id = p.with("device_id", parse_id)?;
+        if cpus.is_some() && device_id.is_some() {
+            // The SRAT describes a Generic Initiator node by its device alone; Linux marks
+            // it as a node without CPUs.
+            return Err(ConfigError::Inconsistent {
+                option: "numa",
+                reason: format!(
+                    "guest_numa_id={guest_numa_id}: a device_id (Generic Initiator) node cannot also have cpus"
+                ),
+            });
+        }
+        Ok(NumaConfig {
+            guest_numa_id,
+            cpus,
+            distances,
+            device_id,
+        })
+    }
+}
+
+/// `--gh slots=S[,nodes=8][,distance=D][,dsd=on|off][,bar_space=SIZE]`: the Grace Hopper
+/// machine profile. Each slot is a PCI segment of its own (slot k = segment k+1, GPU at
+/// 00.0, as NVIDIA's guest driver requires devfn 0) with `nodes` Generic Initiator nodes, the
+/// empty NUMA nodes the guest driver onlines the GPU's memory into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GhConfig {
+    pub slots: u16,
+    /// Generic Initiator nodes per slot; 8 is what the driver uses and the host firmware gives.
+    pub nodes: u32,
+    /// SLIT distance between a GPU node and every other node.
+    pub distance: u8,
+    /// Also publish the `nvidia,gpu-mem-pxm-*` _DSD properties (the driver's fallback).
+    pub dsd: bool,
+    /// 64-bit BAR space reserved per slot.
+    pub bar_space: u64,
+}
+
+pub const GH_DEFAULT_NODES: u32 = 8;
+/// QEMU's default SLIT distance for a remote node.
+pub const GH_DEFAULT_DISTANCE: u8 = 20;
+/// One GH200 needs 128G (usemem rounded up to a power of two) plus resmem and BAR0; twice
+/// that leaves room for the next memory size.
+pub const GH_DEFAULT_BAR_SPACE: u64 = 256 << 30;
+
+impl GhConfig {
+    pub fn parse(s: &str) -> Result<Self> {
+        let p = OptionParser::parse("gh", &["slots", "nodes", "distance", "dsd", "bar_space"], s)?;
+        let slots = p
+            .with("slots", parse_number)?
+            .ok_or(ConfigError::MissingKey {
+                option: "gh",
+                key: "slots",
+            })?;
+        // Every slot brings at least one node, so the node limit bounds the slots too; it
+        // also keeps slot arithmetic (segment = slot + 1) far from overflowing u16.
+        if slots == 0 || slots as usize > MAX_NUMA_NODES {
+            return Err(p.invalid("slots", format!("must be between 1 and {MAX_NUMA_NODES}")));
+        }
+        let nodes = p.with("nodes", parse_number)?.unwrap_or(GH_DEFAULT_NODES);
+        if nodes == 0 || nodes as usize > MAX_NUMA_NODES {
+            return Err(p.invalid("nodes", format!("must be between 1 and {MAX_NUMA_NODES}")));
+        }
+        let distance = p.with("distance", parse_number)?;
+        let distance = match distance {
+            None => GH_DEFAULT_DISTANCE,
+            Some(d @ 11..=255) => d as u8,
+            Some(_) => return Err(p.invalid("distance", "must be between 11 and 255")),
+        };
+        let dsd = match p.get("dsd") {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(_) => return Err(p.invalid("dsd", "use on or off")),
+        };
+        let bar_space = p.size("bar_space")?.unwrap_or(GH_DEFAULT_BAR_SPACE);
+        if !bar_space.is_power_of_two() || bar_space < (1 << 30) {
+            return Err(p.invalid("bar_space", "must be a power of two of at least 1G"));
+        }
+        Ok(GhConfig {
+            slots: slots as u16,
+            nodes,
+            distance,
+            dsd,
+            bar_space,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelFormat {
     /// Decided when the file is read: a bzImage, or an ELF vmlinux with a PVH note.
@@ -356,6 +650,9 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     pub platform: PlatformConfig,
     pub devices: Vec<DeviceConfig>,
+    /// `--numa`, in command-line order; `numa::resolve` turns these and `gh` into a topology.
+    pub numa: Vec<NumaConfig>,
+    pub gh: Option<GhConfig>,
 }
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -464,6 +761,258 @@ mod tests {
         assert!(PlatformConfig::parse("mmio64_size=3G").is_err());
         assert!(PlatformConfig::parse("mmio64_size=1M").is_err());
         assert!(PlatformConfig::parse("num_pci_segments=2").is_err());
+    }
+
+    #[test]
+    fn option_parser_keeps_bracketed_commas() {
+        let p = OptionParser::parse("numa", &["a", "b"], "a=[1,2,3],b=x").unwrap();
+        assert_eq!((p.get("a"), p.get("b")), (Some("[1,2,3]"), Some("x")));
+        let p = OptionParser::parse("numa", &["a"], "a=[]").unwrap();
+        assert_eq!(p.get("a"), Some("[]"));
+        for bad in ["a=[1,2", "a=1]", "a=]1[", "a=[1,b=[2]", "a=[[1]"] {
+            assert!(
+                matches!(
+                    OptionParser::parse("numa", &["a", "b"], bad),
+                    Err(ConfigError::UnbalancedBrackets { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            OptionParser::parse("numa", &["a"], "a=[1")
+                .err()
+                .map(|e| e.to_string()),
+            Some("--numa: unbalanced '[' or ']' in 'a=[1'".into())
+        );
+        // Unchanged outside brackets: empty items are still not key=value.
+        assert!(OptionParser::parse("numa", &["a"], "a=1,").is_err());
+        assert!(OptionParser::parse("numa", &["a"], ",a=1").is_err());
+        assert!(OptionParser::parse("numa", &["a"], "").is_err());
+        // An item that only looks split by brackets is still one item.
+        assert!(matches!(
+            OptionParser::parse("numa", &["a"], "a=[1],[2]"),
+            Err(ConfigError::NotKeyValue { .. })
+        ));
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-2:5"), Ok(vec![0, 1, 2, 5]));
+        assert_eq!(parse_cpu_list("[0-2,5]"), Ok(vec![0, 1, 2, 5]));
+        assert_eq!(parse_cpu_list("[5,0-2]"), Ok(vec![0, 1, 2, 5]));
+        assert_eq!(parse_cpu_list("7"), Ok(vec![7]));
+        assert_eq!(parse_cpu_list("[3]"), Ok(vec![3]));
+        assert_eq!(parse_cpu_list("4-4"), Ok(vec![4]));
+        assert_eq!(parse_cpu_list("0-253").map(|v| v.len()), Ok(254));
+        for bad in [
+            "",
+            "[]",
+            "[,]",
+            "[0,]",
+            "[,0]",
+            "0:",
+            ":0",
+            "0::1",
+            "3-1",
+            "-1",
+            "1-",
+            "-",
+            "1-2-3",
+            "a",
+            "+1",
+            " 1",
+            "0x1",
+            "254",
+            "0-254",
+            "0-4294967295",
+            "99999999999999999999",
+            "[0-2",
+            "[0-2]]",
+            "[0:1]",
+            "0,1",
+            "[[0]]",
+            "0[1]",
+            "1-2:2",
+            "[1,1]",
+        ] {
+            let r = parse_cpu_list(bad);
+            assert!(r.is_err(), "{bad}: {r:?}");
+        }
+        assert_eq!(
+            parse_cpu_list("3-1"),
+            Err("'3-1' is a decreasing range".into())
+        );
+        assert_eq!(
+            parse_cpu_list("0-1:1"),
+            Err("vCPU 1 is listed twice".into())
+        );
+        assert_eq!(
+            parse_cpu_list("1-"),
+            Err("'' is not a number in '1-'".into())
+        );
+    }
+
+    #[test]
+    fn distance_lists() {
+        assert_eq!(parse_distances(0, "1@20:2@30"), Ok(vec![(1, 20), (2, 30)]));
+        assert_eq!(
+            parse_distances(0, "[1@20,2@30]"),
+            Ok(vec![(1, 20), (2, 30)])
+        );
+        assert_eq!(
+            parse_distances(0, "[0@10,1@255]"),
+            Ok(vec![(0, 10), (1, 255)])
+        );
+        assert_eq!(parse_distances(3, "0@11"), Ok(vec![(0, 11)]));
+        for bad in [
+            "",
+            "[]",
+            "1",
+            "1@",
+            "@20",
+            "1@20@30",
+            "1@10",
+            "1@256",
+            "1@0",
+            "0@20",
+            "0@11",
+            "1@20:1@30",
+            "[1@20,]",
+            "1@2x",
+            "4294967296@20",
+            "1@99999999999999999999",
+            "[1@20",
+        ] {
+            let r = parse_distances(0, bad);
+            assert!(r.is_err(), "{bad}: {r:?}");
+        }
+        assert_eq!(
+            parse_distances(2, "2@20"),
+            Err("distance from node 2 to itself must be 10".into())
+        );
+    }
+
+    #[test]
+    fn numa() {
+        let n = NumaConfig::parse("guest_numa_id=1,cpus=[0-2,5],distances=[0@20,2@30]").unwrap();
+        assert_eq!(
+            n,
+            NumaConfig {
+                guest_numa_id: 1,
+                cpus: Some(vec![0, 1, 2, 5]),
+                distances: vec![(0, 20), (2, 30)],
+                device_id: None,
+            }
+        );
+        let old = NumaConfig::parse("guest_numa_id=1,cpus=0-2:5,distances=0@20:2@30").unwrap();
+        assert_eq!(old, n);
+        let gi = NumaConfig::parse("guest_numa_id=2,device_id=gpu0").unwrap();
+        assert_eq!(gi.device_id.as_deref(), Some("gpu0"));
+        assert_eq!((gi.cpus, gi.distances), (None, vec![]));
+        for bad in [
+            "cpus=0",
+            "guest_numa_id=",
+            "guest_numa_id=-1",
+            "guest_numa_id=4294967296",
+            "guest_numa_id=0,cpus=",
+            "guest_numa_id=0,cpus=[0-1",
+            "guest_numa_id=0,distances=0@20",
+            "guest_numa_id=0,device_id=",
+            "guest_numa_id=0,device_id=a,b",
+            "guest_numa_id=0,device_id=[x]",
+            "guest_numa_id=0,memory_zones=mem0",
+            "guest_numa_id=0,guest_numa_id=1",
+            "guest_numa_id=0,cpus=0,device_id=g",
+        ] {
+            assert!(NumaConfig::parse(bad).is_err(), "{bad}");
+        }
+        let e = NumaConfig::parse("guest_numa_id=0,cpus=[0-1],device_id=g")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--numa: guest_numa_id=0: a device_id"), "{e}");
+        let e = NumaConfig::parse("guest_numa_id=0,cpus=[3-1]").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--numa: cpus=[3-1]: '3-1' is a decreasing range"
+        );
+    }
+
+    #[test]
+    fn gh() {
+        assert_eq!(
+            GhConfig::parse("slots=1"),
+            Ok(GhConfig {
+                slots: 1,
+                nodes: 8,
+                distance: 20,
+                dsd: false,
+                bar_space: 256 << 30,
+            })
+        );
+        assert_eq!(
+            GhConfig::parse("slots=4,nodes=2,distance=255,dsd=on,bar_space=1G"),
+            Ok(GhConfig {
+                slots: 4,
+                nodes: 2,
+                distance: 255,
+                dsd: true,
+                bar_space: 1 << 30,
+            })
+        );
+        assert!(!GhConfig::parse("slots=1,dsd=off").unwrap().dsd);
+        assert_eq!(GhConfig::parse("slots=1,distance=11").unwrap().distance, 11);
+        for bad in [
+            "",
+            "nodes=8",
+            "slots=0",
+            "slots=65",
+            "slots=99999999999999999999",
+            "slots=-1",
+            "slots=1,nodes=0",
+            "slots=1,nodes=65",
+            "slots=1,distance=10",
+            "slots=1,distance=256",
+            "slots=1,distance=",
+            "slots=1,dsd=yes",
+            "slots=1,dsd=",
+            "slots=1,bar_space=3G",
+            "slots=1,bar_space=512M",
+            "slots=1,bar_space=0",
+            "slots=1,bar_space=99999999999T",
+            "slots=1,slots=2",
+            "slots=1,segment=2",
+            "slots=[1]",
+        ] {
+            assert!(GhConfig::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            GhConfig::parse("slots=1,distance=5")
+                .unwrap_err()
+                .to_string(),
+            "--gh: distance=5: must be between 11 and 255"
+        );
+    }
+
+    #[test]
+    fn device_gh_slot() {
+        let d = |s| DeviceConfig::parse(s).map(|d| d.gh_slot);
+        assert_eq!(d("path=/x"), Ok(None));
+        assert_eq!(d("path=/x,gh_slot=auto"), Ok(Some(GhSlotRequest::Auto)));
+        assert_eq!(d("path=/x,gh_slot=0"), Ok(Some(GhSlotRequest::Index(0))));
+        assert_eq!(
+            d("path=/x,gh_slot=65535"),
+            Ok(Some(GhSlotRequest::Index(65535)))
+        );
+        for bad in [
+            "path=/x,gh_slot=",
+            "path=/x,gh_slot=65536",
+            "path=/x,gh_slot=-1",
+            "path=/x,gh_slot=Auto",
+            "path=/x,gh_slot=99999999999999999999",
+            "path=/x,gh_slot=1,gh_slot=2",
+        ] {
+            assert!(d(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -43,7 +43,9 @@ pub struct DeviceManager {
     pub mmio_bus: Arc<Bus>,
     pub serial: Arc<Mutex<Serial>>,
     pub ged: Arc<Mutex<Ged>>,
-    pub pci_segment: Arc<Mutex<PciSegment>>,
+    /// Segment 0 first (host bridge at 00:00.0, config ports and ECAM), then one per extra
+    /// segment of the layout (ECAM only, no device at 00:00.0: a GPU slot).
+    pub pci_segments: Vec<Arc<Mutex<PciSegment>>>,
     /// Guest addresses for device BARs (passthrough devices take theirs from here).
     pub bar_allocator: Arc<Mutex<BarAllocator>>,
 }
@@ -111,36 +113,46 @@ impl DeviceManager {
         let ged = Arc::new(Mutex::new(Ged::new(irqfd(vm, GED_IRQ)?)));
         bus_insert(&mmio_bus, "ACPI GED", ged.clone(), GED_ADDR, GED_SIZE)?;
 
-        let mut segment = PciSegment::new(0);
-        segment.add_device(Some(0), Arc::new(Mutex::new(HostBridge::new())))?;
-        let pci_segment = Arc::new(Mutex::new(segment));
-        // No device moves BARs yet (the host bridge has none); VFIO devices will.
+        // No device moves BARs through this hook (the host bridge has none, and
+        // passed-through functions move their own slots and traps).
         let bar_hook: BarHook = Arc::new(|moves: &[BarReprogram]| {
             log::debug!("BAR moves ignored: {moves:?}");
         });
-        let config_io = Arc::new(Mutex::new(PciConfigIo::new(
-            pci_segment.clone(),
-            bar_hook.clone(),
-        )));
-        bus_insert(
-            &pio_bus,
-            "PCI config ports",
-            config_io,
-            u64::from(PCI_CONFIG_IO_PORT),
-            8,
-        )?;
-        let ecam = Arc::new(Mutex::new(PciConfigMmio::new(
-            pci_segment.clone(),
-            bar_hook,
-        )));
-        bus_insert(&mmio_bus, "PCI ECAM", ecam, ECAM_START, ECAM_SEGMENT_SIZE)?;
+        let mut pci_segments = Vec::new();
+        for seg in &layout.segments {
+            let mut segment = PciSegment::new(seg.id);
+            if seg.id == 0 {
+                segment.add_device(Some(0), Arc::new(Mutex::new(HostBridge::new())))?;
+            }
+            let segment = Arc::new(Mutex::new(segment));
+            if seg.id == 0 {
+                // The legacy config ports reach segment 0 only, as on real hardware.
+                let config_io = Arc::new(Mutex::new(PciConfigIo::new(
+                    segment.clone(),
+                    bar_hook.clone(),
+                )));
+                bus_insert(
+                    &pio_bus,
+                    "PCI config ports",
+                    config_io,
+                    u64::from(PCI_CONFIG_IO_PORT),
+                    8,
+                )?;
+            }
+            let ecam = Arc::new(Mutex::new(PciConfigMmio::new(
+                segment.clone(),
+                bar_hook.clone(),
+            )));
+            bus_insert(&mmio_bus, "PCI ECAM", ecam, seg.ecam, ECAM_SEGMENT_SIZE)?;
+            pci_segments.push(segment);
+        }
 
         Ok(DeviceManager {
             pio_bus,
             mmio_bus,
             serial,
             ged,
-            pci_segment,
+            pci_segments,
             bar_allocator: Arc::new(Mutex::new(BarAllocator::new(layout)?)),
         })
     }

@@ -76,6 +76,21 @@ pub enum LayoutError {
         size: u64,
         phys_bits: u8,
     },
+    #[error(
+        "{0} extra PCI segments requested; at most {MAX_EXTRA_SEGMENTS} fit the 32-bit window"
+    )]
+    TooManySegments(u16),
+    #[error("the 64-bit BAR space per extra segment must be a power of two, not {0:#x}")]
+    SegmentWindow(u64),
+    #[error(
+        "{count} extra PCI segments of {size:#x} bytes of BAR space each do not fit in the \
+         guest's {phys_bits}-bit physical address space; lower the BAR space per slot"
+    )]
+    SegmentsTooLarge {
+        count: u16,
+        size: u64,
+        phys_bits: u8,
+    },
 }
 
 /// One contiguous range of guest RAM.
@@ -104,12 +119,43 @@ pub struct E820Entry {
     pub kind: E820Kind,
 }
 
+/// A guest-physical address range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioWindow {
+    pub start: u64,
+    pub size: u64,
+}
+
+/// One PCI segment (one bus, bus 0): where its configuration space and BAR windows are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentLayout {
+    pub id: u16,
+    pub ecam: u64,
+    pub mmio32: MmioWindow,
+    pub mmio64: MmioWindow,
+}
+
+/// The PCI segments beyond segment 0: one per GH slot (`--gh slots=S,bar_space=SIZE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExtraSegments {
+    pub count: u16,
+    /// 64-bit BAR space per extra segment (a power of two: its BARs are naturally aligned).
+    pub mmio64_size: u64,
+}
+
+/// At most this many extra segments: each takes a slice of the 32-bit window.
+pub const MAX_EXTRA_SEGMENTS: u16 = 16;
+/// The 32-bit window of an extra segment: room for a GPU's 16 MiB register BAR.
+pub const EXTRA_SEGMENT_MMIO32: u64 = 16 * MIB;
+
 /// Where everything goes for one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub ram: Vec<RamRange>,
     pub mmio64_start: u64,
     pub mmio64_size: u64,
+    /// Segment 0 first, then the extra segments in order.
+    pub segments: Vec<SegmentLayout>,
 }
 
 impl Layout {
@@ -120,6 +166,63 @@ impl Layout {
         mmio64_size: Option<u64>,
         phys_bits: u8,
     ) -> Result<Self, LayoutError> {
+        Self::with_segments(mem_size, mmio64_size, ExtraSegments::default(), phys_bits)
+    }
+
+    /// The same with extra PCI segments: each gets 1 MiB of ECAM after segment 0's, a 16 MiB
+    /// slice of the upper half of the 32-bit window (segment 0 keeps the lower half), and
+    /// its own naturally aligned 64-bit window after segment 0's.
+    pub fn with_segments(
+        mem_size: u64,
+        mmio64_size: Option<u64>,
+        extra: ExtraSegments,
+        phys_bits: u8,
+    ) -> Result<Self, LayoutError> {
+        let mut layout = Self::base(mem_size, mmio64_size, phys_bits)?;
+        if extra.count == 0 {
+            return Ok(layout);
+        }
+        if extra.count > MAX_EXTRA_SEGMENTS {
+            return Err(LayoutError::TooManySegments(extra.count));
+        }
+        if !extra.mmio64_size.is_power_of_two() {
+            return Err(LayoutError::SegmentWindow(extra.mmio64_size));
+        }
+        let half = MMIO32_SIZE / 2;
+        layout.segments[0].mmio32.size = half;
+        let limit = 1u64.checked_shl(u32::from(phys_bits)).unwrap_or(u64::MAX);
+        let mut next = layout.mmio64_start + layout.mmio64_size;
+        for k in 0..extra.count {
+            let start = next
+                .checked_next_multiple_of(extra.mmio64_size)
+                .ok_or(LayoutError::SegmentWindow(extra.mmio64_size))?;
+            let end = start
+                .checked_add(extra.mmio64_size)
+                .filter(|e| *e <= limit)
+                .ok_or(LayoutError::SegmentsTooLarge {
+                    count: extra.count,
+                    size: extra.mmio64_size,
+                    phys_bits,
+                })?;
+            let id = k + 1;
+            layout.segments.push(SegmentLayout {
+                id,
+                ecam: ECAM_START + u64::from(id) * ECAM_SEGMENT_SIZE,
+                mmio32: MmioWindow {
+                    start: MMIO32_START + half + u64::from(k) * EXTRA_SEGMENT_MMIO32,
+                    size: EXTRA_SEGMENT_MMIO32,
+                },
+                mmio64: MmioWindow {
+                    start,
+                    size: extra.mmio64_size,
+                },
+            });
+            next = end;
+        }
+        Ok(layout)
+    }
+
+    fn base(mem_size: u64, mmio64_size: Option<u64>, phys_bits: u8) -> Result<Self, LayoutError> {
         let low = mem_size.min(MEM_32BIT_HOLE);
         let mut ram = vec![RamRange {
             start: 0,
@@ -140,6 +243,18 @@ impl Layout {
                 ram,
                 mmio64_start: start,
                 mmio64_size,
+                segments: vec![SegmentLayout {
+                    id: 0,
+                    ecam: ECAM_START,
+                    mmio32: MmioWindow {
+                        start: MMIO32_START,
+                        size: MMIO32_SIZE,
+                    },
+                    mmio64: MmioWindow {
+                        start,
+                        size: mmio64_size,
+                    },
+                }],
             }),
             _ => Err(LayoutError::Mmio64TooLarge {
                 start,
@@ -256,6 +371,70 @@ mod tests {
         assert!(Layout::new(512 * MIB, Some(1 << 40), 40).is_err());
         assert!(Layout::new(512 * MIB, Some(1 << 48), 48).is_err());
         assert!(Layout::new(512 * MIB, Some(4 * GIB), 36).is_ok());
+    }
+
+    #[test]
+    fn extra_segments_get_their_own_windows() {
+        let extra = ExtraSegments {
+            count: 2,
+            mmio64_size: 256 * GIB,
+        };
+        let l = Layout::with_segments(512 * MIB, None, extra, 40).unwrap();
+        assert_eq!(l.segments.len(), 3);
+        let s0 = l.segments[0];
+        assert_eq!((s0.mmio32.start, s0.mmio32.size), (MMIO32_START, 256 * MIB));
+        assert_eq!(s0.mmio64.start, 128 * GIB);
+        let s1 = l.segments[1];
+        assert_eq!(s1.id, 1);
+        assert_eq!(s1.ecam, ECAM_START + MIB);
+        assert_eq!(s1.mmio32.start, MMIO32_START + 256 * MIB);
+        assert_eq!(
+            s1.mmio64.start,
+            512 * GIB,
+            "naturally aligned after segment 0's window"
+        );
+        let s2 = l.segments[2];
+        assert_eq!(s2.mmio32.start, s1.mmio32.start + 16 * MIB);
+        assert_eq!(
+            s2.mmio64.start + s2.mmio64.size,
+            1 << 40,
+            "ends exactly at 1 TiB"
+        );
+        // Windows never overlap, and no ECAM overlaps another.
+        for (i, a) in l.segments.iter().enumerate() {
+            for b in &l.segments[i + 1..] {
+                assert!(a.mmio64.start + a.mmio64.size <= b.mmio64.start);
+                assert!(a.mmio32.start + a.mmio32.size <= b.mmio32.start);
+                assert!(a.ecam + ECAM_SEGMENT_SIZE <= b.ecam);
+            }
+        }
+        assert!(l
+            .segments
+            .iter()
+            .all(|s| s.ecam + ECAM_SEGMENT_SIZE <= ECAM_START + ECAM_SIZE));
+        assert_eq!(Layout::new(512 * MIB, None, 40).unwrap().segments.len(), 1);
+    }
+
+    #[test]
+    fn extra_segments_refuse_what_does_not_fit() {
+        let seg = |count, size| ExtraSegments {
+            count,
+            mmio64_size: size,
+        };
+        assert!(matches!(
+            Layout::with_segments(512 * MIB, None, seg(3, 256 * GIB), 40),
+            Err(LayoutError::SegmentsTooLarge { .. })
+        ));
+        assert!(Layout::with_segments(512 * MIB, None, seg(3, 256 * GIB), 46).is_ok());
+        assert!(matches!(
+            Layout::with_segments(512 * MIB, None, seg(17, GIB), 46),
+            Err(LayoutError::TooManySegments(17))
+        ));
+        assert!(matches!(
+            Layout::with_segments(512 * MIB, None, seg(1, 3 * GIB), 46),
+            Err(LayoutError::SegmentWindow(_))
+        ));
+        assert!(Layout::with_segments(512 * MIB, None, seg(16, GIB), 40).is_ok());
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod exit;
 pub mod irq_routing;
 pub mod layout;
 pub mod memory;
+pub mod numa;
 pub mod vcpu;
+pub mod vcpu_dump;
 pub mod vfio;
 pub mod vm;

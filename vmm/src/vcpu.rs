@@ -34,10 +34,12 @@ pub fn spawn(mut ctx: VcpuContext) -> std::io::Result<JoinHandle<()>> {
 fn run(ctx: &mut VcpuContext) -> Result<(), ExitReason> {
     let index = ctx.index;
     let fault = |what: String| ExitReason::Fault(format!("vCPU {index}: {what}"));
+    let mut dumps_seen = 0;
     loop {
         if ctx.exit.is_set() {
             return Ok(());
         }
+        crate::vcpu_dump::maybe_dump(index, &ctx.fd, &mut dumps_seen);
         match ctx.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if ctx.pio.read(u64::from(port), data).is_err() {

@@ -14,7 +14,9 @@ use crate::console::StdinForwarder;
 use crate::device_manager::DeviceManager;
 use crate::exit::{ExitReason, ExitState};
 use crate::irq_routing::GsiRouting;
-use crate::layout::{Layout, ACPI_PM_PORT, ACPI_RESET_VALUE, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use crate::layout::{
+    ExtraSegments, Layout, ACPI_PM_PORT, ACPI_RESET_VALUE, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR,
+};
 use crate::vcpu::{self, VcpuContext};
 
 pub struct Vm {
@@ -52,7 +54,18 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .context("KVM_GET_SUPPORTED_CPUID")?;
         let phys_bits = cpuid::phys_bits(&supported);
-        let layout = Layout::new(cfg.memory.size, cfg.platform.mmio64_size, phys_bits)?;
+        // The CLI resolved it already; a config built another way (the API) is checked here.
+        let topology = crate::numa::resolve(cfg)?;
+        let extra =
+            topology
+                .as_ref()
+                .and_then(|t| t.slots.first())
+                .map_or(ExtraSegments::default(), |s| ExtraSegments {
+                    count: topology.as_ref().map_or(0, |t| t.slots.len() as u16),
+                    mmio64_size: s.bar_space,
+                });
+        let layout =
+            Layout::with_segments(cfg.memory.size, cfg.platform.mmio64_size, extra, phys_bits)?;
         log::info!("guest physical address bits: {phys_bits}; layout: {layout:?}");
 
         let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
@@ -73,7 +86,13 @@ impl Vm {
         let devices = DeviceManager::new(&vm, cfg, &layout, exit.clone())?;
         let container = std::sync::Mutex::new(None);
         let routing = Arc::new(GsiRouting::new(vm.clone()));
-        for d in &cfg.devices {
+        let mut placed = Vec::new();
+        for (index, d) in cfg.devices.iter().enumerate() {
+            // A device in a GH slot is the GPU at 00.0 of the slot's segment.
+            let (segment, slot) = match topology.as_ref().and_then(|t| t.slot_of_device(index)) {
+                Some(s) => (usize::from(s.segment), Some(0)),
+                None => (0, None),
+            };
             let mut ctx = crate::vfio::VfioContext {
                 vm: &vm,
                 mem: &mem,
@@ -81,21 +100,32 @@ impl Vm {
                 allocator: &devices.bar_allocator,
                 container: &container,
                 next_slot: &mut next_slot,
-                mmio64_size: layout.mmio64_size,
+                segment: layout.segments[segment],
                 routing: &routing,
             };
             // The error names the device path itself.
             let assigned = crate::vfio::assign(&mut ctx, &d.path).context("--device")?;
-            let slot = devices
-                .pci_segment
+            let slot = devices.pci_segments[segment]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .add_device(None, assigned.device)
-                .context("no free PCI slot")?;
-            log::info!("{}: guest BDF 0000:00:{slot:02x}.0", d.path.display());
+                .add_device(slot, assigned.device)
+                .with_context(|| format!("--device {}: no free PCI slot", d.path.display()))?;
+            let address = acpi::PciAddress {
+                segment: segment as u16,
+                bus: 0,
+                device: slot,
+                function: 0,
+            };
+            log::info!(
+                "{}: guest address {:04x}:00:{slot:02x}.0",
+                d.path.display(),
+                address.segment
+            );
+            placed.push(address);
         }
 
-        let desc = crate::acpi_tables::platform_desc(cfg.cpus.boot, &layout);
+        let desc =
+            crate::acpi_tables::platform_desc(cfg.cpus.boot, &layout, topology.as_ref(), &placed);
         let rsdp_addr = crate::acpi_tables::install(&mem, &desc)?;
         let entry = load_linux(
             &mem,
@@ -130,8 +160,10 @@ impl Vm {
             }
             vcpus.push(fd);
         }
+        crate::vcpu_dump::install().context("setting up the register-dump signals")?;
+        let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
         for (index, fd) in vcpus.into_iter().enumerate() {
-            vcpu::spawn(VcpuContext {
+            let handle = vcpu::spawn(VcpuContext {
                 index: index as u8,
                 fd,
                 pio: devices.pio_bus.clone(),
@@ -139,7 +171,12 @@ impl Vm {
                 exit: exit.clone(),
             })
             .context("spawning a vCPU thread")?;
+            threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(handle);
         }
+        crate::vcpu_dump::spawn_listener(threads).context("spawning the register-dump thread")?;
         Ok(Vm {
             _vfio: container,
             _vm: vm,

@@ -234,6 +234,9 @@ pub fn run_all(expect: &Expectations) {
         Some("nic") => crate::nic::e1000e(),
         _ => {}
     }
+    if expect.numa {
+        crate::numa::report_all();
+    }
     report("acpi-dump", dump_acpi());
 }
 

@@ -16,6 +16,8 @@ pub struct Expectations {
     /// The VMM the rig says runs us: `ghvmm` (default) or a peer (`qemu`), under which the
     /// checks of ghvmm's own platform (docs/platform.md) do not apply.
     pub platform: String,
+    /// Report NUMA nodes and PCI functions as facts (`ghvmm.numa=report`).
+    pub numa: bool,
 }
 
 impl Expectations {
@@ -40,6 +42,7 @@ impl Expectations {
                 "gh_mode" => e.gh_mode = value.to_string(),
                 "gh_len" => e.gh_len = value.parse().ok(),
                 "platform" => e.platform = value.to_string(),
+                "numa" => e.numa = value == "report",
                 _ => {}
             }
         }

@@ -9,6 +9,7 @@
 //!   `@@CHECK <name> FAIL <reason>`         a check failed
 //!   `@@ACPI <file> <hex>`                  a chunk of one ACPI table
 //!   `@@ACPIEND <file> <len> <sum>`         end of that table: length and byte sum
+//!   `@@FACT <key> <value...>`              something seen, compared by the rig (numa.rs)
 //!   `@@DONE`                               all checks reported
 
 mod bench;
@@ -16,6 +17,7 @@ mod checks;
 mod cmdline;
 mod gh;
 mod nic;
+mod numa;
 mod resolve;
 mod timing;
 mod vfio;

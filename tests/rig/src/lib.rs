@@ -10,6 +10,7 @@ pub mod cache;
 pub mod cpio;
 mod demo;
 mod e2e;
+pub mod gh_scenarios;
 pub mod iasl;
 pub mod images;
 pub mod l3;

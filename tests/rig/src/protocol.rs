@@ -26,6 +26,8 @@ pub struct Transcript {
     pub lockup: Option<(String, usize)>,
     /// `checker resolve` answers: address -> symbol.
     pub resolved: Vec<(String, String)>,
+    /// `@@FACT <key> <value>`: what the guest saw, for host checks to compare.
+    pub facts: Vec<(String, String)>,
 }
 
 /// Kernel messages after which a scenario can only time out.
@@ -91,6 +93,7 @@ impl Transcript {
                 Err(_) => self.malformed.push(line.to_string()),
             },
             "RESOLVE" => self.resolved.push((a.to_string(), rest.trim().to_string())),
+            "FACT" => self.facts.push((a.to_string(), rest.trim().to_string())),
             "L2DONE" => self.l2_done = true,
             "DONE" => self.l3_done = true,
             _ => {}

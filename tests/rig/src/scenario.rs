@@ -4,12 +4,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::l3::{Kernel, Vmm, L3};
-use crate::protocol::Outcome;
+use crate::protocol::{Outcome, Transcript};
 use crate::vfio_scenarios;
 
-/// Host-side checks, run after L2 stopped: given the scenario and its directory (console.log,
-/// ivshmem.bin, ...), named outcomes.
-pub type HostChecks = fn(&Scenario, &Path) -> Vec<(String, Outcome)>;
+/// Host-side checks, run after L2 stopped: given the scenario, its directory (console.log,
+/// ivshmem.bin, acpi/*.dat, ...) and the transcript (the guest's `@@FACT`s), named outcomes.
+pub type HostChecks = Box<dyn Fn(&Scenario, &Path, &Transcript) -> Vec<(String, Outcome)>>;
 
 pub struct Scenario {
     pub name: &'static str,
@@ -56,7 +56,9 @@ impl Scenario {
             acpi: false,
             host_checks: None,
             qemu_args: Vec::new(),
-            timeout: Duration::from_secs(240),
+            // A run takes 15-40 s; L2's watchdog stops a hung L3 after 90 s, and a lockup
+            // ends the run early. Only a silent L2 hang waits this long.
+            timeout: Duration::from_secs(150),
         }
     }
 
@@ -168,6 +170,7 @@ fn boot_scenarios() -> Vec<Scenario> {
 pub fn all() -> Vec<Scenario> {
     let mut v = boot_scenarios();
     v.extend(vfio_scenarios::all());
+    v.extend(crate::gh_scenarios::all());
     v
 }
 
@@ -187,7 +190,9 @@ mod tests {
         let all = all();
         for s in &all {
             assert!(
-                s.name.starts_with("boot-") || s.name.starts_with("vfio-"),
+                ["boot-", "vfio-", "gh-"]
+                    .iter()
+                    .any(|area| s.name.starts_with(area)),
                 "{}",
                 s.name
             );
@@ -201,7 +206,15 @@ mod tests {
         assert_eq!(select(&all, &[]).len(), all.len());
         let f = select(&all, &["smp".into(), "bad".into()]);
         let names: Vec<_> = f.iter().map(|s| s.name).collect();
-        assert_eq!(names, ["boot-smp4", "boot-bad-args", "vfio-gh-bad-info"]);
+        assert_eq!(
+            names,
+            [
+                "boot-smp4",
+                "boot-bad-args",
+                "vfio-gh-bad-info",
+                "gh-bad-args"
+            ]
+        );
         assert_eq!(select(&all, &["pvh".into()])[0].name, "boot-pvh");
         assert!(select(&all, &["nothing".into()]).is_empty());
     }

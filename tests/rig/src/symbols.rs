@@ -15,18 +15,38 @@ pub fn rips(info_registers: &str) -> Vec<u64> {
         .collect()
 }
 
-/// One line naming where each CPU was: `cpu0 RIP=... (symbol) | cpu1 ...`; `names` maps
-/// an address (as `0x...`) to its symbol.
-pub fn describe(rips: &[u64], names: &[(String, String)]) -> String {
-    rips.iter()
-        .enumerate()
-        .map(|(i, rip)| {
+/// `(vCPU index, RIP)` from ghvmm's `ghvmm: vCPU N registers: RIP=...` lines (its SIGUSR1
+/// dump), the last dump of each vCPU.
+pub fn vcpu_rips(console: &str) -> Vec<(u32, u64)> {
+    let mut out: Vec<(u32, u64)> = Vec::new();
+    for line in console.lines() {
+        let Some(rest) = line.split("ghvmm: vCPU ").nth(1) else {
+            continue;
+        };
+        let Some((index, regs)) = rest.split_once(" registers: ") else {
+            continue;
+        };
+        let (Ok(index), Some(rip)) = (index.parse::<u32>(), rips(regs).first().copied()) else {
+            continue;
+        };
+        out.retain(|(i, _)| *i != index);
+        out.push((index, rip));
+    }
+    out.sort();
+    out
+}
+
+/// One line naming where each CPU was: `L2 cpu0 RIP=... (symbol) | ...`; `names` maps an
+/// address (as `0x...`) to its symbol.
+pub fn describe(cpus: &[(String, u64)], names: &[(String, String)]) -> String {
+    cpus.iter()
+        .map(|(cpu, rip)| {
             let key = format!("{rip:#x}");
             let name = names
                 .iter()
                 .find(|(a, _)| *a == key)
                 .map_or(String::new(), |(_, n)| format!(" ({n})"));
-            format!("cpu{i} RIP={key}{name}")
+            format!("{cpu} RIP={key}{name}")
         })
         .collect::<Vec<_>>()
         .join(" | ")
@@ -46,10 +66,29 @@ CPU#1\nRIP=ffffffff81001004 RFL=00000002\n";
             "0xffffffff81002010".to_string(),
             "qi_submit_sync+0x10".to_string(),
         )];
+        let cpus: Vec<(String, u64)> = r
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("L2 cpu{i}"), *r))
+            .collect();
         assert_eq!(
-            describe(&r, &names),
-            "cpu0 RIP=0xffffffff81002010 (qi_submit_sync+0x10) | cpu1 RIP=0xffffffff81001004"
+            describe(&cpus, &names),
+            "L2 cpu0 RIP=0xffffffff81002010 (qi_submit_sync+0x10) | L2 cpu1 RIP=0xffffffff81001004"
         );
         assert!(rips("garbage").is_empty());
+    }
+
+    #[test]
+    fn reads_ghvmms_vcpu_dumps() {
+        let console = "noise\n\
+ghvmm: vCPU 1 registers: RIP=0000000000001000 RSP=0\n\
+[  3.1] ghvmm: vCPU 0 registers: RIP=ffffffff81002010 RSP=ff\n\
+ghvmm: vCPU 1 registers: RIP=ffffffff81001004 RSP=0\n\
+ghvmm: vCPU x registers: RIP=1\n";
+        assert_eq!(
+            vcpu_rips(console),
+            [(0, 0xffff_ffff_8100_2010), (1, 0xffff_ffff_8100_1004)],
+            "the last dump of each vCPU"
+        );
     }
 }

@@ -124,7 +124,7 @@ pub fn gh_device_scenarios(modes: &[&'static str], lengths: &[u64]) -> Vec<Scena
                     ],
                 ]
                 .concat(),
-                host_checks: Some(gh_file_check),
+                host_checks: Some(Box::new(|s, d, _| gh_file_checks(s, d))),
                 ..Scenario::boot(name, about, l3)
             });
         }
@@ -133,7 +133,7 @@ pub fn gh_device_scenarios(modes: &[&'static str], lengths: &[u64]) -> Vec<Scena
 }
 
 /// The host file holds the guest's patterns, and nothing the guest wrote into the padding.
-fn gh_file_check(s: &Scenario, dir: &Path) -> Vec<(String, Outcome)> {
+pub fn gh_file_checks(s: &Scenario, dir: &Path) -> Vec<(String, Outcome)> {
     let len =
         s.l3.as_ref()
             .and_then(|l| l.expectation("gh_len"))
@@ -194,7 +194,7 @@ fn ivshmem_scenario() -> Scenario {
             ],
         ]
         .concat(),
-        host_checks: Some(ivshmem_file_check),
+        host_checks: Some(Box::new(|s, d, _| ivshmem_file_check(s, d))),
         ..Scenario::boot(
             "vfio-ivshmem",
             "L2's ivshmem on plain vfio-pci, passed through: BAR2 mapped (data reaches the host file), BAR0 trapped and padded",
@@ -321,10 +321,10 @@ mod tests {
             file[off as usize..off as usize + 16].copy_from_slice(&pat);
         }
         std::fs::write(dir.join("ivshmem.bin"), &file).unwrap();
-        assert_eq!(gh_file_check(&s, &dir)[0].1, Outcome::Pass);
+        assert_eq!(gh_file_checks(&s, &dir)[0].1, Outcome::Pass);
         file[len as usize + 5] = 0xff;
         std::fs::write(dir.join("ivshmem.bin"), &file).unwrap();
-        assert!(matches!(gh_file_check(&s, &dir)[0].1, Outcome::Fail(_)));
+        assert!(matches!(gh_file_checks(&s, &dir)[0].1, Outcome::Fail(_)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -33,7 +33,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::bar_allocator::{BarAllocator, Window};
 use crate::irq_routing::GsiRouting;
-use crate::layout::{MMIO32_SIZE, PAGE_SIZE};
+use crate::layout::{SegmentLayout, PAGE_SIZE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioSetupError {
@@ -432,7 +432,8 @@ pub struct VfioContext<'a> {
     pub allocator: &'a Mutex<BarAllocator>,
     pub container: &'a Mutex<Option<Arc<VfioContainer>>>,
     pub next_slot: &'a mut u32,
-    pub mmio64_size: u64,
+    /// The PCI segment the device goes to: its BARs come from this segment's windows.
+    pub segment: SegmentLayout,
     pub routing: &'a Arc<GsiRouting>,
 }
 
@@ -492,8 +493,8 @@ pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
     let interrupts = Interrupts::new(irq_caps, Box::new(sink)).shared();
     let limits = Limits {
         page_size: PAGE_SIZE,
-        mmio32_size: MMIO32_SIZE,
-        mmio64_size: ctx.mmio64_size,
+        mmio32_size: ctx.segment.mmio32.size,
+        mmio64_size: ctx.segment.mmio64.size,
     };
     let fd = device.as_raw_fd();
     let mut bars = Vec::new();
@@ -564,7 +565,7 @@ pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
             .allocator
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .allocate(window, layout.bar_size)
+            .allocate(ctx.segment.id, window, layout.bar_size)
             .map_err(|source| VfioSetupError::BarSpace {
                 path: p(),
                 bar: this,

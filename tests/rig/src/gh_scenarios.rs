@@ -1,0 +1,596 @@
+//! The GH machine profile scenarios (`gh-*`): NUMA nodes through ACPI as the guest sees them.
+//! The guest reports what sysfs says (`ghvmm.numa=report`, tests/checker/src/numa.rs); the
+//! host compares it with what each scenario configured, and parses the guest's SRAT itself to
+//! check every Generic Initiator entry against the GPU's address as the guest saw it.
+
+use std::path::Path;
+
+use crate::l3::L3;
+use crate::protocol::{Outcome, Transcript};
+use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
+use crate::vfio_scenarios::{bind_variant, gh_file_checks, GH_LENGTHS};
+
+/// One node as the guest must see it.
+pub struct NodeExpect {
+    /// The node's `cpulist` ("" for none).
+    pub cpus: &'static str,
+    pub memory: bool,
+}
+
+/// The topology a scenario configures.
+pub struct NumaExpect {
+    pub nodes: Vec<NodeExpect>,
+    /// SLIT rows, node by node.
+    pub distances: Vec<Vec<u8>>,
+    /// `has_generic_initiator` as the guest prints it ("" when there is none).
+    pub generic_initiator: &'static str,
+    /// Generic Initiator domains per GH slot: slot k's GPU is expected at 00:00.0 of segment
+    /// k+1, and its entries must name the device there.
+    pub slots: Vec<Vec<u32>>,
+}
+
+impl NumaExpect {
+    /// `--gh slots=S` alone (or with devices in its slots): node 0 with every vCPU and all
+    /// RAM, then `nodes` Generic Initiator nodes per slot, `distance` apart from everything.
+    pub fn gh(cpus: &'static str, slots: u32, nodes: u32, distance: u8) -> Self {
+        let n = (1 + slots * nodes) as usize;
+        let mut list = vec![NodeExpect { cpus, memory: true }];
+        list.extend((1..n).map(|_| NodeExpect {
+            cpus: "",
+            memory: false,
+        }));
+        let distances = (0..n)
+            .map(|i| (0..n).map(|j| if i == j { 10 } else { distance }).collect())
+            .collect();
+        // Linux prints node lists as ranges: "1-8", or "1" for a single node.
+        let last = slots * nodes;
+        let generic_initiator: &'static str = Box::leak(
+            if last == 1 {
+                "1".to_string()
+            } else {
+                format!("1-{last}")
+            }
+            .into_boxed_str(),
+        );
+        NumaExpect {
+            nodes: list,
+            distances,
+            generic_initiator,
+            slots: (0..slots)
+                .map(|k| (1 + k * nodes..1 + (k + 1) * nodes).collect())
+                .collect(),
+        }
+    }
+}
+
+/// A Generic Initiator Affinity structure as read from an SRAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GiEntry {
+    pub domain: u32,
+    pub handle_type: u8,
+    pub segment: u16,
+    pub bus: u8,
+    pub devfn: u8,
+    pub enabled: bool,
+}
+
+/// Every Generic Initiator entry (type 5) of an SRAT, or why the table is malformed.
+/// Independent of ghvmm's own builder on purpose: this is the test's reading of the spec.
+pub fn srat_generic_initiators(srat: &[u8]) -> Result<Vec<GiEntry>, String> {
+    const HEADER: usize = 36 + 12; // SDT header, then reserved u32 + u64
+    if srat.get(0..4) != Some(b"SRAT") {
+        return Err("not an SRAT".into());
+    }
+    let len = srat
+        .get(4..8)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or("short header")?;
+    if len != srat.len() || len < HEADER {
+        return Err(format!("length {len} but {} bytes", srat.len()));
+    }
+    if srat.iter().fold(0u8, |a, b| a.wrapping_add(*b)) != 0 {
+        return Err("bad checksum".into());
+    }
+    let mut out = Vec::new();
+    let mut at = HEADER;
+    while at < len {
+        let (kind, size) = match srat.get(at..at + 2) {
+            Some(&[k, s]) => (k, usize::from(s)),
+            _ => return Err(format!("truncated structure at {at}")),
+        };
+        let body = srat
+            .get(at..at + size)
+            .filter(|_| size >= 2)
+            .ok_or_else(|| format!("structure at {at} of length {size} overruns the table"))?;
+        if kind == 5 {
+            if size != 32 {
+                return Err(format!(
+                    "Generic Initiator at {at} has length {size}, not 32"
+                ));
+            }
+            let u32_at =
+                |o: usize| u32::from_le_bytes([body[o], body[o + 1], body[o + 2], body[o + 3]]);
+            out.push(GiEntry {
+                handle_type: body[3],
+                domain: u32_at(4),
+                segment: u16::from_le_bytes([body[8], body[9]]),
+                bus: body[10],
+                devfn: body[11],
+                enabled: u32_at(24) & 1 != 0,
+            });
+        }
+        at += size;
+    }
+    Ok(out)
+}
+
+/// "0001:00:00.0" -> (segment, bus, devfn).
+pub fn parse_bdf(s: &str) -> Option<(u16, u8, u8)> {
+    let (seg, rest) = s.split_once(':')?;
+    let (bus, rest) = rest.split_once(':')?;
+    let (dev, func) = rest.split_once('.')?;
+    let dev = u8::from_str_radix(dev, 16).ok().filter(|d| *d < 32)?;
+    let func = u8::from_str_radix(func, 16).ok().filter(|f| *f < 8)?;
+    Some((
+        u16::from_str_radix(seg, 16).ok()?,
+        u8::from_str_radix(bus, 16).ok()?,
+        dev << 3 | func,
+    ))
+}
+
+fn fact_nodes(t: &Transcript) -> Vec<(u32, String)> {
+    t.facts
+        .iter()
+        .filter(|(k, _)| k == "node")
+        .filter_map(|(_, v)| {
+            let (id, rest) = v.split_once(' ')?;
+            Some((id.parse().ok()?, rest.to_string()))
+        })
+        .collect()
+}
+
+fn field<'a>(rest: &'a str, key: &str) -> &'a str {
+    rest.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|w| w.strip_prefix('=')))
+        .unwrap_or("")
+}
+
+/// The guest's nodes, CPUs, memory, distances and Generic Initiator list against `e`.
+pub fn compare_nodes(e: &NumaExpect, t: &Transcript) -> Outcome {
+    let nodes = fact_nodes(t);
+    let mut bad = Vec::new();
+    if nodes.len() != e.nodes.len() {
+        bad.push(format!(
+            "the guest has {} nodes ({:?}), expected {}",
+            nodes.len(),
+            nodes.iter().map(|(i, _)| i).collect::<Vec<_>>(),
+            e.nodes.len()
+        ));
+    }
+    for (i, want) in e.nodes.iter().enumerate() {
+        let Some((_, rest)) = nodes.iter().find(|(id, _)| *id as usize == i) else {
+            bad.push(format!("node {i} missing"));
+            continue;
+        };
+        if field(rest, "cpus") != want.cpus {
+            bad.push(format!(
+                "node {i} cpus '{}', expected '{}'",
+                field(rest, "cpus"),
+                want.cpus
+            ));
+        }
+        let mem: u64 = field(rest, "memkb").parse().unwrap_or(0);
+        if (mem > 0) != want.memory {
+            bad.push(format!(
+                "node {i} has {mem} kB of memory, expected {}",
+                if want.memory { "some" } else { "none" }
+            ));
+        }
+        let want_d = e.distances[i]
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        if field(rest, "distance") != want_d {
+            bad.push(format!(
+                "node {i} distances {}, expected {want_d}",
+                field(rest, "distance")
+            ));
+        }
+    }
+    let gi = t
+        .facts
+        .iter()
+        .find(|(k, _)| k == "generic_initiator")
+        .map(|(_, v)| v.as_str());
+    if gi != Some(e.generic_initiator) {
+        bad.push(format!(
+            "has_generic_initiator {gi:?}, expected {:?}",
+            e.generic_initiator
+        ));
+    }
+    if bad.is_empty() {
+        Outcome::Pass
+    } else {
+        Outcome::Fail(bad.join("; "))
+    }
+}
+
+/// Every SRAT Generic Initiator entry names slot k's GPU address (as the guest saw the GPU,
+/// or 000<k+1>:00:00.0 for an empty slot) and only the slot's domains have entries.
+pub fn compare_srat(e: &NumaExpect, dir: &Path, t: &Transcript) -> Outcome {
+    let srat = match std::fs::read(dir.join("acpi").join("SRAT.dat")) {
+        Ok(b) => b,
+        Err(err) => return Outcome::Fail(format!("the guest sent no SRAT: {err}")),
+    };
+    let entries = match srat_generic_initiators(&srat) {
+        Ok(v) => v,
+        Err(err) => return Outcome::Fail(format!("SRAT: {err}")),
+    };
+    // The GPU-like device's address as the guest saw it, if it is there.
+    let gpu = t
+        .facts
+        .iter()
+        .filter(|(k, _)| k == "pci")
+        .find(|(_, v)| v.contains(" 1af4:1110"))
+        .and_then(|(_, v)| parse_bdf(v.split_whitespace().next()?));
+    let mut bad = Vec::new();
+    let expected: usize = e.slots.iter().map(Vec::len).sum();
+    if entries.len() != expected {
+        bad.push(format!(
+            "{} Generic Initiator entries, expected {expected}",
+            entries.len()
+        ));
+    }
+    for (k, domains) in e.slots.iter().enumerate() {
+        let slot_addr = (k as u16 + 1, 0u8, 0u8);
+        let want = match gpu {
+            Some(g) if g.0 == slot_addr.0 => g,
+            _ => slot_addr,
+        };
+        for d in domains {
+            match entries.iter().find(|g| g.domain == *d) {
+                None => bad.push(format!("no entry for domain {d}")),
+                Some(g) if (g.segment, g.bus, g.devfn) != want || g.handle_type != 1 || !g.enabled => {
+                    bad.push(format!(
+                        "domain {d}: handle type {} {:04x}:{:02x}:{:02x}.{} enabled {}, expected PCI {:04x}:{:02x}:{:02x}.{}",
+                        g.handle_type,
+                        g.segment,
+                        g.bus,
+                        g.devfn >> 3,
+                        g.devfn & 7,
+                        g.enabled,
+                        want.0,
+                        want.1,
+                        want.2 >> 3,
+                        want.2 & 7
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    if bad.is_empty() {
+        Outcome::Pass
+    } else {
+        Outcome::Fail(bad.join("; "))
+    }
+}
+
+/// The facts say the GPU-like device is at `bdf` in the guest.
+fn compare_gpu_address(bdf: &str, t: &Transcript) -> Outcome {
+    let seen: Vec<&str> = t
+        .facts
+        .iter()
+        .filter(|(k, v)| k == "pci" && v.contains(" 1af4:1110"))
+        .filter_map(|(_, v)| v.split_whitespace().next())
+        .collect();
+    if seen == [bdf] {
+        Outcome::Pass
+    } else {
+        Outcome::Fail(format!(
+            "the GPU-like device is at {seen:?}, expected {bdf}"
+        ))
+    }
+}
+
+/// The slot's GPU device object carries the `_DSD` properties (the disassembled DSDT).
+fn compare_dsd(dir: &Path, pxm_start: u32, count: u32) -> Outcome {
+    let dsl = match std::fs::read_to_string(dir.join("acpi").join("DSDT.dsl")) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Fail(format!("no disassembled DSDT: {e}")),
+    };
+    let compact: String = dsl.split_whitespace().collect();
+    let mut bad = Vec::new();
+    for (key, value) in [
+        ("nvidia,gpu-mem-pxm-start", pxm_start),
+        ("nvidia,gpu-mem-pxm-count", count),
+    ] {
+        // iasl prints small integers as One/Zero or 0x.. and packages as Package(0x02){...}.
+        let hex = format!("\"{key}\",0x{value:02X}");
+        let word = match value {
+            0 => format!("\"{key}\",Zero"),
+            1 => format!("\"{key}\",One"),
+            _ => hex.clone(),
+        };
+        if !compact.contains(&hex) && !compact.contains(&word) {
+            bad.push(format!("{key} = {value} not found"));
+        }
+    }
+    if !compact.contains("daffd814-6eba-4d8c-8a91-bc9bbf4aa301") {
+        bad.push("no device-properties UUID".into());
+    }
+    if bad.is_empty() {
+        Outcome::Pass
+    } else {
+        Outcome::Fail(bad.join("; "))
+    }
+}
+
+fn gh_slot1_scenario() -> Scenario {
+    let len = GH_LENGTHS[0];
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline(&format!(
+            "ghvmm.vfio=gh ghvmm.gh_mode=kernel_pads ghvmm.gh_len={len} ghvmm.numa=report"
+        ))
+        .vmm_args("--gh slots=1,dsd=on --device path=$IVSHMEM,id=gpu0,gh_slot=0");
+    let expect = NumaExpect::gh("0-1", 1, 8, 20);
+    Scenario {
+        setup: bind_variant("kernel_pads", len, ""),
+        acpi: true,
+        expect: [
+            L3_CHECKS,
+            &[
+                "vfio-bind",
+                "gh-bar",
+                "gh-data",
+                "gh-padding-read",
+                "gh-straddle",
+                "gh-padding-write",
+                "host-file",
+                "numa-report",
+                "numa-nodes",
+                "srat-gi",
+                "gpu-address",
+                "gpu-dsd",
+            ],
+        ]
+        .concat(),
+        host_checks: Some(Box::new(move |s, dir, t| {
+            let mut v = gh_file_checks(s, dir);
+            v.push(("numa-nodes".into(), compare_nodes(&expect, t)));
+            v.push(("srat-gi".into(), compare_srat(&expect, dir, t)));
+            v.push(("gpu-address".into(), compare_gpu_address("0001:00:00.0", t)));
+            v.push(("gpu-dsd".into(), compare_dsd(dir, 1, 8)));
+            v
+        })),
+        ..Scenario::boot(
+            "gh-slot1",
+            "--gh slots=1,dsd=on with the GPU-like device in slot 0: node 0 + 8 empty GI nodes, the device at 0001:00:00.0, SRAT GI entries name it, _DSD",
+            l3,
+        )
+    }
+}
+
+fn gh_slots2_empty_scenario() -> Scenario {
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline("ghvmm.numa=report")
+        .vmm_args("--gh slots=2,bar_space=64G");
+    let expect = NumaExpect::gh("0-1", 2, 8, 20);
+    Scenario {
+        acpi: true,
+        expect: [L3_CHECKS, &["numa-report", "numa-nodes", "srat-gi"]].concat(),
+        host_checks: Some(Box::new(move |_, dir, t| {
+            vec![
+                ("numa-nodes".into(), compare_nodes(&expect, t)),
+                ("srat-gi".into(), compare_srat(&expect, dir, t)),
+            ]
+        })),
+        ..Scenario::boot(
+            "gh-slots2-empty",
+            "--gh slots=2 with no GPU at boot: 16 GI nodes exist before any GPU arrives",
+            l3,
+        )
+    }
+}
+
+fn numa_ch_scenario() -> Scenario {
+    let l3 = L3::new(BOOT_VMM, 4, "1G")
+        .cmdline("ghvmm.numa=report")
+        .vmm_args("--numa guest_numa_id=0,cpus=0-1 --numa guest_numa_id=1,cpus=2-3,distances=0@20");
+    let expect = NumaExpect {
+        nodes: vec![
+            NodeExpect {
+                cpus: "0-1",
+                memory: true,
+            },
+            NodeExpect {
+                cpus: "2-3",
+                memory: false,
+            },
+        ],
+        distances: vec![vec![10, 20], vec![20, 10]],
+        generic_initiator: "",
+        slots: Vec::new(),
+    };
+    Scenario {
+        acpi: true,
+        expect: [L3_CHECKS, &["numa-report", "numa-nodes", "srat-gi"]].concat(),
+        host_checks: Some(Box::new(move |_, dir, t| {
+            vec![
+                ("numa-nodes".into(), compare_nodes(&expect, t)),
+                ("srat-gi".into(), compare_srat(&expect, dir, t)),
+            ]
+        })),
+        ..Scenario::boot(
+            "gh-numa-ch",
+            "Cloud Hypervisor's --numa: two nodes of two vCPUs each, the SLIT given",
+            l3,
+        )
+    }
+}
+
+fn bad_args_scenario() -> Scenario {
+    let cases = [
+        ("numa-syntax", "--numa guest_numa_id=0,cpus=[0-1"),
+        (
+            "numa-unknown-device",
+            "--numa guest_numa_id=0,device_id=gpu9",
+        ),
+        (
+            "numa-duplicate-id",
+            "--numa guest_numa_id=0,cpus=0 --numa guest_numa_id=0",
+        ),
+        ("numa-too-many-nodes", "--gh slots=8"),
+        ("gh-syntax", "--gh slots=two"),
+        (
+            "gh-slot-without-gh",
+            "--device path=/sys/bus/pci/devices/0000:00:02.0,gh_slot=0",
+        ),
+        (
+            "gh-slot-out-of-range",
+            "--gh slots=1 --device path=/sys/bus/pci/devices/0000:00:02.0,gh_slot=1",
+        ),
+    ];
+    let script: String = cases
+        .iter()
+        .map(|(name, args)| format!("expect_clean_failure {name} --kernel /l3/vmlinuz {args}\n"))
+        .collect();
+    let mut expect = vec!["kvm"];
+    expect.extend(cases.iter().map(|(n, _)| *n));
+    Scenario {
+        expect,
+        ..Scenario::l2_only(
+            "gh-bad-args",
+            "malformed --numa/--gh/gh_slot options exit 1 with one error line, no panic",
+            script,
+        )
+    }
+}
+
+/// The GH profile scenarios, in run order.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        gh_slot1_scenario(),
+        gh_slots2_empty_scenario(),
+        numa_ch_scenario(),
+        bad_args_scenario(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An SRAT with one memory affinity and two GI entries, built by hand.
+    fn srat() -> Vec<u8> {
+        let mut t = b"SRAT".to_vec();
+        t.extend([0u8; 44]);
+        // Memory affinity: type 1, length 40.
+        let mut mem = vec![1u8, 40];
+        mem.resize(40, 0);
+        t.extend(mem);
+        for (domain, seg, bus, devfn) in [(1u32, 1u16, 0u8, 0u8), (2, 0, 0, 0x19)] {
+            let mut gi = vec![5u8, 32, 0, 1];
+            gi.extend(domain.to_le_bytes());
+            gi.extend(seg.to_le_bytes());
+            gi.extend([bus, devfn]);
+            gi.extend([0u8; 12]);
+            gi.extend(1u32.to_le_bytes());
+            gi.extend([0u8; 4]);
+            t.extend(gi);
+        }
+        let len = t.len() as u32;
+        t[4..8].copy_from_slice(&len.to_le_bytes());
+        let sum = t.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        t[9] = sum.wrapping_neg();
+        t
+    }
+
+    #[test]
+    fn reads_generic_initiator_entries() {
+        let g = srat_generic_initiators(&srat()).unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!(
+            g[0],
+            GiEntry {
+                domain: 1,
+                handle_type: 1,
+                segment: 1,
+                bus: 0,
+                devfn: 0,
+                enabled: true
+            }
+        );
+        assert_eq!((g[1].devfn >> 3, g[1].devfn & 7), (3, 1));
+    }
+
+    #[test]
+    fn refuses_malformed_srats() {
+        let mut t = srat();
+        t[9] ^= 1;
+        assert!(srat_generic_initiators(&t)
+            .unwrap_err()
+            .contains("checksum"));
+        let mut t = srat();
+        t.truncate(60);
+        assert!(srat_generic_initiators(&t).is_err());
+        let mut t = srat();
+        t[48 + 1] = 200; // memory affinity claims to run past the end
+        let sum = t.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        t[9] = t[9].wrapping_sub(sum);
+        assert!(srat_generic_initiators(&t)
+            .unwrap_err()
+            .contains("overruns"));
+        assert!(srat_generic_initiators(b"APIC").is_err());
+        let mut t = srat();
+        t[48 + 1] = 0; // a zero-length structure would loop forever
+        let sum = t.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        t[9] = t[9].wrapping_sub(sum);
+        assert!(srat_generic_initiators(&t).is_err());
+    }
+
+    #[test]
+    fn bdfs_and_expectations() {
+        assert_eq!(parse_bdf("0001:00:00.0"), Some((1, 0, 0)));
+        assert_eq!(parse_bdf("0000:00:03.1"), Some((0, 0, 0x19)));
+        assert_eq!(parse_bdf("0000:00:20.0"), None);
+        assert_eq!(parse_bdf("garbage"), None);
+        let e = NumaExpect::gh("0-1", 2, 8, 20);
+        assert_eq!(e.nodes.len(), 17);
+        assert_eq!(e.generic_initiator, "1-16");
+        assert_eq!(e.slots[1], (9..17).collect::<Vec<u32>>());
+        assert_eq!(e.distances[3][3], 10);
+        assert_eq!(e.distances[0][16], 20);
+    }
+
+    #[test]
+    fn node_facts_are_compared() {
+        let e = NumaExpect::gh("0-1", 1, 1, 20);
+        let mut t = Transcript::default();
+        t.feed("@@FACT node 0 cpus=0-1 memkb=500000 distance=10,20");
+        t.feed("@@FACT node 1 cpus= memkb=0 distance=20,10");
+        t.feed("@@FACT generic_initiator 1");
+        assert_eq!(compare_nodes(&e, &t), Outcome::Pass);
+        t.feed("@@FACT node 2 cpus=1 memkb=0 distance=20,20,10");
+        let Outcome::Fail(why) = compare_nodes(&e, &t) else {
+            panic!("an extra node must fail");
+        };
+        assert!(why.contains("3 nodes"), "{why}");
+        let mut t = Transcript::default();
+        t.feed("@@FACT node 0 cpus=0 memkb=0 distance=10,30");
+        t.feed("@@FACT node 1 cpus= memkb=0 distance=20,10");
+        t.feed("@@FACT generic_initiator");
+        let Outcome::Fail(why) = compare_nodes(&e, &t) else {
+            panic!("wrong cpus, memory, distances must fail");
+        };
+        for part in [
+            "cpus '0'",
+            "0 kB",
+            "distances 10,30",
+            "has_generic_initiator",
+        ] {
+            assert!(why.contains(part), "{part} in {why}");
+        }
+    }
+}
