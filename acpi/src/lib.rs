@@ -3,6 +3,7 @@
 
 mod dsdt;
 mod fadt;
+mod hotplug;
 mod madt;
 mod mcfg;
 mod slit;
@@ -30,6 +31,8 @@ pub enum AcpiError {
     BadApicId(u32),
     #[error("PCI segment {segment}: {what}")]
     BadSegment { segment: u16, what: String },
+    #[error("PCI hot plug controller: {0}")]
+    BadHotplug(String),
     #[error("the ACPI tables ({size} bytes at {base:#x}) do not fit below {limit:#x}")]
     TooLarge { base: u64, size: u64, limit: u64 },
     #[error("the RSDP must be 16-byte aligned, {0:#x} is not")]
@@ -103,6 +106,12 @@ pub struct PciSegmentDesc {
     pub proximity_domain: Option<u32>,
     /// PCI functions that need an ACPI device object under the host bridge (for `_DSD`).
     pub functions: Vec<PciFunctionDesc>,
+    /// Hot plug slots on the root bus: bit n set gives device number n a slot object
+    /// (`_ADR`, `_SUN`, `_EJ0`) that the guest's acpiphp can hot plug into and eject from.
+    /// Needs `PlatformDesc::pci_hotplug`. Leave out device numbers whose function must never
+    /// be ejected (segment 0's host bridge at 00.0). A function 0 in `functions` at a slot's
+    /// device number becomes the slot object itself (its name, its `_DSD`). 0: no slots.
+    pub hotplug_slots: u32,
 }
 
 /// An ACPI device object for a PCI function on the segment's root bus (`bus_start`):
@@ -182,6 +191,13 @@ pub struct GedDesc {
     pub irq: u32,
 }
 
+/// The PCI hot plug controller's 16-byte MMIO register block (`devices::PciHotplug`: PCIU,
+/// PCID, B0EJ, PSEG), which the DSDT's `\_SB.PHPR` drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciHotplugDesc {
+    pub mmio_base: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlatformDesc {
     pub apic_ids: Vec<u32>,
@@ -192,4 +208,7 @@ pub struct PlatformDesc {
     pub ged: GedDesc,
     /// No SRAT and no SLIT when `None`.
     pub numa: Option<NumaDesc>,
+    /// ACPI PCI hot plug (the GED's event bit 1). When `None` the DSDT has no hot plug
+    /// objects and no segment may have `hotplug_slots`.
+    pub pci_hotplug: Option<PciHotplugDesc>,
 }

@@ -143,7 +143,8 @@ mod tests {
     use super::*;
     use crate::testutil::{numa_platform, platform};
     use crate::{
-        AddrRange, NumaDesc, NumaNode, PciAddress, PciFunctionDesc, PciSegmentDesc, PlatformDesc,
+        AddrRange, NumaDesc, NumaNode, PciAddress, PciFunctionDesc, PciHotplugDesc, PciSegmentDesc,
+        PlatformDesc,
     };
 
     fn u32_at(b: &[u8], o: usize) -> u32 {
@@ -495,6 +496,16 @@ mod tests {
                     io: rng.next() % 2 == 0,
                     proximity_domain: (rng.next() % 2 == 0).then(|| rng.next() as u32 % 6),
                     functions: (0..rng.next() % 3).map(|_| rng.function()).collect(),
+                    hotplug_slots: if rng.next() % 2 == 0 {
+                        rng.value() as u32
+                    } else {
+                        0
+                    },
+                });
+            }
+            if rng.next() % 2 == 0 {
+                p.pci_hotplug = Some(PciHotplugDesc {
+                    mmio_base: rng.value(),
                 });
             }
             if rng.next() % 2 == 0 {
@@ -561,6 +572,58 @@ mod tests {
             built * 10 > iterations,
             "only {built} of {iterations} built"
         );
+    }
+
+    /// Mutations of the hot plug platform: tables or an error, never a panic, and every slot
+    /// that builds has exactly one `_EJ0`.
+    #[test]
+    fn mutated_hotplug_descriptions_never_panic() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut built = 0;
+        for _ in 0..1000 {
+            let mut p = crate::testutil::hotplug_platform(4);
+            for _ in 0..rng.next() % 4 {
+                let seg = (rng.next() % 3) as usize;
+                match rng.next() % 5 {
+                    0 => {
+                        let base = rng.value() & !15;
+                        if let Some(h) = &mut p.pci_hotplug {
+                            h.mmio_base = base;
+                        }
+                    }
+                    1 => p.pci_segments[seg].hotplug_slots = rng.next() as u32,
+                    2 => {
+                        let f = rng.function();
+                        p.pci_segments[seg].functions.push(f);
+                    }
+                    3 => p.pci_hotplug = None,
+                    _ => p.pci_segments[seg].segment = rng.next() as u16 % 0x1010,
+                }
+            }
+            let Ok(blob) = build_tables(&p, 0xe0000, 0x100000) else {
+                continue;
+            };
+            built += 1;
+            let (_, dsdt) = table(&blob, b"DSDT");
+            let ej0 = dsdt.windows(4).filter(|w| *w == b"_EJ0").count();
+            let slots: u32 = p
+                .pci_segments
+                .iter()
+                .map(|s| s.hotplug_slots.count_ones())
+                .sum();
+            assert_eq!(ej0, slots as usize);
+        }
+        assert!(built > 300, "only {built} built");
+    }
+
+    /// The largest GH guest with hot plug (255 vCPUs, 16 segments of 32 slots, 121 NUMA
+    /// nodes) still fits the 64 KiB the VMM gives the tables (0xE0000-0xEFFFF).
+    #[test]
+    fn the_largest_hotplug_guest_fits_the_acpi_area() {
+        let p = crate::testutil::hotplug_platform_with(255, 16);
+        let blob = build_tables(&p, 0xe0000, 0xf0000).unwrap();
+        let (_, dsdt) = table(&blob, b"DSDT");
+        assert!(dsdt.len() < 40 << 10, "DSDT {} bytes", dsdt.len());
     }
 
     /// xorshift64: deterministic, so a failure reproduces.

@@ -4,7 +4,10 @@
 
 use std::collections::HashSet;
 
-use crate::{AcpiError, NumaDesc, PciAddress, PciSegmentDesc, PlatformDesc};
+use crate::hotplug::{self, BRIDGE_METHODS, REGISTERS_LEN};
+use crate::{
+    AcpiError, AddrRange, NumaDesc, PciAddress, PciHotplugDesc, PciSegmentDesc, PlatformDesc,
+};
 
 /// Each bus decodes 1 MiB of ECAM (32 devices x 8 functions x 4 KiB).
 pub(crate) const ECAM_BUS_SHIFT: u32 = 20;
@@ -39,6 +42,17 @@ pub(crate) fn platform(desc: &PlatformDesc) -> Result<(), AcpiError> {
             return Err(bad(seg.segment, "segment listed twice"));
         }
         segment(seg)?;
+        if desc.pci_hotplug.is_some() {
+            slot_names(seg)?;
+        } else if seg.hotplug_slots != 0 {
+            return Err(bad(
+                seg.segment,
+                "has hot plug slots but the platform has no PCI hot plug controller",
+            ));
+        }
+    }
+    if let Some(h) = &desc.pci_hotplug {
+        hotplug_registers(h, desc)?;
     }
     if let Some(numa) = &desc.numa {
         self::numa(numa, desc)?;
@@ -137,6 +151,78 @@ fn functions(seg: &PciSegmentDesc) -> Result<(), AcpiError> {
             continue;
         };
         return Err(bad(seg.segment, &what));
+    }
+    Ok(())
+}
+
+/// With hot plug, a bridge with slots also holds `Sdd` slot objects and the methods that
+/// notify them: a function may not take one of those names (unless it is that slot's
+/// function 0, which becomes the slot object).
+fn slot_names(seg: &PciSegmentDesc) -> Result<(), AcpiError> {
+    if seg.hotplug_slots == 0 {
+        return Ok(());
+    }
+    for f in &seg.functions {
+        if BRIDGE_METHODS.contains(&f.name.as_str()) {
+            return Err(bad(
+                seg.segment,
+                &format!(
+                    "function name {} is the name of a hot plug method of the host bridge",
+                    f.name
+                ),
+            ));
+        }
+        let taken = (0..32u8).find(|&d| {
+            hotplug::is_slot(seg.hotplug_slots, d)
+                && f.name == hotplug::slot_name(d)
+                && (f.device, f.function) != (d, 0)
+        });
+        if let Some(d) = taken {
+            return Err(bad(
+                seg.segment,
+                &format!("function name {} is the name of slot {d}'s object", f.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The controller's 16 bytes: aligned (the DWord fields must not straddle anything), not
+/// wrapping, and clear of the other MMIO the tables describe (the GED register, every
+/// segment's ECAM and windows), which the guest would otherwise see decoded twice.
+fn hotplug_registers(h: &PciHotplugDesc, desc: &PlatformDesc) -> Result<(), AcpiError> {
+    let base = h.mmio_base;
+    let what = |w: String| AcpiError::BadHotplug(format!("registers at {base:#x} {w}"));
+    if base % REGISTERS_LEN != 0 {
+        return Err(what(format!("are not {REGISTERS_LEN}-byte aligned")));
+    }
+    // Unreachable once aligned, but an overflow must not be possible either way.
+    let last = base
+        .checked_add(REGISTERS_LEN - 1)
+        .ok_or_else(|| what("wrap around".into()))?;
+    let overlaps = |first: u64, other_last: u64| first <= last && base <= other_last;
+    let ged = desc.ged.mmio_base;
+    // The GED's DWord register; one at the very top of the address space ends there.
+    if overlaps(ged, ged.saturating_add(3)) {
+        return Err(what(format!(
+            "overlap the GED's event register at {ged:#x}"
+        )));
+    }
+    for seg in &desc.pci_segments {
+        let (ecam, len) = ecam_range(seg)?;
+        let windows = [
+            ("ECAM", AddrRange { base: ecam, len }),
+            ("32-bit window", seg.mmio32),
+            ("64-bit window", seg.mmio64),
+        ];
+        for (name, r) in windows {
+            if r.last().is_some_and(|l| overlaps(r.base, l)) {
+                return Err(what(format!(
+                    "overlap PCI segment {}'s {name} at {:#x}",
+                    seg.segment, r.base
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -629,6 +715,119 @@ mod tests {
         assert!(aml_name("GPU0") && aml_name("N_0_") && !aml_name("_SB_"));
     }
 
+    fn hotplug_error(change: impl FnOnce(&mut PlatformDesc)) -> AcpiError {
+        let mut p = crate::testutil::hotplug_platform(4);
+        change(&mut p);
+        platform(&p).unwrap_err()
+    }
+
+    fn bad_hotplug(e: AcpiError, needle: &str) {
+        match e {
+            AcpiError::BadHotplug(what) if what.contains(needle) => {}
+            e => panic!("expected {needle:?}, got {e:?}"),
+        }
+    }
+
+    #[test]
+    fn the_hotplug_platforms_are_valid() {
+        assert_eq!(platform(&crate::testutil::hotplug_platform(4)), Ok(()));
+        let p = crate::testutil::hotplug_platform_with(255, 16);
+        assert_eq!(platform(&p), Ok(()));
+    }
+
+    #[test]
+    fn slots_need_the_controller() {
+        let e = numa_error(|p| p.pci_segments[1].hotplug_slots = 1);
+        bad_segment(
+            e,
+            1,
+            "has hot plug slots but the platform has no PCI hot plug controller",
+        );
+        let mut p = crate::testutil::hotplug_platform(4);
+        p.pci_segments.iter_mut().for_each(|s| s.hotplug_slots = 0);
+        assert_eq!(
+            platform(&p),
+            Ok(()),
+            "a controller without slots is pointless, not wrong"
+        );
+    }
+
+    #[test]
+    fn hotplug_registers_are_aligned_and_alone() {
+        let set =
+            |base| move |p: &mut PlatformDesc| p.pci_hotplug.as_mut().unwrap().mmio_base = base;
+        for base in [0xfed0_1004, 0xfed0_1001, u64::MAX] {
+            bad_hotplug(hotplug_error(set(base)), "are not 16-byte aligned");
+        }
+        bad_hotplug(
+            hotplug_error(set(0xfed0_0000)),
+            "registers at 0xfed00000 overlap the GED's event register at 0xfed00000",
+        );
+        let e = hotplug_error(|p| {
+            set(0xfed0_0000)(p);
+            p.ged.mmio_base = 0xfed0_000c;
+        });
+        bad_hotplug(e, "overlap the GED's event register at 0xfed0000c");
+        bad_hotplug(
+            hotplug_error(set(0xe01f_fff0)),
+            "overlap PCI segment 1's ECAM at 0xe0100000",
+        );
+        bad_hotplug(
+            hotplug_error(set(0xc000_0000)),
+            "overlap PCI segment 0's 32-bit window at 0xc0000000",
+        );
+        bad_hotplug(
+            hotplug_error(set(600 << 30)),
+            "overlap PCI segment 1's 64-bit window at 0x8000000000",
+        );
+        let mut p = crate::testutil::hotplug_platform(4);
+        for base in [0xfed0_0010, 0xe030_0000, 0, u64::MAX - 15] {
+            set(base)(&mut p);
+            assert_eq!(platform(&p), Ok(()), "{base:#x}");
+        }
+        p.ged.mmio_base = u64::MAX;
+        assert!(
+            platform(&p).is_err(),
+            "a GED register at the top still overlaps"
+        );
+    }
+
+    #[test]
+    fn functions_leave_the_slot_names_alone() {
+        let name = |n: &'static str, device: u8, function: u8| {
+            move |p: &mut PlatformDesc| {
+                let f = &mut p.pci_segments[1].functions[0];
+                (f.name, f.device, f.function) = (n.into(), device, function);
+            }
+        };
+        bad_segment(
+            hotplug_error(name("S05_", 3, 0)),
+            1,
+            "function name S05_ is the name of slot 5's object",
+        );
+        bad_segment(
+            hotplug_error(name("S05_", 5, 1)),
+            1,
+            "function name S05_ is the name of slot 5's object",
+        );
+        for method in ["PCNT", "DVNT"] {
+            bad_segment(
+                hotplug_error(name(method, 0, 0)),
+                1,
+                "is the name of a hot plug method of the host bridge",
+            );
+        }
+        let mut p = crate::testutil::hotplug_platform(4);
+        name("S05_", 5, 0)(&mut p);
+        assert_eq!(platform(&p), Ok(()), "function 0 of slot 5 is its object");
+        p.pci_segments[1].hotplug_slots = !(1 << 7);
+        name("S07_", 7, 3)(&mut p);
+        assert_eq!(platform(&p), Ok(()), "device 7 is not a slot");
+        let mut p = numa_platform(4);
+        name("PCNT", 0, 0)(&mut p);
+        assert_eq!(platform(&p), Ok(()), "no hot plug, no PCNT method");
+    }
+
     #[test]
     fn every_error_is_one_line() {
         let errors = [
@@ -636,6 +835,7 @@ mod tests {
             numa_error(|p| drop(numa(p).distances.pop())),
             numa_error(|p| numa(p).nodes[3].generic_initiator.as_mut().unwrap().segment = 2),
             numa_error(|p| numa(p).distances[1][7] = 3),
+            hotplug_error(|p| p.pci_hotplug.as_mut().unwrap().mmio_base = 0xe000_0000),
             AcpiError::TableTooLarge {
                 signature: "SRAT".into(),
                 size: 1 << 32,

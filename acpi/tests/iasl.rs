@@ -245,3 +245,47 @@ fn iasl_decodes_x2apic_affinity_and_devfn() {
         ],
     );
 }
+
+/// PCI hot plug on three segments: segment 0 around its host bridge, GPU segment 1 whose
+/// slot 0 is the GPU0 object with its `_DSD`, and the empty GPU segment 2.
+#[test]
+fn iasl_accepts_pci_hotplug() {
+    let dsl = check("hotplug", &acpi::testutil::hotplug_platform(4));
+    assert_has(
+        &dsl,
+        &[
+            "Device (PHPR)",
+            "Name (_HID, EisaId (\"PNP0A06\") /* Generic Container Device */)",
+            "Name (_STA, 0x0B)",
+            "Memory32Fixed (ReadWrite,\n                    0xFED01000,         // Address Base\n                    0x00000010,",
+            "OperationRegion (PCST, SystemMemory, 0xFED01000, 0x10)",
+            "Field (PCST, DWordAcc, NoLock, WriteAsZeros)\n            {\n                PCIU,   32, \n                PCID,   32, \n                B0EJ,   32, \n                PSEG,   32\n            }",
+            "Mutex (BLCK, 0x00)",
+            "Method (PCEJ, 2, Serialized)\n            {\n                Acquire (BLCK, 0xFFFF)\n                PSEG = Arg1\n                B0EJ = (One << Arg0)\n                Release (BLCK)\n            }",
+            "Method (PSCN, 0, Serialized)\n            {\n                \\_SB.PCI0.PCNT ()\n                \\_SB.PCI1.PCNT ()\n                \\_SB.PCI2.PCNT ()\n            }",
+            // GED bit 1.
+            "If (((Local0 & 0x02) == 0x02))\n                {\n                    \\_SB.PHPR.PSCN ()\n                }",
+            // Segment 0's first slot is device 1; PCNT reads both registers under the lock.
+            "Device (S01)\n            {\n                Name (_ADR, 0x00010000)  // _ADR: Address\n                Name (_SUN, One)  // _SUN: Slot User Number\n                Method (_EJ0, 1, NotSerialized)  // _EJx: Eject Device, x=0-9\n                {\n                    \\_SB.PHPR.PCEJ (One, Zero)\n                }\n            }",
+            "Method (PCNT, 0, NotSerialized)\n            {\n                Acquire (\\_SB.PHPR.BLCK, 0xFFFF)\n                \\_SB.PHPR.PSEG = Zero\n                Local0 = \\_SB.PHPR.PCIU\n                Local1 = \\_SB.PHPR.PCID\n                Release (\\_SB.PHPR.BLCK)\n                DVNT (Local0, One)\n                DVNT (Local1, 0x03)\n            }",
+            // GPU0 is segment 1's slot 0, _DSD and all.
+            "Device (GPU0)\n            {\n                Name (_ADR, Zero)  // _ADR: Address\n                Name (_SUN, 0x20)  // _SUN: Slot User Number\n                Method (_EJ0, 1, NotSerialized)  // _EJx: Eject Device, x=0-9\n                {\n                    \\_SB.PHPR.PCEJ (Zero, One)\n                }\n\n                Name (_DSD, Package (0x02)",
+            "If ((Arg0 & One))\n                {\n                    Notify (GPU0, Arg1)\n                }",
+            "If ((Arg0 & 0x80000000))\n                {\n                    Notify (S1F, Arg1)\n                }",
+            "Name (_SUN, 0x5F)",
+            "\\_SB.PHPR.PCEJ (0x1F, 0x02)",
+        ],
+    );
+    assert_eq!(count(&dsl, "Method (_EJ0, 1"), 31 + 32 + 32);
+    assert_eq!(count(&dsl, "Device (S00)"), 1, "segment 2 only");
+    assert_eq!(count(&dsl, "Method (DVNT, 2"), 3);
+}
+
+/// Sixteen segments of 32 slots (a GPU0 on fifteen of them): the largest DSDT measured.
+#[test]
+fn iasl_accepts_sixteen_hotplug_segments() {
+    let dsl = check("hotplug16", &acpi::testutil::hotplug_platform_with(4, 16));
+    assert_has(&dsl, &["\\_SB.PCIF.PCNT ()", "Name (_SUN, 0x01FF)"]);
+    assert_eq!(count(&dsl, "Method (_EJ0, 1"), 31 + 15 * 32);
+    assert_eq!(count(&dsl, "Device (GPU0)"), 15);
+}

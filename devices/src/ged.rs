@@ -8,7 +8,8 @@ use crate::BusDevice;
 
 /// Power button pressed: `_EVT` notifies `\_SB.PWRB` with 0x80.
 pub const EVENT_POWER_BUTTON: u32 = 1 << 0;
-/// PCI hot plug: `_EVT` scans the hotplug controller (a later issue).
+/// PCI hot plug: `_EVT` calls `\_SB.PHPR.PSCN`, which scans the hot plug controller
+/// ([`crate::PciHotplug`]) segment by segment.
 pub const EVENT_PCI_HOTPLUG: u32 = 1 << 1;
 
 pub struct Ged {

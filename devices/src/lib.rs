@@ -9,6 +9,7 @@ pub mod bus;
 pub mod exit;
 pub mod ged;
 pub mod i8042;
+pub mod pci_hotplug;
 pub mod serial;
 
 pub use acpi_pm::AcpiPmDevice;
@@ -16,4 +17,5 @@ pub use bus::{Bus, BusDevice, BusError, BusRange, SharedDevice};
 pub use exit::{ExitCallback, VmExitRequest};
 pub use ged::Ged;
 pub use i8042::I8042;
+pub use pci_hotplug::{EjectCallback, HotplugError, PciHotplug};
 pub use serial::Serial;

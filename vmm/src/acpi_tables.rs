@@ -2,7 +2,7 @@
 
 use acpi::{
     AcpiBlob, AddrRange, GedDesc, IoApicDesc, NumaDesc, NumaNode, PciAddress, PciFunctionDesc,
-    PciSegmentDesc, PlatformDesc, PmDesc, SerialDesc,
+    PciHotplugDesc, PciSegmentDesc, PlatformDesc, PmDesc, SerialDesc,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -52,6 +52,9 @@ pub fn platform_desc(
             irq: GED_IRQ,
         },
         numa: topology.map(|t| numa_desc(t, layout, placed)),
+        pci_hotplug: Some(PciHotplugDesc {
+            mmio_base: PCI_HOTPLUG_ADDR,
+        }),
     }
 }
 
@@ -76,6 +79,9 @@ fn segment_desc(s: &SegmentLayout, topology: Option<&Topology>) -> PciSegmentDes
         // is attached), so the GPU's `numa_node` is the CPU node, not one of its own.
         proximity_domain: slot.and(topology).map(|t| t.memory_node as u32),
         functions: slot.map_or_else(Vec::new, gpu_function),
+        // Every slot of segment 0 but the host bridge's; on a GH slot's segment only 00.0,
+        // where the GPU goes (the rest of that bus stays empty, and the DSDT small).
+        hotplug_slots: if s.id == 0 { !1 } else { 1 },
     }
 }
 

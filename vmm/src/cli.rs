@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 
 use crate::config::{
-    parse_console, ConfigError, CpusConfig, DeviceConfig, GhConfig, MemoryConfig, NumaConfig,
-    PlatformConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE,
+    parse_console, ApiSocketConfig, ConfigError, CpusConfig, DeviceConfig, GhConfig, MemoryConfig,
+    NumaConfig, PlatformConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE,
 };
 
 #[derive(Debug, Parser)]
@@ -62,6 +62,10 @@ pub struct Cli {
         value_name = "slots=S[,nodes=N][,distance=D][,dsd=on|off][,bar_space=SIZE]"
     )]
     pub gh: Option<String>,
+    /// path=PATH or fd=N: serve Cloud Hypervisor's REST API (vm.info, vm.add-device,
+    /// vm.remove-device, ...) on this Unix socket, created with mode 0600 (docs/api.md).
+    #[arg(long, value_name = "path=PATH|fd=N")]
+    pub api_socket: Option<String>,
     /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr.
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,
@@ -103,6 +107,11 @@ impl Cli {
             devices,
             numa,
             gh: self.gh.as_deref().map(GhConfig::parse).transpose()?,
+            api_socket: self
+                .api_socket
+                .as_deref()
+                .map(ApiSocketConfig::parse)
+                .transpose()?,
         };
         // Refuse an inconsistent topology here, before the VM opens anything; the VM
         // resolves it again from the config.

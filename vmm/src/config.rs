@@ -408,9 +408,61 @@ impl DeviceConfig {
     }
 }
 
+/// `--api-socket path=PATH`, `--api-socket fd=N`, or a bare `--api-socket PATH`: the three
+/// spellings Cloud Hypervisor accepts. `api::bind` turns it into a listening socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiSocketConfig {
+    /// Create the socket at this path (mode 0600; a stale socket there is replaced).
+    Path(PathBuf),
+    /// An already bound and listening Unix stream socket inherited from the parent.
+    Fd(i32),
+}
+
+impl ApiSocketConfig {
+    pub fn parse(s: &str) -> Result<Self> {
+        const OPTION: &str = "api-socket";
+        // Cloud Hypervisor takes a value without any key as the path.
+        if !s.contains('=') {
+            if s.is_empty() {
+                return Err(ConfigError::MissingKey {
+                    option: OPTION,
+                    key: "path",
+                });
+            }
+            return Ok(ApiSocketConfig::Path(PathBuf::from(s)));
+        }
+        let p = OptionParser::parse(OPTION, &["path", "fd"], s)?;
+        let fd = p.with("fd", parse_fd)?;
+        match (p.get("path"), fd) {
+            (Some(_), Some(_)) => Err(ConfigError::Inconsistent {
+                option: OPTION,
+                reason: "give path= or fd=, not both".into(),
+            }),
+            (Some(""), None) => Err(p.invalid("path", "empty path")),
+            (Some(path), None) => Ok(ApiSocketConfig::Path(PathBuf::from(path))),
+            (None, Some(fd)) => Ok(ApiSocketConfig::Fd(fd)),
+            (None, None) => Err(ConfigError::MissingKey {
+                option: OPTION,
+                key: "path",
+            }),
+        }
+    }
+}
+
+/// A file descriptor number the process inherited; the standard streams are never a socket
+/// the API may take over (closing them later would break logging).
+fn parse_fd(s: &str) -> std::result::Result<i32, String> {
+    let n = parse_number(s)?;
+    let fd = i32::try_from(n).map_err(|_| format!("'{s}' is too large"))?;
+    if fd <= 2 {
+        return Err("0, 1 and 2 are the standard streams".into());
+    }
+    Ok(fd)
+}
+
 /// Device ids appear inside other options' values (`--numa device_id=`), so they keep to
-/// characters that no option syntax uses.
-fn parse_id(s: &str) -> std::result::Result<String, String> {
+/// characters that no option syntax uses. The REST API checks its ids with it too.
+pub fn parse_id(s: &str) -> std::result::Result<String, String> {
     if s.is_empty()
         || !s
             .chars()
@@ -653,6 +705,8 @@ pub struct VmConfig {
     /// `--numa`, in command-line order; `numa::resolve` turns these and `gh` into a topology.
     pub numa: Vec<NumaConfig>,
     pub gh: Option<GhConfig>,
+    /// `--api-socket`: where the REST API listens, if anywhere.
+    pub api_socket: Option<ApiSocketConfig>,
 }
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
@@ -1013,6 +1067,42 @@ mod tests {
         ] {
             assert!(d(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn api_socket() {
+        let p = ApiSocketConfig::parse;
+        let path = |s: &str| Ok(ApiSocketConfig::Path(PathBuf::from(s)));
+        assert_eq!(p("/run/ghvmm.sock"), path("/run/ghvmm.sock"));
+        assert_eq!(p("path=/run/ghvmm.sock"), path("/run/ghvmm.sock"));
+        assert_eq!(p("path=/tmp/a=b"), path("/tmp/a=b"));
+        assert_eq!(p("fd=3"), Ok(ApiSocketConfig::Fd(3)));
+        assert_eq!(p("fd=2147483647"), Ok(ApiSocketConfig::Fd(i32::MAX)));
+        for bad in [
+            "",
+            "path=",
+            "fd=",
+            "fd=0",
+            "fd=2",
+            "fd=-4",
+            "fd=x",
+            "fd=2147483648",
+            "fd=99999999999999999999",
+            "path=/a,fd=4",
+            "path=/a,path=/b",
+            "socket=/a",
+            "path=/a,mode=0600",
+        ] {
+            let e = p(bad).expect_err(bad).to_string();
+            assert!(
+                e.starts_with("--api-socket: ") && !e.contains('\n'),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(
+            p("fd=1").unwrap_err().to_string(),
+            "--api-socket: fd=1: 0, 1 and 2 are the standard streams"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use devices::{AcpiPmDevice, Bus, Ged, Serial, VmExitRequest, I8042};
+use devices::{AcpiPmDevice, Bus, Ged, PciHotplug, Serial, VmExitRequest, I8042};
 use kvm_ioctls::VmFd;
 use pci::{BarHook, BarReprogram, HostBridge, PciConfigIo, PciConfigMmio, PciSegment};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -48,6 +48,56 @@ pub struct DeviceManager {
     pub pci_segments: Vec<Arc<Mutex<PciSegment>>>,
     /// Guest addresses for device BARs (passthrough devices take theirs from here).
     pub bar_allocator: Arc<Mutex<BarAllocator>>,
+    /// ACPI PCI hot plug: the controller the DSDT drives, and the guest's ejects.
+    pub pci_hotplug: Arc<Mutex<PciHotplug>>,
+    pub ejects: Arc<Ejects>,
+}
+
+/// Slots the guest ejected (its `_EJ0` wrote the controller), for whoever waits on them.
+#[derive(Default)]
+pub struct Ejects {
+    done: Mutex<Vec<(u16, u8)>>,
+    cv: std::sync::Condvar,
+}
+
+impl Ejects {
+    fn record(&self, segment: u16, slot: u8) {
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((segment, slot));
+        self.cv.notify_all();
+    }
+
+    /// Forgets an eject of this slot that nobody waited for (a stale one must not satisfy
+    /// the next removal).
+    pub fn forget(&self, segment: u16, slot: u8) {
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|e| *e != (segment, slot));
+    }
+
+    /// Waits until the guest ejects this slot; false after `timeout`.
+    pub fn wait(&self, segment: u16, slot: u8, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(i) = done.iter().position(|e| *e == (segment, slot)) {
+                done.remove(i);
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            done = self
+                .cv
+                .wait_timeout(done, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd> {
@@ -147,12 +197,31 @@ impl DeviceManager {
             pci_segments.push(segment);
         }
 
+        let ejects = Arc::new(Ejects::default());
+        let on_eject = {
+            let ejects = ejects.clone();
+            Box::new(move |segment: u16, slot: u8| ejects.record(segment, slot))
+        };
+        let pci_hotplug = Arc::new(Mutex::new(PciHotplug::new(
+            layout.segments.len() as u16,
+            on_eject,
+        )));
+        bus_insert(
+            &mmio_bus,
+            "PCI hot plug controller",
+            pci_hotplug.clone(),
+            PCI_HOTPLUG_ADDR,
+            devices::pci_hotplug::PCI_HOTPLUG_LEN,
+        )?;
+
         Ok(DeviceManager {
             pio_bus,
             mmio_bus,
             serial,
             ged,
             pci_segments,
+            pci_hotplug,
+            ejects,
             bar_allocator: Arc::new(Mutex::new(BarAllocator::new(layout)?)),
         })
     }

@@ -41,6 +41,8 @@ pub const ECAM_SIZE: u64 = 256 * MIB;
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const GED_ADDR: u64 = 0xfed0_0000;
 pub const GED_SIZE: u64 = 0x1000;
+/// The PCI hot plug controller's registers (devices::pci_hotplug).
+pub const PCI_HOTPLUG_ADDR: u64 = 0xfed0_1000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 /// KVM needs three pages for the (Intel) real-mode TSS and one for the identity map; they sit
 /// in the unused top of the 32-bit hole.

@@ -424,6 +424,7 @@ mod tests {
                 .collect(),
             numa: numa.iter().map(|n| NumaConfig::parse(n).unwrap()).collect(),
             gh: gh.map(|g| GhConfig::parse(g).unwrap()),
+            api_socket: None,
         }
     }
 

@@ -17,14 +17,16 @@ use crate::irq_routing::GsiRouting;
 use crate::layout::{
     ExtraSegments, Layout, ACPI_PM_PORT, ACPI_RESET_VALUE, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR,
 };
+use crate::memslots::MemSlots;
+use crate::passthrough::{Hotplug, Passthrough, Placement};
 use crate::vcpu::{self, VcpuContext};
 
 pub struct Vm {
     // Field order matters for drop: vCPU threads reference the buses, and guest memory must
     // outlive the VM fd's memory slots.
     _vm: Arc<VmFd>,
-    /// The VFIO container: its lifetime is the DMA mappings' lifetime.
-    _vfio: std::sync::Mutex<Option<Arc<vfio_ioctls::VfioContainer>>>,
+    /// Passed-through devices (and the VFIO container whose lifetime is the DMA mappings').
+    pub passthrough: Arc<Passthrough>,
     _mem: GuestMemoryMmap,
     devices: DeviceManager,
     exit: Arc<ExitState>,
@@ -80,47 +82,42 @@ impl Vm {
         })
         .context("KVM_CREATE_PIT2")?;
 
-        let (mem, mut next_slot) = crate::memory::create_guest_memory(&vm, &layout)?;
+        let (mem, first_free_slot) = crate::memory::create_guest_memory(&vm, &layout)?;
+        let slots = Arc::new(std::sync::Mutex::new(MemSlots::new(
+            first_free_slot,
+            kvm.get_nr_memslots() as u32,
+        )));
         let vm = Arc::new(vm);
         let exit = Arc::new(ExitState::default());
         let devices = DeviceManager::new(&vm, cfg, &layout, exit.clone())?;
-        let container = std::sync::Mutex::new(None);
         let routing = Arc::new(GsiRouting::new(vm.clone()));
+        let passthrough = Arc::new(Passthrough::new(
+            vm.clone(),
+            mem.clone(),
+            devices.mmio_bus.clone(),
+            devices.bar_allocator.clone(),
+            devices.pci_segments.clone(),
+            layout.clone(),
+            topology.clone(),
+            slots,
+            routing,
+            Hotplug {
+                controller: devices.pci_hotplug.clone(),
+                ged: devices.ged.clone(),
+                ejects: devices.ejects.clone(),
+            },
+        ));
         let mut placed = Vec::new();
         for (index, d) in cfg.devices.iter().enumerate() {
             // A device in a GH slot is the GPU at 00.0 of the slot's segment.
-            let (segment, slot) = match topology.as_ref().and_then(|t| t.slot_of_device(index)) {
-                Some(s) => (usize::from(s.segment), Some(0)),
-                None => (0, None),
-            };
-            let mut ctx = crate::vfio::VfioContext {
-                vm: &vm,
-                mem: &mem,
-                mmio_bus: &devices.mmio_bus,
-                allocator: &devices.bar_allocator,
-                container: &container,
-                next_slot: &mut next_slot,
-                segment: layout.segments[segment],
-                routing: &routing,
+            let placement = match topology.as_ref().and_then(|t| t.slot_of_device(index)) {
+                Some(s) => Placement::GhSlot(s.index),
+                None => Placement::Segment0,
             };
             // The error names the device path itself.
-            let assigned = crate::vfio::assign(&mut ctx, &d.path).context("--device")?;
-            let slot = devices.pci_segments[segment]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add_device(slot, assigned.device)
-                .with_context(|| format!("--device {}: no free PCI slot", d.path.display()))?;
-            let address = acpi::PciAddress {
-                segment: segment as u16,
-                bus: 0,
-                device: slot,
-                function: 0,
-            };
-            log::info!(
-                "{}: guest address {:04x}:00:{slot:02x}.0",
-                d.path.display(),
-                address.segment
-            );
+            let (_, address) = passthrough
+                .attach(&d.path, d.id.clone(), placement)
+                .context("--device")?;
             placed.push(address);
         }
 
@@ -178,7 +175,7 @@ impl Vm {
         }
         crate::vcpu_dump::spawn_listener(threads).context("spawning the register-dump thread")?;
         Ok(Vm {
-            _vfio: container,
+            passthrough,
             _vm: vm,
             _mem: mem,
             devices,
@@ -200,7 +197,34 @@ impl Vm {
 /// be inside `KVM_RUN`, so the VM is deliberately not torn down here (unmapping guest memory
 /// under a running vCPU would only produce spurious faults); process exit releases it all.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
+    // The socket first: a path that cannot be bound must not cost a VM set-up.
+    let api = cfg
+        .api_socket
+        .as_ref()
+        .map(|a| {
+            // The error names the option and the path itself.
+            crate::api::bind(a)
+                .map_err(anyhow::Error::from)
+                .map(|l| (a, l))
+        })
+        .transpose()?;
     let vm = Vm::start(cfg)?;
+    let socket_path = match api {
+        Some((a, listener)) => {
+            let control = Arc::new(crate::control::Control {
+                config: cfg.clone(),
+                passthrough: vm.passthrough.clone(),
+                ged: vm.devices.ged.clone(),
+                exit: vm.exit.clone(),
+            });
+            crate::api::spawn(listener, control).context("starting the API thread")?;
+            match a {
+                crate::config::ApiSocketConfig::Path(p) => Some(p.clone()),
+                crate::config::ApiSocketConfig::Fd(_) => None,
+            }
+        }
+        None => None,
+    };
     let console = if cfg.serial == crate::config::SerialConfig::Tty {
         vm.stdin_forwarder().start()
     } else {
@@ -211,6 +235,10 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         serial.flush();
     }
     drop(console);
+    // The socket file is ours (we created it); an inherited fd's file is not.
+    if let Some(p) = socket_path {
+        let _ = std::fs::remove_file(p);
+    }
     std::mem::forget(vm);
     Ok(reason)
 }

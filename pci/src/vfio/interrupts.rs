@@ -46,6 +46,8 @@ pub enum IrqUpdate {
 /// Where updates go (the VMM: VFIO + KVM; a recorder in tests).
 pub trait IrqSink: Send {
     fn apply(&mut self, updates: Vec<IrqUpdate>);
+    /// The device is going away: undo every enable and route, whatever the guest left on.
+    fn shutdown(&mut self) {}
 }
 
 /// A byte range inside one BAR (the MSI-X table or PBA).
@@ -227,6 +229,13 @@ impl Interrupts {
 
     pub fn caps(&self) -> &InterruptCaps {
         &self.caps
+    }
+
+    /// Disables everything at the sink (unplug); later guest writes still update the
+    /// emulated registers but the sink's routes stay gone only if nothing re-enables them, so
+    /// call this after the device left the guest's config space.
+    pub fn shutdown(&mut self) {
+        self.sink.shutdown();
     }
 
     pub fn config_read(&self, reg: usize, device: u32) -> Option<u32> {

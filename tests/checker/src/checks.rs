@@ -232,6 +232,12 @@ pub fn run_all(expect: &Expectations) {
         Some("ivshmem") => crate::vfio::ivshmem(),
         Some("gh") => crate::gh::gpu_like(&expect.gh_mode, expect.gh_len.unwrap_or(0)),
         Some("nic") => crate::nic::e1000e(),
+        Some("hotplug") => crate::hotplug::cycles(
+            &expect.gh_mode,
+            expect.gh_len.unwrap_or(0),
+            expect.cycles.unwrap_or(1),
+            &expect.bdf,
+        ),
         _ => {}
     }
     if expect.numa {

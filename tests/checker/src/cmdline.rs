@@ -18,6 +18,10 @@ pub struct Expectations {
     pub platform: String,
     /// Report NUMA nodes and PCI functions as facts (`ghvmm.numa=report`).
     pub numa: bool,
+    /// Hot-plug cycles to follow (`ghvmm.cycles=N`) and where the device must arrive
+    /// (`ghvmm.bdf=`).
+    pub cycles: Option<u32>,
+    pub bdf: String,
 }
 
 impl Expectations {
@@ -43,6 +47,8 @@ impl Expectations {
                 "gh_len" => e.gh_len = value.parse().ok(),
                 "platform" => e.platform = value.to_string(),
                 "numa" => e.numa = value == "report",
+                "cycles" => e.cycles = value.parse().ok(),
+                "bdf" => e.bdf = value.to_string(),
                 _ => {}
             }
         }

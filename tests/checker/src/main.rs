@@ -1,7 +1,8 @@
 //! The guest-side checker. As PID 1 of an L3 guest it mounts the pseudo file systems, checks
 //! what the guest sees against the expectations on its kernel command line, dumps the ACPI
 //! tables through the console and powers off. In L2 it doubles as a timing helper for the
-//! bench (`checker time-to-marker ...`) and names kernel addresses (`checker resolve ...`).
+//! bench (`checker time-to-marker ...`), names kernel addresses (`checker resolve ...`) and
+//! sends raw API requests (`checker http ...`).
 //!
 //! Output protocol (one line each, parsed by tests/rig):
 //!   `@@INIT`                               first thing after start
@@ -10,12 +11,15 @@
 //!   `@@ACPI <file> <hex>`                  a chunk of one ACPI table
 //!   `@@ACPIEND <file> <len> <sum>`         end of that table: length and byte sum
 //!   `@@FACT <key> <value...>`              something seen, compared by the rig (numa.rs)
+//!   `@@HOTPLUG ready|present N BDF|gone N` hot-plug progress for L2's script (hotplug.rs)
 //!   `@@DONE`                               all checks reported
 
 mod bench;
 mod checks;
 mod cmdline;
 mod gh;
+mod hotplug;
+mod http;
 mod nic;
 mod numa;
 mod resolve;
@@ -29,6 +33,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("time-to-marker") => std::process::exit(timing::main(&args[2..])),
         Some("resolve") => std::process::exit(resolve::main(&args[2..])),
+        Some("http") => std::process::exit(http::main(&args[2..])),
         _ => {}
     }
     if std::process::id() != 1 {

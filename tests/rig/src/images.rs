@@ -226,6 +226,7 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
     let variant = variant_driver(p)?;
     let l3 = l3_initramfs(p)?;
     let ghvmm = p.target().join("release/ghvmm");
+    let remote = p.target().join("release/ghvmm-remote");
     let checker = p.target().join("release/checker");
     let init = p.root.join("tests/l2/init");
     let moddir = PathBuf::from(format!("/lib/modules/{}", p.abi));
@@ -240,10 +241,11 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
             p.rig_dir().join("l3-initramfs.cpio"),
         ])
         .files(&binary_files(&ghvmm)?)
+        .files(&binary_files(&remote)?)
         .files(&binary_files(&checker)?)
         .files(&module_files);
     let (bytes, from_cache) = cached(&p.rig_dir(), "l2-base.cpio", &inputs, || {
-        say("building the L2 initramfs (busybox, KVM/VFIO modules, ghvmm, L3 kernel + checker initramfs)");
+        say("building the L2 initramfs (busybox, KVM/VFIO modules, ghvmm and ghvmm-remote, L3 kernel + checker initramfs)");
         let mut c = Cpio::new();
         busybox(&mut c)?;
         c.file("init", 0o755, &read(&init)?);
@@ -251,6 +253,7 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
             c.dir(d);
         }
         add_binary(&mut c, &ghvmm, "bin/ghvmm")?;
+        add_binary(&mut c, &remote, "bin/ghvmm-remote")?;
         add_binary(&mut c, &checker, "bin/checker")?;
         let mut names = Vec::new();
         for path in &module_files {

@@ -11,6 +11,7 @@ pub mod cpio;
 mod demo;
 mod e2e;
 pub mod gh_scenarios;
+pub mod hotplug_scenarios;
 pub mod iasl;
 pub mod images;
 pub mod l3;

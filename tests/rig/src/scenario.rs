@@ -171,6 +171,7 @@ pub fn all() -> Vec<Scenario> {
     let mut v = boot_scenarios();
     v.extend(vfio_scenarios::all());
     v.extend(crate::gh_scenarios::all());
+    v.extend(crate::hotplug_scenarios::all());
     v
 }
 
@@ -190,7 +191,7 @@ mod tests {
         let all = all();
         for s in &all {
             assert!(
-                ["boot-", "vfio-", "gh-"]
+                ["boot-", "vfio-", "gh-", "hotplug-"]
                     .iter()
                     .any(|area| s.name.starts_with(area)),
                 "{}",

@@ -170,6 +170,15 @@ impl VfioIrqSink {
 }
 
 impl IrqSink for VfioIrqSink {
+    fn shutdown(&mut self) {
+        let kinds: Vec<IrqKind> = self.active.keys().copied().collect();
+        for kind in kinds {
+            if let Err(e) = self.disable(kind) {
+                log::error!("{}: {kind:?} at unplug: {e}", self.name);
+            }
+        }
+    }
+
     fn apply(&mut self, updates: Vec<IrqUpdate>) {
         for u in updates {
             // The guest asked for something the host cannot do: like a device whose
@@ -298,6 +307,31 @@ mod tests {
                 message: msg(0x50).unwrap()
             }]
         );
+    }
+
+    #[test]
+    fn shutdown_undoes_whatever_the_guest_left_enabled() {
+        let (mut s, kvm, dev) = sink(false);
+        s.apply(vec![
+            IrqUpdate::Enable {
+                kind: IrqKind::Msix,
+                vectors: 2,
+            },
+            route(IrqKind::Msix, 0, msg(1)),
+            route(IrqKind::Msix, 1, msg(2)),
+        ]);
+        s.shutdown();
+        assert!(s.active.is_empty());
+        assert!(msi_routes(&kvm).is_empty());
+        let fds = kvm.irqfds.lock().unwrap().clone();
+        assert_eq!(fds.iter().filter(|(_, on)| *on).count(), 2);
+        assert_eq!(fds.iter().filter(|(_, on)| !*on).count(), 2);
+        assert_eq!(
+            dev.calls.lock().unwrap().last(),
+            Some(&(IrqKind::Msix, None))
+        );
+        assert_eq!(s.routing.allocate().unwrap(), 24, "GSIs back");
+        s.shutdown();
     }
 
     #[test]

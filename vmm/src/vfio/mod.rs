@@ -1,39 +1,45 @@
-//! VFIO PCI passthrough (`--device path=/sys/bus/pci/devices/BDF`): opens the device through
-//! a type1 container, DMA-maps guest RAM (IOVA = guest physical address), lays out each BAR
+//! VFIO PCI passthrough (`--device path=/sys/bus/pci/devices/BDF`, and hot plug): opens the
+//! device through the VM's type1 container (`container`), lays out each BAR
 //! (`pci::vfio::bar_layout`), maps the mappable pieces as KVM memory slots and traps the rest
-//! (forwarded to the region, or answered as padding).
+//! (`bar`), and tears all of it down again when the device is unplugged.
 //!
 //! vfio-ioctls 0.10 is used for the container/group/device set-up and region info. Its
-//! `region_read`/`region_write` only log errors, so region and config accesses go through
-//! pread/pwrite on the device fd here, where the error reaches the caller. It has no mmap
-//! helper either: `map_region` below does it.
+//! `region_read`/`region_write` only log errors and it has no mmap helper, so `region` does
+//! pread/pwrite and mmap on the device fd itself.
 //!
 //! MSI and MSI-X are emulated (`pci::vfio::interrupts`) and applied to VFIO and KVM by
 //! `irq::VfioIrqSink`; the MSI-X table is answered by the BAR trap from the emulated state.
 //! INTx is not offered (the interrupt pin reads 0).
 
+mod bar;
+mod container;
 mod irq;
+mod region;
+
+pub use container::Containers;
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use devices::{Bus, BusDevice};
-use kvm_bindings::kvm_userspace_memory_region;
+use devices::Bus;
 use kvm_ioctls::VmFd;
-use pci::vfio::dispatch::{self, RegionIo};
 use pci::vfio::{
-    bar_layout, BarLayout, InterruptCaps, Interrupts, Limits, PassthroughConfig, PieceKind,
-    RegionDesc, SharedInterrupts, SparseArea,
+    bar_layout, InterruptCaps, Interrupts, Limits, PassthroughConfig, PieceKind, RegionDesc,
+    SharedInterrupts, SparseArea,
 };
 use pci::{BarReprogram, PciDevice};
 use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
-use vfio_ioctls::{VfioContainer, VfioDevice, VfioRegionInfoCap};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
+use vm_memory::GuestMemoryMmap;
+
+use bar::{BarPlan, BarSpace, BarTrap, MappedPiece};
+use region::{FdRegion, HostMapping};
 
 use crate::bar_allocator::{BarAllocator, Window};
 use crate::irq_routing::GsiRouting;
 use crate::layout::{SegmentLayout, PAGE_SIZE};
+use crate::memslots::MemSlots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioSetupError {
@@ -101,202 +107,62 @@ pub enum VfioSetupError {
     Config(String),
     #[error("{path}: PCI: {error}")]
     Pci { path: PathBuf, error: pci::PciError },
+    #[error("{path}: BAR {bar}: {error}")]
+    MemSlot {
+        path: PathBuf,
+        bar: usize,
+        error: crate::memslots::SlotError,
+    },
 }
 
 type Result<T> = std::result::Result<T, VfioSetupError>;
 
-/// pread/pwrite on the device fd at `base` (a region's offset in the fd).
-struct FdRegion {
-    device: Arc<VfioDevice>,
-    base: u64,
+/// What a passed-through device needs from the VM, at boot and at hot plug alike.
+pub struct VfioContext<'a> {
+    pub vm: &'a Arc<VmFd>,
+    pub mem: &'a GuestMemoryMmap,
+    pub mmio_bus: &'a Arc<Bus>,
+    pub allocator: &'a Arc<Mutex<BarAllocator>>,
+    pub containers: &'a Arc<Containers>,
+    pub slots: &'a Arc<Mutex<MemSlots>>,
+    /// The PCI segment the device goes to: its BARs come from this segment's windows.
+    pub segment: SegmentLayout,
+    pub routing: &'a Arc<GsiRouting>,
 }
 
-impl FdRegion {
-    fn pread(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
-        let at = self
-            .base
-            .checked_add(offset)
-            .ok_or(std::io::ErrorKind::InvalidInput)?;
-        // SAFETY: reads at most data.len() bytes into a buffer we own.
-        let n = unsafe {
-            libc::pread(
-                self.device.as_raw_fd(),
-                data.as_mut_ptr().cast(),
-                data.len(),
-                at as libc::off_t,
-            )
-        };
-        match n {
-            n if n as usize == data.len() => Ok(()),
-            n if n < 0 => Err(std::io::Error::last_os_error()),
-            _ => Err(std::io::ErrorKind::UnexpectedEof.into()),
-        }
-    }
-
-    fn pwrite(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        let at = self
-            .base
-            .checked_add(offset)
-            .ok_or(std::io::ErrorKind::InvalidInput)?;
-        // SAFETY: writes at most data.len() bytes from a buffer we own.
-        let n = unsafe {
-            libc::pwrite(
-                self.device.as_raw_fd(),
-                data.as_ptr().cast(),
-                data.len(),
-                at as libc::off_t,
-            )
-        };
-        match n {
-            n if n as usize == data.len() => Ok(()),
-            n if n < 0 => Err(std::io::Error::last_os_error()),
-            _ => Err(std::io::ErrorKind::WriteZero.into()),
-        }
-    }
-}
-
-impl RegionIo for FdRegion {
-    fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
-        self.pread(offset, data)
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.pwrite(offset, data)
-    }
-}
-
-/// The trapped parts of one BAR (forwarded and padding, and the emulated MSI-X table), on
-/// the MMIO bus.
-struct BarTrap {
-    bar: usize,
-    bar_base: u64,
-    layout: BarLayout,
-    region: FdRegion,
+/// Everything a live device holds; taken out (and released) as a whole at unplug.
+struct Live {
+    config: PassthroughConfig,
+    bars: Vec<BarPlan>,
     interrupts: SharedInterrupts,
-    reported: bool,
-}
-
-impl BarTrap {
-    fn report(&mut self, errors: Vec<dispatch::DeviceError>) {
-        // Once per BAR: a failing device must not flood the log from a vCPU loop.
-        if let Some(e) = errors.first() {
-            if !self.reported {
-                log::error!(
-                    "BAR {}: region access at {:#x} failed: {}",
-                    self.bar,
-                    e.offset,
-                    e.error
-                );
-                self.reported = true;
-            }
-        }
-    }
-}
-
-impl BusDevice for BarTrap {
-    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
-        let at = base - self.bar_base + offset;
-        let irq = self.interrupts.lock().unwrap_or_else(|e| e.into_inner());
-        if irq.table_read(self.bar, at, data) {
-            return;
-        }
-        drop(irq);
-        let errors = dispatch::read(&self.layout, &self.region, at, data);
-        self.report(errors);
-    }
-
-    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
-        let at = base - self.bar_base + offset;
-        let mut irq = self.interrupts.lock().unwrap_or_else(|e| e.into_inner());
-        if irq.table_write(self.bar, at, data) {
-            return;
-        }
-        drop(irq);
-        let errors = dispatch::write(&self.layout, &self.region, at, data);
-        self.report(errors);
-    }
-}
-
-/// A mapped piece of a BAR: its host mapping and the KVM slot number reserved for it.
-struct MappedPiece {
-    offset: u64,
-    size: u64,
-    host: u64,
-    slot: u32,
-}
-
-/// One BAR's pieces, installable at any guest address: KVM slots for the mapped pieces and
-/// the trap device for the rest move (or go away) together.
-struct BarPlan {
-    index: usize,
-    mapped: Vec<MappedPiece>,
-    trap: Arc<Mutex<BarTrap>>,
-    trap_runs: Vec<(u64, u64)>,
-    installed: Option<u64>,
-}
-
-impl BarPlan {
-    fn set_slot(
-        vm: &VmFd,
-        p: &MappedPiece,
-        gpa: u64,
-        size: u64,
-    ) -> std::result::Result<(), kvm_ioctls::Error> {
-        let desc = kvm_userspace_memory_region {
-            slot: p.slot,
-            flags: 0,
-            guest_phys_addr: gpa,
-            memory_size: size,
-            userspace_addr: p.host,
-        };
-        // SAFETY: the host mapping stays for the life of the process; size 0 deletes the slot.
-        unsafe { vm.set_user_memory_region(desc) }
-    }
-
-    fn install(&mut self, vm: &VmFd, bus: &Bus, base: u64) -> std::result::Result<(), String> {
-        for p in &self.mapped {
-            Self::set_slot(vm, p, base + p.offset, p.size)
-                .map_err(|e| format!("slot {} at {:#x}: {e}", p.slot, base + p.offset))?;
-        }
-        self.trap.lock().unwrap_or_else(|e| e.into_inner()).bar_base = base;
-        for &(off, len) in &self.trap_runs {
-            bus.insert(self.trap.clone(), base + off, len)
-                .map_err(|e| format!("trap at {:#x}: {e}", base + off))?;
-        }
-        self.installed = Some(base);
-        Ok(())
-    }
-
-    fn uninstall(&mut self, vm: &VmFd, bus: &Bus) {
-        let Some(base) = self.installed.take() else {
-            return;
-        };
-        for p in &self.mapped {
-            if let Err(e) = Self::set_slot(vm, p, base + p.offset, 0) {
-                log::error!("BAR {}: removing slot {}: {e}", self.index, p.slot);
-            }
-        }
-        for &(off, _) in &self.trap_runs {
-            let _ = bus.remove(base + off);
-        }
-    }
+    device: Arc<VfioDevice>,
 }
 
 /// The guest-visible PCI function.
 pub struct PassthroughDevice {
-    config: PassthroughConfig,
     path: PathBuf,
     vm: Arc<VmFd>,
     mmio_bus: Arc<Bus>,
-    bars: Vec<BarPlan>,
-    _device: Arc<VfioDevice>,
+    allocator: Arc<Mutex<BarAllocator>>,
+    slots: Arc<Mutex<MemSlots>>,
+    containers: Arc<Containers>,
+    /// None once unplugged: a vCPU that still holds the function reads all-ones.
+    live: Option<Live>,
 }
 
 impl PassthroughDevice {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Makes the installed slots and traps match what the guest's registers say: BARs whose
     /// decoding is off are removed, moved BARs are reinstalled at their new address.
     fn reconcile(&mut self) {
-        let wanted = self.config.decoding_bars();
-        for plan in &mut self.bars {
+        let Some(live) = &mut self.live else {
+            return;
+        };
+        let wanted = live.config.decoding_bars();
+        for plan in &mut live.bars {
             let want = wanted
                 .iter()
                 .find(|(i, _, _)| *i == plan.index)
@@ -314,8 +180,6 @@ impl PassthroughDevice {
                         self.path.display(),
                         plan.index
                     );
-                    plan.uninstall(&self.vm, &self.mmio_bus);
-                    plan.installed = None;
                 }
             }
             log::info!(
@@ -326,11 +190,68 @@ impl PassthroughDevice {
             );
         }
     }
+
+    /// Unplugs the device: its KVM slots and trap ranges go, its interrupts are disabled and
+    /// unrouted, its BAR space and slot numbers are given back, its mappings unmapped and its
+    /// fds closed. Idempotent.
+    pub fn teardown(&mut self) {
+        let Some(live) = self.live.take() else {
+            return;
+        };
+        let Live {
+            config,
+            bars,
+            interrupts,
+            device,
+        } = live;
+        release_bars(&self.vm, &self.mmio_bus, &self.allocator, &self.slots, bars);
+        interrupts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown();
+        drop(config);
+        drop(interrupts);
+        self.containers.close(device);
+        log::info!("{}: unplugged", self.path.display());
+    }
+}
+
+/// Uninstalls BARs, then gives back their slot numbers and guest address space; the host
+/// mappings are unmapped as the plans drop (after their KVM slots are gone).
+fn release_bars(
+    vm: &VmFd,
+    bus: &Bus,
+    allocator: &Mutex<BarAllocator>,
+    slots: &Mutex<MemSlots>,
+    bars: Vec<BarPlan>,
+) {
+    for mut plan in bars {
+        plan.uninstall(vm, bus);
+        let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
+        for p in &plan.mapped {
+            s.release(p.slot);
+        }
+        drop(s);
+        let sp = plan.space;
+        if let Err(e) = allocator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free(sp.segment, sp.window, sp.base, sp.size)
+        {
+            log::error!(
+                "BAR {}: giving back its guest address space: {e}",
+                plan.index
+            );
+        }
+    }
 }
 
 impl PciDevice for PassthroughDevice {
     fn read_config_register(&mut self, reg_idx: usize) -> u32 {
-        self.config.read_config_register(reg_idx)
+        match &mut self.live {
+            Some(live) => live.config.read_config_register(reg_idx),
+            None => 0xffff_ffff,
+        }
     }
 
     fn write_config_register(
@@ -340,7 +261,9 @@ impl PciDevice for PassthroughDevice {
         data: &[u8],
     ) -> Vec<BarReprogram> {
         // Moves are applied here, not by the config-access hook: this device owns its slots.
-        let _ = self.config.write_config_register(reg_idx, offset, data);
+        if let Some(live) = &mut self.live {
+            let _ = live.config.write_config_register(reg_idx, offset, data);
+        }
         self.reconcile();
         Vec::new()
     }
@@ -369,136 +292,78 @@ fn check_bound_to_vfio(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// An mmap of `size` bytes of the device fd at `offset`, its host address aligned to `align`
-/// (so the host kernel can back it with huge pfn mappings).
-fn map_region(fd: i32, offset: u64, size: u64, align: u64) -> std::io::Result<*mut u8> {
-    let len = size as usize;
-    let span = len + align as usize;
-    // SAFETY: reserve address space (no access) that the device mapping will replace.
-    let reserve = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            span,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if reserve == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let start = reserve as usize;
-    let aligned = (start + align as usize - 1) & !(align as usize - 1);
-    // SAFETY: [aligned, aligned + len) lies inside the reservation we own; MAP_FIXED replaces it.
-    let addr = unsafe {
-        libc::mmap(
-            aligned as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            fd,
-            offset as libc::off_t,
-        )
-    };
-    if addr == libc::MAP_FAILED {
-        let e = std::io::Error::last_os_error();
-        // SAFETY: releasing our own reservation.
-        unsafe { libc::munmap(reserve, span) };
-        return Err(e);
-    }
-    // SAFETY: trimming the unused parts of our own reservation around the mapping.
-    unsafe {
-        if aligned > start {
-            libc::munmap(reserve, aligned - start);
-        }
-        let end = aligned + len;
-        if start + span > end {
-            libc::munmap(end as *mut libc::c_void, start + span - end);
-        }
-    }
-    Ok(addr.cast())
+/// What `build_bars` made before it failed, or all of it.
+#[derive(Default)]
+struct Built {
+    plans: Vec<BarPlan>,
+    /// (index, spec, guest address) for the config space.
+    bars: Vec<(usize, pci::BarSpec, u64)>,
 }
 
-/// Everything the VM needs to keep for an assigned device.
-pub struct Assigned {
-    pub device: Arc<Mutex<PassthroughDevice>>,
-}
-
-pub struct VfioContext<'a> {
-    pub vm: &'a Arc<VmFd>,
-    pub mem: &'a GuestMemoryMmap,
-    pub mmio_bus: &'a Arc<Bus>,
-    pub allocator: &'a Mutex<BarAllocator>,
-    pub container: &'a Mutex<Option<Arc<VfioContainer>>>,
-    pub next_slot: &'a mut u32,
-    /// The PCI segment the device goes to: its BARs come from this segment's windows.
-    pub segment: SegmentLayout,
-    pub routing: &'a Arc<GsiRouting>,
-}
-
-pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
+/// Opens the device, lays out, places, maps and installs its BARs and wires its interrupts.
+/// On any error everything done so far is undone: nothing half-assigned stays behind.
+pub fn assign(ctx: &VfioContext, path: &Path) -> Result<Arc<Mutex<PassthroughDevice>>> {
     check_bound_to_vfio(path)?;
-    let p = || path.to_path_buf();
-    // One container per VM; guest RAM is DMA-mapped into it once, after the first device's
-    // group has set the IOMMU type (VFIO refuses mappings before that).
-    let mut slot = ctx.container.lock().unwrap_or_else(|e| e.into_inner());
-    let fresh = slot.is_none();
-    let container = match slot.as_ref() {
-        Some(c) => c.clone(),
-        None => Arc::new(
-            VfioContainer::new(None).map_err(|source| VfioSetupError::Container {
-                path: p(),
-                error: source,
-            })?,
-        ),
-    };
-    let device = Arc::new(
-        VfioDevice::new(path, container.clone(), false).map_err(|source| {
-            VfioSetupError::Device {
-                path: p(),
-                error: source,
-            }
-        })?,
-    );
-    if fresh {
-        for region in ctx.mem.iter() {
-            let gpa = region.start_addr().0;
-            // SAFETY: the RAM mapping lives as long as the VM (the process).
-            unsafe { container.vfio_dma_map(gpa, region.len() as usize, region.as_ptr()) }
-                .map_err(|source| VfioSetupError::DmaMap {
-                    path: p(),
-                    gpa,
-                    error: source,
-                })?;
-        }
-        *slot = Some(container);
-    }
-    drop(slot);
-
+    let device = ctx.containers.open(path, ctx.mem)?;
     let config = FdRegion {
         device: device.clone(),
         base: device.get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX),
     };
     let caps = pci::vfio::config::exposed_capabilities(&config);
     let irq_caps = InterruptCaps::from_device(&caps, &config);
-    // The MSI-X table and PBA stay trapped: the table is emulated, the PBA read from the
-    // device.
-    let msix = irq_caps.msix_ranges();
     let sink = irq::VfioIrqSink::new(
         path.display().to_string(),
         device.clone(),
         ctx.routing.clone(),
     );
+    let msix = irq_caps.msix_ranges();
     let interrupts = Interrupts::new(irq_caps, Box::new(sink)).shared();
+    let mut built = Built::default();
+    let result =
+        build_bars(ctx, path, &device, &config, &msix, &interrupts, &mut built).and_then(|()| {
+            PassthroughConfig::new(Box::new(config), &built.bars, interrupts.clone())
+                .map_err(|e| VfioSetupError::Config(format!("{}: {e}", path.display())))
+        });
+    match result {
+        Ok(config) => Ok(Arc::new(Mutex::new(PassthroughDevice {
+            path: path.into(),
+            vm: ctx.vm.clone(),
+            mmio_bus: ctx.mmio_bus.clone(),
+            allocator: ctx.allocator.clone(),
+            slots: ctx.slots.clone(),
+            containers: ctx.containers.clone(),
+            live: Some(Live {
+                config,
+                bars: built.plans,
+                interrupts,
+                device,
+            }),
+        }))),
+        Err(e) => {
+            release_bars(ctx.vm, ctx.mmio_bus, ctx.allocator, ctx.slots, built.plans);
+            drop(interrupts);
+            ctx.containers.close(device);
+            Err(e)
+        }
+    }
+}
+
+fn build_bars(
+    ctx: &VfioContext,
+    path: &Path,
+    device: &Arc<VfioDevice>,
+    config: &FdRegion,
+    msix: &[pci::vfio::interrupts::BarRange],
+    interrupts: &SharedInterrupts,
+    built: &mut Built,
+) -> Result<()> {
+    let p = || path.to_path_buf();
     let limits = Limits {
         page_size: PAGE_SIZE,
         mmio32_size: ctx.segment.mmio32.size,
         mmio64_size: ctx.segment.mmio64.size,
     };
     let fd = device.as_raw_fd();
-    let mut bars = Vec::new();
-    let mut plans = Vec::new();
     let mut bar = 0usize;
     while bar < 6 {
         let mut reg = [0u8; 4];
@@ -572,63 +437,71 @@ pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
                 error: source,
             })?;
         let region_offset = device.get_region_offset(index);
-        let mut mapped = Vec::new();
-        for piece in &layout.pieces {
-            if let PieceKind::Mapped { host_align } = piece.kind {
-                let host = map_region(fd, region_offset + piece.offset, piece.size, host_align)
-                    .map_err(|error| VfioSetupError::Mmap {
-                        path: p(),
-                        bar: this,
-                        offset: piece.offset,
-                        size: piece.size,
-                        error,
-                    })?;
-                mapped.push(MappedPiece {
-                    offset: piece.offset,
-                    size: piece.size,
-                    host: host as u64,
-                    slot: *ctx.next_slot,
-                });
-                *ctx.next_slot += 1;
-            }
-        }
-        // One trap device answers every unmapped run of this BAR.
-        let trap = Arc::new(Mutex::new(BarTrap {
-            bar: this,
-            bar_base: base,
-            layout: layout.clone(),
-            region: FdRegion {
+        // The plan exists from here on, so that a failure below gives its space back.
+        let trap = Arc::new(Mutex::new(BarTrap::new(
+            this,
+            base,
+            layout.clone(),
+            FdRegion {
                 device: device.clone(),
                 base: region_offset,
             },
-            interrupts: interrupts.clone(),
-            reported: false,
-        }));
-        let mut run: Option<(u64, u64)> = None;
-        let mut trap_runs = Vec::new();
+            interrupts.clone(),
+        )));
+        built.plans.push(BarPlan {
+            index: this,
+            space: BarSpace {
+                segment: ctx.segment.id,
+                window,
+                base,
+                size: layout.bar_size,
+            },
+            mapped: Vec::new(),
+            trap,
+            trap_runs: bar::trap_runs(&layout),
+            installed: None,
+        });
+        let Some(plan) = built.plans.last_mut() else {
+            continue;
+        };
         for piece in &layout.pieces {
-            let trapped = !matches!(piece.kind, PieceKind::Mapped { .. });
-            match (trapped, run) {
-                (true, Some((s, l))) => run = Some((s, l + piece.size)),
-                (true, None) => run = Some((piece.offset, piece.size)),
-                (false, Some(r)) => {
-                    trap_runs.push(r);
-                    run = None;
-                }
-                (false, None) => {}
+            if let PieceKind::Mapped { host_align } = piece.kind {
+                let mmap_err = |error| VfioSetupError::Mmap {
+                    path: p(),
+                    bar: this,
+                    offset: piece.offset,
+                    size: piece.size,
+                    error,
+                };
+                let host = HostMapping::new(
+                    fd,
+                    region_offset
+                        .checked_add(piece.offset)
+                        .ok_or_else(|| mmap_err(std::io::ErrorKind::InvalidInput.into()))?,
+                    piece.size,
+                    host_align,
+                )
+                .map_err(mmap_err)?;
+                let slot = ctx
+                    .slots
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .allocate()
+                    .map_err(|error| VfioSetupError::MemSlot {
+                        path: p(),
+                        bar: this,
+                        error,
+                    })?;
+                plan.mapped.push(MappedPiece {
+                    offset: piece.offset,
+                    size: piece.size,
+                    host,
+                    slot,
+                });
             }
         }
-        trap_runs.extend(run);
-        let mut plan = BarPlan {
-            index: this,
-            mapped,
-            trap,
-            trap_runs,
-            installed: None,
-        };
         plan.install(ctx.vm, ctx.mmio_bus, base)
             .map_err(|e| VfioSetupError::Config(format!("{}: BAR {this}: {e}", path.display())))?;
-        plans.push(plan);
         log::info!(
             "{}: BAR {this}: region {size:#x} bytes -> {:#x}-byte BAR at {base:#x}: {:?}",
             path.display(),
@@ -636,22 +509,11 @@ pub fn assign(ctx: &mut VfioContext, path: &Path) -> Result<Assigned> {
             layout.pieces
         );
         let prefetchable = reg & 0x8 != 0;
-        bars.push((
+        built.bars.push((
             this,
             pci::vfio::config::bar_spec(layout.bar_size, is_64bit, prefetchable),
             base,
         ));
     }
-    let config = PassthroughConfig::new(Box::new(config), &bars, interrupts)
-        .map_err(|e| VfioSetupError::Config(format!("{}: {e}", path.display())))?;
-    Ok(Assigned {
-        device: Arc::new(Mutex::new(PassthroughDevice {
-            config,
-            path: path.into(),
-            vm: ctx.vm.clone(),
-            mmio_bus: ctx.mmio_bus.clone(),
-            bars: plans,
-            _device: device,
-        })),
-    })
+    Ok(())
 }

@@ -1,0 +1,232 @@
+//! Hot plug through the REST API (`hotplug-*`): L2 runs ghvmm in the background with
+//! `--api-socket`, drives it with `ghvmm-remote` (and raw requests for the error classes) and
+//! follows the guest through the checker's `@@HOTPLUG` lines (tests/checker/src/hotplug.rs).
+
+use crate::l3::L3;
+use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
+use crate::vfio_scenarios::{bind_variant, gh_file_checks_for, GH_LENGTHS};
+
+/// Add/remove cycles: the first, then 20 in a row after which resources must be as after the
+/// first.
+pub const CYCLES: u32 = 21;
+
+/// Shell: one raw request whose status must be `status` and whose body must contain `text`;
+/// reports the L2 check `name`.
+fn expect_status(
+    name: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    status: u16,
+    text: &str,
+) -> String {
+    format!(
+        "out=$(/bin/checker http /tmp/api.sock {method} {path} '{body}')\n\
+         case \"$out\" in \"{status} \"*\"{text}\"*) r=0 ;; *) r=1 ;; esac\n\
+         l2_check {name} $r \"{method} {path} answered: $out (want {status} ... {text})\"\n"
+    )
+}
+
+/// Shell: the number after `"KEY": ` in a JSON file.
+fn json_number(file: &str, key: &str) -> String {
+    format!("$(grep -o '\"{key}\": *[0-9]*' {file} | grep -o '[0-9]*$')")
+}
+
+fn error_checks() -> String {
+    let add = "/api/v1/vm.add-device";
+    [
+        expect_status("api-malformed-json", "PUT", add, "{\"path\": ", 400, ""),
+        expect_status(
+            "api-unknown-field",
+            "PUT",
+            add,
+            "{\"path\": \"/x\", \"colour\": 1}",
+            400,
+            "colour",
+        ),
+        expect_status("api-wrong-type", "PUT", add, "{\"path\": 7}", 400, ""),
+        expect_status(
+            "api-missing-path",
+            "PUT",
+            add,
+            "{\"id\": \"a\"}",
+            400,
+            "path",
+        ),
+        expect_status(
+            "api-unknown-endpoint",
+            "GET",
+            "/api/v1/vm.nothing",
+            "",
+            404,
+            "",
+        ),
+        expect_status("api-wrong-method", "GET", add, "", 405, ""),
+        expect_status(
+            "api-unknown-id",
+            "PUT",
+            "/api/v1/vm.remove-device",
+            "{\"id\": \"nosuch\"}",
+            404,
+            "nosuch",
+        ),
+        expect_status(
+            "api-not-vfio",
+            "PUT",
+            add,
+            "{\"path\": \"/sys/bus/pci/devices/0000:00:00.0\"}",
+            400,
+            "VFIO driver",
+        ),
+        expect_status(
+            "api-no-such-slot",
+            "PUT",
+            add,
+            "{\"path\": \"/sys/bus/pci/devices/0000:00:00.0\", \"gh_slot\": 5}",
+            400,
+            "slot 5",
+        ),
+    ]
+    .concat()
+}
+
+fn hotplug_gh_scenario() -> Scenario {
+    let len = GH_LENGTHS[0];
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline(&format!(
+            "ghvmm.vfio=hotplug ghvmm.gh_mode=kernel_pads ghvmm.gh_len={len} \
+             ghvmm.cycles={CYCLES} ghvmm.bdf=0001:00:00.0"
+        ))
+        .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock");
+    let (fds1, slots1, rss1) = (
+        json_number("/tmp/info1.json", "open_fds"),
+        json_number("/tmp/info1.json", "memory_slots"),
+        json_number("/tmp/info1.json", "rss_kib"),
+    );
+    let (fds2, slots2, rss2) = (
+        json_number("/tmp/info2.json", "open_fds"),
+        json_number("/tmp/info2.json", "memory_slots"),
+        json_number("/tmp/info2.json", "rss_kib"),
+    );
+    let script = format!(
+        "{bind}\
+         start_l3 {cmd}\n\
+         R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
+         wait_marker '@@HOTPLUG ready' 120\n\
+         l2_check hotplug-ready $? 'the guest never waited for a device'\n\
+         $R ping > /dev/null\n\
+         l2_check api-ping $? 'vmm.ping failed'\n\
+         i=1; failed=\n\
+         while [ $i -le {CYCLES} ] && [ -z \"$failed\" ]; do\n\
+           t0=$(cut -d' ' -f1 /proc/uptime)\n\
+           out=$($R add-device path=$IVSHMEM,id=gpu0,gh_slot=0 2>&1) || {{ failed=\"add $i: $out\"; break; }}\n\
+           [ $i = 1 ] && {{ echo \"$out\" | grep -q '\"bdf\": *\"0001:00:00.0\"'; l2_check api-add-bdf $? \"add-device answered: $out\"; }}\n\
+           wait_marker \"@@HOTPLUG present $i \" 120 || {{ failed=\"cycle $i: the guest never saw the device\"; break; }}\n\
+           l2_say \"@@L2LOG cycle $i: added at $t0, seen by $(cut -d' ' -f1 /proc/uptime)\"\n\
+           if [ $i = 2 ]; then\n\
+             {dup}\
+           fi\n\
+           out=$($R remove-device gpu0 2>&1) || {{ failed=\"remove $i: $out\"; break; }}\n\
+           wait_marker \"@@HOTPLUG gone $i\" 120 || {{ failed=\"cycle $i: the device never left the guest\"; break; }}\n\
+           if [ $i = 1 ]; then\n\
+             $R info > /tmp/info1.json\n\
+             {errors}\
+           fi\n\
+           i=$((i + 1))\n\
+         done\n\
+         [ -z \"$failed\" ]\n\
+         l2_check api-cycles $? \"$failed\"\n\
+         $R info > /tmp/info2.json\n\
+         l2_say \"@@L2LOG after cycle 1: fds {fds1} slots {slots1} rss {rss1} KiB; after {CYCLES}: fds {fds2} slots {slots2} rss {rss2} KiB\"\n\
+         [ -n \"{fds1}\" ] && [ \"{fds1}\" = \"{fds2}\" ] && [ \"{slots1}\" = \"{slots2}\" ]\n\
+         l2_check hotplug-no-leak $? \"open fds {fds1} -> {fds2}, KVM memory slots {slots1} -> {slots2} over {n} cycles\"\n\
+         finish_l3 120\n\
+         l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
+        bind = bind_variant("kernel_pads", len, ""),
+        cmd = l3.command(),
+        errors = error_checks().replace('\n', "\n             "),
+        dup = expect_status(
+            "api-duplicate",
+            "PUT",
+            "/api/v1/vm.add-device",
+            "{\"path\": \"'$IVSHMEM'\", \"id\": \"gpu1\"}",
+            409,
+            "already attached",
+        )
+        .replace('\n', "\n             "),
+        n = CYCLES - 1,
+    );
+    let mut expect = L3_CHECKS.to_vec();
+    expect.extend([
+        "vfio-bind",
+        "hotplug-ready",
+        "api-ping",
+        "api-add-bdf",
+        "hotplug-arrive",
+        "hotplug-bdf",
+        "gh-bar",
+        "gh-data",
+        "gh-padding-read",
+        "gh-straddle",
+        "gh-padding-write",
+        "hotplug-depart",
+        "hotplug-cycles",
+        "api-cycles",
+        "hotplug-no-leak",
+        "api-duplicate",
+        "api-malformed-json",
+        "api-unknown-field",
+        "api-wrong-type",
+        "api-missing-path",
+        "api-unknown-endpoint",
+        "api-wrong-method",
+        "api-unknown-id",
+        "api-not-vfio",
+        "api-no-such-slot",
+        "host-file",
+    ]);
+    Scenario {
+        setup: script,
+        l3: None,
+        expect,
+        host_checks: Some(Box::new(move |_, d, _| gh_file_checks_for(d, len))),
+        timeout: std::time::Duration::from_secs(420),
+        ..Scenario::boot(
+            "hotplug-gh",
+            "--gh slots=1 and no GPU: ghvmm-remote adds the GPU-like device to slot 0 (BAR checks, the reserved BDF), removes it, 21 cycles without leaking fds or KVM slots, API errors",
+            l3,
+        )
+    }
+}
+
+/// The hot-plug scenarios, in run order.
+pub fn all() -> Vec<Scenario> {
+    vec![hotplug_gh_scenario()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_drives_ghvmm_through_the_api() {
+        let s = hotplug_gh_scenario();
+        let sh = s.script();
+        assert!(sh.contains("start_l3 /bin/ghvmm --kernel"));
+        assert!(sh.contains("--gh slots=1 --api-socket path=/tmp/api.sock"));
+        assert!(sh.contains("add-device path=$IVSHMEM,id=gpu0,gh_slot=0"));
+        assert!(sh.contains("ghvmm.cycles=21"));
+        assert!(sh.contains("finish_l3 120"));
+        // Every L2 check the script reports is expected, and vice versa for api-* checks.
+        for check in s.expect.iter().filter(|c| c.starts_with("api-")) {
+            assert!(sh.contains(&format!("l2_check {check} ")), "{check}");
+        }
+    }
+
+    #[test]
+    fn status_checks_match_the_status_and_text() {
+        let sh = expect_status("x", "GET", "/p", "", 404, "nosuch");
+        assert!(sh.contains("\"404 \"*\"nosuch\"*) r=0"));
+        assert!(json_number("/f", "open_fds").contains("open_fds"));
+    }
+}

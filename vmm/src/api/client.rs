@@ -1,0 +1,361 @@
+//! `ghvmm-remote`: ch-remote's verbs and argument syntax, sent to ghvmm's API socket.
+//! The binary (src/bin/ghvmm-remote.rs) only prints what `run` returns.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use super::body::{DeviceConfigBody, RemoveDeviceBody};
+use crate::config::DeviceConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ghvmm-remote",
+    version,
+    about = "Control a running ghvmm through its --api-socket (ch-remote's commands)"
+)]
+pub struct RemoteCli {
+    /// The socket ghvmm was started with (--api-socket).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: PathBuf,
+    #[command(subcommand)]
+    pub command: RemoteCommand,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum RemoteCommand {
+    /// Check that ghvmm answers; prints its version and pid.
+    Ping,
+    /// Print the VM's state, configuration, devices and resources.
+    Info,
+    /// Hot-plug a device; the argument has --device's syntax.
+    AddDevice {
+        #[arg(value_name = "path=PATH[,id=NAME][,gh_slot=K|auto]")]
+        device: String,
+    },
+    /// Hot-unplug the device with this id.
+    RemoveDevice {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Press the guest's ACPI power button.
+    PowerButton,
+    /// Shut the VM down (vm.shutdown).
+    Shutdown,
+    /// Shut the VMM down (vmm.shutdown).
+    ShutdownVmm,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("add-device: {0}")]
+    Device(String),
+    #[error("cannot connect to {}: {source}", path.display())]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("malformed response: {0}")]
+    BadResponse(String),
+    /// The server's status and its one-line message.
+    #[error("{status}: {message}")]
+    Server { status: u16, message: String },
+}
+
+/// One API call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiRequest {
+    pub method: &'static str,
+    /// E.g. `vm.info`, under /api/v1/.
+    pub endpoint: &'static str,
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Responses larger than this are not from ghvmm.
+const MAX_RESPONSE: u64 = 16 << 20;
+
+impl RemoteCommand {
+    pub fn request(&self) -> Result<ApiRequest, RemoteError> {
+        let bare = |method, endpoint| ApiRequest {
+            method,
+            endpoint,
+            body: None,
+        };
+        Ok(match self {
+            RemoteCommand::Ping => bare("GET", "vmm.ping"),
+            RemoteCommand::Info => bare("GET", "vm.info"),
+            RemoteCommand::AddDevice { device } => {
+                let d = DeviceConfig::parse(device).map_err(|e| {
+                    let msg = e.to_string();
+                    RemoteError::Device(msg.strip_prefix("--device: ").unwrap_or(&msg).into())
+                })?;
+                ApiRequest {
+                    method: "PUT",
+                    endpoint: "vm.add-device",
+                    body: Some(to_json(&DeviceConfigBody::from_config(&d))),
+                }
+            }
+            RemoteCommand::RemoveDevice { id } => ApiRequest {
+                method: "PUT",
+                endpoint: "vm.remove-device",
+                body: Some(to_json(&RemoveDeviceBody { id: id.clone() })),
+            },
+            RemoteCommand::PowerButton => bare("PUT", "vm.power-button"),
+            RemoteCommand::Shutdown => bare("PUT", "vm.shutdown"),
+            RemoteCommand::ShutdownVmm => bare("PUT", "vmm.shutdown"),
+        })
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    // Plain structs of strings and numbers always serialize.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Runs the command and returns what to print: the response body, JSON pretty-printed,
+/// empty for a 204. A non-2xx status is an error.
+pub fn run(cli: &RemoteCli) -> Result<String, RemoteError> {
+    let req = cli.command.request()?;
+    let resp = send(&cli.api_socket, &req, None)?;
+    if !(200..300).contains(&resp.status) {
+        return Err(RemoteError::Server {
+            status: resp.status,
+            message: one_line(resp.body.trim()),
+        });
+    }
+    Ok(pretty(&resp.body))
+}
+
+/// What the server said, as one printable line.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn pretty(body: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_else(|_| body.to_string()),
+        Err(_) => body.trim_end().to_string(),
+    }
+}
+
+/// Sends one request on a new connection and reads the whole response. `timeout` bounds
+/// each read and write; `None` waits as long as the server takes (adding a GPU can take a
+/// while).
+pub fn send(
+    socket: &Path,
+    req: &ApiRequest,
+    timeout: Option<Duration>,
+) -> Result<ApiResponse, RemoteError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| RemoteError::Connect {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    let io_err = |source| RemoteError::Io {
+        path: socket.to_path_buf(),
+        source,
+    };
+    stream.set_read_timeout(timeout).map_err(io_err)?;
+    stream.set_write_timeout(timeout).map_err(io_err)?;
+    let mut raw = format!(
+        "{} /api/v1/{} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nConnection: close\r\n",
+        req.method, req.endpoint
+    );
+    if let Some(body) = &req.body {
+        raw.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        raw.push_str("\r\n");
+    }
+    // The server may answer and close before taking all of the request (a 413, say): its
+    // answer is still there to read, so a failed write is only reported if reading fails.
+    let written = stream.write_all(raw.as_bytes());
+    let mut buf = Vec::new();
+    match (&mut stream).take(MAX_RESPONSE).read_to_end(&mut buf) {
+        Ok(_) => {}
+        Err(e) if buf.is_empty() => return Err(io_err(written.err().unwrap_or(e))),
+        // A reset after a complete response is no loss.
+        Err(_) => {}
+    }
+    if buf.is_empty() {
+        return Err(match written {
+            Err(e) => io_err(e),
+            Ok(()) => RemoteError::BadResponse("the connection closed without an answer".into()),
+        });
+    }
+    parse_response(&buf)
+}
+
+fn parse_response(buf: &[u8]) -> Result<ApiResponse, RemoteError> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return Err(RemoteError::BadResponse("incomplete headers".into()))
+        }
+        Err(e) => return Err(RemoteError::BadResponse(e.to_string())),
+    };
+    let status = resp
+        .code
+        .ok_or_else(|| RemoteError::BadResponse("no status".into()))?;
+    let mut body = &buf[head_len..];
+    if let Some(h) = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        let len: usize = std::str::from_utf8(h.value)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| RemoteError::BadResponse("bad Content-Length".into()))?;
+        if body.len() < len {
+            return Err(RemoteError::BadResponse(format!(
+                "the body ended after {} of {len} bytes",
+                body.len()
+            )));
+        }
+        body = &body[..len];
+    }
+    Ok(ApiResponse {
+        status,
+        body: String::from_utf8_lossy(body).into_owned(),
+    })
+}
+
+/// clap's error as one line: its first paragraph (which for a missing argument names it on
+/// the next line), without the usage block and tips.
+pub fn arg_error_line(e: &clap::Error) -> String {
+    // With no arguments at all clap's "error" is the whole help text.
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return "give --api-socket PATH and a command (see --help)".into();
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.split("\n\n").next().unwrap_or_default();
+    let joined = first
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let joined = joined.strip_prefix("error: ").unwrap_or(&joined);
+    if joined.is_empty() {
+        "invalid arguments (see --help)".into()
+    } else {
+        format!("{joined} (see --help)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Result<RemoteCli, clap::Error> {
+        RemoteCli::try_parse_from(std::iter::once("ghvmm-remote").chain(args.iter().copied()))
+    }
+
+    fn request(args: &[&str]) -> Result<ApiRequest, String> {
+        let c = cli(args).map_err(|e| arg_error_line(&e))?;
+        c.command.request().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn verbs_map_to_ch_endpoints() {
+        let s = ["--api-socket", "/s"];
+        let ep = |verb: &[&str]| {
+            let args: Vec<&str> = s.iter().chain(verb).copied().collect();
+            let r = request(&args).unwrap();
+            (r.method, r.endpoint)
+        };
+        assert_eq!(ep(&["ping"]), ("GET", "vmm.ping"));
+        assert_eq!(ep(&["info"]), ("GET", "vm.info"));
+        assert_eq!(ep(&["add-device", "path=/p"]), ("PUT", "vm.add-device"));
+        assert_eq!(ep(&["remove-device", "gpu0"]), ("PUT", "vm.remove-device"));
+        assert_eq!(ep(&["power-button"]), ("PUT", "vm.power-button"));
+        assert_eq!(ep(&["shutdown"]), ("PUT", "vm.shutdown"));
+        assert_eq!(ep(&["shutdown-vmm"]), ("PUT", "vmm.shutdown"));
+        let r = request(&[
+            "--api-socket",
+            "/s",
+            "add-device",
+            "path=/g,id=gpu1,gh_slot=1",
+        ])
+        .unwrap();
+        assert_eq!(
+            r.body.unwrap(),
+            r#"{"path":"/g","iommu":false,"id":"gpu1","pci_segment":0,"x_nv_gpudirect_clique":null,"gh_slot":1}"#
+        );
+        let r = request(&["--api-socket", "/s", "remove-device", "gpu1"]).unwrap();
+        assert_eq!(r.body.unwrap(), r#"{"id":"gpu1"}"#);
+    }
+
+    #[test]
+    fn clap_shape_is_valid() {
+        use clap::CommandFactory;
+        RemoteCli::command().debug_assert();
+    }
+
+    #[test]
+    fn argument_errors_are_one_line() {
+        let cases: &[&[&str]] = &[
+            &[],
+            &["ping"],
+            &["--api-socket"],
+            &["--api-socket", "/s"],
+            &["--api-socket", "/s", "bogus"],
+            &["--api-socket", "/s", "ping", "extra"],
+            &["--api-socket", "/s", "add-device"],
+            &["--api-socket", "/s", "add-device", "id=x"],
+            &["--api-socket", "/s", "add-device", "path=/p,iommu=on"],
+            &["--api-socket", "/s", "add-device", "path=/p,id=a b"],
+            &["--api-socket", "/s", "add-device", "path=/p,gh_slot=x"],
+            &["--api-socket", "/s", "remove-device"],
+            &["--bogus"],
+        ];
+        for args in cases {
+            let e = request(args).expect_err(&format!("{args:?}"));
+            assert!(!e.contains('\n') && !e.is_empty(), "{args:?}: {e}");
+            assert!(!e.starts_with("error:"), "{args:?}: {e}");
+        }
+        assert_eq!(
+            request(&["--api-socket", "/s", "add-device", "path=/p,id=a b"]).unwrap_err(),
+            "add-device: id=a b: use letters, digits, '_' and '-'"
+        );
+        assert_eq!(
+            request(&[]).unwrap_err(),
+            "give --api-socket PATH and a command (see --help)"
+        );
+        let e = request(&["--api-socket", "/s"]).unwrap_err();
+        assert!(e.contains("requires a subcommand"), "{e}");
+        let e = request(&["ping"]).unwrap_err();
+        assert!(e.contains("--api-socket"), "{e}");
+    }
+
+    #[test]
+    fn responses() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}trailing").unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "{}"));
+        let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+        assert_eq!((r.status, r.body.as_str()), (204, ""));
+        let r = parse_response(b"HTTP/1.1 404 Not Found\r\n\r\nno such device\n").unwrap();
+        assert_eq!((r.status, r.body.as_str()), (404, "no such device\n"));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
+        assert!(parse_response(b"garbage").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert_eq!(pretty(r#"{"a":1}"#), "{\n  \"a\": 1\n}");
+        assert_eq!(pretty("text\n"), "text");
+        assert_eq!(one_line("a\nb\r\nc"), "a b  c");
+    }
+}
