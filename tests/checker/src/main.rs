@@ -32,6 +32,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("time-to-marker") => std::process::exit(timing::main(&args[2..])),
+        Some("time-to-file") => std::process::exit(timing::to_file(&args[2..])),
         Some("resolve") => std::process::exit(resolve::main(&args[2..])),
         Some("http") => std::process::exit(http::main(&args[2..])),
         _ => {}

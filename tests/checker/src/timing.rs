@@ -45,3 +45,34 @@ pub fn main(args: &[String]) -> i32 {
         Err(_) => 1,
     }
 }
+
+/// `checker time-to-file LABEL FILE MARKER -- CMD ARGS...`: runs CMD (its output passes
+/// through), then waits until FILE contains a line with MARKER, and prints
+/// `@@BENCH LABEL <ms>` measured from just before CMD started. For hot-plug latency: CMD is
+/// the API call, FILE the guest's console as L2 keeps it. Gives up after 120 s (exit 1).
+pub fn to_file(args: &[String]) -> i32 {
+    let (label, file, marker, cmd) = match args {
+        [label, file, marker, sep, cmd @ ..] if sep == "--" && !cmd.is_empty() => {
+            (label, file, marker, cmd)
+        }
+        _ => {
+            eprintln!("usage: checker time-to-file LABEL FILE MARKER -- CMD [ARGS...]");
+            return 2;
+        }
+    };
+    let start = Instant::now();
+    let status = Command::new(&cmd[0]).args(&cmd[1..]).status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("checker: {} failed", cmd.join(" "));
+        return 1;
+    }
+    while start.elapsed() < std::time::Duration::from_secs(120) {
+        let text = std::fs::read(file).unwrap_or_default();
+        if String::from_utf8_lossy(&text).contains(marker.as_str()) {
+            println!("@@BENCH {label} {}", start.elapsed().as_millis());
+            return 0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    1
+}

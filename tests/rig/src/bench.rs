@@ -54,6 +54,54 @@ fn gh_script() -> String {
     )
 }
 
+/// Hot-plug latency (issue 5): from the API call to the guest seeing the device, for a small
+/// BAR and for one 1024 times larger; `HOTPLUG_RUNS` of each, alternating sizes would need a
+/// module reload per run, so the small ones run first.
+const HOTPLUG_SMALL: u64 = 64 << 10;
+const HOTPLUG_LARGE: u64 = HOTPLUG_SMALL * 1024;
+const HOTPLUG_RUNS: u32 = 5;
+
+/// Shell: unbinds ivshmem from whatever variant driver instance holds it, reloads the test
+/// driver with `len` bytes and binds it again.
+fn reload_variant(len: u64) -> String {
+    format!(
+        "[ -e $IVSHMEM/driver ] && echo $(basename $IVSHMEM) > $IVSHMEM/driver/unbind\n\
+         rmmod ghvmm_test_vfio 2>/dev/null\n{}",
+        crate::vfio_scenarios::bind_variant("vmm_pads", len, "")
+    )
+}
+
+fn hotplug_script() -> String {
+    let ghvmm = L3::new(Vmm::Ghvmm, 2, "512M")
+        .cmdline(&format!(
+            "ghvmm.vfio=hotplug ghvmm.cycles={}",
+            2 * HOTPLUG_RUNS
+        ))
+        .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock")
+        .command();
+    let runs = |label: &str, first: u32| {
+        format!(
+            "for i in $(seq {first} {last}); do\n\
+               /bin/checker time-to-file {label} /tmp/l3.out \"@@HOTPLUG present $i \" -- \
+                 $R add-device path=$IVSHMEM,id=gpu0,gh_slot=0 >> $L2_DEFER\n\
+               $R remove-device gpu0 > /dev/null\n\
+               wait_marker \"@@HOTPLUG gone $i\" 120\n\
+             done\n",
+            last = first + HOTPLUG_RUNS - 1
+        )
+    };
+    format!(
+        "{small}start_l3 {ghvmm}\n\
+         R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
+         wait_marker '@@HOTPLUG ready' 120\n\
+         {a}{large}{b}finish_l3 120\n",
+        small = reload_variant(HOTPLUG_SMALL),
+        large = reload_variant(HOTPLUG_LARGE),
+        a = runs("hotplug-small-ms", 1),
+        b = runs("hotplug-large-ms", 1 + HOTPLUG_RUNS),
+    )
+}
+
 fn script() -> String {
     let mut s = String::new();
     for _ in 0..RUNS {
@@ -83,7 +131,7 @@ pub fn run(root: &Path) -> Result<()> {
         &[
             images::qemu_overlay(&prep.paths)?,
             vmlinux,
-            images::scenario_overlay(&(script() + &gh_script())),
+            images::scenario_overlay(&(script() + &gh_script() + &hotplug_script())),
         ],
         &[],
         Duration::from_secs(1200),
@@ -158,6 +206,38 @@ pub fn run(root: &Path) -> Result<()> {
         if exits == 0 { "met" } else { "not met" }
     );
     println!("padding read {pad_ns} ns, empty MMIO read {empty_ns} ns: ratio {padding:.2}   (goal <= 1.20: {})", if padding <= 1.2 { "met" } else { "not met" });
+    let hotplug = |label: &str| {
+        let mut v: Vec<u64> = t
+            .bench
+            .iter()
+            .filter(|(l, _)| l == label)
+            .map(|(_, ms)| *ms)
+            .collect();
+        (v.clone(), median(&mut v))
+    };
+    let (small_runs, small) = hotplug("hotplug-small-ms");
+    let (large_runs, large) = hotplug("hotplug-large-ms");
+    let (Some(small), Some(large)) = (small, large) else {
+        bail!(
+            "the hot-plug bench reported {small_runs:?} and {large_runs:?} (log: {})",
+            dir.join("console.log").display()
+        );
+    };
+    let hp_ratio = large as f64 / small.max(1) as f64;
+    println!();
+    println!("Hot plug, API call to the device in the guest (ms, L2 clock)");
+    println!(
+        "BAR {} KiB: runs {small_runs:?}, median {small}",
+        HOTPLUG_SMALL >> 10
+    );
+    println!(
+        "BAR {} MiB: runs {large_runs:?}, median {large}",
+        HOTPLUG_LARGE >> 20
+    );
+    println!(
+        "ratio large / small: {hp_ratio:.2}   (goal <= 1.20: {})",
+        if hp_ratio <= 1.2 { "met" } else { "not met" }
+    );
     let rows: Vec<String> = medians
         .iter()
         .map(|(l, r, m)| format!("    \"{l}\": {{ \"runs_ms\": {r:?}, \"median_ms\": {m} }}"))
@@ -168,7 +248,10 @@ pub fn run(root: &Path) -> Result<()> {
          \"goal\": 0.5,\n  \"guest\": {{ \"cpus\": {CPUS}, \"memory\": \"{MEM}\" }},\n  \
          \"gh_device\": {{ \"bar_copy_us\": {bar_us}, \"ram_copy_us\": {ram_us}, \"bandwidth_ratio\": {bandwidth:.3}, \
          \"copy_mmio_exits\": {exits}, \"padding_read_ns\": {pad_ns}, \"empty_mmio_read_ns\": {empty_ns}, \
-         \"padding_cost_ratio\": {padding:.3} }}\n}}\n",
+         \"padding_cost_ratio\": {padding:.3} }},\n  \
+         \"hotplug\": {{ \"small_bar_bytes\": {HOTPLUG_SMALL}, \"large_bar_bytes\": {HOTPLUG_LARGE}, \
+         \"small_runs_ms\": {small_runs:?}, \"large_runs_ms\": {large_runs:?}, \"small_median_ms\": {small}, \
+         \"large_median_ms\": {large}, \"ratio\": {hp_ratio:.3} }}\n}}\n",
         rows.join(",\n")
     );
     std::fs::create_dir_all(&dir)?;
@@ -195,6 +278,17 @@ mod tests {
         );
         assert!(s.contains("--kernel /l3/vmlinux"));
         assert!(s.contains("-kernel /l3/vmlinuz -initrd"));
+    }
+
+    #[test]
+    fn hotplug_script_times_both_sizes() {
+        let s = hotplug_script();
+        assert!(s.contains("length=65536"));
+        assert!(s.contains(&format!("length={}", 64u64 << 20)));
+        assert!(s.contains("time-to-file hotplug-small-ms /tmp/l3.out"));
+        assert!(s.contains("for i in $(seq 6 10)"));
+        assert!(s.contains("ghvmm.cycles=10"));
+        assert!(s.find("length=65536") < s.find("start_l3"));
     }
 
     #[test]

@@ -97,7 +97,8 @@ pub fn boot_l2(
     }
     std::fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
     let ivshmem = dir.join("ivshmem.bin");
-    std::fs::write(&ivshmem, vec![0u8; 64 << 20])?;
+    // Sparse: the device memory costs no disk until the guest writes it.
+    std::fs::File::create(&ivshmem)?.set_len(64 << 20)?;
     let l2 = qemu::L2 {
         kernel: prep.paths.kernel(),
         initrd,
