@@ -2,6 +2,7 @@
 //! `--api-socket`, drives it with `ghvmm-remote` (and raw requests for the error classes) and
 //! follows the guest through the checker's `@@HOTPLUG` lines (tests/checker/src/hotplug.rs).
 
+use crate::gh_scenarios::{compare_nodes, compare_srat, NumaExpect};
 use crate::l3::L3;
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
 use crate::vfio_scenarios::{bind_variant, gh_file_checks_for, GH_LENGTHS};
@@ -95,7 +96,7 @@ fn hotplug_gh_scenario() -> Scenario {
     let l3 = L3::new(BOOT_VMM, 2, "512M")
         .cmdline(&format!(
             "ghvmm.vfio=hotplug ghvmm.gh_mode=kernel_pads ghvmm.gh_len={len} \
-             ghvmm.cycles={CYCLES} ghvmm.bdf=0001:00:00.0"
+             ghvmm.cycles={CYCLES} ghvmm.bdf=0001:00:00.0 ghvmm.numa=report"
         ))
         .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock");
     let (fds1, slots1, rss1) = (
@@ -184,12 +185,23 @@ fn hotplug_gh_scenario() -> Scenario {
         "api-not-vfio",
         "api-no-such-slot",
         "host-file",
+        "numa-report",
+        "numa-nodes",
+        "srat-gi",
     ]);
+    // The nodes reserved at boot, and the SRAT naming the address the device arrived at.
+    let numa = NumaExpect::gh("0-1", 1, 8, 20);
     Scenario {
         setup: script,
         l3: None,
         expect,
-        host_checks: Some(Box::new(move |_, d, _| gh_file_checks_for(d, len))),
+        acpi: true,
+        host_checks: Some(Box::new(move |_, d, t| {
+            let mut v = gh_file_checks_for(d, len);
+            v.push(("numa-nodes".into(), compare_nodes(&numa, t)));
+            v.push(("srat-gi".into(), compare_srat(&numa, d, t)));
+            v
+        })),
         timeout: std::time::Duration::from_secs(420),
         ..Scenario::boot(
             "hotplug-gh",
