@@ -8,25 +8,11 @@
 //! `@@HOTPLUG ready` says the checker is waiting for the first device.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::checks::report;
+use crate::util::wait_for;
 use crate::vfio::find;
-
-const POLL: Duration = Duration::from_millis(50);
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> Option<PathBuf>) -> Option<PathBuf> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(POLL);
-    }
-}
 
 fn device() -> Option<PathBuf> {
     find("0x1af4", "0x1110")
@@ -69,7 +55,7 @@ pub fn cycles(mode: &str, len: u64, cycles: u32, expect_bdf: &str) {
             crate::gh::gpu_like(mode, len);
         }
         say(&format!("@@HOTPLUG present {n} {bdf}"));
-        let gone = wait_for(limit, || (!dev.exists()).then(|| PathBuf::from("gone")));
+        let gone = wait_for(limit, || (!dev.exists()).then_some(()));
         if gone.is_none() {
             report(
                 "hotplug-depart",

@@ -24,6 +24,7 @@ mod nic;
 mod numa;
 mod resolve;
 mod timing;
+mod util;
 mod vfio;
 
 use std::io::Write;

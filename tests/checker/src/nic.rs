@@ -11,9 +11,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::checks::report;
+use crate::util::{read_trim, wait_for};
 
 const BUSYBOX: &str = "/bin/busybox";
 /// The e1000e module in the L3 initramfs (the rig copies it from the L3 kernel's modules).
@@ -44,19 +45,6 @@ fn busybox(args: &[&str]) -> Result<String, String> {
     }
 }
 
-fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe() {
-            return Some(v);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The network interface the driver created for the device at `dev`.
 fn interface(dev: &Path) -> Option<String> {
     let mut names = std::fs::read_dir(dev.join("net")).ok()?;
@@ -64,13 +52,6 @@ fn interface(dev: &Path) -> Option<String> {
         .next()?
         .ok()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-}
-
-fn read_trim(p: impl AsRef<Path>) -> String {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .trim()
-        .to_string()
 }
 
 /// The /proc/interrupts lines of `iface`'s vectors (IRQ number, line), and their total

@@ -11,12 +11,7 @@
 use std::path::Path;
 
 use crate::checks::report;
-
-fn read_trim(p: impl AsRef<Path>) -> Option<String> {
-    std::fs::read_to_string(p)
-        .ok()
-        .map(|s| s.trim().to_string())
-}
+use crate::util::read_trim;
 
 /// MemTotal in kB from a node's `meminfo` ("Node 0 MemTotal:  123 kB").
 pub fn node_memtotal_kb(meminfo: &str) -> Option<u64> {
@@ -48,19 +43,18 @@ fn nodes() -> Result<(), String> {
     }
     for id in ids {
         let dir = root.join(format!("node{id}"));
-        let cpus = read_trim(dir.join("cpulist")).unwrap_or_default();
+        let cpus = read_trim(dir.join("cpulist"));
         let mem = std::fs::read_to_string(dir.join("meminfo"))
             .ok()
             .and_then(|m| node_memtotal_kb(&m))
             .unwrap_or(0);
         let distance = read_trim(dir.join("distance"))
-            .unwrap_or_default()
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(",");
         println!("@@FACT node {id} cpus={cpus} memkb={mem} distance={distance}");
     }
-    let gi = read_trim(root.join("has_generic_initiator")).unwrap_or_default();
+    let gi = read_trim(root.join("has_generic_initiator"));
     println!("@@FACT generic_initiator {gi}");
     Ok(())
 }
@@ -72,7 +66,7 @@ fn pci() {
     let mut devs: Vec<_> = dir.flatten().map(|e| e.path()).collect();
     devs.sort();
     for d in devs {
-        let r = |f: &str| read_trim(d.join(f)).unwrap_or_default();
+        let r = |f: &str| read_trim(d.join(f));
         let name = d
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
