@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::l3::L3;
 use crate::protocol::{Outcome, Transcript};
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
-use crate::vfio_scenarios::{bind_variant, gh_file_checks, GH_LENGTHS};
+use crate::vfio_scenarios::{bind_variant, gh_file_checks, GH_DEVICE_CHECKS, GH_LENGTHS};
 
 /// One node as the guest must see it.
 pub struct NodeExpect {
@@ -340,26 +340,14 @@ fn gh_slot1_scenario() -> Scenario {
         acpi: true,
         expect: [
             L3_CHECKS,
-            &[
-                "vfio-bind",
-                "gh-bar",
-                "gh-data",
-                "gh-padding-read",
-                "gh-straddle",
-                "gh-padding-write",
-                "host-file",
-                "numa-report",
-                "numa-nodes",
-                "srat-gi",
-                "gpu-address",
-                "gpu-dsd",
-            ],
+            GH_DEVICE_CHECKS,
+            NUMA_CHECKS,
+            &["gpu-address", "gpu-dsd"],
         ]
         .concat(),
         host_checks: Some(Box::new(move |s, dir, t| {
             let mut v = gh_file_checks(s, dir);
-            v.push(("numa-nodes".into(), compare_nodes(&expect, t)));
-            v.push(("srat-gi".into(), compare_srat(&expect, dir, t)));
+            v.extend(numa_checks(&expect, dir, t));
             v.push(("gpu-address".into(), compare_gpu_address("0001:00:00.0", t)));
             v.push(("gpu-dsd".into(), compare_dsd(dir, 1, 8)));
             v
@@ -372,62 +360,59 @@ fn gh_slot1_scenario() -> Scenario {
     }
 }
 
-fn gh_slots2_empty_scenario() -> Scenario {
-    let l3 = L3::new(BOOT_VMM, 2, "512M")
-        .cmdline("ghvmm.numa=report")
-        .vmm_args("--gh slots=2,bar_space=64G");
-    let expect = NumaExpect::gh("0-1", 2, 8, 20);
+/// The guest reports its NUMA view (`ghvmm.numa=report`); the host compares it and the SRAT.
+pub const NUMA_CHECKS: &[&str] = &["numa-report", "numa-nodes", "srat-gi"];
+
+/// The host side of `NUMA_CHECKS`.
+pub fn numa_checks(e: &NumaExpect, dir: &Path, t: &Transcript) -> Vec<(String, Outcome)> {
+    vec![
+        ("numa-nodes".into(), compare_nodes(e, t)),
+        ("srat-gi".into(), compare_srat(e, dir, t)),
+    ]
+}
+
+/// A guest whose only extra checks are its NUMA view against `expect`.
+fn numa_scenario(name: &'static str, about: &'static str, l3: L3, expect: NumaExpect) -> Scenario {
     Scenario {
         acpi: true,
-        expect: [L3_CHECKS, &["numa-report", "numa-nodes", "srat-gi"]].concat(),
-        host_checks: Some(Box::new(move |_, dir, t| {
-            vec![
-                ("numa-nodes".into(), compare_nodes(&expect, t)),
-                ("srat-gi".into(), compare_srat(&expect, dir, t)),
-            ]
-        })),
-        ..Scenario::boot(
-            "gh-slots2-empty",
-            "--gh slots=2 with no GPU at boot: 16 GI nodes exist before any GPU arrives",
-            l3,
-        )
+        expect: [L3_CHECKS, NUMA_CHECKS].concat(),
+        host_checks: Some(Box::new(move |_, dir, t| numa_checks(&expect, dir, t))),
+        ..Scenario::boot(name, about, l3.cmdline("ghvmm.numa=report"))
     }
 }
 
+fn gh_slots2_empty_scenario() -> Scenario {
+    numa_scenario(
+        "gh-slots2-empty",
+        "--gh slots=2 with no GPU at boot: 16 GI nodes exist before any GPU arrives",
+        L3::new(BOOT_VMM, 2, "512M").vmm_args("--gh slots=2,bar_space=64G"),
+        NumaExpect::gh("0-1", 2, 8, 20),
+    )
+}
+
 fn numa_ch_scenario() -> Scenario {
-    let l3 = L3::new(BOOT_VMM, 4, "1G")
-        .cmdline("ghvmm.numa=report")
-        .vmm_args("--numa guest_numa_id=0,cpus=0-1 --numa guest_numa_id=1,cpus=2-3,distances=0@20");
-    let expect = NumaExpect {
-        nodes: vec![
-            NodeExpect {
-                cpus: "0-1",
-                memory: true,
-            },
-            NodeExpect {
-                cpus: "2-3",
-                memory: false,
-            },
-        ],
-        distances: vec![vec![10, 20], vec![20, 10]],
-        generic_initiator: "",
-        slots: Vec::new(),
-    };
-    Scenario {
-        acpi: true,
-        expect: [L3_CHECKS, &["numa-report", "numa-nodes", "srat-gi"]].concat(),
-        host_checks: Some(Box::new(move |_, dir, t| {
-            vec![
-                ("numa-nodes".into(), compare_nodes(&expect, t)),
-                ("srat-gi".into(), compare_srat(&expect, dir, t)),
-            ]
-        })),
-        ..Scenario::boot(
-            "gh-numa-ch",
-            "Cloud Hypervisor's --numa: two nodes of two vCPUs each, the SLIT given",
-            l3,
-        )
-    }
+    numa_scenario(
+        "gh-numa-ch",
+        "Cloud Hypervisor's --numa: two nodes of two vCPUs each, the SLIT given",
+        L3::new(BOOT_VMM, 4, "1G").vmm_args(
+            "--numa guest_numa_id=0,cpus=0-1 --numa guest_numa_id=1,cpus=2-3,distances=0@20",
+        ),
+        NumaExpect {
+            nodes: vec![
+                NodeExpect {
+                    cpus: "0-1",
+                    memory: true,
+                },
+                NodeExpect {
+                    cpus: "2-3",
+                    memory: false,
+                },
+            ],
+            distances: vec![vec![10, 20], vec![20, 10]],
+            generic_initiator: "",
+            slots: Vec::new(),
+        },
+    )
 }
 
 fn bad_args_scenario() -> Scenario {

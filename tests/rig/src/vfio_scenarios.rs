@@ -74,6 +74,18 @@ fn ivshmem_file_check(_: &Scenario, dir: &Path) -> Vec<(String, Outcome)> {
     vec![("host-file".to_string(), outcome)]
 }
 
+/// What the guest and host check for every GPU-like device: the variant driver bound in L2,
+/// the BAR checks of tests/checker/src/gh.rs, and the backing file (`gh_file_checks`).
+pub const GH_DEVICE_CHECKS: &[&str] = &[
+    "vfio-bind",
+    "gh-bar",
+    "gh-data",
+    "gh-padding-read",
+    "gh-straddle",
+    "gh-padding-write",
+    "host-file",
+];
+
 /// Default GPU-like device lengths: one a multiple of 2 MiB (not a power of two), one not.
 pub const GH_LENGTHS: [u64; 2] = [48 << 20, (40 << 20) + (12 << 10)];
 pub const GH_MODES: [&str; 2] = ["vmm_pads", "kernel_pads"];
@@ -111,19 +123,7 @@ pub fn gh_device_scenarios(modes: &[&'static str], lengths: &[u64]) -> Vec<Scena
                 .vmm_args("--device path=$IVSHMEM,id=gpu0");
             v.push(Scenario {
                 setup: bind_variant(mode, len, ""),
-                expect: [
-                    L3_CHECKS,
-                    &[
-                        "vfio-bind",
-                        "gh-bar",
-                        "gh-data",
-                        "gh-padding-read",
-                        "gh-straddle",
-                        "gh-padding-write",
-                        "host-file",
-                    ],
-                ]
-                .concat(),
+                expect: [L3_CHECKS, GH_DEVICE_CHECKS].concat(),
                 host_checks: Some(Box::new(|s, d, _| gh_file_checks(s, d))),
                 ..Scenario::boot(name, about, l3)
             });
