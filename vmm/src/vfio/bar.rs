@@ -20,7 +20,9 @@ pub struct BarTrap {
     pub bar_base: u64,
     pub layout: BarLayout,
     pub region: FdRegion,
-    pub interrupts: SharedInterrupts,
+    /// Only the BAR that holds the MSI-X table looks at the interrupt state; the others
+    /// (a GPU's memory BAR and its padding) never take that lock.
+    pub interrupts: Option<SharedInterrupts>,
     reported: bool,
 }
 
@@ -30,7 +32,7 @@ impl BarTrap {
         bar_base: u64,
         layout: BarLayout,
         region: FdRegion,
-        interrupts: SharedInterrupts,
+        interrupts: Option<SharedInterrupts>,
     ) -> Self {
         BarTrap {
             bar,
@@ -61,22 +63,24 @@ impl BarTrap {
 impl BusDevice for BarTrap {
     fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
         let at = base - self.bar_base + offset;
-        let irq = self.interrupts.lock().unwrap_or_else(|e| e.into_inner());
-        if irq.table_read(self.bar, at, data) {
-            return;
+        if let Some(irq) = &self.interrupts {
+            let irq = irq.lock().unwrap_or_else(|e| e.into_inner());
+            if irq.table_read(self.bar, at, data) {
+                return;
+            }
         }
-        drop(irq);
         let errors = dispatch::read(&self.layout, &self.region, at, data);
         self.report(errors);
     }
 
     fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
         let at = base - self.bar_base + offset;
-        let mut irq = self.interrupts.lock().unwrap_or_else(|e| e.into_inner());
-        if irq.table_write(self.bar, at, data) {
-            return;
+        if let Some(irq) = &self.interrupts {
+            let mut irq = irq.lock().unwrap_or_else(|e| e.into_inner());
+            if irq.table_write(self.bar, at, data) {
+                return;
+            }
         }
-        drop(irq);
         let errors = dispatch::write(&self.layout, &self.region, at, data);
         self.report(errors);
     }

@@ -446,7 +446,10 @@ fn build_bars(
                 device: device.clone(),
                 base: region_offset,
             },
-            interrupts.clone(),
+            // The first range is the MSI-X table (`InterruptCaps::msix_ranges`).
+            msix.first()
+                .filter(|table| table.bar == this)
+                .map(|_| interrupts.clone()),
         )));
         built.plans.push(BarPlan {
             index: this,
