@@ -8,7 +8,9 @@ use std::path::Path;
 use crate::l3::L3;
 use crate::protocol::{Outcome, Transcript};
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
-use crate::vfio_scenarios::{bind_variant, gh_file_checks, GH_DEVICE_CHECKS, GH_LENGTHS};
+use crate::vfio_scenarios::{
+    bind_ivshmem, bind_variant, gh_file_checks, GH_DEVICE_CHECKS, GH_LENGTHS,
+};
 
 /// One node as the guest must see it.
 pub struct NodeExpect {
@@ -27,6 +29,9 @@ pub struct NumaExpect {
     /// Generic Initiator domains per GH slot: slot k's GPU is expected at 00:00.0 of segment
     /// k+1, and its entries must name the device there.
     pub slots: Vec<Vec<u32>>,
+    /// Generic Initiator domains of the GPU-like device wherever the guest found it
+    /// (`--numa device_id=`): their entries must name that address.
+    pub devices: Vec<u32>,
 }
 
 impl NumaExpect {
@@ -59,6 +64,7 @@ impl NumaExpect {
             slots: (0..slots)
                 .map(|k| (1 + k * nodes..1 + (k + 1) * nodes).collect())
                 .collect(),
+            devices: Vec::new(),
         }
     }
 }
@@ -235,39 +241,48 @@ pub fn compare_srat(e: &NumaExpect, dir: &Path, t: &Transcript) -> Outcome {
         .find(|(_, v)| v.contains(" 1af4:1110"))
         .and_then(|(_, v)| parse_bdf(v.split_whitespace().next()?));
     let mut bad = Vec::new();
-    let expected: usize = e.slots.iter().map(Vec::len).sum();
+    let expected: usize = e.slots.iter().map(Vec::len).sum::<usize>() + e.devices.len();
     if entries.len() != expected {
         bad.push(format!(
             "{} Generic Initiator entries, expected {expected}",
             entries.len()
         ));
     }
+    // (domain, the address its entry must name).
+    let mut wanted: Vec<(u32, (u16, u8, u8))> = Vec::new();
     for (k, domains) in e.slots.iter().enumerate() {
         let slot_addr = (k as u16 + 1, 0u8, 0u8);
         let want = match gpu {
             Some(g) if g.0 == slot_addr.0 => g,
             _ => slot_addr,
         };
-        for d in domains {
-            match entries.iter().find(|g| g.domain == *d) {
-                None => bad.push(format!("no entry for domain {d}")),
-                Some(g) if (g.segment, g.bus, g.devfn) != want || g.handle_type != 1 || !g.enabled => {
-                    bad.push(format!(
-                        "domain {d}: handle type {} {:04x}:{:02x}:{:02x}.{} enabled {}, expected PCI {:04x}:{:02x}:{:02x}.{}",
-                        g.handle_type,
-                        g.segment,
-                        g.bus,
-                        g.devfn >> 3,
-                        g.devfn & 7,
-                        g.enabled,
-                        want.0,
-                        want.1,
-                        want.2 >> 3,
-                        want.2 & 7
-                    ))
-                }
-                Some(_) => {}
+        wanted.extend(domains.iter().map(|d| (*d, want)));
+    }
+    if !e.devices.is_empty() {
+        match gpu {
+            Some(g) => wanted.extend(e.devices.iter().map(|d| (*d, g))),
+            None => bad.push("the guest has no 1af4:1110 device to compare with".into()),
+        }
+    }
+    for (d, want) in wanted {
+        match entries.iter().find(|g| g.domain == d) {
+            None => bad.push(format!("no entry for domain {d}")),
+            Some(g) if (g.segment, g.bus, g.devfn) != want || g.handle_type != 1 || !g.enabled => {
+                bad.push(format!(
+                    "domain {d}: handle type {} {:04x}:{:02x}:{:02x}.{} enabled {}, expected PCI {:04x}:{:02x}:{:02x}.{}",
+                    g.handle_type,
+                    g.segment,
+                    g.bus,
+                    g.devfn >> 3,
+                    g.devfn & 7,
+                    g.enabled,
+                    want.0,
+                    want.1,
+                    want.2 >> 3,
+                    want.2 & 7
+                ))
             }
+            Some(_) => {}
         }
     }
     if bad.is_empty() {
@@ -411,8 +426,45 @@ fn numa_ch_scenario() -> Scenario {
             distances: vec![vec![10, 20], vec![20, 10]],
             generic_initiator: "",
             slots: Vec::new(),
+            devices: Vec::new(),
         },
     )
+}
+
+/// `--numa device_id=` for a device on segment 0: its Generic Initiator entry names a
+/// non-zero devfn, so a swapped bus/devfn (QEMU 9.0's bug) cannot pass, which a GPU at 00.0
+/// of its own segment (all zeros) could not show.
+fn numa_device_scenario() -> Scenario {
+    let l3 = L3::new(BOOT_VMM, 2, "512M").vmm_args(
+        "--numa guest_numa_id=0,cpus=0-1 --numa guest_numa_id=1,device_id=shm0 \
+         --device path=$IVSHMEM,id=shm0",
+    );
+    let expect = NumaExpect {
+        nodes: vec![
+            NodeExpect {
+                cpus: "0-1",
+                memory: true,
+            },
+            NodeExpect {
+                cpus: "",
+                memory: false,
+            },
+        ],
+        distances: vec![vec![10, 20], vec![20, 10]],
+        generic_initiator: "1",
+        slots: Vec::new(),
+        devices: vec![1],
+    };
+    Scenario {
+        setup: bind_ivshmem("vfio-pci"),
+        expect: [L3_CHECKS, &["vfio-bind"], NUMA_CHECKS].concat(),
+        ..numa_scenario(
+            "gh-numa-device",
+            "--numa device_id= for a passed-through device on segment 0: the GI entry names its devfn",
+            l3,
+            expect,
+        )
+    }
 }
 
 fn bad_args_scenario() -> Scenario {
@@ -459,6 +511,7 @@ pub fn all() -> Vec<Scenario> {
         gh_slot1_scenario(),
         gh_slots2_empty_scenario(),
         numa_ch_scenario(),
+        numa_device_scenario(),
         bad_args_scenario(),
     ]
 }
@@ -533,6 +586,33 @@ mod tests {
         let sum = t.iter().fold(0u8, |a, b| a.wrapping_add(*b));
         t[9] = t[9].wrapping_sub(sum);
         assert!(srat_generic_initiators(&t).is_err());
+    }
+
+    #[test]
+    fn srat_entries_are_compared_with_where_the_guest_saw_the_device() {
+        let dir = std::env::temp_dir().join(format!("rig-srat-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("acpi")).unwrap();
+        std::fs::write(dir.join("acpi/SRAT.dat"), srat()).unwrap();
+        let e = NumaExpect {
+            nodes: Vec::new(),
+            distances: Vec::new(),
+            generic_initiator: "",
+            slots: vec![vec![1]],
+            devices: vec![2],
+        };
+        let mut t = Transcript::default();
+        t.feed("@@FACT pci 0000:00:03.1 1af4:1110 numa=-1");
+        assert_eq!(compare_srat(&e, &dir, &t), Outcome::Pass);
+        // The device elsewhere: its entry (devfn 0x19) no longer matches.
+        let mut t = Transcript::default();
+        t.feed("@@FACT pci 0000:00:04.0 1af4:1110 numa=-1");
+        assert!(matches!(compare_srat(&e, &dir, &t), Outcome::Fail(w) if w.contains("domain 2")));
+        // No device at all.
+        let Outcome::Fail(why) = compare_srat(&e, &dir, &Transcript::default()) else {
+            panic!("a missing device must fail");
+        };
+        assert!(why.contains("no 1af4:1110"), "{why}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -139,7 +139,7 @@ fn hotplug_gh_scenario() -> Scenario {
          l2_check api-cycles $? \"$failed\"\n\
          $R info > /tmp/info2.json\n\
          l2_say \"@@L2LOG after cycle 1: fds {fds1} slots {slots1} rss {rss1} KiB; after {CYCLES}: fds {fds2} slots {slots2} rss {rss2} KiB\"\n\
-         [ -n \"{fds1}\" ] && [ \"{fds1}\" = \"{fds2}\" ] && [ \"{slots1}\" = \"{slots2}\" ]\n\
+         [ -n \"{fds1}\" ] && [ -n \"{slots1}\" ] && [ \"{fds1}\" = \"{fds2}\" ] && [ \"{slots1}\" = \"{slots2}\" ]\n\
          l2_check hotplug-no-leak $? \"open fds {fds1} -> {fds2}, KVM memory slots {slots1} -> {slots2} over {n} cycles\"\n\
          finish_l3 120\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",

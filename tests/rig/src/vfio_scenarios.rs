@@ -21,7 +21,7 @@ fn bind_device(var: &str, driver: &str, check: &str) -> String {
 
 /// Shell that finds L2's ivshmem (1af4:1110), binds it to `driver` and reports `vfio-bind`;
 /// `$IVSHMEM` is then its sysfs path.
-fn bind_ivshmem(driver: &str) -> String {
+pub fn bind_ivshmem(driver: &str) -> String {
     format!(
         "IVSHMEM=\n\
          for d in /sys/bus/pci/devices/*; do\n\
