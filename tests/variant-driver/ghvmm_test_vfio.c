@@ -10,6 +10,10 @@
  *                     (what nvgrace-gpu does).
  *   length=BYTES      the real length, at most ivshmem's BAR2 size.
  *   bad_info=1        report a sparse area larger than the region (ghvmm must refuse it).
+ *   map_length=BYTES  only [0, map_length) may be mmapped (a sparse-mmap area in either mode);
+ *                     the rest of the real memory is reached through read/write only.
+ *   fail_after=N      fault injection: after N read/write calls on the memory region since
+ *                     the device was opened, every further one fails with -EIO.
  *
  * Like nvgrace-gpu, the BAR2/BAR3 registers are emulated as one 64-bit prefetchable BAR of
  * the reported size, and mmap is only allowed inside the real length.
@@ -31,6 +35,12 @@ MODULE_PARM_DESC(length, "real length of the device memory in bytes");
 static bool bad_info;
 module_param(bad_info, bool, 0444);
 MODULE_PARM_DESC(bad_info, "report invalid region info");
+static ulong map_length;
+module_param(map_length, ulong, 0444);
+MODULE_PARM_DESC(map_length, "mmappable part in bytes (0: all of length)");
+static ulong fail_after;
+module_param(fail_after, ulong, 0444);
+MODULE_PARM_DESC(fail_after, "fail memory region read/write with -EIO after this many calls (0: never)");
 
 #define MEM_BAR 2
 #define BAR_REG(bar) (PCI_BASE_ADDRESS_0 + 4 * (bar))
@@ -39,7 +49,9 @@ struct ghtest_device {
 	struct vfio_pci_core_device core;
 	phys_addr_t mem_phys;
 	u64 mem_len;
+	u64 map_len;
 	u64 region_size;
+	atomic64_t rw_calls;
 	bool kernel_pads;
 	void __iomem *mem;
 	u64 bar_value;
@@ -64,6 +76,7 @@ static int ghtest_open_device(struct vfio_device *vdev)
 		return -ENOMEM;
 	}
 	g->bar_value = 0;
+	atomic64_set(&g->rw_calls, 0);
 	vfio_pci_core_finish_enable(&g->core);
 	return 0;
 }
@@ -97,7 +110,7 @@ static long ghtest_region_info(struct ghtest_device *g, unsigned long arg)
 	info.size = g->region_size;
 	info.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE |
 		     VFIO_REGION_INFO_FLAG_MMAP;
-	if (g->kernel_pads || bad_info) {
+	if (g->kernel_pads || bad_info || g->map_len < g->mem_len) {
 		struct vfio_region_info_cap_sparse_mmap *sparse;
 		size_t size = struct_size(sparse, areas, 1);
 
@@ -108,7 +121,7 @@ static long ghtest_region_info(struct ghtest_device *g, unsigned long arg)
 		sparse->header.version = 1;
 		sparse->nr_areas = 1;
 		sparse->areas[0].offset = 0;
-		sparse->areas[0].size = bad_info ? g->region_size * 2 : g->mem_len;
+		sparse->areas[0].size = bad_info ? g->region_size * 2 : g->map_len;
 		ret = vfio_info_add_capability(&caps, &sparse->header, size);
 		kfree(sparse);
 		if (ret)
@@ -161,6 +174,8 @@ static ssize_t ghtest_mem_rw(struct ghtest_device *g, char __user *ubuf, size_t 
 
 	if (off >= g->region_size)
 		return -EINVAL;
+	if (fail_after && atomic64_inc_return(&g->rw_calls) > fail_after)
+		return -EIO;
 	count = min_t(u64, count, g->region_size - off);
 	while (done < count) {
 		size_t n = min_t(size_t, sizeof(chunk), count - done);
@@ -250,8 +265,8 @@ static int ghtest_mmap(struct vfio_device *vdev, struct vm_area_struct *vma)
 		return vfio_pci_core_mmap(vdev, vma);
 	pgoff = vma->vm_pgoff & ((1ULL << (VFIO_PCI_OFFSET_SHIFT - PAGE_SHIFT)) - 1);
 	len = vma->vm_end - vma->vm_start;
-	/* Only the real memory may be mapped, as with nvgrace-gpu. */
-	if ((pgoff << PAGE_SHIFT) + len > g->mem_len)
+	/* Only the real memory may be mapped, as with nvgrace-gpu (and only map_length of it). */
+	if ((pgoff << PAGE_SHIFT) + len > g->map_len)
 		return -EINVAL;
 	vma->vm_page_prot = pgprot_writecombine(vma->vm_page_prot);
 	vma->vm_flags |= VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP;
@@ -284,6 +299,11 @@ static int ghtest_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		pci_err(pdev, "length %lu must be between 1 and BAR2's %llu bytes\n", length, avail);
 		return -EINVAL;
 	}
+	if (map_length > length || map_length % PAGE_SIZE) {
+		pci_err(pdev, "map_length %lu must be a multiple of the page size, at most length\n",
+			map_length);
+		return -EINVAL;
+	}
 	if (strcmp(mode, "vmm_pads") && strcmp(mode, "kernel_pads")) {
 		pci_err(pdev, "mode must be vmm_pads or kernel_pads, not %s\n", mode);
 		return -EINVAL;
@@ -294,6 +314,7 @@ static int ghtest_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	dev_set_drvdata(&pdev->dev, &g->core);
 	g->mem_phys = pci_resource_start(pdev, MEM_BAR);
 	g->mem_len = length;
+	g->map_len = map_length ? map_length : length;
 	g->kernel_pads = !strcmp(mode, "kernel_pads");
 	g->region_size = g->kernel_pads ? roundup_pow_of_two(length) : length;
 	ret = vfio_pci_core_register_device(&g->core);
@@ -301,8 +322,8 @@ static int ghtest_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		vfio_put_device(&g->core.vdev);
 		return ret;
 	}
-	pci_info(pdev, "%s, device memory %llu bytes, region %llu bytes\n", mode, g->mem_len,
-		 g->region_size);
+	pci_info(pdev, "%s, device memory %llu bytes (%llu mappable), region %llu bytes\n", mode,
+		 g->mem_len, g->map_len, g->region_size);
 	return 0;
 }
 

@@ -230,7 +230,16 @@ pub fn run_all(expect: &Expectations) {
     }
     match expect.vfio.as_deref() {
         Some("ivshmem") => crate::vfio::ivshmem(),
-        Some("gh") => crate::gh::gpu_like(&expect.gh_mode, expect.gh_len.unwrap_or(0)),
+        Some("gh") => crate::gh::gpu_like_devices(
+            &expect.gh_mode,
+            expect.gh_len.unwrap_or(0),
+            expect.gh_devices.unwrap_or(1),
+        ),
+        Some("fault") => crate::fault::failing_region(
+            expect.gh_len.unwrap_or(0),
+            expect.gh_map.unwrap_or(0),
+            expect.fail_after.unwrap_or(0),
+        ),
         Some("nic") => crate::nic::e1000e(),
         Some("hotplug") => crate::hotplug::cycles(
             &expect.gh_mode,

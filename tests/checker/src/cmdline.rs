@@ -13,6 +13,12 @@ pub struct Expectations {
     /// The GPU-like device's contract and real length (`ghvmm.gh_mode=`, `ghvmm.gh_len=`).
     pub gh_mode: String,
     pub gh_len: Option<u64>,
+    /// How many GPU-like devices the guest must see (`ghvmm.gh_devices=`, default 1).
+    pub gh_devices: Option<usize>,
+    /// Fault injection (`ghvmm.vfio=fault`): the device's mmappable length
+    /// (`ghvmm.gh_map=`) and after how many region accesses it fails (`ghvmm.fail_after=`).
+    pub gh_map: Option<u64>,
+    pub fail_after: Option<u64>,
     /// The VMM the rig says runs us: `ghvmm` (default) or a peer (`qemu`), under which the
     /// checks of ghvmm's own platform (docs/platform.md) do not apply.
     pub platform: String,
@@ -45,6 +51,9 @@ impl Expectations {
                 "vfio" => e.vfio = Some(value.to_string()),
                 "gh_mode" => e.gh_mode = value.to_string(),
                 "gh_len" => e.gh_len = value.parse().ok(),
+                "gh_devices" => e.gh_devices = value.parse().ok(),
+                "gh_map" => e.gh_map = value.parse().ok(),
+                "fail_after" => e.fail_after = value.parse().ok(),
                 "platform" => e.platform = value.to_string(),
                 "numa" => e.numa = value == "report",
                 "cycles" => e.cycles = value.parse().ok(),

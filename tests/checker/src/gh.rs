@@ -3,7 +3,7 @@
 //! (0x00 when ghvmm pads, 0xff when the kernel pads), byte by byte across the boundary.
 
 use crate::checks::report;
-use crate::vfio::{find, resource, Mapping, IORESOURCE_MEM_64, IORESOURCE_PREFETCH};
+use crate::vfio::{find_all, resource, BarView, IORESOURCE_MEM_64, IORESOURCE_PREFETCH};
 
 /// Must match tests/rig/src/scenario.rs `gh_patterns` (the host looks for them in its file).
 fn patterns(len: u64) -> [(u64, [u8; 16]); 3] {
@@ -16,15 +16,72 @@ fn patterns(len: u64) -> [(u64, [u8; 16]); 3] {
 }
 
 pub fn gpu_like(mode: &str, len: u64) {
-    let pad: u8 = if mode == "kernel_pads" { 0xff } else { 0x00 };
-    let bar_size = len.max(4096).next_power_of_two();
-    let Some(dev) = find("0x1af4", "0x1110") else {
+    gpu_like_devices(mode, len, 1);
+}
+
+/// The checks on each of `count` GPU-like devices (`ghvmm.gh_devices=`); each check reports
+/// once, failing if it fails on any device (named by its address).
+pub fn gpu_like_devices(mode: &str, len: u64, count: usize) {
+    let devices = find_all("0x1af4", "0x1110");
+    if devices.is_empty() {
         report("gh-bar", Err("no 1af4:1110 device".into()));
         return;
-    };
+    }
+    if count != 1 {
+        report(
+            "gh-count",
+            if devices.len() == count {
+                Ok(())
+            } else {
+                Err(format!("{} GPU-like devices, want {count}", devices.len()))
+            },
+        );
+    }
+    let mut merged: Vec<(&'static str, Vec<String>)> = Vec::new();
+    for dev in &devices {
+        let bdf = dev
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for (name, result) in check_device(dev, mode, len) {
+            let i = match merged.iter().position(|(n, _)| *n == name) {
+                Some(i) => i,
+                None => {
+                    merged.push((name, Vec::new()));
+                    merged.len() - 1
+                }
+            };
+            if let Err(e) = result {
+                merged[i].1.push(if devices.len() > 1 {
+                    format!("{bdf}: {e}")
+                } else {
+                    e
+                });
+            }
+        }
+    }
+    for (name, errors) in merged {
+        report(
+            name,
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.join("; "))
+            },
+        );
+    }
+}
+
+type Results = Vec<(&'static str, Result<(), String>)>;
+
+fn check_device(dev: &std::path::Path, mode: &str, len: u64) -> Results {
+    let mut out: Results = Vec::new();
+    let mut report = |name: &'static str, r: Result<(), String>| out.push((name, r));
+    let pad: u8 = if mode == "kernel_pads" { 0xff } else { 0x00 };
+    let bar_size = len.max(4096).next_power_of_two();
     report(
         "gh-bar",
-        resource(&dev, 2).and_then(|(start, size, flags)| {
+        resource(dev, 2).and_then(|(start, size, flags)| {
             let want = IORESOURCE_MEM_64 | IORESOURCE_PREFETCH;
             if size != bar_size || flags & want != want || start % bar_size != 0 {
                 return Err(format!(
@@ -34,11 +91,11 @@ pub fn gpu_like(mode: &str, len: u64) {
             Ok(())
         }),
     );
-    let m = match Mapping::open(&dev, 2, bar_size as usize) {
+    let m = match BarView::open(dev, 2, bar_size) {
         Ok(m) => m,
         Err(e) => {
             report("gh-data", Err(e));
-            return;
+            return out;
         }
     };
     report(
@@ -61,7 +118,7 @@ pub fn gpu_like(mode: &str, len: u64) {
         for name in ["gh-padding-read", "gh-straddle", "gh-padding-write"] {
             report(name, Ok(()));
         }
-        return;
+        return out;
     }
     report(
         "gh-padding-read",
@@ -137,4 +194,5 @@ pub fn gpu_like(mode: &str, len: u64) {
             Ok(())
         })(),
     );
+    out
 }

@@ -43,6 +43,10 @@ pub fn cycles(mode: &str, len: u64, cycles: u32, expect_bdf: &str) {
         // The first time, the BAR checks run before L2 hears of the arrival: it removes the
         // device as soon as it does.
         if n == 1 && len > 0 {
+            // The function's directory appears before its resource files: wait for them.
+            let _ = wait_for(Duration::from_secs(20), || {
+                dev.join("resource2").exists().then_some(())
+            });
             report("hotplug-arrive", Ok(()));
             report(
                 "hotplug-bdf",

@@ -17,6 +17,7 @@
 mod bench;
 mod checks;
 mod cmdline;
+mod fault;
 mod gh;
 mod hotplug;
 mod http;

@@ -17,11 +17,24 @@ pub const IORESOURCE_PREFETCH: u64 = 0x2000;
 pub const IORESOURCE_MEM_64: u64 = 0x0010_0000;
 
 pub fn find(vendor: &str, device: &str) -> Option<PathBuf> {
-    let dir = std::fs::read_dir("/sys/bus/pci/devices").ok()?;
-    dir.flatten().map(|e| e.path()).find(|p| {
-        let r = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
-        r("vendor").trim() == vendor && r("device").trim() == device
-    })
+    find_all(vendor, device).into_iter().next()
+}
+
+/// Every PCI function with these IDs, in address order.
+pub fn find_all(vendor: &str, device: &str) -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir("/sys/bus/pci/devices") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = dir
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let r = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+            r("vendor").trim() == vendor && r("device").trim() == device
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// (start, size, flags) of BAR `bar` from the sysfs `resource` file.
@@ -143,6 +156,80 @@ impl Mapping {
                 _ => (p as *mut u64).write_unaligned(value),
             }
         }
+    }
+}
+
+/// A BAR seen through mappings of its parts. A BAR of up to `WHOLE` bytes is mapped at once;
+/// a larger one (a GH-sized 128 GiB BAR, whose full mapping would cost the guest 256 MiB of
+/// page tables: sysfs maps BARs with 4 KiB pages, eagerly) in windows around each access.
+pub struct BarView {
+    path: PathBuf,
+    size: u64,
+    windows: std::cell::RefCell<Vec<(u64, u64, Mapping)>>,
+}
+
+impl BarView {
+    const WHOLE: u64 = 256 << 20;
+    const WINDOW: u64 = 1 << 20;
+
+    pub fn open(dev: &Path, bar: usize, size: u64) -> Result<Self, String> {
+        let v = BarView {
+            path: dev.join(format!("resource{bar}")),
+            size,
+            windows: Default::default(),
+        };
+        // Fail early (and for small BARs, once) if the BAR cannot be mapped at all.
+        v.with(0, 1, |_, _| ())?;
+        Ok(v)
+    }
+
+    /// Runs `f` with a mapping that holds `[off, off + len)` and `off`'s place in it.
+    fn with<T>(
+        &self,
+        off: u64,
+        len: usize,
+        f: impl FnOnce(&Mapping, u64) -> T,
+    ) -> Result<T, String> {
+        let end = off + len as u64;
+        if end > self.size {
+            return Err(format!(
+                "{off:#x}+{len} is outside the BAR ({:#x} bytes)",
+                self.size
+            ));
+        }
+        let mut windows = self.windows.borrow_mut();
+        if let Some((base, _, m)) = windows.iter().find(|(b, l, _)| *b <= off && end <= b + l) {
+            return Ok(f(m, off - base));
+        }
+        let (base, mlen) = if self.size <= Self::WHOLE {
+            (0, self.size)
+        } else {
+            let base = (off & !(Self::WINDOW - 1)).saturating_sub(Self::WINDOW);
+            (base, (3 * Self::WINDOW).min(self.size - base))
+        };
+        let m = Mapping::map(&self.path, base, mlen as usize)?;
+        let out = f(&m, off - base);
+        windows.push((base, mlen, m));
+        Ok(out)
+    }
+
+    pub fn write(&self, off: u64, data: &[u8]) {
+        let _ = self.with(off, data.len(), |m, at| m.write(at, data));
+    }
+
+    /// Bytes at `off`; empty if they cannot be mapped (the caller's comparison fails).
+    pub fn read(&self, off: u64, len: usize) -> Vec<u8> {
+        self.with(off, len, |m, at| m.read(at, len))
+            .unwrap_or_default()
+    }
+
+    pub fn read_width(&self, off: u64, width: usize) -> u64 {
+        self.with(off, width, |m, at| m.read_width(at, width))
+            .unwrap_or(u64::MAX)
+    }
+
+    pub fn write_width(&self, off: u64, width: usize, value: u64) {
+        let _ = self.with(off, width, |m, at| m.write_width(at, width, value));
     }
 }
 

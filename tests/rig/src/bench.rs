@@ -134,6 +134,7 @@ pub fn run(root: &Path) -> Result<()> {
             images::scenario_overlay(&(script() + &gh_script() + &hotplug_script())),
         ],
         &[],
+        crate::DEFAULT_IVSHMEM,
         Duration::from_secs(1200),
         false,
     )?;

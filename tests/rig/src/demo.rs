@@ -30,6 +30,7 @@ pub fn demo(root: &Path) -> Result<bool> {
         &dir,
         &[images::scenario_overlay(&script)],
         &[],
+        crate::DEFAULT_IVSHMEM,
         Duration::from_secs(300),
         true,
     )?;

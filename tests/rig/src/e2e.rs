@@ -33,7 +33,15 @@ pub fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Vec<CheckResult>> {
         overlays.push(images::qemu_overlay(&prep.paths)?);
     }
     overlays.push(images::scenario_overlay(&s.script()));
-    let (t, finished, took) = boot_l2(prep, &dir, &overlays, &s.qemu_args, s.timeout, false)?;
+    let (t, finished, took) = boot_l2(
+        prep,
+        &dir,
+        &overlays,
+        &s.qemu_args,
+        &s.ivshmem,
+        s.timeout,
+        false,
+    )?;
     say(&format!(
         "{}: finished in {:.1}s, console log in {}",
         s.name,
@@ -128,6 +136,7 @@ fn locate(prep: &Prepared, dir: &Path) -> Option<String> {
         &dir.join("resolve"),
         &[images::scenario_overlay(&script)],
         &[],
+        crate::DEFAULT_IVSHMEM,
         std::time::Duration::from_secs(120),
         false,
     )

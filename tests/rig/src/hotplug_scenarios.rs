@@ -13,7 +13,7 @@ pub const CYCLES: u32 = 21;
 
 /// Shell: one raw request whose status must be `status` and whose body must contain `text`;
 /// reports the L2 check `name`.
-fn expect_status(
+pub(crate) fn expect_status(
     name: &str,
     method: &str,
     path: &str,
@@ -29,7 +29,7 @@ fn expect_status(
 }
 
 /// Shell: the number after `"KEY": ` in a JSON file.
-fn json_number(file: &str, key: &str) -> String {
+pub(crate) fn json_number(file: &str, key: &str) -> String {
     format!("$(grep -o '\"{key}\": *[0-9]*' {file} | grep -o '[0-9]*$')")
 }
 

@@ -5,11 +5,13 @@
 //! kernel as the "L3 guest" whose init is tests/checker. Results travel back as `@@` lines on
 //! the consoles.
 
+pub mod backing;
 pub mod bench;
 pub mod cache;
 pub mod cpio;
 mod demo;
 mod e2e;
+pub mod fault_scenarios;
 pub mod gh_scenarios;
 pub mod hotplug_scenarios;
 pub mod iasl;
@@ -18,6 +20,7 @@ pub mod l3;
 pub mod modules;
 pub mod protocol;
 pub mod qemu;
+pub mod scale_scenarios;
 pub mod scenario;
 pub mod setup;
 pub mod symbols;
@@ -78,6 +81,19 @@ pub(crate) fn scenario_dir(p: &Paths, name: &str) -> PathBuf {
     p.target().join("e2e").join(name)
 }
 
+pub const GIB: u64 = 1 << 30;
+
+/// The backing file of L2's `i`-th ivshmem device, in the scenario's directory.
+pub fn ivshmem_file(i: usize) -> String {
+    match i {
+        0 => "ivshmem.bin".to_string(),
+        i => format!("ivshmem{i}.bin"),
+    }
+}
+
+/// L2's ivshmem devices when a scenario says nothing else: one of 64 MiB.
+pub const DEFAULT_IVSHMEM: &[u64] = &[64 << 20];
+
 /// Boots L2 with `overlays` appended to the base image and `qemu_args` added to QEMU's, and
 /// collects the transcript; also returns whether L2 finished before `timeout`, and how long
 /// it took. `echo` streams the console to stdout.
@@ -86,6 +102,7 @@ pub fn boot_l2(
     dir: &Path,
     overlays: &[Vec<u8>],
     qemu_args: &[String],
+    ivshmem: &[u64],
     timeout: Duration,
     echo: bool,
 ) -> Result<(Transcript, bool, Duration)> {
@@ -96,13 +113,17 @@ pub fn boot_l2(
         image.extend_from_slice(o);
     }
     std::fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
-    let ivshmem = dir.join("ivshmem.bin");
-    // Sparse: the device memory costs no disk until the guest writes it.
-    std::fs::File::create(&ivshmem)?.set_len(64 << 20)?;
+    let mut devices = Vec::new();
+    for (i, &size) in ivshmem.iter().enumerate() {
+        let path = dir.join(ivshmem_file(i));
+        // Sparse: the device memory costs no disk until the guest writes it.
+        std::fs::File::create(&path)?.set_len(size)?;
+        devices.push((path, size));
+    }
     let l2 = qemu::L2 {
         kernel: prep.paths.kernel(),
         initrd,
-        ivshmem,
+        ivshmem: devices,
         qemu_log: dir.join("qemu.log"),
         // In the temp dir: a unix socket path must fit in 108 bytes, a checkout may be deep.
         monitor: std::env::temp_dir().join(format!("rig-monitor-{}.sock", std::process::id())),

@@ -24,7 +24,8 @@ fn l2_cmdline() -> String {
 pub struct L2 {
     pub kernel: std::path::PathBuf,
     pub initrd: std::path::PathBuf,
-    pub ivshmem: std::path::PathBuf,
+    /// The ivshmem devices: backing file and size (a power of two) of each.
+    pub ivshmem: Vec<(std::path::PathBuf, u64)>,
     /// QEMU's own log: CPU resets with their register state, so an L2 that dies silently
     /// (a triple fault: QEMU exits because of -no-reboot) leaves its last RIP behind.
     pub qemu_log: std::path::PathBuf,
@@ -59,15 +60,17 @@ impl L2 {
             .arg(&self.initrd)
             .arg("-append")
             .arg(l2_cmdline())
-            .arg("-object")
-            .arg(format!(
-                "memory-backend-file,id=hm,mem-path={},size=64M,share=on",
-                self.ivshmem.display()
-            ))
-            .args(["-device", "ivshmem-plain,memdev=hm"])
             .args(["-d", "cpu_reset,guest_errors", "-D"])
             .arg(&self.qemu_log)
             .args(&self.extra);
+        for (i, (path, size)) in self.ivshmem.iter().enumerate() {
+            c.arg("-object")
+                .arg(format!(
+                    "memory-backend-file,id=hm{i},mem-path={},size={size},share=on",
+                    path.display()
+                ))
+                .args(["-device", &format!("ivshmem-plain,memdev=hm{i}")]);
+        }
         c
     }
 

@@ -26,6 +26,8 @@ pub struct Scenario {
     pub host_checks: Option<HostChecks>,
     /// More arguments for the L2 QEMU (extra emulated devices).
     pub qemu_args: Vec<String>,
+    /// Sizes of L2's ivshmem devices (powers of two), backed by ivshmem.bin, ivshmem1.bin, ...
+    pub ivshmem: Vec<u64>,
     pub timeout: Duration,
 }
 
@@ -56,6 +58,7 @@ impl Scenario {
             acpi: false,
             host_checks: None,
             qemu_args: Vec::new(),
+            ivshmem: crate::DEFAULT_IVSHMEM.to_vec(),
             // A run takes 15-40 s; L2's watchdog stops a hung L3 after 90 s, and a lockup
             // ends the run early. Only a silent L2 hang waits this long.
             timeout: Duration::from_secs(150),
@@ -172,6 +175,8 @@ pub fn all() -> Vec<Scenario> {
     v.extend(vfio_scenarios::all());
     v.extend(crate::gh_scenarios::all());
     v.extend(crate::hotplug_scenarios::all());
+    v.extend(crate::scale_scenarios::all());
+    v.extend(crate::fault_scenarios::all());
     v
 }
 
@@ -191,7 +196,7 @@ mod tests {
         let all = all();
         for s in &all {
             assert!(
-                ["boot-", "vfio-", "gh-", "hotplug-"]
+                ["boot-", "vfio-", "gh-", "hotplug-", "scale-", "fault-", "api-"]
                     .iter()
                     .any(|area| s.name.starts_with(area)),
                 "{}",

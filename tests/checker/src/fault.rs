@@ -1,0 +1,120 @@
+//! A device whose region read/write starts failing (`ghvmm.vfio=fault`): the test variant
+//! driver runs with `map_length=` below `length=` (so part of the real memory is reached only
+//! through ghvmm's forwarding to the region's read/write) and `fail_after=N` (after N such
+//! calls every one fails with -EIO). Before the failure data goes through; after it reads give
+//! 0xff and writes are dropped; the mmapped part keeps working and the guest keeps running.
+
+use crate::checks::report;
+use crate::vfio::{find, BarView};
+
+/// Written before the failure at `map + 4096` (must land in the host's file).
+pub const BEFORE: &[u8; 16] = b"fault-before-eio";
+/// Written after the failure at `map + 8192` (must not land).
+pub const AFTER: &[u8; 16] = b"fault-after--eio";
+/// Written through the mapped part at 0 after the failure (must land).
+pub const MAPPED: &[u8; 16] = b"fault-mapped-ok!";
+
+/// Reads 8 bytes at a time: one trapped access, so one region call, per read.
+fn read16(m: &BarView, off: u64) -> [u8; 16] {
+    let lo = m.read_width(off, 8).to_le_bytes();
+    let hi = m.read_width(off + 8, 8).to_le_bytes();
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&lo);
+    out[8..].copy_from_slice(&hi);
+    out
+}
+
+fn write16(m: &BarView, off: u64, data: &[u8; 16]) {
+    for half in 0..2 {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&data[half * 8..half * 8 + 8]);
+        m.write_width(off + half as u64 * 8, 8, u64::from_le_bytes(v));
+    }
+}
+
+pub fn failing_region(len: u64, map: u64, fail_after: u64) {
+    if len == 0 || map == 0 || map + 8192 + 16 > len || fail_after < 4 {
+        report(
+            "fault-before",
+            Err(format!(
+                "bad expectations: gh_len {len}, gh_map {map}, fail_after {fail_after}"
+            )),
+        );
+        return;
+    }
+    let bar_size = len.next_power_of_two();
+    let m = match find("0x1af4", "0x1110")
+        .ok_or_else(|| "no 1af4:1110 device".to_string())
+        .and_then(|dev| BarView::open(&dev, 2, bar_size))
+    {
+        Ok(m) => m,
+        Err(e) => {
+            report("fault-before", Err(e));
+            return;
+        }
+    };
+    let (x, y) = (map + 4096, map + 8192);
+    // Four region calls: two writes, two reads.
+    write16(&m, x, BEFORE);
+    let got = read16(&m, x);
+    report(
+        "fault-before",
+        if &got == BEFORE {
+            Ok(())
+        } else {
+            Err(format!(
+                "read back {got:02x?} through the region before any failure"
+            ))
+        },
+    );
+    // Keep reading until the device fails; then every read must give 0xff.
+    let limit = fail_after + 64;
+    let mut failed_at = None;
+    for i in 0..limit {
+        if m.read_width(x, 8) == u64::MAX {
+            failed_at = Some(i);
+            break;
+        }
+    }
+    report(
+        "fault-eio-read",
+        match failed_at {
+            None => Err(format!(
+                "{limit} reads after fail_after={fail_after}, none read 0xff"
+            )),
+            Some(_) => {
+                let later: Vec<u64> = (0..32).map(|_| m.read_width(x, 8)).collect();
+                if later.iter().all(|v| *v == u64::MAX) {
+                    Ok(())
+                } else {
+                    Err(format!("after the failure, reads gave {later:x?}"))
+                }
+            }
+        },
+    );
+    write16(&m, y, AFTER);
+    let got = read16(&m, y);
+    report(
+        "fault-eio-write",
+        if got == [0xff; 16] {
+            Ok(())
+        } else {
+            Err(format!(
+                "after a write to the failed region it reads {got:02x?}"
+            ))
+        },
+    );
+    // The mapped part never goes through the region's read/write.
+    m.write(0, MAPPED);
+    let got = m.read(0, 16);
+    report(
+        "fault-mapped",
+        if got == MAPPED {
+            Ok(())
+        } else {
+            Err(format!(
+                "the mapped part reads {got:02x?} after the region failed"
+            ))
+        },
+    );
+}

@@ -1,0 +1,183 @@
+//! Fault injection (`fault-*`): a device whose region read/write starts failing, ghvmm killed
+//! with SIGKILL while it holds a device, the host taking a device back while the VM runs, and
+//! the API socket flooded. In each, the VM (or the next one) must carry on.
+
+use std::path::Path;
+
+use crate::l3::L3;
+use crate::protocol::Outcome;
+use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
+use crate::vfio_scenarios::{bind_variant, GH_DEVICE_CHECKS, GH_LENGTHS};
+
+const MIB: u64 = 1 << 20;
+
+/// fault-eio: 48 MiB of device memory, the first 32 MiB mmappable, the rest only through the
+/// region's read/write, which fails after this many calls.
+const EIO_LEN: u64 = 48 * MIB;
+const EIO_MAP: u64 = 32 * MIB;
+const EIO_AFTER: u64 = 16;
+
+/// Must match tests/checker/src/fault.rs.
+const BEFORE: &[u8; 16] = b"fault-before-eio";
+const AFTER: &[u8; 16] = b"fault-after--eio";
+const MAPPED: &[u8; 16] = b"fault-mapped-ok!";
+
+/// The text ghvmm logs for a failed region access (vmm/src/vfio/bar.rs).
+const REGION_ERROR_LOG: &str = "region access at";
+
+/// What the guest wrote before the failure is in the file; what it wrote after is not; the
+/// mapped part took its write after the failure too.
+fn eio_file_checks(dir: &Path) -> Vec<(String, Outcome)> {
+    let file = dir.join("ivshmem.bin");
+    let at = |off: u64| crate::backing::read_at(&file, off, 16).map_err(|e| e.to_string());
+    let outcome = (|| {
+        let mut bad = Vec::new();
+        if at(EIO_MAP + 4096)? != BEFORE {
+            bad.push("the write before the failure is not in the file");
+        }
+        if at(EIO_MAP + 8192)? == AFTER {
+            bad.push("a write after the failure reached the file");
+        }
+        if at(0)? != MAPPED {
+            bad.push("the write to the mapped part after the failure is not in the file");
+        }
+        Ok::<_, String>(bad)
+    })();
+    let outcome = match outcome {
+        Ok(bad) if bad.is_empty() => Outcome::Pass,
+        Ok(bad) => Outcome::Fail(bad.join("; ")),
+        Err(e) => Outcome::Fail(format!("reading ivshmem.bin: {e}")),
+    };
+    vec![("host-file".to_string(), outcome)]
+}
+
+fn eio_scenario() -> Scenario {
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline(&format!(
+            "ghvmm.vfio=fault ghvmm.gh_len={EIO_LEN} ghvmm.gh_map={EIO_MAP} \
+             ghvmm.fail_after={EIO_AFTER}"
+        ))
+        .vmm_args("--device path=$IVSHMEM,id=gpu0");
+    let script = format!(
+        "{bind}\
+         start_l3 {cmd}\n\
+         finish_l3 90\n\
+         l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n\
+         n=$(grep -c '{REGION_ERROR_LOG}' /tmp/l3.out)\n\
+         grep '{REGION_ERROR_LOG}' /tmp/l3.out | head -n 3 | sed 's/^/@@L2LOG ghvmm said: /'\n\
+         [ \"$n\" = 1 ]\n\
+         l2_check fault-log-once $? \"ghvmm logged the region error $n times (want once)\"\n",
+        bind = bind_variant(
+            "kernel_pads",
+            EIO_LEN,
+            &format!("map_length={EIO_MAP} fail_after={EIO_AFTER}")
+        ),
+        cmd = l3.command(),
+    );
+    let mut expect = L3_CHECKS.to_vec();
+    expect.extend([
+        "vfio-bind",
+        "fault-before",
+        "fault-eio-read",
+        "fault-eio-write",
+        "fault-mapped",
+        "fault-log-once",
+        "host-file",
+    ]);
+    Scenario {
+        setup: script,
+        l3: None,
+        expect,
+        host_checks: Some(Box::new(|_, d, _| eio_file_checks(d))),
+        ..Scenario::boot(
+            "fault-eio",
+            "the device's region read/write fails with EIO mid-run: the guest reads 0xff, writes are dropped, ghvmm logs it once, the mapped part and the VM carry on",
+            l3,
+        )
+    }
+}
+
+/// fault-sigkill: ghvmm killed with SIGKILL while it holds the device; a new ghvmm attaches
+/// the same device and the guest's BAR checks pass.
+fn sigkill_scenario() -> Scenario {
+    let len = GH_LENGTHS[0];
+    let first = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline("ghvmm.vfio=hotplug ghvmm.cycles=1")
+        .vmm_args("--device path=$IVSHMEM,id=gpu0");
+    let second = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline(&format!(
+            "ghvmm.vfio=gh ghvmm.gh_mode=vmm_pads ghvmm.gh_len={len}"
+        ))
+        .vmm_args("--device path=$IVSHMEM,id=gpu0");
+    let script = format!(
+        "{bind}\
+         start_l3 {first}\n\
+         wait_marker '@@HOTPLUG present 1 ' 120\n\
+         l2_check sigkill-attached $? 'the first guest never saw the device'\n\
+         kill -9 $l3pid\n\
+         finish_l3 30\n\
+         [ $rc = 137 ]\n\
+         l2_check sigkill-killed $? \"the first ghvmm ended with $why, not by SIGKILL\"\n\
+         readlink $IVSHMEM/driver | grep -q ghvmm_test_vfio\n\
+         l2_check sigkill-still-bound $? 'the device left its driver'\n\
+         {second}",
+        bind = bind_variant("vmm_pads", len, ""),
+        first = first.command(),
+        second = second.script(),
+    );
+    let mut expect = [L3_CHECKS, GH_DEVICE_CHECKS].concat();
+    expect.retain(|c| *c != "host-file");
+    expect.extend(["sigkill-attached", "sigkill-killed", "sigkill-still-bound"]);
+    Scenario {
+        setup: script,
+        l3: None,
+        expect,
+        ..Scenario::boot(
+            "fault-sigkill",
+            "ghvmm killed with SIGKILL while it holds the GPU-like device: a new ghvmm attaches it and the guest's BAR checks pass",
+            second,
+        )
+    }
+}
+
+/// The fault-injection scenarios, in run order.
+pub fn all() -> Vec<Scenario> {
+    vec![eio_scenario(), sigkill_scenario()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eio_layout_puts_the_probes_in_the_unmapped_real_part() {
+        assert!(EIO_MAP + 8192 + 16 <= EIO_LEN);
+        let sh = eio_scenario().script();
+        assert!(sh.contains("map_length=33554432 fail_after=16"));
+        assert!(sh.contains("ghvmm.gh_map=33554432"));
+        assert!(sh.contains("l2_check fault-log-once"));
+    }
+
+    #[test]
+    fn eio_host_check_reads_the_three_probes() {
+        let dir = std::env::temp_dir().join(format!("rig-eio-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut file = vec![0u8; EIO_LEN as usize];
+        file[(EIO_MAP + 4096) as usize..][..16].copy_from_slice(BEFORE);
+        file[..16].copy_from_slice(MAPPED);
+        std::fs::write(dir.join("ivshmem.bin"), &file).unwrap();
+        assert_eq!(eio_file_checks(&dir)[0].1, Outcome::Pass);
+        file[(EIO_MAP + 8192) as usize..][..16].copy_from_slice(AFTER);
+        std::fs::write(dir.join("ivshmem.bin"), &file).unwrap();
+        assert!(matches!(eio_file_checks(&dir)[0].1, Outcome::Fail(_)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sigkill_boots_twice_with_the_same_device() {
+        let sh = sigkill_scenario().script();
+        assert_eq!(sh.matches("--device path=$IVSHMEM,id=gpu0").count(), 2);
+        assert!(sh.contains("kill -9 $l3pid"));
+        assert!(sh.contains("run_l3 90"));
+    }
+}
