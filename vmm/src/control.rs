@@ -12,9 +12,8 @@ use crate::exit::{ExitReason, ExitState};
 use crate::passthrough::{Passthrough, PassthroughError, Placement};
 use crate::vfio::VfioSetupError;
 
-/// How long `vm.remove-device` waits for the guest to eject. Linux under nested TCG needs a
-/// few seconds; a guest that has not ejected in this time is not going to on its own.
-pub const EJECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `vm.remove-device` waits for the guest to eject.
+pub use crate::passthrough::EJECT_TIMEOUT;
 
 pub struct Control {
     pub config: VmConfig,
@@ -47,7 +46,7 @@ pub fn status(e: &PassthroughError) -> u16 {
         P::Setup(V::BarSpace { .. } | V::MemSlot { .. }) => 409,
         // The device is not one ghvmm can take.
         P::Setup(V::NotADevice { .. } | V::NotVfioBound { .. } | V::Layout { .. }) => 400,
-        P::Setup(V::Device { .. }) => 400,
+        P::Setup(V::Device { .. } | V::NoIommuGroup { .. }) => 400,
         P::EjectTimeout { .. } => 504,
         P::Setup(_) | P::Notify(_) => 500,
     }

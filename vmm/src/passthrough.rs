@@ -1,9 +1,16 @@
 //! The VM's passed-through devices: where each one sits in the guest, and attaching or
 //! detaching one (at boot, and by hot plug through the API) with everything it touches —
 //! VFIO, BAR space, KVM slots, the PCI segment — so that nothing half-done stays behind.
+//!
+//! The host can ask for a device back (its VFIO driver is being unbound): each device's
+//! request watcher (`vfio::request`) then starts `give_back` on a thread of its own, which
+//! removes the device as `vm.remove-device` does and, if the guest does not eject it in
+//! time, removes it anyway.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use acpi::PciAddress;
 use devices::{Bus, Ged, PciHotplug};
@@ -17,10 +24,16 @@ use crate::irq_routing::GsiRouting;
 use crate::layout::Layout;
 use crate::memslots::MemSlots;
 use crate::numa::Topology;
+use crate::vfio::request::{self, EjectSteps, GiveBack};
 use crate::vfio::{Containers, PassthroughDevice, VfioContext, VfioSetupError};
 
 /// Cloud Hypervisor names VFIO devices that were given no id `_vfio<N>`; so does ghvmm.
 const AUTO_ID_PREFIX: &str = "_vfio";
+
+/// How long a removal waits for the guest to eject (`vm.remove-device`, and a device the host
+/// asks back). Linux under nested TCG needs a few seconds; a guest that has not ejected in
+/// this time is not going to on its own.
+pub const EJECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassthroughError {
@@ -76,6 +89,9 @@ pub struct Attached {
     pub path: PathBuf,
     pub address: PciAddress,
     device: Arc<Mutex<PassthroughDevice>>,
+    /// This attachment, unlike its id, is never reused: a request from the host names the
+    /// device it came from even if the id now belongs to another.
+    token: u64,
 }
 
 /// Everything attaching and detaching needs from the VM.
@@ -93,9 +109,13 @@ pub struct Passthrough {
     pub hotplug: Hotplug,
     devices: Mutex<Vec<Attached>>,
     next_auto_id: Mutex<u32>,
+    next_token: AtomicU64,
     /// One attach or detach at a time: they check and change the device list, the segments
     /// and the controller together.
     ops: Mutex<()>,
+    /// Itself, for the request watchers' callbacks (a weak reference: the devices it holds
+    /// hold them).
+    this: Weak<Passthrough>,
 }
 
 impl Passthrough {
@@ -111,8 +131,8 @@ impl Passthrough {
         slots: Arc<Mutex<MemSlots>>,
         routing: Arc<GsiRouting>,
         hotplug: Hotplug,
-    ) -> Self {
-        Passthrough {
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Passthrough {
             vm,
             mem,
             mmio_bus,
@@ -126,8 +146,10 @@ impl Passthrough {
             hotplug,
             devices: Mutex::new(Vec::new()),
             next_auto_id: Mutex::new(0),
+            next_token: AtomicU64::new(0),
             ops: Mutex::new(()),
-        }
+            this: this.clone(),
+        })
     }
 
     fn list(&self) -> std::sync::MutexGuard<'_, Vec<Attached>> {
@@ -221,25 +243,109 @@ impl Passthrough {
         timeout: std::time::Duration,
     ) -> Result<(), PassthroughError> {
         let _ops = self.ops();
-        let a = self
+        let address = self
             .address_of(id)
             .ok_or_else(|| PassthroughError::UnknownId(id.to_string()))?;
-        self.hotplug.ejects.forget(a.segment, a.device);
-        self.hotplug
-            .controller
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .removal_requested(a.segment, a.device)
-            .map_err(|e| PassthroughError::Notify(e.to_string()))?;
-        self.raise_hotplug_event()
-            .map_err(PassthroughError::Notify)?;
-        if !self.hotplug.ejects.wait(a.segment, a.device, timeout) {
+        let mut steps = Steps {
+            pt: self,
+            id,
+            address,
+        };
+        steps.request_eject().map_err(PassthroughError::Notify)?;
+        if !steps.wait_ejected(timeout) {
             return Err(PassthroughError::EjectTimeout {
                 id: id.to_string(),
                 secs: timeout.as_secs(),
             });
         }
         self.detach_locked(id)
+    }
+
+    /// The host wants the device of attachment `token` back (VFIO's request interrupt): it is
+    /// removed as by `hot_remove`, and detached even if the guest does not eject it within
+    /// the eject timeout (a surprise removal), so that the host's unbind completes. Runs on
+    /// a thread of its own, started by the device's request watcher.
+    fn give_back(&self, token: u64) {
+        let _ops = self.ops();
+        let found = self
+            .list()
+            .iter()
+            .find(|a| a.token == token)
+            .map(|a| (a.id.clone(), a.path.clone(), a.address));
+        let Some((id, path, address)) = found else {
+            log::info!("a device the host asked back was removed meanwhile");
+            return;
+        };
+        let mut steps = Steps {
+            pt: self,
+            id: &id,
+            address,
+        };
+        match request::give_back(&mut steps, EJECT_TIMEOUT) {
+            GiveBack::Ejected => log::info!(
+                "device '{id}' ({}): ejected by the guest; the host has it back",
+                path.display()
+            ),
+            GiveBack::Forced { why } => log::warn!(
+                "device '{id}' ({}): {why}; removed it anyway (surprise removal), the host has it back",
+                path.display()
+            ),
+        }
+    }
+
+    /// Starts the device's request watcher: when the host asks for the device, one warning
+    /// is logged and `give_back` starts on a thread of its own.
+    fn watch_host_requests(
+        &self,
+        id: &str,
+        path: &Path,
+        token: u64,
+        device: &Mutex<PassthroughDevice>,
+    ) {
+        let this = self.this.clone();
+        let (name, shown) = (id.to_string(), path.display().to_string());
+        let mut warned = false;
+        let on_request: request::OnRequest = Box::new(move || {
+            if !warned {
+                log::warn!(
+                    "device '{name}' ({shown}): the host asks for it back (driver unbind); ejecting it from the guest"
+                );
+                warned = true;
+            }
+            let this = this.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ghvmm-giveback".into())
+                .spawn(move || {
+                    if let Some(pt) = this.upgrade() {
+                        pt.give_back(token);
+                    }
+                });
+            match spawned {
+                Ok(_) => true,
+                Err(e) => {
+                    log::error!(
+                        "device '{name}' ({shown}): cannot start its removal ({e}); trying again at the host's next request"
+                    );
+                    false
+                }
+            }
+        });
+        let watching = device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .watch_requests(on_request);
+        let consequence = "if the host unbinds its driver, the unbind waits until the device is removed or ghvmm exits";
+        match watching {
+            Ok(true) => log::debug!("{id}: watching VFIO's request interrupt"),
+            Ok(false) => log::info!(
+                "device '{id}' ({}): no VFIO request interrupt; {consequence}",
+                path.display()
+            ),
+            Err(e) => log::warn!(
+                "device '{id}' ({}): cannot watch VFIO's request interrupt ({e}); {consequence}",
+                path.display()
+            ),
+        }
     }
 
     fn raise_hotplug_event(&self) -> Result<(), String> {
@@ -321,11 +427,14 @@ impl Passthrough {
             function: 0,
         };
         log::info!("{}: attached as {id} at {address}", path.display());
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.watch_host_requests(&id, path, token, &device);
         self.list().push(Attached {
             id: id.clone(),
             path: path.to_path_buf(),
             address,
             device,
+            token,
         });
         Ok((id, address))
     }
@@ -355,6 +464,14 @@ impl Passthrough {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove_device(a.device);
+        // The request watcher is stopped (its thread joined) without the device's lock held:
+        // vCPUs take that lock for config accesses.
+        let watcher = attached
+            .device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_request_watcher();
+        drop(watcher);
         attached
             .device
             .lock()
@@ -362,5 +479,54 @@ impl Passthrough {
             .teardown();
         log::info!("{}: detached ({id})", attached.path.display());
         Ok(())
+    }
+}
+
+/// `request::EjectSteps` on the VM's hot plug controller, for one attached device. The caller
+/// holds `ops`.
+struct Steps<'a> {
+    pt: &'a Passthrough,
+    id: &'a str,
+    address: PciAddress,
+}
+
+impl Steps<'_> {
+    /// Marks the slot for removal and raises the GED interrupt: the guest's next scan sends
+    /// the slot an eject request.
+    fn mark_for_removal(&self) -> Result<(), String> {
+        let a = self.address;
+        self.pt
+            .hotplug
+            .controller
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .removal_requested(a.segment, a.device)
+            .map_err(|e| e.to_string())?;
+        self.pt.raise_hotplug_event()
+    }
+}
+
+impl EjectSteps for Steps<'_> {
+    fn request_eject(&mut self) -> Result<(), String> {
+        let a = self.address;
+        self.pt.hotplug.ejects.forget(a.segment, a.device);
+        self.mark_for_removal()
+    }
+
+    fn wait_ejected(&mut self, timeout: Duration) -> bool {
+        let a = self.address;
+        self.pt.hotplug.ejects.wait(a.segment, a.device, timeout)
+    }
+
+    fn detach(&mut self) {
+        if let Err(e) = self.pt.detach_locked(self.id) {
+            log::error!("device '{}': {e}", self.id);
+        }
+    }
+
+    fn notify_gone(&mut self) -> Result<(), String> {
+        // The slot is empty now: the eject request makes Linux's acpiphp drop what it still
+        // has there (request.rs); its `_EJ0` afterwards finds nothing to wait for it.
+        self.mark_for_removal()
     }
 }

@@ -91,7 +91,7 @@ impl Vm {
         let exit = Arc::new(ExitState::default());
         let devices = DeviceManager::new(&vm, cfg, &layout, exit.clone())?;
         let routing = Arc::new(GsiRouting::new(vm.clone()));
-        let passthrough = Arc::new(Passthrough::new(
+        let passthrough = Passthrough::new(
             vm.clone(),
             mem.clone(),
             devices.mmio_bus.clone(),
@@ -106,7 +106,7 @@ impl Vm {
                 ged: devices.ged.clone(),
                 ejects: devices.ejects.clone(),
             },
-        ));
+        );
         let mut placed = Vec::new();
         for (index, d) in cfg.devices.iter().enumerate() {
             // A device in a GH slot is the GPU at 00.0 of the slot's segment.

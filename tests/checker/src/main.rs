@@ -1,8 +1,8 @@
 //! The guest-side checker. As PID 1 of an L3 guest it mounts the pseudo file systems, checks
 //! what the guest sees against the expectations on its kernel command line, dumps the ACPI
 //! tables through the console and powers off. In L2 it doubles as a timing helper for the
-//! bench (`checker time-to-marker ...`), names kernel addresses (`checker resolve ...`) and
-//! sends raw API requests (`checker http ...`).
+//! bench (`checker time-to-marker ...`), names kernel addresses (`checker resolve ...`),
+//! sends raw API requests (`checker http ...`) and floods the API socket (`checker flood ...`).
 //!
 //! Output protocol (one line each, parsed by tests/rig):
 //!   `@@INIT`                               first thing after start
@@ -18,6 +18,7 @@ mod bench;
 mod checks;
 mod cmdline;
 mod fault;
+mod flood;
 mod gh;
 mod hotplug;
 mod http;
@@ -37,6 +38,7 @@ fn main() {
         Some("time-to-file") => std::process::exit(timing::to_file(&args[2..])),
         Some("resolve") => std::process::exit(resolve::main(&args[2..])),
         Some("http") => std::process::exit(http::main(&args[2..])),
+        Some("flood") => std::process::exit(flood::main(&args[2..])),
         _ => {}
     }
     if std::process::id() != 1 {

@@ -102,6 +102,54 @@ fn hotplug_script() -> String {
     )
 }
 
+/// Scale (issue 6), in a second L2 whose ivshmem is a sparse 128 GiB file: ghvmm's RSS
+/// before any device, after small-BAR cycles (guest RAM now pinned for DMA and resident), and
+/// with the GH-sized BAR (96 GiB - 4 KiB real, 128 GiB in the guest) attached; and the hot-add
+/// latency of that BAR against the 64 KiB one, in the same run.
+fn scale_script() -> String {
+    use crate::scale_scenarios::LEN;
+    let ghvmm = L3::new(Vmm::Ghvmm, 2, "512M")
+        .cmdline(&format!(
+            "ghvmm.vfio=hotplug ghvmm.cycles={}",
+            2 * HOTPLUG_RUNS
+        ))
+        .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock")
+        .command();
+    let rss = |label: &str| {
+        format!(
+            "echo \"@@BENCH {label} $($R info | grep -o '\"rss_kib\": *[0-9]*' | grep -o '[0-9]*$')\" >> $L2_DEFER\n"
+        )
+    };
+    let runs = |label: &str, first: u32, after_first_add: &str| {
+        format!(
+            "for i in $(seq {first} {last}); do\n\
+               /bin/checker time-to-file {label} /tmp/l3.out \"@@HOTPLUG present $i \" -- \
+                 $R add-device path=$IVSHMEM,id=gpu0,gh_slot=0 >> $L2_DEFER\n\
+               [ $i = {first} ] && {{ {after_first_add}; }}\n\
+               $R remove-device gpu0 > /dev/null\n\
+               wait_marker \"@@HOTPLUG gone $i\" 120\n\
+             done\n",
+            last = first + HOTPLUG_RUNS - 1
+        )
+    };
+    format!(
+        "{small}start_l3 {ghvmm}\n\
+         R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
+         wait_marker '@@HOTPLUG ready' 120\n\
+         {rss_none}{a}{rss_without}{large}{b}finish_l3 120\n",
+        small = reload_variant(HOTPLUG_SMALL),
+        large = reload_variant(LEN),
+        rss_none = rss("scale-rss-no-device-kib"),
+        rss_without = rss("scale-rss-without-kib"),
+        a = runs("scale-small-ms", 1, ":"),
+        b = runs(
+            "scale-large-ms",
+            1 + HOTPLUG_RUNS,
+            rss("scale-rss-with-kib").trim_end()
+        ),
+    )
+}
+
 fn script() -> String {
     let mut s = String::new();
     for _ in 0..RUNS {
@@ -239,6 +287,65 @@ pub fn run(root: &Path) -> Result<()> {
         "ratio large / small: {hp_ratio:.2}   (goal <= 1.20: {})",
         if hp_ratio <= 1.2 { "met" } else { "not met" }
     );
+    say("bench: booting a second L2 with a 128 GiB ivshmem for the scale figures");
+    let scale_dir = dir.join("scale");
+    let (st, finished, _) = crate::boot_l2(
+        &prep,
+        &scale_dir,
+        &[images::scenario_overlay(&scale_script())],
+        &crate::scale_scenarios::big_hole(),
+        &[crate::scale_scenarios::BAR],
+        Duration::from_secs(900),
+        false,
+    )?;
+    let svalue = |label: &str| st.bench.iter().find(|(l, _)| l == label).map(|(_, v)| *v);
+    let scale_runs = |label: &str| {
+        let mut v: Vec<u64> = st
+            .bench
+            .iter()
+            .filter(|(l, _)| l == label)
+            .map(|(_, ms)| *ms)
+            .collect();
+        (v.clone(), median(&mut v))
+    };
+    let (s_small_runs, s_small) = scale_runs("scale-small-ms");
+    let (s_large_runs, s_large) = scale_runs("scale-large-ms");
+    let figures = (
+        svalue("scale-rss-no-device-kib"),
+        svalue("scale-rss-without-kib"),
+        svalue("scale-rss-with-kib"),
+        s_small,
+        s_large,
+    );
+    let (Some(rss_none), Some(rss_without), Some(rss_with), Some(s_small), Some(s_large)) = figures
+    else {
+        bail!(
+            "the scale bench reported {figures:?} (finished: {finished}; log: {})",
+            scale_dir.join("console.log").display()
+        );
+    };
+    let rss_delta = rss_with as i64 - rss_without as i64;
+    let scale_ratio = s_large as f64 / s_small.max(1) as f64;
+    println!();
+    println!(
+        "Scale: GH-sized device, {} bytes real in a 128 GiB BAR (sparse host file)",
+        crate::scale_scenarios::LEN
+    );
+    println!(
+        "ghvmm RSS (KiB): no device ever {rss_none}, after 64 KiB-BAR cycles (RAM pinned for DMA) {rss_without}, with the 128 GiB BAR {rss_with}"
+    );
+    println!(
+        "RSS with the BAR minus without: {rss_delta} KiB   (goal <= {} KiB: {})",
+        crate::scale_scenarios::RSS_GOAL_KIB,
+        if rss_delta <= crate::scale_scenarios::RSS_GOAL_KIB as i64 {
+            "met"
+        } else {
+            "not met"
+        }
+    );
+    println!(
+        "hot add, API call to the device in the guest (ms): 64 KiB BAR {s_small_runs:?} median {s_small}, 128 GiB BAR {s_large_runs:?} median {s_large}, ratio {scale_ratio:.2}"
+    );
     let rows: Vec<String> = medians
         .iter()
         .map(|(l, r, m)| format!("    \"{l}\": {{ \"runs_ms\": {r:?}, \"median_ms\": {m} }}"))
@@ -252,8 +359,13 @@ pub fn run(root: &Path) -> Result<()> {
          \"padding_cost_ratio\": {padding:.3} }},\n  \
          \"hotplug\": {{ \"small_bar_bytes\": {HOTPLUG_SMALL}, \"large_bar_bytes\": {HOTPLUG_LARGE}, \
          \"small_runs_ms\": {small_runs:?}, \"large_runs_ms\": {large_runs:?}, \"small_median_ms\": {small}, \
-         \"large_median_ms\": {large}, \"ratio\": {hp_ratio:.3} }}\n}}\n",
-        rows.join(",\n")
+         \"large_median_ms\": {large}, \"ratio\": {hp_ratio:.3} }},\n  \
+         \"scale\": {{ \"real_bytes\": {len}, \"bar_bytes\": {bar}, \"rss_no_device_kib\": {rss_none}, \
+         \"rss_without_kib\": {rss_without}, \"rss_with_kib\": {rss_with}, \"rss_delta_kib\": {rss_delta}, \
+         \"small_runs_ms\": {s_small_runs:?}, \"large_runs_ms\": {s_large_runs:?}, \"hotplug_ratio\": {scale_ratio:.3} }}\n}}\n",
+        rows.join(",\n"),
+        len = crate::scale_scenarios::LEN,
+        bar = crate::scale_scenarios::BAR,
     );
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("results.json"), json)?;
@@ -290,6 +402,16 @@ mod tests {
         assert!(s.contains("for i in $(seq 6 10)"));
         assert!(s.contains("ghvmm.cycles=10"));
         assert!(s.find("length=65536") < s.find("start_l3"));
+    }
+
+    #[test]
+    fn scale_script_measures_rss_around_the_large_bar() {
+        let s = scale_script();
+        assert!(s.contains(&format!("length={}", crate::scale_scenarios::LEN)));
+        assert!(s.contains("@@BENCH scale-rss-with-kib"));
+        assert!(s.find("scale-rss-without-kib") < s.find("scale-large-ms"));
+        assert!(s.contains("[ $i = 6 ] && { echo"));
+        assert!(s.contains("[ $i = 1 ] && { :; }"));
     }
 
     #[test]

@@ -16,6 +16,8 @@ const MIB: u64 = 1 << 20;
 const EIO_LEN: u64 = 48 * MIB;
 const EIO_MAP: u64 = 32 * MIB;
 const EIO_AFTER: u64 = 16;
+// The checker's probes (map + 4096, map + 8192) lie in the real, unmapped part.
+const _: () = assert!(EIO_MAP + 8192 + 16 <= EIO_LEN);
 
 /// Must match tests/checker/src/fault.rs.
 const BEFORE: &[u8; 16] = b"fault-before-eio";
@@ -140,9 +142,149 @@ fn sigkill_scenario() -> Scenario {
     }
 }
 
+/// The warning ghvmm logs when the host asks for a device back (vmm/src/passthrough.rs).
+const GIVEBACK_LOG: &str = "the host asks for it back";
+
+/// fault-unbind: the host unbinds the variant driver from a device the running guest uses.
+/// ghvmm hears VFIO's request interrupt, has the guest eject the device and lets it go, so the
+/// unbind completes; the VM runs on, the API knows the device is gone, and the device (bound
+/// again) can be added and removed once more.
+fn unbind_scenario() -> Scenario {
+    let len = GH_LENGTHS[0];
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline(&format!(
+            "ghvmm.vfio=hotplug ghvmm.gh_mode=vmm_pads ghvmm.gh_len={len} ghvmm.cycles=2 \
+             ghvmm.bdf=0001:00:00.0"
+        ))
+        .vmm_args(
+            "--gh slots=1 --api-socket path=/tmp/api.sock --device path=$IVSHMEM,id=gpu0,gh_slot=0",
+        );
+    let script = format!(
+        "{bind}\
+         start_l3 {cmd}\n\
+         R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
+         wait_marker '@@HOTPLUG present 1 ' 120\n\
+         l2_check unbind-attached $? 'the guest never saw the device'\n\
+         BDF=$(basename $IVSHMEM)\n\
+         rm -f /tmp/unbind.rc\n\
+         (echo $BDF > /sys/bus/pci/drivers/ghvmm_test_vfio/unbind; echo $? > /tmp/unbind.rc) &\n\
+         wait_marker '@@HOTPLUG gone 1' 100\n\
+         l2_check unbind-ejected $? 'the guest still has the device after the host unbound it'\n\
+         n=0; while [ ! -e /tmp/unbind.rc ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done\n\
+         [ \"$(cat /tmp/unbind.rc 2>/dev/null)\" = 0 ] && [ ! -e $IVSHMEM/driver ]\n\
+         l2_check unbind-completes $? \"the host's unbind did not complete (rc '$(cat /tmp/unbind.rc 2>/dev/null)')\"\n\
+         grep '{GIVEBACK_LOG}' /tmp/l3.out | head -n 2 | sed 's/^/@@L2LOG ghvmm said: /' > /tmp/said\n\
+         grep -q '{GIVEBACK_LOG}' /tmp/l3.out\n\
+         l2_check unbind-reported $? 'ghvmm did not report the request'\n\
+         {gone}\
+         echo $BDF > /sys/bus/pci/drivers_probe\n\
+         readlink $IVSHMEM/driver 2>/dev/null | grep -q ghvmm_test_vfio\n\
+         l2_check unbind-rebound $? 'the device did not bind to the variant driver again'\n\
+         out=$($R add-device path=$IVSHMEM,id=gpu0,gh_slot=0 2>&1) && wait_marker '@@HOTPLUG present 2 ' 120\n\
+         l2_check unbind-readd $? \"add-device after the unbind: $out\"\n\
+         out=$($R remove-device gpu0 2>&1) && wait_marker '@@HOTPLUG gone 2' 120\n\
+         l2_check unbind-remove $? \"remove-device after the unbind: $out\"\n\
+         finish_l3 120\n\
+         l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n\
+         cat /tmp/said\n",
+        bind = bind_variant("vmm_pads", len, ""),
+        cmd = l3.command(),
+        gone = crate::hotplug_scenarios::expect_status(
+            "unbind-api-gone",
+            "PUT",
+            "/api/v1/vm.remove-device",
+            "{\"id\": \"gpu0\"}",
+            404,
+            "gpu0",
+        ),
+    );
+    let mut expect = [L3_CHECKS, GH_DEVICE_CHECKS].concat();
+    expect.extend([
+        "hotplug-arrive",
+        "hotplug-bdf",
+        "hotplug-depart",
+        "hotplug-cycles",
+        "unbind-attached",
+        "unbind-ejected",
+        "unbind-completes",
+        "unbind-reported",
+        "unbind-api-gone",
+        "unbind-rebound",
+        "unbind-readd",
+        "unbind-remove",
+    ]);
+    Scenario {
+        setup: script,
+        l3: None,
+        expect,
+        host_checks: Some(Box::new(move |_, d, _| {
+            crate::vfio_scenarios::gh_file_checks_for(d, len)
+        })),
+        timeout: std::time::Duration::from_secs(300),
+        ..Scenario::boot(
+            "fault-unbind",
+            "the host unbinds the variant driver while the guest uses the device: ghvmm has the guest eject it, the unbind completes, the VM and the API carry on, the device can be added and removed again",
+            l3,
+        )
+    }
+}
+
+/// fault-api-flood: 1000 malformed requests and 100 concurrent connections on the API socket
+/// (`checker flood`, tests/checker/src/flood.rs); then well-formed requests are answered and a
+/// hot add and remove still reach the running guest.
+fn api_flood_scenario() -> Scenario {
+    let len = GH_LENGTHS[0];
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline("ghvmm.vfio=hotplug ghvmm.cycles=1")
+        .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock");
+    let script = format!(
+        "{bind}\
+         start_l3 {cmd}\n\
+         R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
+         wait_marker '@@HOTPLUG ready' 120\n\
+         l2_check hotplug-ready $? 'the guest never waited for a device'\n\
+         /bin/checker flood /tmp/api.sock --malformed 1000 --concurrent 100 > /tmp/flood.out 2>&1\n\
+         r=$?\n\
+         while read -r line; do l2_say \"$line\"; done < /tmp/flood.out\n\
+         l2_check api-flood $r \"after the flood: $(grep -E 'after_ok|result' /tmp/flood.out | tr '\\n' ' ')\"\n\
+         out=$($R add-device path=$IVSHMEM,id=gpu0,gh_slot=0 2>&1) && wait_marker '@@HOTPLUG present 1 ' 120\n\
+         l2_check api-flood-add $? \"after the flood, add-device: $out\"\n\
+         out=$($R remove-device gpu0 2>&1) && wait_marker '@@HOTPLUG gone 1' 120\n\
+         l2_check api-flood-remove $? \"after the flood, remove-device: $out\"\n\
+         finish_l3 120\n\
+         l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
+        bind = bind_variant("vmm_pads", len, ""),
+        cmd = l3.command(),
+    );
+    let mut expect = L3_CHECKS.to_vec();
+    expect.extend([
+        "vfio-bind",
+        "hotplug-ready",
+        "api-flood",
+        "api-flood-add",
+        "api-flood-remove",
+        "hotplug-depart",
+    ]);
+    Scenario {
+        setup: script,
+        l3: None,
+        expect,
+        ..Scenario::boot(
+            "fault-api-flood",
+            "1000 malformed API requests and 100 concurrent connections: every well-formed request afterwards is answered, hot add and remove still reach the guest",
+            l3,
+        )
+    }
+}
+
 /// The fault-injection scenarios, in run order.
 pub fn all() -> Vec<Scenario> {
-    vec![eio_scenario(), sigkill_scenario()]
+    vec![
+        eio_scenario(),
+        sigkill_scenario(),
+        unbind_scenario(),
+        api_flood_scenario(),
+    ]
 }
 
 #[cfg(test)]
@@ -151,7 +293,6 @@ mod tests {
 
     #[test]
     fn eio_layout_puts_the_probes_in_the_unmapped_real_part() {
-        assert!(EIO_MAP + 8192 + 16 <= EIO_LEN);
         let sh = eio_scenario().script();
         assert!(sh.contains("map_length=33554432 fail_after=16"));
         assert!(sh.contains("ghvmm.gh_map=33554432"));

@@ -18,7 +18,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// For writing the response to a client that does not read.
     pub write_timeout: Duration,
-    /// Connections served at once; beyond this a client gets 503 straight away.
+    /// Connections served at once. Beyond this a new connection takes the place of the
+    /// oldest one still waiting for its request (which is answered 503), or is answered 503
+    /// itself when all are running a request (see server.rs).
     pub max_connections: usize,
 }
 

@@ -4,13 +4,19 @@
 //! (after the last passed-through device is unplugged); vfio-ioctls sets the IOMMU type
 //! again when the next group joins. So RAM is DMA-mapped whenever a device arrives in a
 //! container that has no device, and the count of live devices is kept here.
+//!
+//! Once no device is left, the container itself is dropped and the next device gets a new
+//! one: an empty container holds nothing worth keeping, and a group that a failed open or
+//! close left attached to it (vfio-ioctls does not detach the group when opening its device
+//! fails, nor when its close panics: `device`) is released with it.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use vfio_ioctls::{VfioContainer, VfioDevice};
+use vfio_ioctls::VfioContainer;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use super::device::Device;
 use super::VfioSetupError;
 
 #[derive(Default)]
@@ -31,11 +37,7 @@ impl Containers {
 
     /// Opens the device at `path` in the container (created on first use), with guest RAM
     /// DMA-mapped (IOVA = guest physical address) if it is the only device.
-    pub fn open(
-        &self,
-        path: &Path,
-        mem: &GuestMemoryMmap,
-    ) -> Result<Arc<VfioDevice>, VfioSetupError> {
+    pub fn open(&self, path: &Path, mem: &GuestMemoryMmap) -> Result<Arc<Device>, VfioSetupError> {
         let mut st = self.lock();
         let container = match &st.container {
             Some(c) => c.clone(),
@@ -50,12 +52,15 @@ impl Containers {
                 c
             }
         };
-        let device = Arc::new(VfioDevice::new(path, container.clone(), false).map_err(
-            |error| VfioSetupError::Device {
-                path: path.into(),
-                error,
-            },
-        )?);
+        let device = match Device::open(path, container.clone()) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                if st.devices == 0 {
+                    st.container = None;
+                }
+                return Err(e);
+            }
+        };
         if st.devices == 0 {
             for region in mem.iter() {
                 let gpa = region.start_addr().0;
@@ -67,6 +72,7 @@ impl Containers {
                     // Dropping the device detaches its group, which also drops what was
                     // mapped so far.
                     drop(device);
+                    st.container = None;
                     return Err(VfioSetupError::DmaMap {
                         path: path.into(),
                         gpa,
@@ -82,7 +88,7 @@ impl Containers {
     /// Closes a device opened by `open`: waits until every other reference (a vCPU still
     /// inside one of its traps) is gone, so that its fds and group are released before this
     /// returns and a new device can take the group at once.
-    pub fn close(&self, device: Arc<VfioDevice>) {
+    pub fn close(&self, device: Arc<Device>) {
         let mut st = self.lock();
         let mut device = device;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
@@ -104,6 +110,9 @@ impl Containers {
             }
         }
         st.devices = st.devices.saturating_sub(1);
+        if st.devices == 0 {
+            st.container = None;
+        }
     }
 
     pub fn devices(&self) -> usize {

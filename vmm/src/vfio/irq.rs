@@ -13,16 +13,32 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use pci::vfio::{IrqKind, IrqSink, IrqUpdate, MsiMessage};
-use vfio_bindings::bindings::vfio::{VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX};
-use vfio_ioctls::VfioDevice;
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::device::Device;
 use crate::irq_routing::GsiRouting;
 
-/// What the sink needs from the VFIO device (a fake in unit tests).
+/// What the sink and the request watcher (`request`) need from the VFIO device (a fake in
+/// unit tests).
 pub trait DeviceIrqs: Send + Sync {
     fn enable(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), String>;
     fn disable(&self, kind: IrqKind) -> Result<(), String>;
+    /// Whether the device has VFIO's request interrupt (VFIO_PCI_REQ_IRQ_INDEX with a count
+    /// of at least 1): the kernel signals it when the host wants the device back.
+    fn has_request_irq(&self) -> bool {
+        false
+    }
+    /// Gives the request interrupt `fd`.
+    fn enable_request(&self, _fd: &EventFd) -> Result<(), String> {
+        Err("the device has no request interrupt".into())
+    }
+    /// Takes the request interrupt's eventfd back.
+    fn disable_request(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 fn index(kind: IrqKind) -> u32 {
@@ -32,7 +48,7 @@ fn index(kind: IrqKind) -> u32 {
     }
 }
 
-impl DeviceIrqs for VfioDevice {
+impl DeviceIrqs for Device {
     fn enable(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), String> {
         // vfio-ioctls programs vectors 0..n in one VFIO_DEVICE_SET_IRQS, which is all ghvmm
         // needs: masking is done at the irqfd, not at the device.
@@ -41,6 +57,19 @@ impl DeviceIrqs for VfioDevice {
     }
     fn disable(&self, kind: IrqKind) -> Result<(), String> {
         self.disable_irq(index(kind)).map_err(|e| e.to_string())
+    }
+    fn has_request_irq(&self) -> bool {
+        // vfio-ioctls asked VFIO_DEVICE_GET_IRQ_INFO for every index when it opened the device.
+        self.get_irq_info(VFIO_PCI_REQ_IRQ_INDEX)
+            .is_some_and(|irq| irq.count >= 1)
+    }
+    fn enable_request(&self, fd: &EventFd) -> Result<(), String> {
+        self.enable_irq(VFIO_PCI_REQ_IRQ_INDEX, vec![fd])
+            .map_err(|e| e.to_string())
+    }
+    fn disable_request(&self) -> Result<(), String> {
+        self.disable_irq(VFIO_PCI_REQ_IRQ_INDEX)
+            .map_err(|e| e.to_string())
     }
 }
 

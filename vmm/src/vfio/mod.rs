@@ -10,13 +10,22 @@
 //! MSI and MSI-X are emulated (`pci::vfio::interrupts`) and applied to VFIO and KVM by
 //! `irq::VfioIrqSink`; the MSI-X table is answered by the BAR trap from the emulated state.
 //! INTx is not offered (the interrupt pin reads 0).
+//!
+//! `device` opens the device so that closing it never depends on sysfs (vfio-ioctls' close
+//! panics when the host has removed the device); `request` watches VFIO's request interrupt,
+//! through which the host asks for the device back, and holds the removal policy that
+//! `passthrough` applies then.
 
 mod bar;
 mod container;
+mod device;
 mod irq;
 mod region;
+pub mod request;
 
 pub use container::Containers;
+pub use device::Device;
+pub use request::RequestWatcher;
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -30,7 +39,7 @@ use pci::vfio::{
 };
 use pci::{BarReprogram, PciDevice};
 use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
-use vfio_ioctls::{VfioDevice, VfioRegionInfoCap};
+use vfio_ioctls::VfioRegionInfoCap;
 use vm_memory::GuestMemoryMmap;
 
 use bar::{BarPlan, BarSpace, BarTrap, MappedPiece};
@@ -56,6 +65,11 @@ pub enum VfioSetupError {
     Container {
         path: PathBuf,
         error: vfio_ioctls::VfioError,
+    },
+    #[error("{path}: cannot read the device's IOMMU group (is the IOMMU on?): {error}")]
+    NoIommuGroup {
+        path: PathBuf,
+        error: std::io::Error,
     },
     #[error("{path}: cannot open the device through its IOMMU group: {error}")]
     Device {
@@ -132,10 +146,13 @@ pub struct VfioContext<'a> {
 
 /// Everything a live device holds; taken out (and released) as a whole at unplug.
 struct Live {
+    /// Watches VFIO's request interrupt (the host wants the device back), once started.
+    /// First, so that it is also dropped (stopped) first.
+    request: Option<RequestWatcher>,
     config: PassthroughConfig,
     bars: Vec<BarPlan>,
     interrupts: SharedInterrupts,
-    device: Arc<VfioDevice>,
+    device: Arc<Device>,
 }
 
 /// The guest-visible PCI function.
@@ -191,19 +208,49 @@ impl PassthroughDevice {
         }
     }
 
-    /// Unplugs the device: its KVM slots and trap ranges go, its interrupts are disabled and
-    /// unrouted, its BAR space and slot numbers are given back, its mappings unmapped and its
-    /// fds closed. Idempotent.
+    /// Starts watching VFIO's request interrupt (`request`): `on_request` runs on the watcher
+    /// thread when the host wants the device back. Ok(false) when the device has no request
+    /// interrupt (or is unplugged already).
+    pub fn watch_requests(
+        &mut self,
+        on_request: request::OnRequest,
+    ) -> std::result::Result<bool, String> {
+        let Some(live) = &mut self.live else {
+            return Ok(false);
+        };
+        if live.request.is_some() {
+            return Ok(true);
+        }
+        let device: Arc<dyn irq::DeviceIrqs> = live.device.clone();
+        let watcher = RequestWatcher::start(self.path.display().to_string(), device, on_request)?;
+        let watching = watcher.is_some();
+        live.request = watcher;
+        Ok(watching)
+    }
+
+    /// Takes the request watcher out, for the caller to stop it without holding this
+    /// device's lock (which vCPUs take for config accesses).
+    pub fn take_request_watcher(&mut self) -> Option<RequestWatcher> {
+        self.live.as_mut().and_then(|l| l.request.take())
+    }
+
+    /// Unplugs the device: its request watcher stops, its KVM slots and trap ranges go, its
+    /// interrupts are disabled and unrouted, its BAR space and slot numbers are given back,
+    /// its mappings unmapped and its fds closed. Idempotent.
     pub fn teardown(&mut self) {
         let Some(live) = self.live.take() else {
             return;
         };
         let Live {
+            request,
             config,
             bars,
             interrupts,
             device,
         } = live;
+        // First, so that no new removal starts while this one runs; it holds a reference to
+        // the device, which `close` waits for.
+        drop(request);
         release_bars(&self.vm, &self.mmio_bus, &self.allocator, &self.slots, bars);
         interrupts
             .lock()
@@ -333,6 +380,7 @@ pub fn assign(ctx: &VfioContext, path: &Path) -> Result<Arc<Mutex<PassthroughDev
             slots: ctx.slots.clone(),
             containers: ctx.containers.clone(),
             live: Some(Live {
+                request: None,
                 config,
                 bars: built.plans,
                 interrupts,
@@ -351,7 +399,7 @@ pub fn assign(ctx: &VfioContext, path: &Path) -> Result<Arc<Mutex<PassthroughDev
 fn build_bars(
     ctx: &VfioContext,
     path: &Path,
-    device: &Arc<VfioDevice>,
+    device: &Arc<Device>,
     config: &FdRegion,
     msix: &[pci::vfio::interrupts::BarRange],
     interrupts: &SharedInterrupts,

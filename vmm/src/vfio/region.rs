@@ -5,12 +5,12 @@
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
+use super::device::Device;
 use pci::vfio::dispatch::RegionIo;
-use vfio_ioctls::VfioDevice;
 
 /// pread/pwrite on the device fd at `base` (a region's offset in the fd).
 pub struct FdRegion {
-    pub device: Arc<VfioDevice>,
+    pub device: Arc<Device>,
     pub base: u64,
 }
 
