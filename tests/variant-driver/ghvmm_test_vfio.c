@@ -255,6 +255,24 @@ static ssize_t ghtest_write(struct vfio_device *vdev, const char __user *buf, si
 	return vfio_pci_core_write(vdev, buf, count, ppos);
 }
 
+/*
+ * Pages are inserted at fault time, as vfio-pci does, not all at mmap: mapping GH-sized
+ * memory (96 GiB) eagerly with 4 KiB PTEs would cost 192 MiB of page tables and seconds of
+ * work per mmap, a cost of this test driver that would hide what the VMM costs.
+ */
+static vm_fault_t ghtest_mmap_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	unsigned long base_pfn = (unsigned long)vma->vm_private_data;
+
+	return vmf_insert_pfn(vma, vmf->address,
+			      base_pfn + ((vmf->address - vma->vm_start) >> PAGE_SHIFT));
+}
+
+static const struct vm_operations_struct ghtest_mmap_ops = {
+	.fault = ghtest_mmap_fault,
+};
+
 static int ghtest_mmap(struct vfio_device *vdev, struct vm_area_struct *vma)
 {
 	struct ghtest_device *g = to_ghtest(vdev);
@@ -270,8 +288,9 @@ static int ghtest_mmap(struct vfio_device *vdev, struct vm_area_struct *vma)
 		return -EINVAL;
 	vma->vm_page_prot = pgprot_writecombine(vma->vm_page_prot);
 	vma->vm_flags |= VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP;
-	return remap_pfn_range(vma, vma->vm_start, PHYS_PFN(g->mem_phys) + pgoff, len,
-			       vma->vm_page_prot);
+	vma->vm_private_data = (void *)(unsigned long)(PHYS_PFN(g->mem_phys) + pgoff);
+	vma->vm_ops = &ghtest_mmap_ops;
+	return 0;
 }
 
 static const struct vfio_device_ops ghtest_ops = {
