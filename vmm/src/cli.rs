@@ -79,6 +79,16 @@ pub enum CliError {
     Config(#[from] ConfigError),
 }
 
+/// An error message as the binaries print it: one line, every control character (newlines,
+/// carriage returns, escape sequences an option value carried into the message) a space, as
+/// the REST API does for its error bodies.
+pub fn error_line(msg: &str) -> String {
+    msg.trim_end()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 impl Cli {
     pub fn into_config(self) -> Result<VmConfig, CliError> {
         parse_console(&self.console)?;
@@ -171,6 +181,19 @@ mod tests {
         assert!(parse(&["--kernel", "/k", "--console", "tty"]).is_err());
         assert!(parse(&["--kernel", "/k", "--cpus", "boot=0"]).is_err());
         assert!(parse(&["--kernel"]).is_err());
+    }
+
+    /// Found by fuzzing (cli): option errors quote the value given, and a value with a
+    /// carriage return or an escape sequence reached stderr as it was (only newlines were
+    /// replaced), breaking the one-line contract and writing control sequences to a terminal.
+    #[test]
+    fn error_lines_have_no_control_characters() {
+        let e = parse(&["--kernel", "/k", "--memory", "size=1\r\x1bc\nG"]).unwrap_err();
+        assert!(e.contains('\r') && e.contains('\x1b'), "{e:?}");
+        let line = error_line(&e);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.starts_with("--memory: size=1 "), "{line}");
+        assert_eq!(error_line("a\r\nb\x1b[31m\n"), "a  b [31m");
     }
 
     #[test]

@@ -57,8 +57,9 @@ fn main() -> ExitCode {
 
 fn fail(msg: &str) -> ExitCode {
     let _ = std::io::stdout().flush();
-    // Keep it to one line even when an underlying error carries newlines.
-    let line = msg.replace('\n', " ");
+    // Keep it to one line even when an underlying error carries newlines (or a value the
+    // user gave carries control characters).
+    let line = vmm::cli::error_line(msg);
     eprintln!("ghvmm: error: {line}");
     ExitCode::from(1)
 }

@@ -5,12 +5,19 @@
 //!                                          nested-virtualization scenarios
 //!   cargo xtask bench                      boot-time comparison with QEMU, in the rig
 //!   cargo xtask demo                       boot a guest under ghvmm and show its console
-//!   cargo xtask test                       fmt, clippy, unit tests, then every e2e scenario
+//!   cargo xtask fuzz [SECONDS] [TARGET...] every cargo-fuzz target for SECONDS each (60)
+//!   cargo xtask test                       fmt, clippy, unit tests, 30 s of each fuzz target,
+//!                                          then every e2e scenario
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
+
+mod fuzz;
+
+/// How long `cargo xtask test` runs each fuzz target (issue 6: at least 30 s).
+const TEST_FUZZ_SECONDS: u64 = 30;
 
 fn root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -46,11 +53,15 @@ fn test(root: &PathBuf) -> Result<bool> {
         ],
     )?;
     cargo(root, &["test", "--workspace"])?;
+    eprintln!("xtask: fuzz ({TEST_FUZZ_SECONDS} s per target)");
+    if !fuzz::run(root, TEST_FUZZ_SECONDS, &[])? {
+        bail!("a fuzz target found a crash, leak or hang (see above)");
+    }
     eprintln!("xtask: e2e (nested rig)");
     rig::e2e(root, &rig::E2eArgs::parse(&[])?)
 }
 
-const USAGE: &str = "usage: cargo xtask <e2e [--list] [--gh-mode M] [--gh-len BYTES] [--l3-vmm ghvmm|qemu] [FILTER...] | bench | demo | test>";
+const USAGE: &str = "usage: cargo xtask <e2e [--list] [--gh-mode M] [--gh-len BYTES] [--l3-vmm ghvmm|qemu] [FILTER...] | bench | demo | fuzz [SECONDS] [TARGET...] | test>";
 
 fn run() -> Result<bool> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,6 +74,10 @@ fn run() -> Result<bool> {
         Some("e2e") => rig::e2e(&root, &rig::E2eArgs::parse(&args[1..])?),
         Some("bench") => rig::bench::run(&root).map(|()| true),
         Some("demo") => rig::demo(&root),
+        Some("fuzz") => {
+            let (seconds, targets) = fuzz::parse_args(&args[1..])?;
+            fuzz::run(&root, seconds, &targets)
+        }
         Some("test") => test(&root),
         _ => bail!("{USAGE}"),
     }

@@ -14,6 +14,7 @@
 //! and the emulated copy that tracks which BAR mappings are live.
 
 use super::interrupts::SharedInterrupts;
+use super::msi::MsiState;
 use crate::config::{extract, merge, BarKind, BarSpec, ConfigSpace};
 use crate::device::{BarReprogram, PciDevice};
 
@@ -80,10 +81,31 @@ pub fn exposed_capabilities(dev: &dyn DeviceConfig) -> Vec<Capability> {
         });
         ptr = ((header >> 8) as u8) & 0xfc;
     }
-    let mut kept: Vec<Capability> = found
-        .into_iter()
-        .filter(|c| EXPOSED_CAPS.contains(&c.id))
-        .collect();
+    // Only the first capability of each id, and only one whose registers ghvmm answers itself
+    // (the header it relinks; all of MSI and MSI-X) lie inside the standard space and clear of
+    // every capability kept before: a device that overlaps them or repeats one would otherwise
+    // have its header shadowed by emulated registers, or MSI programmed on the device itself.
+    let mut kept: Vec<Capability> = Vec::new();
+    let mut owned: Vec<(u32, u32)> = Vec::new();
+    for c in found {
+        if !EXPOSED_CAPS.contains(&c.id) || kept.iter().any(|k| k.id == c.id) {
+            continue;
+        }
+        let start = u32::from(c.offset);
+        let len = match c.id {
+            CAP_MSI => {
+                MsiState::new((read_u32(dev, u64::from(c.offset)) >> 16) as u16).size() as u32
+            }
+            CAP_MSIX => 12,
+            _ => 4,
+        };
+        let end = start + len;
+        if end > STANDARD_REGS as u32 * 4 || owned.iter().any(|&(s, e)| start < e && s < end) {
+            continue;
+        }
+        owned.push((start, end));
+        kept.push(c);
+    }
     for i in 0..kept.len() {
         kept[i].next = kept.get(i + 1).map_or(0, |c| c.offset);
     }
@@ -472,6 +494,42 @@ mod tests {
         assert!(c.capabilities().is_empty());
         assert_eq!(c.read_config_register(1) & STATUS_CAP_LIST, 0);
         assert_eq!(c.read_config_register(13) & 0xff, 0);
+    }
+
+    /// Found by fuzzing (config_space): an MSI capability whose 0x18 bytes covered the next
+    /// capability's header made the guest read MSI registers as that header, and a second MSI
+    /// capability was listed but not emulated, so its programming went to the device.
+    #[test]
+    fn overlapping_and_repeated_capabilities_are_not_exposed() {
+        let dev = device();
+        {
+            let mut b = dev.0.lock().unwrap();
+            // PM@0x40 -> MSI@0x50 (64-bit, per-vector mask: 0x18 bytes) -> MSI-X@0x60, which
+            // lies inside it -> PCIe@0x70 -> a second PM@0x80 -> MSI at 0xf0, running past
+            // the standard space.
+            b[0x50] = CAP_MSI;
+            b[0x52..0x54].copy_from_slice(&0x0180u16.to_le_bytes());
+            b[0x71] = 0x80;
+            b[0x80] = CAP_PM;
+            b[0x81] = 0xf0;
+            b[0xf0] = CAP_MSI;
+            b[0xf2..0xf4].copy_from_slice(&0x0180u16.to_le_bytes());
+        }
+        let mut c = config(&dev);
+        let exposed: Vec<(u8, u8)> = c.capabilities().iter().map(|c| (c.offset, c.id)).collect();
+        assert_eq!(exposed, [(0x40, CAP_PM), (0x50, CAP_MSI), (0x70, CAP_PCIE)]);
+        // The guest's walk: every header it reads is the capability's own.
+        let mut ptr = c.read_config_register(13) & 0xff;
+        let mut walked = Vec::new();
+        while ptr != 0 {
+            let header = c.read_config_register(ptr as usize / 4);
+            walked.push((ptr as u8, header as u8));
+            ptr = (header >> 8) & 0xff;
+        }
+        assert_eq!(walked, exposed);
+        // The 0x18 bytes of the MSI capability stay emulated.
+        c.write_config_register(0x64 / 4, 0, &[1, 2, 3, 4]);
+        assert!(dev.1.lock().unwrap().is_empty());
     }
 
     #[test]

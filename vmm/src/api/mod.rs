@@ -5,10 +5,14 @@
 //! [`VmControl`], which the VM implements. Everything here is testable without KVM.
 //! docs/api.md describes the endpoints, bodies, status codes and limits.
 
-mod body;
+// The request path is public only for the fuzz targets (fuzz/src/api.rs).
+#[doc(hidden)]
+pub mod body;
 pub mod client;
-mod http;
-mod routes;
+#[doc(hidden)]
+pub mod http;
+#[doc(hidden)]
+pub mod routes;
 mod server;
 mod socket;
 
