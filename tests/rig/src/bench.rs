@@ -163,6 +163,17 @@ fn script() -> String {
     s
 }
 
+/// Every `@@BENCH label` figure of a run, in order, and their median.
+fn runs_of(t: &crate::protocol::Transcript, label: &str) -> (Vec<u64>, Option<u64>) {
+    let mut v: Vec<u64> = t
+        .bench
+        .iter()
+        .filter(|(l, _)| l == label)
+        .map(|(_, ms)| *ms)
+        .collect();
+    (v.clone(), median(&mut v))
+}
+
 fn median(v: &mut [u64]) -> Option<u64> {
     v.sort_unstable();
     v.get(v.len() / 2).copied()
@@ -255,15 +266,7 @@ pub fn run(root: &Path) -> Result<()> {
         if exits == 0 { "met" } else { "not met" }
     );
     println!("padding read {pad_ns} ns, empty MMIO read {empty_ns} ns: ratio {padding:.2}   (goal <= 1.20: {})", if padding <= 1.2 { "met" } else { "not met" });
-    let hotplug = |label: &str| {
-        let mut v: Vec<u64> = t
-            .bench
-            .iter()
-            .filter(|(l, _)| l == label)
-            .map(|(_, ms)| *ms)
-            .collect();
-        (v.clone(), median(&mut v))
-    };
+    let hotplug = |label: &str| runs_of(&t, label);
     let (small_runs, small) = hotplug("hotplug-small-ms");
     let (large_runs, large) = hotplug("hotplug-large-ms");
     let (Some(small), Some(large)) = (small, large) else {
@@ -299,15 +302,7 @@ pub fn run(root: &Path) -> Result<()> {
         false,
     )?;
     let svalue = |label: &str| st.bench.iter().find(|(l, _)| l == label).map(|(_, v)| *v);
-    let scale_runs = |label: &str| {
-        let mut v: Vec<u64> = st
-            .bench
-            .iter()
-            .filter(|(l, _)| l == label)
-            .map(|(_, ms)| *ms)
-            .collect();
-        (v.clone(), median(&mut v))
-    };
+    let scale_runs = |label: &str| runs_of(&st, label);
     let (s_small_runs, s_small) = scale_runs("scale-small-ms");
     let (s_large_runs, s_large) = scale_runs("scale-large-ms");
     let figures = (

@@ -238,11 +238,7 @@ fn api_flood_scenario() -> Scenario {
         .cmdline("ghvmm.vfio=hotplug ghvmm.cycles=1")
         .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock");
     let script = format!(
-        "{bind}\
-         start_l3 {cmd}\n\
-         R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
-         wait_marker '@@HOTPLUG ready' 120\n\
-         l2_check hotplug-ready $? 'the guest never waited for a device'\n\
+        "{bind}{start}\
          /bin/checker flood /tmp/api.sock --malformed 1000 --concurrent 100 > /tmp/flood.out 2>&1\n\
          r=$?\n\
          while read -r line; do l2_say \"$line\"; done < /tmp/flood.out\n\
@@ -254,7 +250,7 @@ fn api_flood_scenario() -> Scenario {
          finish_l3 120\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
         bind = bind_variant("vmm_pads", len, ""),
-        cmd = l3.command(),
+        start = crate::hotplug_scenarios::start_api_guest(&l3.command()),
     );
     let mut expect = L3_CHECKS.to_vec();
     expect.extend([

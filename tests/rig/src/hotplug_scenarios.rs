@@ -28,6 +28,18 @@ pub(crate) fn expect_status(
     )
 }
 
+/// Shell: starts `cmd` (a ghvmm with `--api-socket path=/tmp/api.sock`) in the background,
+/// sets `$R` to ghvmm-remote on that socket and waits for the checker's `@@HOTPLUG ready`
+/// (check `hotplug-ready`).
+pub(crate) fn start_api_guest(cmd: &str) -> String {
+    format!(
+        "start_l3 {cmd}\n\
+         R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
+         wait_marker '@@HOTPLUG ready' 120\n\
+         l2_check hotplug-ready $? 'the guest never waited for a device'\n"
+    )
+}
+
 /// Shell: the number after `"KEY": ` in a JSON file.
 pub(crate) fn json_number(file: &str, key: &str) -> String {
     format!("$(grep -o '\"{key}\": *[0-9]*' {file} | grep -o '[0-9]*$')")
@@ -110,11 +122,7 @@ fn hotplug_gh_scenario() -> Scenario {
         json_number("/tmp/info2.json", "rss_kib"),
     );
     let script = format!(
-        "{bind}\
-         start_l3 {cmd}\n\
-         R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
-         wait_marker '@@HOTPLUG ready' 120\n\
-         l2_check hotplug-ready $? 'the guest never waited for a device'\n\
+        "{bind}{start}\
          $R ping > /dev/null\n\
          l2_check api-ping $? 'vmm.ping failed'\n\
          i=1; failed=\n\
@@ -144,7 +152,7 @@ fn hotplug_gh_scenario() -> Scenario {
          finish_l3 120\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
         bind = bind_variant("kernel_pads", len, ""),
-        cmd = l3.command(),
+        start = start_api_guest(&l3.command()),
         errors = error_checks().replace('\n', "\n             "),
         dup = expect_status(
             "api-duplicate",

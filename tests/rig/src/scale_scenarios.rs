@@ -10,7 +10,7 @@ use crate::hotplug_scenarios::json_number;
 use crate::l3::L3;
 use crate::protocol::Outcome;
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
-use crate::vfio_scenarios::{bind_variant, gh_file_outcome, GH_DEVICE_CHECKS};
+use crate::vfio_scenarios::{bind_device, bind_variant, gh_file_outcome, GH_DEVICE_CHECKS};
 use crate::GIB;
 
 /// L2's ivshmem size: the next power of two above the real length.
@@ -43,12 +43,8 @@ pub fn bind_all_variant(mode: &str, len: u64, devices: usize) -> String {
         sh += "IVSHMEM1=\n\
                for d in /sys/bus/pci/devices/*; do\n\
                    [ \"$(cat $d/vendor)\" = 0x1af4 ] && [ \"$(cat $d/device)\" = 0x1110 ] && [ $d != $IVSHMEM ] && IVSHMEM1=$d\n\
-               done\n\
-               echo ghvmm_test_vfio > $IVSHMEM1/driver_override\n\
-               [ -e $IVSHMEM1/driver ] && echo $(basename $IVSHMEM1) > $IVSHMEM1/driver/unbind\n\
-               echo $(basename $IVSHMEM1) > /sys/bus/pci/drivers_probe\n\
-               readlink $IVSHMEM1/driver 2>/dev/null | grep -q ghvmm_test_vfio\n\
-               l2_check vfio-bind1 $? \"$IVSHMEM1 did not bind to ghvmm_test_vfio\"\n";
+               done\n";
+        sh += &bind_device("IVSHMEM1", "ghvmm_test_vfio", "vfio-bind1");
     }
     sh
 }
@@ -86,11 +82,7 @@ fn scale_gh() -> Scenario {
         .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock");
     let rss = |n: u32| json_number(&format!("/tmp/info{n}.json"), "rss_kib");
     let script = format!(
-        "{bind}\
-         start_l3 {cmd}\n\
-         R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
-         wait_marker '@@HOTPLUG ready' 120\n\
-         l2_check hotplug-ready $? 'the guest never waited for a device'\n\
+        "{bind}{start}\
          failed=\n\
          for i in 1 2; do\n\
            $R info > /tmp/info$((2 * i - 1)).json\n\
@@ -109,7 +101,7 @@ fn scale_gh() -> Scenario {
          finish_l3 120\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
         bind = bind_variant("vmm_pads", LEN, ""),
-        cmd = l3.command(),
+        start = crate::hotplug_scenarios::start_api_guest(&l3.command()),
         r1 = rss(1),
         r2 = rss(2),
         r3 = rss(3),

@@ -9,7 +9,7 @@ use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
 
 /// Shell that binds the PCI device whose sysfs path is in `$var` to `driver` (taking it from
 /// the driver it has) and reports the L2 check `check`.
-fn bind_device(var: &str, driver: &str, check: &str) -> String {
+pub fn bind_device(var: &str, driver: &str, check: &str) -> String {
     format!(
         "echo {driver} > ${var}/driver_override\n\
          [ -e ${var}/driver ] && echo $(basename ${var}) > ${var}/driver/unbind\n\
