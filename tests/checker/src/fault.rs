@@ -32,6 +32,16 @@ fn write16(m: &BarView, off: u64, data: &[u8; 16]) {
     }
 }
 
+/// Waits until everything written to the console has been sent, and a little more for the
+/// VMM to pass it on.
+fn quiet_console() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: tcdrain on our own stdout; it only waits.
+    unsafe { libc::tcdrain(1) };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
 pub fn failing_region(len: u64, map: u64, fail_after: u64) {
     if len == 0 || map == 0 || map + 8192 + 16 > len || fail_after < 4 {
         report(
@@ -67,6 +77,9 @@ pub fn failing_region(len: u64, map: u64, fail_after: u64) {
             ))
         },
     );
+    // The failure below makes ghvmm log an error on the same console: let this line leave
+    // the UART first, so the log line cannot land inside it.
+    quiet_console();
     // Keep reading until the device fails; then every read must give 0xff.
     let limit = fail_after + 64;
     let mut failed_at = None;
