@@ -71,25 +71,37 @@ fn reload_variant(len: u64) -> String {
     )
 }
 
-fn hotplug_script() -> String {
-    let ghvmm = L3::new(Vmm::Ghvmm, 2, "512M")
+/// The VMM of both hot-plug parts: one empty GH slot, the API, a guest that follows
+/// `2 * HOTPLUG_RUNS` arrivals.
+fn hotplug_ghvmm() -> String {
+    L3::new(Vmm::Ghvmm, 2, "512M")
         .cmdline(&format!(
             "ghvmm.vfio=hotplug ghvmm.cycles={}",
             2 * HOTPLUG_RUNS
         ))
         .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock")
-        .command();
-    let runs = |label: &str, first: u32| {
-        format!(
-            "for i in $(seq {first} {last}); do\n\
-               /bin/checker time-to-file {label} /tmp/l3.out \"@@HOTPLUG present $i \" -- \
-                 $R add-device path=$IVSHMEM,id=gpu0,gh_slot=0 >> $L2_DEFER\n\
-               $R remove-device gpu0 > /dev/null\n\
-               wait_marker \"@@HOTPLUG gone $i\" 120\n\
-             done\n",
-            last = first + HOTPLUG_RUNS - 1
-        )
-    };
+        .command()
+}
+
+/// Shell: `HOTPLUG_RUNS` timed adds of `$IVSHMEM` to GH slot 0, numbered from `first`, from
+/// the API call to the guest's `@@HOTPLUG present` line (`@@BENCH label ms`), each removed
+/// again; `after_first_add` runs once, while the first is attached.
+fn timed_adds(label: &str, first: u32, after_first_add: &str) -> String {
+    format!(
+        "for i in $(seq {first} {last}); do\n\
+           /bin/checker time-to-file {label} /tmp/l3.out \"@@HOTPLUG present $i \" -- \
+             $R add-device path=$IVSHMEM,id=gpu0,gh_slot=0 >> $L2_DEFER\n\
+           [ $i = {first} ] && {{ {after_first_add}; }}\n\
+           $R remove-device gpu0 > /dev/null\n\
+           wait_marker \"@@HOTPLUG gone $i\" 120\n\
+         done\n",
+        last = first + HOTPLUG_RUNS - 1
+    )
+}
+
+fn hotplug_script() -> String {
+    let ghvmm = hotplug_ghvmm();
+    let runs = |label: &str, first: u32| timed_adds(label, first, ":");
     format!(
         "{small}start_l3 {ghvmm}\n\
          R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
@@ -108,30 +120,13 @@ fn hotplug_script() -> String {
 /// latency of that BAR against the 64 KiB one, in the same run.
 fn scale_script() -> String {
     use crate::scale_scenarios::LEN;
-    let ghvmm = L3::new(Vmm::Ghvmm, 2, "512M")
-        .cmdline(&format!(
-            "ghvmm.vfio=hotplug ghvmm.cycles={}",
-            2 * HOTPLUG_RUNS
-        ))
-        .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock")
-        .command();
+    let ghvmm = hotplug_ghvmm();
     let rss = |label: &str| {
         format!(
             "echo \"@@BENCH {label} $($R info | grep -o '\"rss_kib\": *[0-9]*' | grep -o '[0-9]*$')\" >> $L2_DEFER\n"
         )
     };
-    let runs = |label: &str, first: u32, after_first_add: &str| {
-        format!(
-            "for i in $(seq {first} {last}); do\n\
-               /bin/checker time-to-file {label} /tmp/l3.out \"@@HOTPLUG present $i \" -- \
-                 $R add-device path=$IVSHMEM,id=gpu0,gh_slot=0 >> $L2_DEFER\n\
-               [ $i = {first} ] && {{ {after_first_add}; }}\n\
-               $R remove-device gpu0 > /dev/null\n\
-               wait_marker \"@@HOTPLUG gone $i\" 120\n\
-             done\n",
-            last = first + HOTPLUG_RUNS - 1
-        )
-    };
+    let runs = timed_adds;
     format!(
         "{small}start_l3 {ghvmm}\n\
          R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
