@@ -3,7 +3,7 @@
 //!
 //! Why GPUs need NUMA at all: NVIDIA's guest driver onlines a coherent GPU's memory into
 //! empty NUMA nodes that the SRAT describes as Generic Initiator nodes of the GPU (up to 8;
-//! see ../shared/notes/gh-contract.md). Those nodes have no CPUs and no memory of their
+//! see docs/background.md). Those nodes have no CPUs and no memory of their
 //! own, so the guest must also get a node for its vCPUs and RAM; this module decides all of
 //! it, and the ACPI code only writes it down.
 //!

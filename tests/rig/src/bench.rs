@@ -28,7 +28,7 @@ fn command(vmm: Vmm, kernel: Kernel) -> String {
     L3::new(vmm, CPUS, MEM).kernel(kernel).command()
 }
 
-/// The GPU-like device bench (issue 3): copy bandwidth into the mapped BAR vs RAM, KVM's MMIO
+/// The GPU-like device bench: copy bandwidth into the mapped BAR vs RAM, KVM's MMIO
 /// exits during that copy (read from L2's KVM debugfs around the guest's markers), and the
 /// cost of a padding read vs a read of an empty MMIO address.
 const GH_LEN: u64 = 48 << 20;
@@ -54,7 +54,7 @@ fn gh_script() -> String {
     )
 }
 
-/// Hot-plug latency (issue 5): from the API call to the guest seeing the device, for a small
+/// Hot-plug latency: from the API call to the guest seeing the device, for a small
 /// BAR and for one 1024 times larger; `HOTPLUG_RUNS` of each, alternating sizes would need a
 /// module reload per run, so the small ones run first.
 const HOTPLUG_SMALL: u64 = 64 << 10;
@@ -114,7 +114,7 @@ fn hotplug_script() -> String {
     )
 }
 
-/// Scale (issue 6), in a second L2 whose ivshmem is a sparse 128 GiB file: ghvmm's RSS
+/// Scale, in a second L2 whose ivshmem is a sparse 128 GiB file: ghvmm's RSS
 /// before any device, after small-BAR cycles (guest RAM now pinned for DMA and resident), and
 /// with the GH-sized BAR (96 GiB - 4 KiB real, 128 GiB in the guest) attached; and the hot-add
 /// latency of that BAR against the 64 KiB one, in the same run.

@@ -659,7 +659,7 @@ mod tests {
         ]
     }
 
-    /// Issue 6: 1000 malformed requests and 100 concurrent connections, idle or partial;
+    /// 1000 malformed requests and 100 concurrent connections, idle or partial;
     /// afterwards every well-formed request is answered at once, and the server's threads
     /// and descriptors are back to what they were.
     #[test]
