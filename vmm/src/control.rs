@@ -35,6 +35,7 @@ pub fn placement(req: &AddDevice) -> Placement {
 
 /// The status an attach or detach failure answers with.
 pub fn status(e: &PassthroughError) -> u16 {
+    use ::vfio::Error as H;
     use PassthroughError as P;
     use VfioSetupError as V;
     match e {
@@ -45,8 +46,8 @@ pub fn status(e: &PassthroughError) -> u16 {
         P::NoFreeGhSlot | P::NoPciSlot { .. } => 409,
         P::Setup(V::BarSpace { .. } | V::MemSlot { .. }) => 409,
         // The device is not one ghvmm can take.
-        P::Setup(V::NotADevice { .. } | V::NotVfioBound { .. } | V::Layout { .. }) => 400,
-        P::Setup(V::Device { .. } | V::NoIommuGroup { .. }) => 400,
+        P::Setup(V::Host(H::NotADevice { .. } | H::NotVfioBound { .. }) | V::Layout { .. }) => 400,
+        P::Setup(V::Host(H::Device { .. } | H::NoIommuGroup { .. })) => 400,
         P::EjectTimeout { .. } => 504,
         P::Setup(_) | P::Notify(_) => 500,
     }
@@ -211,11 +212,26 @@ mod tests {
             }),
             504
         );
-        let not_vfio = PassthroughError::Setup(VfioSetupError::NotVfioBound {
+        let not_vfio = PassthroughError::Setup(VfioSetupError::Host(::vfio::Error::NotVfioBound {
             path: "/x".into(),
             driver: "driver e1000e".into(),
-        });
+        }));
         assert_eq!(status(&not_vfio), 400);
-        assert!(!not_vfio.to_string().contains('\n'));
+        assert_eq!(
+            not_vfio.to_string(),
+            "/x: the device is bound to driver e1000e, not to a VFIO driver (bind it to vfio-pci \
+             first)"
+        );
+        let no_group = PassthroughError::Setup(VfioSetupError::Host(::vfio::Error::NoIommuGroup {
+            path: "/x".into(),
+            error: std::io::ErrorKind::NotFound.into(),
+        }));
+        assert_eq!(status(&no_group), 400);
+        let no_container =
+            PassthroughError::Setup(VfioSetupError::Host(::vfio::Error::Container {
+                path: "/x".into(),
+                error: ::vfio::VfioError::OpenContainer(std::io::ErrorKind::NotFound.into()),
+            }));
+        assert_eq!(status(&no_container), 500);
     }
 }

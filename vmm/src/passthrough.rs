@@ -3,8 +3,8 @@
 //! VFIO, BAR space, KVM slots, the PCI segment — so that nothing half-done stays behind.
 //!
 //! The host can ask for a device back (its VFIO driver is being unbound): each device's
-//! request watcher (`vfio::request`) then starts `give_back` on a thread of its own, which
-//! removes the device as `vm.remove-device` does and, if the guest does not eject it in
+//! request watcher (`vfio::RequestWatcher`) then starts `give_back` on a thread of its own,
+//! which removes the device as `vm.remove-device` does and, if the guest does not eject it in
 //! time, removes it anyway.
 
 use std::path::{Path, PathBuf};
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use ::vfio::{Containers, OnRequest};
 use acpi::PciAddress;
 use devices::{Bus, Ged, PciHotplug};
 use kvm_ioctls::VmFd;
@@ -25,7 +26,7 @@ use crate::layout::Layout;
 use crate::memslots::MemSlots;
 use crate::numa::Topology;
 use crate::vfio::request::{self, EjectSteps, GiveBack};
-use crate::vfio::{Containers, PassthroughDevice, VfioContext, VfioSetupError};
+use crate::vfio::{PassthroughDevice, VfioContext, VfioSetupError};
 
 /// Cloud Hypervisor names VFIO devices that were given no id `_vfio<N>`; so does ghvmm.
 const AUTO_ID_PREFIX: &str = "_vfio";
@@ -305,7 +306,7 @@ impl Passthrough {
         let this = self.this.clone();
         let (name, shown) = (id.to_string(), path.display().to_string());
         let mut warned = false;
-        let on_request: request::OnRequest = Box::new(move || {
+        let on_request: OnRequest = Box::new(move || {
             if !warned {
                 log::warn!(
                     "device '{name}' ({shown}): the host asks for it back (driver unbind); ejecting it from the guest"

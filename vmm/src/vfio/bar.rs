@@ -5,13 +5,14 @@
 
 use std::sync::{Arc, Mutex};
 
+use ::vfio::HostMapping;
 use devices::{Bus, BusDevice};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use pci::vfio::dispatch;
 use pci::vfio::{BarLayout, PieceKind, SharedInterrupts};
 
-use super::region::{FdRegion, HostMapping};
+use super::region::Region;
 use crate::bar_allocator::Window;
 
 /// The trapped parts of one BAR on the MMIO bus.
@@ -19,7 +20,7 @@ pub struct BarTrap {
     pub bar: usize,
     pub bar_base: u64,
     pub layout: BarLayout,
-    pub region: FdRegion,
+    pub region: Region,
     /// Only the BAR that holds the MSI-X table looks at the interrupt state; the others
     /// (a GPU's memory BAR and its padding) never take that lock.
     pub interrupts: Option<SharedInterrupts>,
@@ -31,7 +32,7 @@ impl BarTrap {
         bar: usize,
         bar_base: u64,
         layout: BarLayout,
-        region: FdRegion,
+        region: Region,
         interrupts: Option<SharedInterrupts>,
     ) -> Self {
         BarTrap {

@@ -12,64 +12,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ::vfio::DeviceIrqs;
 use pci::vfio::{IrqKind, IrqSink, IrqUpdate, MsiMessage};
-use vfio_bindings::bindings::vfio::{
-    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX,
-};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::device::Device;
 use crate::irq_routing::GsiRouting;
 
-/// What the sink and the request watcher (`request`) need from the VFIO device (a fake in
-/// unit tests).
-pub trait DeviceIrqs: Send + Sync {
-    fn enable(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), String>;
-    fn disable(&self, kind: IrqKind) -> Result<(), String>;
-    /// Whether the device has VFIO's request interrupt (VFIO_PCI_REQ_IRQ_INDEX with a count
-    /// of at least 1): the kernel signals it when the host wants the device back.
-    fn has_request_irq(&self) -> bool {
-        false
-    }
-    /// Gives the request interrupt `fd`.
-    fn enable_request(&self, _fd: &EventFd) -> Result<(), String> {
-        Err("the device has no request interrupt".into())
-    }
-    /// Takes the request interrupt's eventfd back.
-    fn disable_request(&self) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-fn index(kind: IrqKind) -> u32 {
+/// The same two kinds, as the vfio crate names them (it does not depend on pci).
+fn host(kind: IrqKind) -> ::vfio::IrqKind {
     match kind {
-        IrqKind::Msi => VFIO_PCI_MSI_IRQ_INDEX,
-        IrqKind::Msix => VFIO_PCI_MSIX_IRQ_INDEX,
-    }
-}
-
-impl DeviceIrqs for Device {
-    fn enable(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), String> {
-        // vfio-ioctls programs vectors 0..n in one VFIO_DEVICE_SET_IRQS, which is all ghvmm
-        // needs: masking is done at the irqfd, not at the device.
-        self.enable_irq(index(kind), fds.to_vec())
-            .map_err(|e| e.to_string())
-    }
-    fn disable(&self, kind: IrqKind) -> Result<(), String> {
-        self.disable_irq(index(kind)).map_err(|e| e.to_string())
-    }
-    fn has_request_irq(&self) -> bool {
-        // vfio-ioctls asked VFIO_DEVICE_GET_IRQ_INFO for every index when it opened the device.
-        self.get_irq_info(VFIO_PCI_REQ_IRQ_INDEX)
-            .is_some_and(|irq| irq.count >= 1)
-    }
-    fn enable_request(&self, fd: &EventFd) -> Result<(), String> {
-        self.enable_irq(VFIO_PCI_REQ_IRQ_INDEX, vec![fd])
-            .map_err(|e| e.to_string())
-    }
-    fn disable_request(&self) -> Result<(), String> {
-        self.disable_irq(VFIO_PCI_REQ_IRQ_INDEX)
-            .map_err(|e| e.to_string())
+        IrqKind::Msi => ::vfio::IrqKind::Msi,
+        IrqKind::Msix => ::vfio::IrqKind::Msix,
     }
 }
 
@@ -125,7 +78,7 @@ impl VfioIrqSink {
             });
         }
         let fds: Vec<&EventFd> = made.iter().map(|v| &v.event).collect();
-        if let Err(e) = self.device.enable(kind, &fds) {
+        if let Err(e) = self.device.enable(host(kind), &fds) {
             return fail(&mut made, format!("VFIO_DEVICE_SET_IRQS: {e}"));
         }
         log::info!("{}: {kind:?} enabled with {vectors} vectors", self.name);
@@ -145,7 +98,7 @@ impl VfioIrqSink {
         }
         log::info!("{}: {kind:?} disabled", self.name);
         self.device
-            .disable(kind)
+            .disable(host(kind))
             .map_err(|e| format!("VFIO_DEVICE_SET_IRQS: {e}"))
     }
 
@@ -224,24 +177,25 @@ mod tests {
     use super::*;
     use crate::irq_routing::tests::FakeKvm;
     use crate::irq_routing::Route;
+    use ::vfio::{IrqError, VfioError};
     use std::sync::Mutex;
 
     #[derive(Default)]
     struct FakeDevice {
-        calls: Mutex<Vec<(IrqKind, Option<usize>)>>,
+        calls: Mutex<Vec<(::vfio::IrqKind, Option<usize>)>>,
         refuse: bool,
     }
 
     impl DeviceIrqs for FakeDevice {
-        fn enable(&self, kind: IrqKind, fds: &[&EventFd]) -> Result<(), String> {
+        fn enable(&self, kind: ::vfio::IrqKind, fds: &[&EventFd]) -> Result<(), IrqError> {
             self.calls.lock().unwrap().push((kind, Some(fds.len())));
             if self.refuse {
-                Err("EINVAL".into())
+                Err(VfioError::VfioDeviceEnableIrq.into())
             } else {
                 Ok(())
             }
         }
-        fn disable(&self, kind: IrqKind) -> Result<(), String> {
+        fn disable(&self, kind: ::vfio::IrqKind) -> Result<(), IrqError> {
             self.calls.lock().unwrap().push((kind, None));
             Ok(())
         }
@@ -298,7 +252,7 @@ mod tests {
             kind: k,
             vectors: 3,
         }]);
-        assert_eq!(dev.calls.lock().unwrap().as_slice(), &[(k, Some(3))]);
+        assert_eq!(dev.calls.lock().unwrap().as_slice(), &[(host(k), Some(3))]);
         s.apply(vec![route(k, 1, msg(0x41))]);
         assert_eq!(
             msi_routes(&kvm),
@@ -320,7 +274,7 @@ mod tests {
         s.apply(vec![IrqUpdate::Disable { kind: k }]);
         assert_eq!(kvm.irqfds.lock().unwrap().last(), Some(&(25, false)));
         assert!(msi_routes(&kvm).is_empty());
-        assert_eq!(dev.calls.lock().unwrap().last(), Some(&(k, None)));
+        assert_eq!(dev.calls.lock().unwrap().last(), Some(&(host(k), None)));
         // GSIs came back: a new enable starts from 24 again.
         s.apply(vec![
             IrqUpdate::Enable {
@@ -357,7 +311,7 @@ mod tests {
         assert_eq!(fds.iter().filter(|(_, on)| !*on).count(), 2);
         assert_eq!(
             dev.calls.lock().unwrap().last(),
-            Some(&(IrqKind::Msix, None))
+            Some(&(::vfio::IrqKind::Msix, None))
         );
         assert_eq!(s.routing.allocate().unwrap(), 24, "GSIs back");
         s.shutdown();

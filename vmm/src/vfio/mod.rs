@@ -1,36 +1,31 @@
 //! VFIO PCI passthrough (`--device path=/sys/bus/pci/devices/BDF`, and hot plug): opens the
-//! device through the VM's type1 container (`container`), lays out each BAR
+//! device through the VM's type1 container (the vfio crate's `Containers`), lays out each BAR
 //! (`pci::vfio::bar_layout`), maps the mappable pieces as KVM memory slots and traps the rest
 //! (`bar`), and tears all of it down again when the device is unplugged.
 //!
-//! vfio-ioctls 0.10 is used for the container/group/device set-up and region info. Its
-//! `region_read`/`region_write` only log errors and it has no mmap helper, so `region` does
-//! pread/pwrite and mmap on the device fd itself.
+//! Everything that talks to the host device only (opening it, regions, mmap, its interrupts'
+//! eventfds, the request interrupt) is the vfio crate's; this module is what needs the VM.
 //!
 //! MSI and MSI-X are emulated (`pci::vfio::interrupts`) and applied to VFIO and KVM by
 //! `irq::VfioIrqSink`; the MSI-X table is answered by the BAR trap from the emulated state.
 //! INTx is not offered (the interrupt pin reads 0).
 //!
-//! `device` opens the device so that closing it never depends on sysfs (vfio-ioctls' close
-//! panics when the host has removed the device); `request` watches VFIO's request interrupt,
-//! through which the host asks for the device back, and holds the removal policy that
-//! `passthrough` applies then.
+//! `request` holds the removal policy that `passthrough` applies when the host asks for the
+//! device back through VFIO's request interrupt (`vfio::RequestWatcher`).
 
 mod bar;
-mod container;
-mod device;
 mod irq;
 mod region;
 pub mod request;
-
-pub use container::Containers;
-pub use device::Device;
-pub use request::RequestWatcher;
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use ::vfio::{
+    Containers, Device, DeviceIrqs, FdRegion, HostMapping, OnRequest, RequestWatcher,
+    VfioRegionInfoCap, WatchError,
+};
 use devices::Bus;
 use kvm_ioctls::VmFd;
 use pci::vfio::{
@@ -39,11 +34,10 @@ use pci::vfio::{
 };
 use pci::{BarReprogram, PciDevice};
 use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
-use vfio_ioctls::VfioRegionInfoCap;
 use vm_memory::GuestMemoryMmap;
 
 use bar::{BarPlan, BarSpace, BarTrap, MappedPiece};
-use region::{FdRegion, HostMapping};
+use region::Region;
 
 use crate::bar_allocator::{BarAllocator, Window};
 use crate::irq_routing::GsiRouting;
@@ -52,36 +46,9 @@ use crate::memslots::MemSlots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioSetupError {
-    #[error("{path} is not a PCI device in sysfs: {error}")]
-    NotADevice {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error(
-        "{path}: the device is bound to {driver}, not to a VFIO driver (bind it to vfio-pci first)"
-    )]
-    NotVfioBound { path: PathBuf, driver: String },
-    #[error("{path}: cannot open the VFIO container /dev/vfio/vfio: {error}")]
-    Container {
-        path: PathBuf,
-        error: vfio_ioctls::VfioError,
-    },
-    #[error("{path}: cannot read the device's IOMMU group (is the IOMMU on?): {error}")]
-    NoIommuGroup {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{path}: cannot open the device through its IOMMU group: {error}")]
-    Device {
-        path: PathBuf,
-        error: vfio_ioctls::VfioError,
-    },
-    #[error("{path}: cannot DMA-map guest RAM at {gpa:#x}: {error}")]
-    DmaMap {
-        path: PathBuf,
-        gpa: u64,
-        error: vfio_ioctls::VfioError,
-    },
+    /// The host device: not one for VFIO, or VFIO refused it.
+    #[error(transparent)]
+    Host(#[from] ::vfio::Error),
     #[error("{path}: {error}")]
     Layout {
         path: PathBuf,
@@ -213,15 +180,15 @@ impl PassthroughDevice {
     /// interrupt (or is unplugged already).
     pub fn watch_requests(
         &mut self,
-        on_request: request::OnRequest,
-    ) -> std::result::Result<bool, String> {
+        on_request: OnRequest,
+    ) -> std::result::Result<bool, WatchError> {
         let Some(live) = &mut self.live else {
             return Ok(false);
         };
         if live.request.is_some() {
             return Ok(true);
         }
-        let device: Arc<dyn irq::DeviceIrqs> = live.device.clone();
+        let device: Arc<dyn DeviceIrqs> = live.device.clone();
         let watcher = RequestWatcher::start(self.path.display().to_string(), device, on_request)?;
         let watching = watcher.is_some();
         live.request = watcher;
@@ -316,29 +283,6 @@ impl PciDevice for PassthroughDevice {
     }
 }
 
-fn check_bound_to_vfio(path: &Path) -> Result<()> {
-    std::fs::metadata(path.join("config")).map_err(|source| VfioSetupError::NotADevice {
-        path: path.into(),
-        error: source,
-    })?;
-    let driver = std::fs::read_link(path.join("driver"))
-        .ok()
-        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "no driver".into());
-    let driver = if driver == "no driver" {
-        driver
-    } else {
-        format!("driver {driver}")
-    };
-    if !driver.contains("vfio") {
-        return Err(VfioSetupError::NotVfioBound {
-            path: path.into(),
-            driver,
-        });
-    }
-    Ok(())
-}
-
 /// What `build_bars` made before it failed, or all of it.
 #[derive(Default)]
 struct Built {
@@ -350,12 +294,11 @@ struct Built {
 /// Opens the device, lays out, places, maps and installs its BARs and wires its interrupts.
 /// On any error everything done so far is undone: nothing half-assigned stays behind.
 pub fn assign(ctx: &VfioContext, path: &Path) -> Result<Arc<Mutex<PassthroughDevice>>> {
-    check_bound_to_vfio(path)?;
     let device = ctx.containers.open(path, ctx.mem)?;
-    let config = FdRegion {
+    let config = Region(FdRegion {
         device: device.clone(),
         base: device.get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX),
-    };
+    });
     let caps = pci::vfio::config::exposed_capabilities(&config);
     let irq_caps = InterruptCaps::from_device(&caps, &config);
     let sink = irq::VfioIrqSink::new(
@@ -400,7 +343,7 @@ fn build_bars(
     ctx: &VfioContext,
     path: &Path,
     device: &Arc<Device>,
-    config: &FdRegion,
+    config: &Region,
     msix: &[pci::vfio::interrupts::BarRange],
     interrupts: &SharedInterrupts,
     built: &mut Built,
@@ -490,10 +433,10 @@ fn build_bars(
             this,
             base,
             layout.clone(),
-            FdRegion {
+            Region(FdRegion {
                 device: device.clone(),
                 base: region_offset,
-            },
+            }),
             // The first range is the MSI-X table (`InterruptCaps::msix_ranges`).
             msix.first()
                 .filter(|table| table.bar == this)

@@ -22,7 +22,7 @@
 //!    while it closes it, so nothing stays behind on disk (a SIGKILL at exactly that moment
 //!    leaves an empty directory in the runtime dir). This relies on what vfio-ioctls 0.10.0
 //!    reads from the path (`get_group_id_from_path` and `get_device`), which is why
-//!    vmm/Cargo.toml pins that exact version.
+//!    vfio/Cargo.toml pins that exact version.
 //! 2. **Contained if it happens anyway.** If no stand-in can be made (none of those
 //!    directories is writable), the real sysfs path is used as before, and the drop runs under
 //!    `catch_unwind`: a panic there is logged as an error instead of ending the thread. Its
@@ -43,9 +43,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
 use vfio_ioctls::{VfioContainer, VfioDevice};
 
-use super::VfioSetupError;
+use crate::Error;
+
+// vfio-ioctls' own reset ignores the ioctl's result; a caller answering for the reset (a
+// vfio-user server) needs to know whether it happened.
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE.into(), VFIO_BASE + 11);
 
 /// Serialises making and removing stand-ins: two of them share the per-process directory,
 /// and a device can be closed on any thread.
@@ -209,8 +214,8 @@ pub struct Device {
 impl Device {
     /// Opens the device at `sysfs` in `container` through a stand-in path (see the module
     /// comment), or through `sysfs` itself if no stand-in can be made.
-    pub fn open(sysfs: &Path, container: Arc<VfioContainer>) -> Result<Self, VfioSetupError> {
-        let no_group = |error| VfioSetupError::NoIommuGroup {
+    pub(crate) fn open(sysfs: &Path, container: Arc<VfioContainer>) -> Result<Self, Error> {
+        let no_group = |error| Error::NoIommuGroup {
             path: sysfs.into(),
             error,
         };
@@ -241,7 +246,7 @@ impl Device {
         if let Some(l) = &link {
             l.remove();
         }
-        let inner = opened.map_err(|error| VfioSetupError::Device {
+        let inner = opened.map_err(|error| Error::Device {
             path: sysfs.into(),
             error,
         })?;
@@ -250,6 +255,21 @@ impl Device {
             link,
             path: sysfs.into(),
         })
+    }
+
+    /// Resets the function (VFIO_DEVICE_RESET: FLR or whatever reset the host has for it).
+    /// Takes the place of vfio-ioctls' `VfioDevice::reset`, which drops the result; a
+    /// device that cannot be reset answers EINVAL.
+    pub fn reset(&self) -> Result<(), Error> {
+        // SAFETY: VFIO_DEVICE_RESET takes no argument, and the fd is this device's.
+        let r = unsafe { vmm_sys_util::ioctl::ioctl(self, VFIO_DEVICE_RESET()) };
+        if r < 0 {
+            return Err(Error::Reset {
+                path: self.path.clone(),
+                error: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -378,6 +398,12 @@ mod tests {
         let link = GroupLink::new(&dev, &symlinked).unwrap();
         assert!(link.create().is_err());
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_reset_ioctl_is_the_kernels() {
+        // _IO(';', VFIO_BASE + 11) in include/uapi/linux/vfio.h.
+        assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
     }
 
     #[test]
