@@ -13,8 +13,7 @@
 //!
 //! `device` opens the device so that closing it never depends on sysfs (vfio-ioctls' close
 //! panics when the host has removed the device); `request` watches VFIO's request interrupt,
-//! through which the host asks for the device back, and holds the removal policy that
-//! `passthrough` applies then.
+//! through which the host asks for the device back (the removal that follows is `hotplug`'s).
 
 mod bar;
 mod container;
