@@ -1,5 +1,5 @@
 //! The running VM as the REST API sees it (`api::VmControl`): information, hot plug through
-//! `passthrough`, the power button, shutdown.
+//! `hotplug`, the power button, shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,36 +7,22 @@ use std::time::Duration;
 use crate::api::{
     AddDevice, ApiError, DeviceInfo, PciDeviceInfo, Resources, VmControl, VmInfo, VmState,
 };
-use crate::config::{GhSlotRequest, VmConfig};
+use crate::config::VmConfig;
 use crate::exit::{ExitReason, ExitState};
-use crate::passthrough::{Passthrough, PassthroughError, Placement};
+use crate::hotplug::{Hotplug, HotplugError, Placement};
 use crate::vfio::VfioSetupError;
-
-/// How long `vm.remove-device` waits for the guest to eject.
-pub use crate::passthrough::EJECT_TIMEOUT;
 
 pub struct Control {
     pub config: VmConfig,
-    pub passthrough: Arc<Passthrough>,
+    pub hotplug: Arc<Hotplug>,
     pub ged: Arc<std::sync::Mutex<devices::Ged>>,
     pub exit: Arc<ExitState>,
 }
 
-/// Where an API request puts a device.
-pub fn placement(req: &AddDevice) -> Placement {
-    match (req.gh_slot, req.pci_segment) {
-        (Some(GhSlotRequest::Index(k)), _) => Placement::GhSlot(k),
-        (Some(GhSlotRequest::Auto), _) => Placement::AnyGhSlot,
-        // Segment k+1 is GH slot k; the segment's only slot is its 00.0.
-        (None, Some(s)) if s > 0 => Placement::GhSlot(s - 1),
-        (None, _) => Placement::Segment0,
-    }
-}
-
 /// The status an attach or detach failure answers with.
-pub fn status(e: &PassthroughError) -> u16 {
+pub fn status(e: &HotplugError) -> u16 {
     use ::vfio::Error as H;
-    use PassthroughError as P;
+    use HotplugError as P;
     use VfioSetupError as V;
     match e {
         P::DuplicateId(_) | P::DuplicatePath(_) | P::SlotTaken(_) => 409,
@@ -53,7 +39,7 @@ pub fn status(e: &PassthroughError) -> u16 {
     }
 }
 
-fn api_error(e: PassthroughError) -> ApiError {
+fn api_error(e: HotplugError) -> ApiError {
     ApiError::new(status(&e), e.to_string())
 }
 
@@ -101,22 +87,16 @@ impl Control {
 impl VmControl for Control {
     fn info(&self) -> VmInfo {
         let devices = self
-            .passthrough
+            .hotplug
             .attached()
             .into_iter()
-            .map(|(id, path, address)| DeviceInfo {
-                id,
-                bdf: address.to_string(),
-                path: path.display().to_string(),
+            .map(|d| DeviceInfo {
+                id: d.id,
+                bdf: d.address.to_string(),
+                path: d.path.display().to_string(),
             })
             .collect();
-        let slots = u64::from(
-            self.passthrough
-                .slots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .in_use(),
-        );
+        let slots = u64::from(self.hotplug.memory_slots_in_use());
         VmInfo {
             state: if self.exit.is_set() {
                 VmState::Shutdown
@@ -134,9 +114,10 @@ impl VmControl for Control {
     }
 
     fn add_device(&self, req: AddDevice) -> Result<PciDeviceInfo, ApiError> {
+        let placement = Placement::requested(req.gh_slot, req.pci_segment);
         let (id, address) = self
-            .passthrough
-            .hot_add(&req.path, req.id.clone(), placement(&req))
+            .hotplug
+            .hot_add(&req.path, req.id, placement)
             .map_err(api_error)?;
         Ok(PciDeviceInfo {
             id,
@@ -145,9 +126,7 @@ impl VmControl for Control {
     }
 
     fn remove_device(&self, id: &str) -> Result<(), ApiError> {
-        self.passthrough
-            .hot_remove(id, EJECT_TIMEOUT)
-            .map_err(api_error)
+        self.hotplug.hot_remove(id).map_err(api_error)
     }
 
     fn power_button(&self) -> Result<(), ApiError> {
@@ -174,45 +153,19 @@ impl VmControl for Control {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn req(gh_slot: Option<GhSlotRequest>, pci_segment: Option<u16>) -> AddDevice {
-        AddDevice {
-            path: PathBuf::from("/x"),
-            id: None,
-            pci_segment,
-            gh_slot,
-        }
-    }
-
-    #[test]
-    fn placements() {
-        assert_eq!(placement(&req(None, None)), Placement::Segment0);
-        assert_eq!(placement(&req(None, Some(0))), Placement::Segment0);
-        assert_eq!(placement(&req(None, Some(2))), Placement::GhSlot(1));
-        assert_eq!(
-            placement(&req(Some(GhSlotRequest::Index(3)), None)),
-            Placement::GhSlot(3)
-        );
-        assert_eq!(
-            placement(&req(Some(GhSlotRequest::Auto), None)),
-            Placement::AnyGhSlot
-        );
-    }
-
     #[test]
     fn statuses() {
-        assert_eq!(status(&PassthroughError::UnknownId("x".into())), 404);
-        assert_eq!(status(&PassthroughError::SlotTaken(0)), 409);
-        assert_eq!(status(&PassthroughError::NoGhProfile), 400);
+        assert_eq!(status(&HotplugError::UnknownId("x".into())), 404);
+        assert_eq!(status(&HotplugError::SlotTaken(0)), 409);
+        assert_eq!(status(&HotplugError::NoGhProfile), 400);
         assert_eq!(
-            status(&PassthroughError::EjectTimeout {
+            status(&HotplugError::EjectTimeout {
                 id: "x".into(),
                 secs: 1
             }),
             504
         );
-        let not_vfio = PassthroughError::Setup(VfioSetupError::Host(::vfio::Error::NotVfioBound {
+        let not_vfio = HotplugError::Setup(VfioSetupError::Host(::vfio::Error::NotVfioBound {
             path: "/x".into(),
             driver: "driver e1000e".into(),
         }));
@@ -222,16 +175,15 @@ mod tests {
             "/x: the device is bound to driver e1000e, not to a VFIO driver (bind it to vfio-pci \
              first)"
         );
-        let no_group = PassthroughError::Setup(VfioSetupError::Host(::vfio::Error::NoIommuGroup {
+        let no_group = HotplugError::Setup(VfioSetupError::Host(::vfio::Error::NoIommuGroup {
             path: "/x".into(),
             error: std::io::ErrorKind::NotFound.into(),
         }));
         assert_eq!(status(&no_group), 400);
-        let no_container =
-            PassthroughError::Setup(VfioSetupError::Host(::vfio::Error::Container {
-                path: "/x".into(),
-                error: ::vfio::VfioError::OpenContainer(std::io::ErrorKind::NotFound.into()),
-            }));
+        let no_container = HotplugError::Setup(VfioSetupError::Host(::vfio::Error::Container {
+            path: "/x".into(),
+            error: ::vfio::VfioError::OpenContainer(std::io::ErrorKind::NotFound.into()),
+        }));
         assert_eq!(status(&no_container), 500);
     }
 }

@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::bar_allocator::BarAllocator;
 use crate::config::{SerialConfig, VmConfig};
 use crate::exit::{ExitReason, ExitState};
+use crate::hotplug::Ejects;
 use crate::layout::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,53 +52,6 @@ pub struct DeviceManager {
     /// ACPI PCI hot plug: the controller the DSDT drives, and the guest's ejects.
     pub pci_hotplug: Arc<Mutex<PciHotplug>>,
     pub ejects: Arc<Ejects>,
-}
-
-/// Slots the guest ejected (its `_EJ0` wrote the controller), for whoever waits on them.
-#[derive(Default)]
-pub struct Ejects {
-    done: Mutex<Vec<(u16, u8)>>,
-    cv: std::sync::Condvar,
-}
-
-impl Ejects {
-    fn record(&self, segment: u16, slot: u8) {
-        self.done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((segment, slot));
-        self.cv.notify_all();
-    }
-
-    /// Forgets an eject of this slot that nobody waited for (a stale one must not satisfy
-    /// the next removal).
-    pub fn forget(&self, segment: u16, slot: u8) {
-        self.done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|e| *e != (segment, slot));
-    }
-
-    /// Waits until the guest ejects this slot; false after `timeout`.
-    pub fn wait(&self, segment: u16, slot: u8, timeout: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(i) = done.iter().position(|e| *e == (segment, slot)) {
-                done.remove(i);
-                return true;
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            done = self
-                .cv
-                .wait_timeout(done, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
 }
 
 fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd> {
@@ -197,15 +151,9 @@ impl DeviceManager {
             pci_segments.push(segment);
         }
 
-        let ejects = Arc::new(Ejects::default());
-        let on_eject = {
-            let ejects = ejects.clone();
-            Box::new(move |segment: u16, slot: u8| ejects.record(segment, slot))
-        };
-        let pci_hotplug = Arc::new(Mutex::new(PciHotplug::new(
-            layout.segments.len() as u16,
-            on_eject,
-        )));
+        let segments = layout.segments.len() as u16;
+        let ejects = Arc::new(Ejects::new(segments));
+        let pci_hotplug = Arc::new(Mutex::new(PciHotplug::new(segments, ejects.callback())));
         bus_insert(
             &mmio_bus,
             "PCI hot plug controller",

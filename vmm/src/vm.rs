@@ -13,12 +13,12 @@ use crate::config::VmConfig;
 use crate::console::StdinForwarder;
 use crate::device_manager::DeviceManager;
 use crate::exit::{ExitReason, ExitState};
+use crate::hotplug::{Hotplug, Placement, VmResources, EJECT_TIMEOUT};
 use crate::irq_routing::GsiRouting;
 use crate::layout::{
     ExtraSegments, Layout, ACPI_PM_PORT, ACPI_RESET_VALUE, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR,
 };
 use crate::memslots::MemSlots;
-use crate::passthrough::{Hotplug, Passthrough, Placement};
 use crate::vcpu::{self, VcpuContext};
 
 pub struct Vm {
@@ -26,7 +26,7 @@ pub struct Vm {
     // outlive the VM fd's memory slots.
     _vm: Arc<VmFd>,
     /// Passed-through devices (and the VFIO container whose lifetime is the DMA mappings').
-    pub passthrough: Arc<Passthrough>,
+    pub hotplug: Arc<Hotplug>,
     _mem: GuestMemoryMmap,
     devices: DeviceManager,
     exit: Arc<ExitState>,
@@ -91,21 +91,23 @@ impl Vm {
         let exit = Arc::new(ExitState::default());
         let devices = DeviceManager::new(&vm, cfg, &layout, exit.clone())?;
         let routing = Arc::new(GsiRouting::new(vm.clone()));
-        let passthrough = Passthrough::new(
-            vm.clone(),
-            mem.clone(),
-            devices.mmio_bus.clone(),
-            devices.bar_allocator.clone(),
-            devices.pci_segments.clone(),
-            layout.clone(),
-            topology.clone(),
-            slots,
-            routing,
-            Hotplug {
+        let hotplug = Hotplug::new(
+            VmResources {
+                vm: vm.clone(),
+                mem: mem.clone(),
+                mmio_bus: devices.mmio_bus.clone(),
+                allocator: devices.bar_allocator.clone(),
+                segments: devices.pci_segments.clone(),
+                layout: layout.clone(),
+                gh_slots: topology.as_ref().map_or(0, |t| t.slots.len()),
+                containers: Arc::default(),
+                slots,
+                routing,
                 controller: devices.pci_hotplug.clone(),
                 ged: devices.ged.clone(),
                 ejects: devices.ejects.clone(),
             },
+            EJECT_TIMEOUT,
         );
         let mut placed = Vec::new();
         for (index, d) in cfg.devices.iter().enumerate() {
@@ -115,7 +117,7 @@ impl Vm {
                 None => Placement::Segment0,
             };
             // The error names the device path itself.
-            let (_, address) = passthrough
+            let (_, address) = hotplug
                 .attach(&d.path, d.id.clone(), placement)
                 .context("--device")?;
             placed.push(address);
@@ -175,7 +177,7 @@ impl Vm {
         }
         crate::vcpu_dump::spawn_listener(threads).context("spawning the register-dump thread")?;
         Ok(Vm {
-            passthrough,
+            hotplug,
             _vm: vm,
             _mem: mem,
             devices,
@@ -213,7 +215,7 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         Some((a, listener)) => {
             let control = Arc::new(crate::control::Control {
                 config: cfg.clone(),
-                passthrough: vm.passthrough.clone(),
+                hotplug: vm.hotplug.clone(),
                 ged: vm.devices.ged.clone(),
                 exit: vm.exit.clone(),
             });

@@ -10,13 +10,12 @@
 //! `irq::VfioIrqSink`; the MSI-X table is answered by the BAR trap from the emulated state.
 //! INTx is not offered (the interrupt pin reads 0).
 //!
-//! `request` holds the removal policy that `passthrough` applies when the host asks for the
-//! device back through VFIO's request interrupt (`vfio::RequestWatcher`).
+//! The removal that follows a host's request for the device back (VFIO's request
+//! interrupt, `vfio::RequestWatcher`) is `hotplug`'s.
 
 mod bar;
 mod irq;
 mod region;
-pub mod request;
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};

@@ -1,9 +1,6 @@
-//! Giving a device back when the host wants it: when its VFIO driver is unbound on the host,
-//! the host's unbind waits until ghvmm closes the device, and the device's request watcher
-//! (`vfio::RequestWatcher`, on VFIO's request interrupt) calls on `passthrough` to remove it.
-//!
-//! `give_back` is the removal itself, over the steps of `EjectSteps` (the VM's hot plug
-//! controller in `passthrough`, a fake in the tests): ask the guest to eject the device as
+//! The host's give-back: a device the host asks for (its VFIO driver is being unbound, see
+//! `vfio::RequestWatcher`) is removed over the steps of `EjectSteps` (the VM's hot plug controller
+//! in `manager`, a fake in the tests): ask the guest to eject the device as
 //! `vm.remove-device` does, wait for its `_EJ0` up to the eject timeout, and detach the device
 //! whether the guest ejected it or not, because the host's unbind waits for it. A device
 //! detached without the guest's eject is a surprise removal: the guest is sent the slot's
@@ -13,8 +10,8 @@
 
 use std::time::Duration;
 
-/// The steps of taking a device out of the guest (the VM's hot plug controller and device
-/// list in `passthrough`; a fake in the tests).
+/// The steps of taking a device out of the guest (`Hotplug` on the VM's hot plug
+/// controller and device list; a fake in the tests).
 pub trait EjectSteps {
     /// Marks the device's slot for removal and interrupts the guest.
     fn request_eject(&mut self) -> Result<(), String>;

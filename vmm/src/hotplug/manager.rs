@@ -1,0 +1,303 @@
+//! `Hotplug`: attaching a device at boot, adding and removing one through the API, and
+//! giving one back to the host, one operation at a time and with nothing half-done left
+//! behind when a step fails.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use acpi::PciAddress;
+
+use super::attached::{Attached, AttachedDevice, Registry, Token};
+use super::placement::{self, Placement};
+use super::removal::{give_back, EjectSteps, GiveBack};
+use super::{Backend, HotplugError, OnHostRequest, VmResources};
+
+/// The VM's passed-through devices and the policy of attaching and removing them, over the
+/// VM side `B` (the VM's `VmResources`; a fake in the tests).
+pub struct Hotplug<B: Backend = VmResources> {
+    backend: B,
+    /// Its own lock, not `ops`: listing the devices must not wait for a removal that waits
+    /// for the guest.
+    attached: Mutex<Registry<B::Device>>,
+    /// One attach or removal at a time: they check and change the device list, the segments
+    /// and the controller together.
+    ops: Mutex<()>,
+    eject_timeout: Duration,
+    /// Itself, for the request watchers' callbacks (a weak reference: the devices it holds
+    /// hold them).
+    this: Weak<Self>,
+}
+
+/// Where `attach_locked` put a device.
+struct Placed {
+    id: String,
+    address: PciAddress,
+    token: Token,
+}
+
+impl<B: Backend> Hotplug<B> {
+    /// `eject_timeout`: how long a removal waits for the guest's eject (`EJECT_TIMEOUT`).
+    pub fn new(backend: B, eject_timeout: Duration) -> Arc<Self> {
+        Arc::new_cyclic(|this| Hotplug {
+            backend,
+            attached: Mutex::new(Registry::default()),
+            ops: Mutex::new(()),
+            eject_timeout,
+            this: this.clone(),
+        })
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry<B::Device>> {
+        self.attached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ops(&self) -> MutexGuard<'_, ()> {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every attached device, in attach order.
+    pub fn attached(&self) -> Vec<AttachedDevice> {
+        self.registry().listed()
+    }
+
+    /// Assigns the device at `path` and puts it in the guest's config space (the guest sees
+    /// it at its next enumeration: at boot).
+    pub fn attach(
+        &self,
+        path: &Path,
+        id: Option<String>,
+        placement: Placement,
+    ) -> Result<(String, PciAddress), HotplugError> {
+        let _ops = self.ops();
+        let placed = self.attach_locked(path, id, placement)?;
+        Ok((placed.id, placed.address))
+    }
+
+    /// Hot plug: attaches the device, fully set up (BARs mapped, DMA ready), then tells the
+    /// guest a device arrived in its slot; the guest's enumeration finds it.
+    pub fn hot_add(
+        &self,
+        path: &Path,
+        id: Option<String>,
+        placement: Placement,
+    ) -> Result<(String, PciAddress), HotplugError> {
+        let _ops = self.ops();
+        let placed = self.attach_locked(path, id, placement)?;
+        let a = placed.address;
+        if let Err(e) = self.backend.announce_added(a.segment, a.device) {
+            // Nothing half-added: the guest was never told, so it never saw the device.
+            self.detach_locked(placed.token);
+            return Err(HotplugError::Notify(e));
+        }
+        Ok((placed.id, placed.address))
+    }
+
+    /// Hot unplug: asks the guest to eject the device, waits up to the eject timeout for its
+    /// `_EJ0`, then detaches it. On a timeout the device stays, and the guest may still eject
+    /// it later (a second remove finds it gone from the guest at once).
+    pub fn hot_remove(&self, id: &str) -> Result<(), HotplugError> {
+        let _ops = self.ops();
+        let mut removal = self
+            .removal(|a| a.id == id)
+            .ok_or_else(|| HotplugError::UnknownId(id.to_string()))?;
+        removal.request_eject().map_err(HotplugError::Notify)?;
+        if !removal.wait_ejected(self.eject_timeout) {
+            return Err(HotplugError::EjectTimeout {
+                id: id.to_string(),
+                secs: self.eject_timeout.as_secs(),
+            });
+        }
+        if self.detach_locked(removal.token) {
+            Ok(())
+        } else {
+            Err(HotplugError::UnknownId(id.to_string()))
+        }
+    }
+
+    /// The host wants the device of attachment `token` back (VFIO's request interrupt): it is
+    /// removed as by `hot_remove`, and detached even if the guest does not eject it within
+    /// the eject timeout (a surprise removal), so that the host's unbind completes. Runs on
+    /// a thread of its own, started by the device's request watcher.
+    fn give_back(&self, token: Token) {
+        let _ops = self.ops();
+        let Some(mut removal) = self.removal(|a| a.token == token) else {
+            log::info!("a device the host asked back was removed meanwhile");
+            return;
+        };
+        let (id, path) = (removal.id.clone(), removal.path.display().to_string());
+        match give_back(&mut removal, self.eject_timeout) {
+            GiveBack::Ejected => {
+                log::info!("device '{id}' ({path}): ejected by the guest; the host has it back")
+            }
+            GiveBack::Forced { why } => log::warn!(
+                "device '{id}' ({path}): {why}; removed it anyway (surprise removal), the host has it back"
+            ),
+        }
+    }
+
+    /// Starts the device's request watcher: when the host asks for the device, one warning
+    /// is logged and `give_back` starts on a thread of its own.
+    fn watch_host_requests(&self, id: &str, path: &Path, token: Token, device: &B::Device) {
+        let this = self.this.clone();
+        let (name, shown) = (id.to_string(), path.display().to_string());
+        let mut warned = false;
+        let on_request: OnHostRequest = Box::new(move || {
+            if !warned {
+                log::warn!(
+                    "device '{name}' ({shown}): the host asks for it back (driver unbind); ejecting it from the guest"
+                );
+                warned = true;
+            }
+            let this = this.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ghvmm-giveback".into())
+                .spawn(move || {
+                    if let Some(hotplug) = this.upgrade() {
+                        hotplug.give_back(token);
+                    }
+                });
+            match spawned {
+                Ok(_) => true,
+                Err(e) => {
+                    log::error!(
+                        "device '{name}' ({shown}): cannot start its removal ({e}); trying again at the host's next request"
+                    );
+                    false
+                }
+            }
+        });
+        let consequence = "if the host unbinds its driver, the unbind waits until the device is removed or ghvmm exits";
+        match self.backend.watch_requests(device, on_request) {
+            Ok(true) => log::debug!("{id}: watching VFIO's request interrupt"),
+            Ok(false) => log::info!(
+                "device '{id}' ({}): no VFIO request interrupt; {consequence}",
+                path.display()
+            ),
+            Err(e) => log::warn!(
+                "device '{id}' ({}): cannot watch VFIO's request interrupt ({e}); {consequence}",
+                path.display()
+            ),
+        }
+    }
+
+    fn attach_locked(
+        &self,
+        path: &Path,
+        id: Option<String>,
+        placement: Placement,
+    ) -> Result<Placed, HotplugError> {
+        let target = {
+            let registry = self.registry();
+            registry.check_new(id.as_deref(), path)?;
+            placement::resolve(placement, self.backend.gh_slots(), |k| {
+                registry.gh_slot_taken(k)
+            })?
+        };
+        let segment = target.segment;
+        let device = self.backend.assign(path, segment)?;
+        let slot = match self.backend.plug(segment, target.slot, &device) {
+            Ok(slot) => slot,
+            Err(error) => {
+                self.backend.teardown(&device);
+                return Err(HotplugError::NoPciSlot { segment, error });
+            }
+        };
+        let (id, token) = {
+            let mut registry = self.registry();
+            let id = id.unwrap_or_else(|| registry.auto_id());
+            (id, registry.new_token())
+        };
+        let address = PciAddress {
+            segment,
+            bus: 0,
+            device: slot,
+            function: 0,
+        };
+        log::info!("{}: attached as {id} at {address}", path.display());
+        self.watch_host_requests(&id, path, token, &device);
+        self.registry().push(Attached {
+            id: id.clone(),
+            path: path.to_path_buf(),
+            address,
+            device,
+            token,
+        });
+        Ok(Placed { id, address, token })
+    }
+
+    /// Takes the device of attachment `token` out of the guest's config space and releases
+    /// everything it holds; false if it is not attached. The caller has made sure the guest
+    /// let go of it (ejected it), or the guest is gone, or is told afterwards.
+    fn detach_locked(&self, token: Token) -> bool {
+        let Some(attached) = self.registry().take(token) else {
+            return false;
+        };
+        let a = attached.address;
+        self.backend.unplug(a.segment, a.device);
+        self.backend.teardown(&attached.device);
+        log::info!("{}: detached ({})", attached.path.display(), attached.id);
+        true
+    }
+
+    /// The removal of the first attached device that `which` picks.
+    fn removal(&self, which: impl Fn(&Attached<B::Device>) -> bool) -> Option<Removal<'_, B>> {
+        let registry = self.registry();
+        let a = registry.by(which)?;
+        Some(Removal {
+            hotplug: self,
+            id: a.id.clone(),
+            path: a.path.clone(),
+            token: a.token,
+            address: a.address,
+        })
+    }
+}
+
+impl Hotplug<VmResources> {
+    /// KVM memory slots in use, RAM included.
+    pub fn memory_slots_in_use(&self) -> u32 {
+        self.backend.memory_slots_in_use()
+    }
+}
+
+/// One attached device on its way out of the guest: `EjectSteps` on the VM's hot plug
+/// controller. It names the device by its attachment's token and holds nothing of the
+/// device list between steps, so the wait for the guest need not hold the operation lock.
+struct Removal<'a, B: Backend> {
+    hotplug: &'a Hotplug<B>,
+    id: String,
+    path: PathBuf,
+    token: Token,
+    address: PciAddress,
+}
+
+impl<B: Backend> EjectSteps for Removal<'_, B> {
+    fn request_eject(&mut self) -> Result<(), String> {
+        let a = self.address;
+        self.hotplug.backend.ejects().forget(a.segment, a.device);
+        self.hotplug.backend.announce_removal(a.segment, a.device)
+    }
+
+    fn wait_ejected(&mut self, timeout: Duration) -> bool {
+        let a = self.address;
+        self.hotplug
+            .backend
+            .ejects()
+            .wait(a.segment, a.device, timeout)
+    }
+
+    fn detach(&mut self) {
+        if !self.hotplug.detach_locked(self.token) {
+            let e = HotplugError::UnknownId(self.id.clone());
+            log::error!("device '{}': {e}", self.id);
+        }
+    }
+
+    fn notify_gone(&mut self) -> Result<(), String> {
+        // The slot is empty now: the eject request makes Linux's acpiphp drop what it still
+        // has there (`removal`); its `_EJ0` afterwards finds nothing to wait for it.
+        let a = self.address;
+        self.hotplug.backend.announce_removal(a.segment, a.device)
+    }
+}

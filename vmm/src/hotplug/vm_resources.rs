@@ -1,0 +1,161 @@
+//! The VM's side of hot plug: everything a passed-through device touches, gathered once by
+//! `vm::Vm::start`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use devices::{Bus, Ged, PciHotplug};
+use kvm_ioctls::VmFd;
+use pci::PciSegment;
+use vm_memory::GuestMemoryMmap;
+
+use super::{Backend, Ejects, HotplugError, OnHostRequest};
+use crate::bar_allocator::BarAllocator;
+use crate::irq_routing::GsiRouting;
+use crate::layout::Layout;
+use crate::memslots::MemSlots;
+use ::vfio::Containers;
+
+use crate::vfio::{PassthroughDevice, VfioContext};
+
+/// The VM's resources that attaching and removing devices use.
+pub struct VmResources {
+    pub(crate) vm: Arc<VmFd>,
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) mmio_bus: Arc<Bus>,
+    pub(crate) allocator: Arc<Mutex<BarAllocator>>,
+    /// Indexed by segment number.
+    pub(crate) segments: Vec<Arc<Mutex<PciSegment>>>,
+    pub(crate) layout: Layout,
+    /// GH slots of the topology (segment k+1 is GH slot k).
+    pub(crate) gh_slots: usize,
+    /// The VM's one VFIO container, whose lifetime is the DMA mappings'.
+    pub(crate) containers: Arc<Containers>,
+    pub(crate) slots: Arc<Mutex<MemSlots>>,
+    pub(crate) routing: Arc<GsiRouting>,
+    /// The guest-facing half: the controller the DSDT reads, the GED that interrupts the
+    /// guest, and the ejects the guest reports.
+    pub(crate) controller: Arc<Mutex<PciHotplug>>,
+    pub(crate) ged: Arc<Mutex<Ged>>,
+    pub(crate) ejects: Arc<Ejects>,
+}
+
+impl VmResources {
+    /// KVM memory slots in use, RAM included.
+    pub fn memory_slots_in_use(&self) -> u32 {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .in_use()
+    }
+
+    fn segment(&self, segment: u16) -> Option<&Mutex<PciSegment>> {
+        self.segments.get(usize::from(segment)).map(|s| &**s)
+    }
+
+    fn raise_hotplug_event(&self) -> Result<(), String> {
+        self.ged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .notify(devices::ged::EVENT_PCI_HOTPLUG)
+            .map_err(|e| format!("GED interrupt: {e}"))
+    }
+
+    fn controller(&self) -> std::sync::MutexGuard<'_, PciHotplug> {
+        self.controller.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Backend for VmResources {
+    type Device = Arc<Mutex<PassthroughDevice>>;
+
+    fn gh_slots(&self) -> usize {
+        self.gh_slots
+    }
+
+    fn ejects(&self) -> &Ejects {
+        &self.ejects
+    }
+
+    fn assign(&self, path: &Path, segment: u16) -> Result<Self::Device, HotplugError> {
+        let seg_layout = *self
+            .layout
+            .segments
+            .iter()
+            .find(|s| s.id == segment)
+            .ok_or(HotplugError::NoSuchSegment(segment))?;
+        let ctx = VfioContext {
+            vm: &self.vm,
+            mem: &self.mem,
+            mmio_bus: &self.mmio_bus,
+            allocator: &self.allocator,
+            containers: &self.containers,
+            slots: &self.slots,
+            segment: seg_layout,
+            routing: &self.routing,
+        };
+        Ok(crate::vfio::assign(&ctx, path)?)
+    }
+
+    fn plug(
+        &self,
+        segment: u16,
+        slot: Option<u8>,
+        device: &Self::Device,
+    ) -> Result<u8, pci::PciError> {
+        let Some(pci_segment) = self.segment(segment) else {
+            // The layout has the segment (`assign` checked), so this is a VM built wrong.
+            return Err(pci::PciError::NoFreeSlot(segment));
+        };
+        pci_segment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_device(slot, device.clone())
+    }
+
+    fn unplug(&self, segment: u16, slot: u8) {
+        if let Some(pci_segment) = self.segment(segment) {
+            let _ = pci_segment
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove_device(slot);
+        }
+    }
+
+    fn teardown(&self, device: &Self::Device) {
+        // The request watcher is stopped (its thread joined) without the device's lock held:
+        // vCPUs take that lock for config accesses.
+        let watcher = device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_request_watcher();
+        drop(watcher);
+        device.lock().unwrap_or_else(|e| e.into_inner()).teardown();
+    }
+
+    fn watch_requests(
+        &self,
+        device: &Self::Device,
+        on_request: OnHostRequest,
+    ) -> Result<bool, String> {
+        device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .watch_requests(on_request)
+            .map_err(|e| e.to_string())
+    }
+
+    fn announce_added(&self, segment: u16, slot: u8) -> Result<(), String> {
+        self.controller()
+            .slot_added(segment, slot)
+            .map_err(|e| e.to_string())?;
+        self.raise_hotplug_event()
+    }
+
+    fn announce_removal(&self, segment: u16, slot: u8) -> Result<(), String> {
+        self.controller()
+            .removal_requested(segment, slot)
+            .map_err(|e| e.to_string())?;
+        self.raise_hotplug_event()
+    }
+}
