@@ -29,7 +29,7 @@ use vmm::config::{
     CpusConfig, DeviceConfig, GhConfig, GhSlotRequest, MemoryConfig, NumaConfig, PlatformConfig,
     SerialConfig, VmConfig, MAX_VCPUS,
 };
-use vmm::layout::{ExtraSegments, Layout, ACPI_LIMIT, ACPI_START};
+use vmm::memory::layout::{ExtraSegments, Layout, ACPI_LIMIT, ACPI_START};
 
 use crate::seed::{Encode, Encoder};
 
@@ -527,7 +527,7 @@ fn vm_config(v: &VmInput) -> VmConfig {
 
 fn run_vm(v: &VmInput) {
     let cfg = vm_config(v);
-    let topology = match vmm::numa::resolve(&cfg) {
+    let topology = match vmm::config::numa::resolve(&cfg) {
         Ok(t) => t,
         Err(e) => {
             assert!(!e.to_string().contains('\n'));
@@ -569,7 +569,7 @@ fn run_vm(v: &VmInput) {
             },
         )
         .collect();
-    let desc = vmm::acpi_tables::platform_desc(cfg.cpus.boot, &layout, topology.as_ref(), &placed);
+    let desc = vmm::device_manager::acpi_tables::platform_desc(cfg.cpus.boot, &layout, topology.as_ref(), &placed);
     let blob = acpi::build_tables(&desc, ACPI_START, ACPI_LIMIT)
         .unwrap_or_else(|e| panic!("a configuration the VMM accepts has no tables: {e}"));
     check_blob(&desc, &blob, ACPI_START, ACPI_LIMIT);
@@ -591,7 +591,7 @@ fn run_vm(v: &VmInput) {
                 }
             }
             let is_gh =
-                |i: usize| matches!(t.nodes[i].initiator, Some(vmm::numa::Initiator::GhSlot(_)));
+                |i: usize| matches!(t.nodes[i].initiator, Some(vmm::config::numa::Initiator::GhSlot(_)));
             for i in 0..n {
                 for j in 0..n {
                     let want = if i == j {

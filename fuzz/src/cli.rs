@@ -14,18 +14,18 @@
 //! the API server with the same path, id and slot.
 
 use clap::Parser;
-use vmm::cli::Cli;
+use vmm::config::cli::Cli;
 use vmm::config::{
     parse_console, parse_cpu_list, parse_distances, parse_id, parse_size, ApiSocketConfig,
     ConfigError, CpusConfig, DeviceConfig, GhConfig, GhSlotRequest, MemoryConfig, NumaConfig,
     PlatformConfig, SerialConfig, MAX_MEMORY, MAX_NUMA_NODES, MAX_VCPUS, MIN_MEMORY,
 };
-use vmm::numa::{Initiator, Topology};
+use vmm::config::numa::{Initiator, Topology};
 
-/// The error as the binaries print it (`vmm::cli::error_line`): one line, no control
+/// The error as the binaries print it (`vmm::config::cli::error_line`): one line, no control
 /// characters, whatever the option value that the message quotes carried.
 fn one_line(e: &dyn std::fmt::Display) -> String {
-    let s = vmm::cli::error_line(&e.to_string());
+    let s = vmm::config::cli::error_line(&e.to_string());
     assert!(
         !s.chars().any(char::is_control),
         "error line with control characters: {s:?}"
@@ -322,7 +322,7 @@ fn argv(args: &[&str]) {
     match cli.into_config() {
         Ok(cfg) => {
             assert!(cfg.cpus.boot >= 1);
-            if let Some(t) = vmm::numa::resolve(&cfg).expect("resolved once already") {
+            if let Some(t) = vmm::config::numa::resolve(&cfg).expect("resolved once already") {
                 check_topology(&t, cfg.cpus.boot);
             }
         }

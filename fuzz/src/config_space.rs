@@ -2,10 +2,10 @@
 //! (`pci::vfio::PassthroughConfig`) with its emulated MSI/MSI-X capabilities and the MSI-X
 //! table behind a BAR, against a fake device whose config bytes, BAR registers, region sizes,
 //! sparse areas and capability list come from the input. The device is set up exactly the way
-//! `vmm::vfio::assign` does it (capabilities, interrupt caps, the MSI-X ranges kept out of the
+//! `vmm::passthrough::assign` does it (capabilities, interrupt caps, the MSI-X ranges kept out of the
 //! mappings, one layout per BAR, guest BARs allocated naturally aligned), then the guest does a
 //! sequence of accesses of every width, BAR sizing and moves, MSI and MSI-X programming and
-//! BAR accesses (answered like `vmm::vfio::bar::BarTrap`: the MSI-X table first, then
+//! BAR accesses (answered like `vmm::passthrough::bar::BarTrap`: the MSI-X table first, then
 //! `pci::vfio::dispatch`).
 //!
 //! Checked after every step: BAR registers keep their type bits and read back size-aligned
@@ -334,7 +334,7 @@ impl IrqSink for CheckingSink {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Setting the device up, as vmm::vfio::assign does.
+// Setting the device up, as vmm::passthrough::assign does.
 
 struct GuestBar {
     spec: BarSpec,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use clap::Parser;
 
-use vmm::cli::Cli;
+use vmm::config::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         Ok(reason) => {
             let _ = std::io::stdout().flush();
             match reason {
-                vmm::exit::ExitReason::Fault(msg) => fail(&msg),
+                vmm::vm::exit::ExitReason::Fault(msg) => fail(&msg),
                 other => {
                     log::info!("guest stopped: {other:?}");
                     ExitCode::SUCCESS
@@ -59,7 +59,7 @@ fn fail(msg: &str) -> ExitCode {
     let _ = std::io::stdout().flush();
     // Keep it to one line even when an underlying error carries newlines (or a value the
     // user gave carries control characters).
-    let line = vmm::cli::error_line(msg);
+    let line = vmm::config::cli::error_line(msg);
     eprintln!("ghvmm: error: {line}");
     ExitCode::from(1)
 }

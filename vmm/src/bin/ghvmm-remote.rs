@@ -30,7 +30,7 @@ fn main() -> ExitCode {
 }
 
 fn fail(msg: &str) -> ExitCode {
-    let line = vmm::cli::error_line(msg);
+    let line = vmm::config::cli::error_line(msg);
     eprintln!("ghvmm-remote: error: {line}");
     ExitCode::from(1)
 }

@@ -9,7 +9,7 @@ use super::{Ejects, HotplugError};
 /// Called on a device's request watcher thread when the host asks for the device back;
 /// returns whether the removal started (false: it is called again at the host's next
 /// request).
-pub use ::vfio::OnRequest as OnHostRequest;
+pub use vfio::OnRequest as OnHostRequest;
 
 /// What `Hotplug` asks of the VM. Every method but `ejects` is called with `Hotplug`'s
 /// operation lock held.

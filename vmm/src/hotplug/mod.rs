@@ -32,7 +32,7 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::vfio::VfioSetupError;
+use crate::passthrough::VfioSetupError;
 
 pub use attached::AttachedDevice;
 pub use backend::{Backend, OnHostRequest};

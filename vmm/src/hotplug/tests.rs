@@ -9,7 +9,7 @@ use acpi::PciAddress;
 use pci::{BarReprogram, HostBridge, PciDevice, PciSegment};
 
 use super::*;
-use crate::vfio::VfioSetupError;
+use crate::passthrough::VfioSetupError;
 
 /// The eject timeout of the tests: the fake guest ejects at once or never.
 const TIMEOUT: Duration = Duration::from_millis(50);

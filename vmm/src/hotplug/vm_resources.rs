@@ -10,13 +10,13 @@ use pci::PciSegment;
 use vm_memory::GuestMemoryMmap;
 
 use super::{Backend, Ejects, HotplugError, OnHostRequest};
-use crate::bar_allocator::BarAllocator;
-use crate::irq_routing::GsiRouting;
-use crate::layout::Layout;
-use crate::memslots::MemSlots;
-use ::vfio::Containers;
+use crate::device_manager::irq_routing::GsiRouting;
+use crate::memory::bar_allocator::BarAllocator;
+use crate::memory::layout::Layout;
+use crate::memory::memslots::MemSlots;
+use vfio::Containers;
 
-use crate::vfio::{PassthroughDevice, VfioContext};
+use crate::passthrough::{PassthroughDevice, VfioContext};
 
 /// The VM's resources that attaching and removing devices use.
 pub struct VmResources {
@@ -94,7 +94,7 @@ impl Backend for VmResources {
             segment: seg_layout,
             routing: &self.routing,
         };
-        Ok(crate::vfio::assign(&ctx, path)?)
+        Ok(crate::passthrough::assign(&ctx, path)?)
     }
 
     fn plug(

@@ -7,8 +7,8 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::boot::Entry;
-use crate::layout::{
+use crate::arch::boot::Entry;
+use crate::memory::layout::{
     BOOT_STACK, GDT_ADDR, IDT_ADDR, PDE_ADDR, PDPTE_ADDR, PML4_ADDR, PVH_INFO_ADDR, ZERO_PAGE_ADDR,
 };
 

@@ -1,5 +1,10 @@
 //! VM lifecycle: create the KVM VM, memory, devices, ACPI and vCPUs; boot; wait for the end.
 
+pub mod control;
+pub mod exit;
+pub mod vcpu;
+pub mod vcpu_dump;
+
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -7,19 +12,19 @@ use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY}
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 
+use crate::arch::boot::{load_linux, BootSpec};
 use crate::arch::{cpuid, regs};
-use crate::boot::{load_linux, BootSpec};
 use crate::config::VmConfig;
-use crate::console::StdinForwarder;
+use crate::device_manager::console::StdinForwarder;
+use crate::device_manager::irq_routing::GsiRouting;
 use crate::device_manager::DeviceManager;
-use crate::exit::{ExitReason, ExitState};
 use crate::hotplug::{Hotplug, Placement, VmResources, EJECT_TIMEOUT};
-use crate::irq_routing::GsiRouting;
-use crate::layout::{
+use crate::memory::layout::{
     ExtraSegments, Layout, ACPI_PM_PORT, ACPI_RESET_VALUE, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR,
 };
-use crate::memslots::MemSlots;
-use crate::vcpu::{self, VcpuContext};
+use crate::memory::memslots::MemSlots;
+use crate::vm::exit::{ExitReason, ExitState};
+use vcpu::VcpuContext;
 
 pub struct Vm {
     // Field order matters for drop: vCPU threads reference the buses, and guest memory must
@@ -57,7 +62,7 @@ impl Vm {
             .context("KVM_GET_SUPPORTED_CPUID")?;
         let phys_bits = cpuid::phys_bits(&supported);
         // The CLI resolved it already; a config built another way (the API) is checked here.
-        let topology = crate::numa::resolve(cfg)?;
+        let topology = crate::config::numa::resolve(cfg)?;
         let extra =
             topology
                 .as_ref()
@@ -123,9 +128,13 @@ impl Vm {
             placed.push(address);
         }
 
-        let desc =
-            crate::acpi_tables::platform_desc(cfg.cpus.boot, &layout, topology.as_ref(), &placed);
-        let rsdp_addr = crate::acpi_tables::install(&mem, &desc)?;
+        let desc = crate::device_manager::acpi_tables::platform_desc(
+            cfg.cpus.boot,
+            &layout,
+            topology.as_ref(),
+            &placed,
+        );
+        let rsdp_addr = crate::device_manager::acpi_tables::install(&mem, &desc)?;
         let entry = load_linux(
             &mem,
             &layout,
@@ -137,7 +146,7 @@ impl Vm {
             },
         )?;
         regs::write_boot_tables(&mem)?;
-        crate::boot::write_reset_vector(&mem, ACPI_PM_PORT + 2, ACPI_RESET_VALUE)?;
+        crate::arch::boot::write_reset_vector(&mem, ACPI_PM_PORT + 2, ACPI_RESET_VALUE)?;
 
         let mut vcpus = Vec::new();
         for index in 0..cfg.cpus.boot {
@@ -159,7 +168,7 @@ impl Vm {
             }
             vcpus.push(fd);
         }
-        crate::vcpu_dump::install().context("setting up the register-dump signals")?;
+        crate::vm::vcpu_dump::install().context("setting up the register-dump signals")?;
         let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
         for (index, fd) in vcpus.into_iter().enumerate() {
             let handle = vcpu::spawn(VcpuContext {
@@ -175,7 +184,8 @@ impl Vm {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(handle);
         }
-        crate::vcpu_dump::spawn_listener(threads).context("spawning the register-dump thread")?;
+        crate::vm::vcpu_dump::spawn_listener(threads)
+            .context("spawning the register-dump thread")?;
         Ok(Vm {
             hotplug,
             _vm: vm,
@@ -213,7 +223,7 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     let vm = Vm::start(cfg)?;
     let socket_path = match api {
         Some((a, listener)) => {
-            let control = Arc::new(crate::control::Control {
+            let control = Arc::new(crate::vm::control::Control {
                 config: cfg.clone(),
                 hotplug: vm.hotplug.clone(),
                 ged: vm.devices.ged.clone(),

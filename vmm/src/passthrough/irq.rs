@@ -12,17 +12,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ::vfio::DeviceIrqs;
 use pci::vfio::{IrqKind, IrqSink, IrqUpdate, MsiMessage};
+use vfio::DeviceIrqs;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::irq_routing::GsiRouting;
+use crate::device_manager::irq_routing::GsiRouting;
 
 /// The same two kinds, as the vfio crate names them (it does not depend on pci).
-fn host(kind: IrqKind) -> ::vfio::IrqKind {
+fn host(kind: IrqKind) -> vfio::IrqKind {
     match kind {
-        IrqKind::Msi => ::vfio::IrqKind::Msi,
-        IrqKind::Msix => ::vfio::IrqKind::Msix,
+        IrqKind::Msi => vfio::IrqKind::Msi,
+        IrqKind::Msix => vfio::IrqKind::Msix,
     }
 }
 
@@ -175,19 +175,19 @@ impl IrqSink for VfioIrqSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::irq_routing::tests::FakeKvm;
-    use crate::irq_routing::Route;
-    use ::vfio::{IrqError, VfioError};
+    use crate::device_manager::irq_routing::tests::FakeKvm;
+    use crate::device_manager::irq_routing::Route;
     use std::sync::Mutex;
+    use vfio::{IrqError, VfioError};
 
     #[derive(Default)]
     struct FakeDevice {
-        calls: Mutex<Vec<(::vfio::IrqKind, Option<usize>)>>,
+        calls: Mutex<Vec<(vfio::IrqKind, Option<usize>)>>,
         refuse: bool,
     }
 
     impl DeviceIrqs for FakeDevice {
-        fn enable(&self, kind: ::vfio::IrqKind, fds: &[&EventFd]) -> Result<(), IrqError> {
+        fn enable(&self, kind: vfio::IrqKind, fds: &[&EventFd]) -> Result<(), IrqError> {
             self.calls.lock().unwrap().push((kind, Some(fds.len())));
             if self.refuse {
                 Err(VfioError::VfioDeviceEnableIrq.into())
@@ -195,7 +195,7 @@ mod tests {
                 Ok(())
             }
         }
-        fn disable(&self, kind: ::vfio::IrqKind) -> Result<(), IrqError> {
+        fn disable(&self, kind: vfio::IrqKind) -> Result<(), IrqError> {
             self.calls.lock().unwrap().push((kind, None));
             Ok(())
         }
@@ -311,7 +311,7 @@ mod tests {
         assert_eq!(fds.iter().filter(|(_, on)| !*on).count(), 2);
         assert_eq!(
             dev.calls.lock().unwrap().last(),
-            Some(&(::vfio::IrqKind::Msix, None))
+            Some(&(vfio::IrqKind::Msix, None))
         );
         assert_eq!(s.routing.allocate().unwrap(), 24, "GSIs back");
         s.shutdown();

@@ -6,8 +6,8 @@ use acpi::{
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::*;
-use crate::numa::{GhSlot, Initiator, Topology};
+use crate::config::numa::{GhSlot, Initiator, Topology};
+use crate::memory::layout::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiSetupError {
@@ -154,7 +154,7 @@ pub fn install(mem: &GuestMemoryMmap, desc: &PlatformDesc) -> Result<u64, AcpiSe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Cli;
+    use crate::config::cli::Cli;
     use clap::Parser;
 
     fn config(args: &[&str]) -> crate::config::VmConfig {
@@ -165,7 +165,7 @@ mod tests {
 
     fn desc(args: &[&str], placed: &[PciAddress]) -> (PlatformDesc, Layout) {
         let cfg = config(args);
-        let topo = crate::numa::resolve(&cfg).unwrap();
+        let topo = crate::config::numa::resolve(&cfg).unwrap();
         let extra = topo
             .as_ref()
             .and_then(|t| t.slots.first().map(|s| (t.slots.len(), s.bar_space)))

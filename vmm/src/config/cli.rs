@@ -125,7 +125,7 @@ impl Cli {
         };
         // Refuse an inconsistent topology here, before the VM opens anything; the VM
         // resolves it again from the config.
-        crate::numa::resolve(&cfg)?;
+        crate::config::numa::resolve(&cfg)?;
         Ok(cfg)
     }
 }
@@ -216,7 +216,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.numa.len(), 2);
-        let t = crate::numa::resolve(&c).unwrap().unwrap();
+        let t = crate::config::numa::resolve(&c).unwrap().unwrap();
         assert_eq!(t.distances, [[10, 20], [20, 10]]);
         // Cloud Hypervisor's bracketed lists, commas inside.
         let c = parse(&[
@@ -254,7 +254,7 @@ mod tests {
         .unwrap();
         let gh = c.gh.clone().unwrap();
         assert_eq!((gh.slots, gh.nodes, gh.dsd), (2, 8, true));
-        let t = crate::numa::resolve(&c).unwrap().unwrap();
+        let t = crate::config::numa::resolve(&c).unwrap().unwrap();
         assert_eq!(t.nodes.len(), 17);
         assert_eq!(t.slot_of_device(0).map(|s| s.index), Some(1));
         assert_eq!(t.slot_of_device(1).map(|s| s.index), Some(0));

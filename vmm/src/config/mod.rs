@@ -3,6 +3,9 @@
 //! Parsing is separate from clap so that every rule here is a pure function with unit tests,
 //! and so the REST API (a later issue) can reuse the same parsers for its JSON bodies.
 
+pub mod cli;
+pub mod numa;
+
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

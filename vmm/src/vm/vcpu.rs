@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use devices::Bus;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::exit::{ExitReason, ExitState};
+use crate::vm::exit::{ExitReason, ExitState};
 
 pub struct VcpuContext {
     pub index: u8,
@@ -39,7 +39,7 @@ fn run(ctx: &mut VcpuContext) -> Result<(), ExitReason> {
         if ctx.exit.is_set() {
             return Ok(());
         }
-        crate::vcpu_dump::maybe_dump(index, &ctx.fd, &mut dumps_seen);
+        crate::vm::vcpu_dump::maybe_dump(index, &ctx.fd, &mut dumps_seen);
         match ctx.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if ctx.pio.read(u64::from(port), data).is_err() {

@@ -6,11 +6,11 @@ use std::ops::Deref;
 
 use pci::vfio::dispatch::RegionIo;
 
-pub struct Region(pub ::vfio::FdRegion);
+pub struct Region(pub vfio::FdRegion);
 
 impl Deref for Region {
-    type Target = ::vfio::FdRegion;
-    fn deref(&self) -> &::vfio::FdRegion {
+    type Target = vfio::FdRegion;
+    fn deref(&self) -> &vfio::FdRegion {
         &self.0
     }
 }

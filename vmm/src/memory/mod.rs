@@ -1,10 +1,14 @@
 //! Guest RAM: anonymous mappings, one per `RamRange`, each registered as a KVM memory slot.
 
+pub mod bar_allocator;
+pub mod layout;
+pub mod memslots;
+
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::layout::Layout;
+use crate::memory::layout::Layout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {

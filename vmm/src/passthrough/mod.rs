@@ -21,10 +21,6 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ::vfio::{
-    Containers, Device, DeviceIrqs, FdRegion, HostMapping, OnRequest, RequestWatcher,
-    VfioRegionInfoCap, WatchError,
-};
 use devices::Bus;
 use kvm_ioctls::VmFd;
 use pci::vfio::{
@@ -32,22 +28,26 @@ use pci::vfio::{
     SharedInterrupts, SparseArea,
 };
 use pci::{BarReprogram, PciDevice};
+use vfio::{
+    Containers, Device, DeviceIrqs, FdRegion, HostMapping, OnRequest, RequestWatcher,
+    VfioRegionInfoCap, WatchError,
+};
 use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
 use vm_memory::GuestMemoryMmap;
 
 use bar::{BarPlan, BarSpace, BarTrap, MappedPiece};
 use region::Region;
 
-use crate::bar_allocator::{BarAllocator, Window};
-use crate::irq_routing::GsiRouting;
-use crate::layout::{SegmentLayout, PAGE_SIZE};
-use crate::memslots::MemSlots;
+use crate::device_manager::irq_routing::GsiRouting;
+use crate::memory::bar_allocator::{BarAllocator, Window};
+use crate::memory::layout::{SegmentLayout, PAGE_SIZE};
+use crate::memory::memslots::MemSlots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioSetupError {
     /// The host device: not one for VFIO, or VFIO refused it.
     #[error(transparent)]
-    Host(#[from] ::vfio::Error),
+    Host(#[from] vfio::Error),
     #[error("{path}: {error}")]
     Layout {
         path: PathBuf,
@@ -57,7 +57,7 @@ pub enum VfioSetupError {
     BarSpace {
         path: PathBuf,
         bar: usize,
-        error: crate::bar_allocator::BarAllocError,
+        error: crate::memory::bar_allocator::BarAllocError,
     },
     #[error(
         "{path}: BAR {bar}: cannot mmap {size:#x} bytes at region offset {offset:#x}: {error}"
@@ -91,7 +91,7 @@ pub enum VfioSetupError {
     MemSlot {
         path: PathBuf,
         bar: usize,
-        error: crate::memslots::SlotError,
+        error: crate::memory::memslots::SlotError,
     },
 }
 

@@ -5,7 +5,7 @@
 
 use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 
-use crate::layout::{Layout, MmioWindow};
+use crate::memory::layout::{Layout, MmioWindow};
 
 const PAGE_SIZE: u64 = 4096;
 
@@ -117,7 +117,7 @@ impl BarAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{ExtraSegments, GIB, MMIO32_SIZE, MMIO32_START};
+    use crate::memory::layout::{ExtraSegments, GIB, MMIO32_SIZE, MMIO32_START};
 
     fn alloc() -> BarAllocator {
         BarAllocator::new(&Layout::new(GIB, None, 40).unwrap()).unwrap()

@@ -1,5 +1,9 @@
 //! Creates the platform devices, puts them on the buses and wires their interrupts.
 
+pub mod acpi_tables;
+pub mod console;
+pub mod irq_routing;
+
 use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -9,11 +13,11 @@ use kvm_ioctls::VmFd;
 use pci::{BarHook, BarReprogram, HostBridge, PciConfigIo, PciConfigMmio, PciSegment};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::bar_allocator::BarAllocator;
 use crate::config::{SerialConfig, VmConfig};
-use crate::exit::{ExitReason, ExitState};
 use crate::hotplug::Ejects;
-use crate::layout::*;
+use crate::memory::bar_allocator::BarAllocator;
+use crate::memory::layout::*;
+use crate::vm::exit::{ExitReason, ExitState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -34,7 +38,7 @@ pub enum DeviceError {
     #[error("PCI: {0}")]
     Pci(#[from] pci::PciError),
     #[error("BAR space: {0}")]
-    BarSpace(#[from] crate::bar_allocator::BarAllocError),
+    BarSpace(#[from] crate::memory::bar_allocator::BarAllocError),
 }
 
 type Result<T> = std::result::Result<T, DeviceError>;

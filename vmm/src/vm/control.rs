@@ -8,9 +8,9 @@ use crate::api::{
     AddDevice, ApiError, DeviceInfo, PciDeviceInfo, Resources, VmControl, VmInfo, VmState,
 };
 use crate::config::VmConfig;
-use crate::exit::{ExitReason, ExitState};
 use crate::hotplug::{Hotplug, HotplugError, Placement};
-use crate::vfio::VfioSetupError;
+use crate::passthrough::VfioSetupError;
+use crate::vm::exit::{ExitReason, ExitState};
 
 pub struct Control {
     pub config: VmConfig,
@@ -21,7 +21,7 @@ pub struct Control {
 
 /// The status an attach or detach failure answers with.
 pub fn status(e: &HotplugError) -> u16 {
-    use ::vfio::Error as H;
+    use vfio::Error as H;
     use HotplugError as P;
     use VfioSetupError as V;
     match e {
@@ -165,7 +165,7 @@ mod tests {
             }),
             504
         );
-        let not_vfio = HotplugError::Setup(VfioSetupError::Host(::vfio::Error::NotVfioBound {
+        let not_vfio = HotplugError::Setup(VfioSetupError::Host(vfio::Error::NotVfioBound {
             path: "/x".into(),
             driver: "driver e1000e".into(),
         }));
@@ -175,14 +175,14 @@ mod tests {
             "/x: the device is bound to driver e1000e, not to a VFIO driver (bind it to vfio-pci \
              first)"
         );
-        let no_group = HotplugError::Setup(VfioSetupError::Host(::vfio::Error::NoIommuGroup {
+        let no_group = HotplugError::Setup(VfioSetupError::Host(vfio::Error::NoIommuGroup {
             path: "/x".into(),
             error: std::io::ErrorKind::NotFound.into(),
         }));
         assert_eq!(status(&no_group), 400);
-        let no_container = HotplugError::Setup(VfioSetupError::Host(::vfio::Error::Container {
+        let no_container = HotplugError::Setup(VfioSetupError::Host(vfio::Error::Container {
             path: "/x".into(),
-            error: ::vfio::VfioError::OpenContainer(std::io::ErrorKind::NotFound.into()),
+            error: vfio::VfioError::OpenContainer(std::io::ErrorKind::NotFound.into()),
         }));
         assert_eq!(status(&no_container), 500);
     }

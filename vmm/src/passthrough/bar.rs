@@ -5,15 +5,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use ::vfio::HostMapping;
 use devices::{Bus, BusDevice};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use pci::vfio::dispatch;
 use pci::vfio::{BarLayout, PieceKind, SharedInterrupts};
+use vfio::HostMapping;
 
 use super::region::Region;
-use crate::bar_allocator::Window;
+use crate::memory::bar_allocator::Window;
 
 /// The trapped parts of one BAR on the MMIO bus.
 pub struct BarTrap {

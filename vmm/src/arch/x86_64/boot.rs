@@ -14,7 +14,7 @@ use linux_loader::loader::elf::{start_info, Elf, PvhBootCapability};
 use linux_loader::loader::{load_cmdline, Cmdline, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{
+use crate::memory::layout::{
     Layout, CMDLINE_ADDR, CMDLINE_MAX, HIGH_RAM_START, KERNEL_ADDR, PVH_INFO_ADDR, PVH_MEMMAP_ADDR,
     PVH_MODLIST_ADDR, ZERO_PAGE_ADDR,
 };
@@ -233,7 +233,7 @@ pub fn reset_vector_stub(port: u16, value: u8) -> [u8; 9] {
 pub fn write_reset_vector(mem: &GuestMemoryMmap, port: u16, value: u8) -> Result<()> {
     mem.write_slice(
         &reset_vector_stub(port, value),
-        GuestAddress(crate::layout::RESET_VECTOR),
+        GuestAddress(crate::memory::layout::RESET_VECTOR),
     )
     .map_err(BootError::ZeroPage)
 }
@@ -282,7 +282,7 @@ mod tests {
             [0xb0, 0x01, 0xba, 0x02, 0x06, 0xee, 0xf4, 0xeb, 0xfd]
         );
         // It fits between the reset vector and the end of the first MiB, above the ACPI tables.
-        const { assert!(crate::layout::RESET_VECTOR + 9 <= 0x10_0000) };
-        const { assert!(crate::layout::ACPI_LIMIT <= crate::layout::RESET_VECTOR) };
+        const { assert!(crate::memory::layout::RESET_VECTOR + 9 <= 0x10_0000) };
+        const { assert!(crate::memory::layout::ACPI_LIMIT <= crate::memory::layout::RESET_VECTOR) };
     }
 }
