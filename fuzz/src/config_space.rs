@@ -2,8 +2,9 @@
 //! (`pci::vfio::PassthroughConfig`) with its emulated MSI/MSI-X capabilities and the MSI-X
 //! table behind a BAR, against a fake device whose config bytes, BAR registers, region sizes,
 //! sparse areas and capability list come from the input. The device is set up exactly the way
-//! `vmm::passthrough::assign` does it (capabilities, interrupt caps, the MSI-X ranges kept out of the
-//! mappings, one layout per BAR, guest BARs allocated naturally aligned), then the guest does a
+//! `vmm::passthrough::assign` does it (capabilities, interrupt caps, `pci::vfio::probe_bars` with the
+//! MSI-X ranges kept out of the mappings, guest BARs allocated naturally aligned), then the
+//! guest does a
 //! sequence of accesses of every width, BAR sizing and moves, MSI and MSI-X programming and
 //! BAR accesses (answered like `vmm::passthrough::bar::BarTrap`: the MSI-X table first, then
 //! `pci::vfio::dispatch`).
@@ -20,12 +21,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arbitrary::Arbitrary;
+use pci::config::{bar_offset, NUM_BARS};
 use pci::vfio::config::{read_bytes, CAP_MSI, CAP_MSIX};
 use pci::vfio::dispatch;
 use pci::vfio::interrupts::BarRange;
 use pci::vfio::{
-    bar_layout, BarLayout, InterruptCaps, Interrupts, IrqKind, IrqSink, IrqUpdate, Limits,
-    MsiMessage, PassthroughConfig, RegionDesc, RegionIo, SharedInterrupts, SparseArea,
+    probe_bars, BarLayout, FunctionInfo, InterruptCaps, Interrupts, IrqKind, IrqSink, IrqUpdate,
+    Limits, MsiMessage, PassthroughConfig, RegionInfo, RegionIo, SharedInterrupts, SparseArea,
 };
 use pci::{BarKind, BarSpec, PciDevice};
 
@@ -370,6 +372,45 @@ fn fraction(x: u32, of: u64) -> u64 {
     }
 }
 
+fn bar_number(b: &Bar) -> usize {
+    usize::from(b.index) % NUM_BARS
+}
+
+/// The fake function as `probe_bars` reads it: its config region, and a region for each BAR
+/// the input lists (the last one listed for a number wins).
+struct FakeFunction<'a> {
+    config: &'a FakeConfig,
+    regions: HashMap<usize, &'a Bar>,
+}
+
+impl FunctionInfo for FakeFunction<'_> {
+    fn read_config(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        self.config.read(offset, data)
+    }
+
+    fn bar_region(&self, bar: usize) -> Option<RegionInfo> {
+        let b = self.regions.get(&bar)?;
+        let size = region_size(b);
+        let sparse = b.sparse.as_ref().map(|areas| {
+            areas
+                .iter()
+                .map(|&(o, l)| {
+                    let offset = fraction(o, size);
+                    SparseArea {
+                        offset,
+                        size: fraction(l, size - offset),
+                    }
+                })
+                .collect()
+        });
+        Some(RegionInfo {
+            size,
+            mmap: b.mmap,
+            sparse,
+        })
+    }
+}
+
 fn config_bytes(d: &Device) -> Vec<u8> {
     let mut b = vec![0u8; if d.extended { 4096 } else { 256 }];
     b[0..4].copy_from_slice(&d.ids.to_le_bytes());
@@ -391,10 +432,7 @@ fn config_bytes(d: &Device) -> Vec<u8> {
         put(usize::from(c.offset), &cap);
     }
     for bar in &d.bars {
-        put(
-            0x10 + 4 * usize::from(bar.index % 6),
-            &bar.reg.to_le_bytes(),
-        );
+        put(bar_offset(bar_number(bar)) as usize, &bar.reg.to_le_bytes());
     }
     for &(at, v) in &d.pokes {
         b[usize::from(at)] = v;
@@ -421,81 +459,40 @@ impl Harness {
         let msix = irq_caps.msix_ranges();
         let irq = Interrupts::new(irq_caps, Box::new(CheckingSink(sink.clone()))).shared();
 
-        let mut regions: HashMap<usize, &Bar> = HashMap::new();
-        for b in &d.bars {
-            regions.insert(usize::from(b.index % 6), b);
-        }
+        let function = FakeFunction {
+            config: &dev,
+            regions: d.bars.iter().map(|b| (bar_number(b), b)).collect(),
+        };
+        // A refused device fails the assignment, as in the VMM.
+        let probe = probe_bars(&function, &msix, &LIMITS).ok()?;
         let mut next32 = MMIO32_BASE;
         let mut next64 = MMIO64_BASE;
         let mut bars = HashMap::new();
         let mut specs = Vec::new();
-        let mut index = 0usize;
-        while index < 6 {
-            let mut reg = [0u8; 4];
-            let _ = dev.read(0x10 + 4 * index as u64, &mut reg);
-            let reg = u32::from_le_bytes(reg);
-            let this = index;
-            let is_io = reg & 1 == 1;
-            let is_64bit = !is_io && (reg >> 1) & 3 == 2;
-            index += if is_64bit { 2 } else { 1 };
-            let Some(b) = regions.get(&this) else {
-                continue;
-            };
-            let size = region_size(b);
-            if size == 0 || is_io {
-                continue;
-            }
-            let sparse = b.sparse.as_ref().map(|areas| {
-                areas
-                    .iter()
-                    .map(|&(o, l)| {
-                        let offset = fraction(o, size);
-                        SparseArea {
-                            offset,
-                            size: fraction(l, size - offset),
-                        }
-                    })
-                    .collect()
-            });
-            let desc = RegionDesc {
-                index: this as u32,
-                size,
-                mmap: b.mmap,
-                sparse,
-                is_64bit,
-                trapped: msix
-                    .iter()
-                    .filter(|r| r.bar == this)
-                    .map(|r| SparseArea {
-                        offset: r.offset,
-                        size: r.size,
-                    })
-                    .collect(),
-            };
-            // A refused layout fails the assignment, as in the VMM.
-            let layout = bar_layout(&desc, &LIMITS).ok()??;
-            let (next, end) = if is_64bit {
+        for bar in probe.bars {
+            let bar_size = bar.layout.bar_size;
+            let (next, end) = if bar.is_64bit() {
                 (&mut next64, MMIO64_BASE + LIMITS.mmio64_size)
             } else {
                 (&mut next32, MMIO32_BASE + LIMITS.mmio32_size)
             };
-            let base = next.checked_next_multiple_of(layout.bar_size)?;
-            if base.checked_add(layout.bar_size)? > end {
+            let base = next.checked_next_multiple_of(bar_size)?;
+            if base.checked_add(bar_size)? > end {
                 return None; // no BAR space left: assignment fails
             }
-            *next = base + layout.bar_size;
-            let spec = pci::vfio::config::bar_spec(layout.bar_size, is_64bit, reg & 8 != 0);
-            specs.push((this, spec, base));
+            *next = base + bar_size;
+            let spec = bar.spec();
+            specs.push((bar.index, spec, base));
             bars.insert(
-                this,
+                bar.index,
                 GuestBar {
                     spec,
-                    layout,
                     region: FakeRegion {
-                        bar: this,
-                        size,
+                        bar: bar.index,
+                        size: bar.region.size,
                         written: Mutex::new(HashMap::new()),
                     },
+                    layout: bar.layout,
                 },
             );
         }

@@ -6,7 +6,21 @@ use crate::device::{BarRegionType, BarReprogram};
 
 pub const NUM_REGS: usize = 1024;
 pub const NUM_BARS: usize = 6;
-const BAR0_REG: usize = 4;
+/// Bytes per configuration register.
+pub const REG_BYTES: u64 = 4;
+/// Byte offset of BAR 0's register; the other five follow, one register each (`bar_offset`).
+pub const BAR0_OFFSET: u64 = 0x10;
+const BAR0_REG: usize = (BAR0_OFFSET / REG_BYTES) as usize;
+/// Byte offset of the capability pointer (its low two bits are reserved).
+pub const CAP_PTR_OFFSET: u64 = 0x34;
+/// BAR register bit 0: the BAR decodes I/O space (else memory).
+pub const BAR_IO_SPACE: u32 = 1 << 0;
+/// A memory BAR's type field, bits 2:1: 0b00 is 32-bit, 0b10 is 64-bit (its upper half in the
+/// next register); 0b01 (below 1 MiB, obsolete) and 0b11 are reserved.
+pub const BAR_MEM_TYPE_MASK: u32 = 0b11 << 1;
+pub const BAR_MEM_TYPE_64: u32 = 0b10 << 1;
+/// A memory BAR's bit 3: reads have no side effects, so they may be prefetched.
+pub const BAR_PREFETCHABLE: u32 = 1 << 3;
 const COMMAND_REG: usize = 1;
 pub const COMMAND_IO: u32 = 1 << 0;
 pub const COMMAND_MEMORY: u32 = 1 << 1;
@@ -34,10 +48,15 @@ pub struct BarSpec {
 
 impl BarSpec {
     fn type_bits(&self) -> u32 {
+        let prefetchable = if self.prefetchable {
+            BAR_PREFETCHABLE
+        } else {
+            0
+        };
         match self.kind {
-            BarKind::Io => 0x1,
-            BarKind::Mem32 => (self.prefetchable as u32) << 3,
-            BarKind::Mem64 => 0x4 | ((self.prefetchable as u32) << 3),
+            BarKind::Io => BAR_IO_SPACE,
+            BarKind::Mem32 => prefetchable,
+            BarKind::Mem64 => BAR_MEM_TYPE_64 | prefetchable,
         }
     }
 
@@ -48,6 +67,12 @@ impl BarSpec {
             BarKind::Mem64 => BarRegionType::Mem64,
         }
     }
+}
+
+/// Byte offset of BAR `index`'s register (the low half, for a 64-bit BAR); `index` <
+/// `NUM_BARS`.
+pub const fn bar_offset(index: usize) -> u64 {
+    BAR0_OFFSET + index as u64 * REG_BYTES
 }
 
 /// The low or high dword written with all ones: the guest is sizing the BAR, and the address

@@ -15,7 +15,9 @@
 
 use super::interrupts::SharedInterrupts;
 use super::msi::MsiState;
-use crate::config::{extract, merge, BarKind, BarSpec, ConfigSpace};
+use crate::config::{
+    extract, merge, BarKind, BarSpec, ConfigSpace, BAR0_OFFSET, CAP_PTR_OFFSET, NUM_BARS, REG_BYTES,
+};
 use crate::device::{BarReprogram, PciDevice};
 
 /// The device's real configuration space is a VFIO region like any other.
@@ -29,9 +31,9 @@ const EXPOSED_CAPS: [u8; 4] = [CAP_PM, CAP_MSI, CAP_PCIE, CAP_MSIX];
 
 const COMMAND_REG: usize = 1;
 const STATUS_CAP_LIST: u32 = 1 << 20;
-const BAR0_REG: usize = 4;
+const BAR0_REG: usize = (BAR0_OFFSET / REG_BYTES) as usize;
 const ROM_REG: usize = 12;
-const CAP_PTR_REG: usize = 13;
+const CAP_PTR_REG: usize = (CAP_PTR_OFFSET / REG_BYTES) as usize;
 const INTERRUPT_REG: usize = 15;
 const STANDARD_REGS: usize = 64;
 /// A capability chain longer than this is a loop or garbage.
@@ -67,7 +69,7 @@ pub fn exposed_capabilities(dev: &dyn DeviceConfig) -> Vec<Capability> {
         return Vec::new();
     }
     let mut found = Vec::new();
-    let mut ptr = (read_u32(dev, 0x34) & 0xfc) as u8;
+    let mut ptr = (read_u32(dev, CAP_PTR_OFFSET) & 0xfc) as u8;
     while ptr >= 0x40 && found.len() < MAX_CAPS {
         let header = read_u32(dev, u64::from(ptr));
         let id = header as u8;
@@ -182,7 +184,7 @@ impl PassthroughConfig {
     fn read_reg(&mut self, reg: usize) -> u32 {
         let dev = self.dev.as_ref();
         match reg {
-            r if (BAR0_REG..BAR0_REG + 6).contains(&r) => self.emulated.read(r),
+            r if (BAR0_REG..BAR0_REG + NUM_BARS).contains(&r) => self.emulated.read(r),
             ROM_REG => 0,
             r if r >= STANDARD_REGS => 0,
             COMMAND_REG => {
@@ -196,7 +198,7 @@ impl PassthroughConfig {
                 }
             }
             CAP_PTR_REG => {
-                let v = read_u32(dev, 0x34) & !0xff;
+                let v = read_u32(dev, CAP_PTR_OFFSET) & !0xff;
                 v | u32::from(self.caps.first().map_or(0, |c| c.offset))
             }
             INTERRUPT_REG => {
@@ -233,7 +235,9 @@ impl PciDevice for PassthroughConfig {
             return Vec::new();
         };
         match reg_idx {
-            r if (BAR0_REG..BAR0_REG + 6).contains(&r) => self.emulated.write(r, offset, data),
+            r if (BAR0_REG..BAR0_REG + NUM_BARS).contains(&r) => {
+                self.emulated.write(r, offset, data)
+            }
             ROM_REG | CAP_PTR_REG => Vec::new(),
             r if r >= STANDARD_REGS => Vec::new(),
             INTERRUPT_REG => self.emulated.write(INTERRUPT_REG, offset, data),

@@ -1,7 +1,8 @@
-//! VFIO passthrough pieces that are pure logic: how a device region becomes a guest BAR
-//! (`layout`), how a trapped access to that BAR is answered (`dispatch`), the guest's view of
-//! config space (`config`) and the emulated MSI/MSI-X capabilities (`interrupts`, `msi`,
-//! `msix`). The VFIO device itself (ioctls, memory slots, KVM routes) builds on these.
+//! VFIO passthrough pieces that are pure logic: which BARs a function has (`probe`), how a
+//! device region becomes a guest BAR (`layout`), how a trapped access to that BAR is answered
+//! (`dispatch`), the guest's view of config space (`config`) and the emulated MSI/MSI-X
+//! capabilities (`interrupts`, `msi`, `msix`). The VFIO device itself (ioctls, memory slots,
+//! KVM routes) builds on these.
 
 pub mod config;
 pub mod dispatch;
@@ -9,6 +10,7 @@ pub mod interrupts;
 pub mod layout;
 pub mod msi;
 pub mod msix;
+pub mod probe;
 
 pub use config::{DeviceConfig, PassthroughConfig};
 pub use dispatch::{split_access, AccessPart, RegionIo};
@@ -18,3 +20,4 @@ pub use interrupts::{
 pub use layout::{
     bar_layout, BarLayout, LayoutError, Limits, Piece, PieceKind, RegionDesc, SparseArea,
 };
+pub use probe::{probe_bars, FunctionInfo, Probe, ProbeError, ProbedBar, RegionInfo};

@@ -24,15 +24,17 @@ use std::sync::{Arc, Mutex};
 use devices::Bus;
 use kvm_ioctls::VmFd;
 use pci::vfio::{
-    bar_layout, InterruptCaps, Interrupts, Limits, PassthroughConfig, PieceKind, RegionDesc,
-    SharedInterrupts, SparseArea,
+    probe_bars, FunctionInfo, InterruptCaps, Interrupts, Limits, PassthroughConfig, PieceKind,
+    ProbeError, RegionInfo, SharedInterrupts, SparseArea,
 };
 use pci::{BarReprogram, PciDevice};
 use vfio::{
     Containers, Device, DeviceIrqs, FdRegion, HostMapping, OnRequest, RequestWatcher,
     VfioRegionInfoCap, WatchError,
 };
-use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
+};
 use vm_memory::GuestMemoryMmap;
 
 use bar::{BarPlan, BarSpace, BarTrap, MappedPiece};
@@ -338,6 +340,7 @@ pub fn assign(ctx: &VfioContext, path: &Path) -> Result<Arc<Mutex<PassthroughDev
     }
 }
 
+/// Places, maps and installs the BARs `pci::vfio::probe_bars` finds on the device.
 fn build_bars(
     ctx: &VfioContext,
     path: &Path,
@@ -353,65 +356,22 @@ fn build_bars(
         mmio32_size: ctx.segment.mmio32.size,
         mmio64_size: ctx.segment.mmio64.size,
     };
+    let function = VfioFunction { device, config };
+    let probe = probe_bars(&function, msix, &limits).map_err(|error| match error {
+        ProbeError::Layout(error) => VfioSetupError::Layout { path: p(), error },
+        other => VfioSetupError::Config(format!("{}: {other}", path.display())),
+    })?;
+    for this in probe.hidden_io {
+        log::warn!(
+            "{}: I/O BAR {this} is not supported and stays hidden",
+            path.display()
+        );
+    }
     let fd = device.as_raw_fd();
-    let mut bar = 0usize;
-    while bar < 6 {
-        let mut reg = [0u8; 4];
-        let _ = config.pread(0x10 + 4 * bar as u64, &mut reg);
-        let reg = u32::from_le_bytes(reg);
-        let index = bar as u32;
-        let size = device.get_region_size(index);
-        let is_io = reg & 1 == 1;
-        let is_64bit = !is_io && (reg >> 1) & 3 == 2;
-        let this = bar;
-        bar += if is_64bit { 2 } else { 1 };
-        if size == 0 || is_io {
-            if is_io && size != 0 {
-                log::warn!(
-                    "{}: I/O BAR {this} is not supported and stays hidden",
-                    path.display()
-                );
-            }
-            continue;
-        }
-        let sparse = device
-            .get_region_caps(index)
-            .into_iter()
-            .find_map(|c| match c {
-                VfioRegionInfoCap::SparseMmap(s) => Some(
-                    s.areas
-                        .iter()
-                        .map(|a| SparseArea {
-                            offset: a.offset,
-                            size: a.size,
-                        })
-                        .collect(),
-                ),
-                _ => None,
-            });
-        let desc = RegionDesc {
-            index,
-            size,
-            mmap: device.get_region_flags(index) & VFIO_REGION_INFO_FLAG_MMAP != 0,
-            sparse,
-            is_64bit,
-            trapped: msix
-                .iter()
-                .filter(|r| r.bar == this)
-                .map(|r| SparseArea {
-                    offset: r.offset,
-                    size: r.size,
-                })
-                .collect(),
-        };
-        let Some(layout) = bar_layout(&desc, &limits).map_err(|source| VfioSetupError::Layout {
-            path: p(),
-            error: source,
-        })?
-        else {
-            continue;
-        };
-        let window = if is_64bit {
+    for bar in probe.bars {
+        let this = bar.index;
+        let layout = &bar.layout;
+        let window = if bar.is_64bit() {
             Window::Mmio64
         } else {
             Window::Mmio32
@@ -426,7 +386,7 @@ fn build_bars(
                 bar: this,
                 error: source,
             })?;
-        let region_offset = device.get_region_offset(index);
+        let region_offset = device.get_region_offset(bar.region.index);
         // The plan exists from here on, so that a failure below gives its space back.
         let trap = Arc::new(Mutex::new(BarTrap::new(
             this,
@@ -451,7 +411,7 @@ fn build_bars(
             },
             mapped: Vec::new(),
             trap,
-            trap_runs: bar::trap_runs(&layout),
+            trap_runs: bar::trap_runs(layout),
             installed: None,
         });
         let Some(plan) = built.plans.last_mut() else {
@@ -496,17 +456,51 @@ fn build_bars(
         plan.install(ctx.vm, ctx.mmio_bus, base)
             .map_err(|e| VfioSetupError::Config(format!("{}: BAR {this}: {e}", path.display())))?;
         log::info!(
-            "{}: BAR {this}: region {size:#x} bytes -> {:#x}-byte BAR at {base:#x}: {:?}",
+            "{}: BAR {this}: region {:#x} bytes -> {:#x}-byte BAR at {base:#x}: {:?}",
             path.display(),
+            bar.region.size,
             layout.bar_size,
             layout.pieces
         );
-        let prefetchable = reg & 0x8 != 0;
-        built.bars.push((
-            this,
-            pci::vfio::config::bar_spec(layout.bar_size, is_64bit, prefetchable),
-            base,
-        ));
+        built.bars.push((this, bar.spec(), base));
     }
     Ok(())
+}
+
+/// The device as `probe_bars` reads it: its config region, and the region info vfio-ioctls
+/// read when it opened the device.
+struct VfioFunction<'a> {
+    device: &'a Device,
+    config: &'a FdRegion,
+}
+
+impl FunctionInfo for VfioFunction<'_> {
+    fn read_config(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        self.config.pread(offset, data)
+    }
+
+    fn bar_region(&self, bar: usize) -> Option<RegionInfo> {
+        let index = VFIO_PCI_BAR0_REGION_INDEX.checked_add(u32::try_from(bar).ok()?)?;
+        let sparse = self
+            .device
+            .get_region_caps(index)
+            .into_iter()
+            .find_map(|c| match c {
+                VfioRegionInfoCap::SparseMmap(s) => Some(
+                    s.areas
+                        .iter()
+                        .map(|a| SparseArea {
+                            offset: a.offset,
+                            size: a.size,
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            });
+        Some(RegionInfo {
+            size: self.device.get_region_size(index),
+            mmap: self.device.get_region_flags(index) & VFIO_REGION_INFO_FLAG_MMAP != 0,
+            sparse,
+        })
+    }
 }
