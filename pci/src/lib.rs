@@ -7,14 +7,12 @@ pub mod config_mmio;
 pub mod device;
 pub mod host_bridge;
 pub mod segment;
-#[cfg(test)]
-mod test_device;
 pub mod vfio;
 
 pub use config::{BarKind, BarSpec, ConfigSpace};
 pub use config_io::PciConfigIo;
 pub use config_mmio::PciConfigMmio;
-pub use device::{BarHook, BarReprogram, PciDevice};
+pub use device::PciDevice;
 pub use host_bridge::HostBridge;
 pub use segment::{PciAddress, PciSegment, SLOTS_PER_BUS};
 

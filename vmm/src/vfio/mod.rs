@@ -37,7 +37,7 @@ use pci::vfio::{
     bar_layout, InterruptCaps, Interrupts, Limits, PassthroughConfig, PieceKind, RegionDesc,
     SharedInterrupts, SparseArea,
 };
-use pci::{BarReprogram, PciDevice};
+use pci::PciDevice;
 use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
 use vfio_ioctls::VfioRegionInfoCap;
 use vm_memory::GuestMemoryMmap;
@@ -301,18 +301,12 @@ impl PciDevice for PassthroughDevice {
         }
     }
 
-    fn write_config_register(
-        &mut self,
-        reg_idx: usize,
-        offset: u64,
-        data: &[u8],
-    ) -> Vec<BarReprogram> {
-        // Moves are applied here, not by the config-access hook: this device owns its slots.
+    fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
+        // Moves are applied here: this device owns its slots.
         if let Some(live) = &mut self.live {
-            let _ = live.config.write_config_register(reg_idx, offset, data);
+            live.config.write_config_register(reg_idx, offset, data);
         }
         self.reconcile();
-        Vec::new()
     }
 }
 
