@@ -4,9 +4,11 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use devices::{AcpiPmDevice, Bus, Ged, PciHotplug, Serial, VmExitRequest, I8042};
+use devices::{
+    AcpiPmDevice, Bus, Ged, PciConfigIo, PciConfigMmio, PciHotplug, Serial, VmExitRequest, I8042,
+};
 use kvm_ioctls::VmFd;
-use pci::{HostBridge, PciConfigIo, PciConfigMmio, PciSegment};
+use pci::{HostBridge, PciSegment};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bar_allocator::BarAllocator;

@@ -2,10 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::BusDevice;
+use pci::config::extract;
+use pci::segment::{read_config, write_config, PciAddress, PciSegment};
 
-use crate::config::extract;
-use crate::segment::{read_config, write_config, PciAddress, PciSegment};
+use crate::BusDevice;
 
 const ENABLE: u32 = 1 << 31;
 const DATA_OFFSET: u64 = 4;
@@ -75,7 +75,7 @@ impl BusDevice for PciConfigIo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::HostBridge;
+    use pci::HostBridge;
 
     fn io() -> PciConfigIo {
         let mut s = PciSegment::new(0);

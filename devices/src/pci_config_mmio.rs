@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::BusDevice;
+use pci::config::{extract, NUM_REGS};
+use pci::segment::{read_config, write_config, PciAddress, PciSegment};
 
-use crate::config::{extract, NUM_REGS};
-use crate::segment::{read_config, write_config, PciAddress, PciSegment};
+use crate::BusDevice;
 
 pub struct PciConfigMmio {
     segment: Arc<Mutex<PciSegment>>,
@@ -52,7 +52,7 @@ impl BusDevice for PciConfigMmio {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::HostBridge;
+    use pci::HostBridge;
 
     fn ecam() -> PciConfigMmio {
         let mut s = PciSegment::new(0);
