@@ -8,11 +8,12 @@ use acpi_tables::aml::{
     FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local, Memory32Fixed, Method, Name,
     Notify, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Scope, Store, Uuid, IO,
 };
-use acpi_tables::{Aml, AmlSink};
+use acpi_tables::Aml;
 
+use crate::encode::{raw, sdt, Raw};
 use crate::hotplug;
-use crate::tables::sdt;
-use crate::validate::{aml_name, bad, bridge_name, ecam_range};
+use crate::names::{aml_name, bridge_name};
+use crate::validate::{bad, ecam_range};
 use crate::{AcpiError, PciFunctionDesc, PciSegmentDesc, PlatformDesc};
 
 /// The ACPI Device Properties UUID: a `_DSD` package under it holds `{ key, value }` pairs,
@@ -22,22 +23,6 @@ const DEVICE_PROPERTIES_UUID: &str = "daffd814-6eba-4d8c-8a91-bc9bbf4aa301";
 /// AML's PkgLength is 28 bits and also counts its own bytes and the scope's name;
 /// acpi_tables silently truncates a longer one. (Unreachable with inputs of sane size.)
 const MAX_SCOPE_CONTENT: usize = (1 << 28) - 16;
-
-/// Already-serialised AML, so objects can be built one at a time and then nested (the
-/// `aml` builders borrow their children, which makes deep trees awkward to build in place).
-pub(crate) struct Raw(pub(crate) Vec<u8>);
-
-impl Aml for Raw {
-    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
-        sink.vec(&self.0);
-    }
-}
-
-pub(crate) fn raw(aml: &dyn Aml) -> Raw {
-    let mut v = Vec::new();
-    aml.to_aml_bytes(&mut v);
-    Raw(v)
-}
 
 /// `Name(_DSD, Package { ToUUID(Device Properties), Package { { key, value }, ... } })`.
 fn device_properties(properties: &[(String, u64)]) -> Name {

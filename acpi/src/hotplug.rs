@@ -27,8 +27,8 @@ use acpi_tables::aml::{
 };
 use acpi_tables::Aml;
 
-use crate::dsdt::{raw, Raw};
-use crate::validate::bridge_name;
+use crate::encode::{raw, Raw};
+use crate::names::bridge_name;
 use crate::{AcpiError, PciHotplugDesc, PciSegmentDesc};
 
 /// The register block: PCIU, PCID, B0EJ, PSEG, 32 bits each.

@@ -2,10 +2,12 @@
 //! platform. Pure: no KVM, no I/O; the VMM copies the result into guest memory.
 
 mod dsdt;
+mod encode;
 mod fadt;
 mod hotplug;
 mod madt;
 mod mcfg;
+mod names;
 mod slit;
 mod srat;
 mod tables;

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use crate::hotplug::{self, BRIDGE_METHODS, REGISTERS_LEN};
+use crate::names::{aml_name, bridge_name};
 use crate::{
     AcpiError, AddrRange, NumaDesc, PciAddress, PciHotplugDesc, PciSegmentDesc, PlatformDesc,
 };
@@ -243,18 +244,6 @@ fn dsd_keys(dsd: &[(String, u64)]) -> Option<String> {
     None
 }
 
-/// A four-character AML NameSeg: A-Z, 0-9 and `_`, led by a letter. (AML also allows a
-/// leading `_`, but such names are reserved for the ones ACPI defines.) Every `bridge_name`
-/// is one.
-pub(crate) fn aml_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    b.len() == 4
-        && b[0].is_ascii_uppercase()
-        && b[1..]
-            .iter()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
-}
-
 /// What a guest needs to trust the SRAT and SLIT: domains the SLIT can index, a sane distance
 /// matrix, each vCPU in at most one node, RAM in some node (Linux ignores an SRAT without
 /// Memory Affinity, GI nodes included), no RAM in two nodes (Linux then drops NUMA), and
@@ -376,16 +365,6 @@ pub(crate) fn ecam_range(seg: &PciSegmentDesc) -> Result<(u64, u64), AcpiError> 
     }
 }
 
-/// AML names are four characters: `PCI0`..`PCIF` for the first sixteen segments (the names
-/// every guest expects for segment 0), then `P010`..`PFFF`.
-pub(crate) fn bridge_name(segment: u16) -> Result<String, AcpiError> {
-    match segment {
-        0..=0xf => Ok(format!("PCI{segment:X}")),
-        0x10..=0xfff => Ok(format!("P{segment:03X}")),
-        _ => Err(bad(segment, "only segments 0-0xFFF can be named in AML")),
-    }
-}
-
 pub(crate) fn bad(segment: u16, what: &str) -> AcpiError {
     AcpiError::BadSegment {
         segment,
@@ -398,16 +377,6 @@ mod tests {
     use super::*;
     use crate::testutil::{numa_platform, platform as typical};
     use crate::AddrRange;
-
-    #[test]
-    fn names_stay_four_characters() {
-        assert_eq!(bridge_name(0).unwrap(), "PCI0");
-        assert_eq!(bridge_name(0xf).unwrap(), "PCIF");
-        assert_eq!(bridge_name(0x10).unwrap(), "P010");
-        assert_eq!(bridge_name(0xfff).unwrap(), "PFFF");
-        assert!(bridge_name(0x1000).is_err());
-        assert!(bridge_name(u16::MAX).is_err());
-    }
 
     #[test]
     fn ecam_range_starts_at_bus_start() {
@@ -705,14 +674,6 @@ mod tests {
         *dsd(&mut p) = (0..255).map(|i| (format!("k {i}"), u64::MAX)).collect();
         dsd(&mut p)[0].0 = "k".repeat(255);
         assert_eq!(platform(&p), Ok(()));
-    }
-
-    #[test]
-    fn bridge_names_are_aml_names() {
-        for segment in [0, 9, 0xf, 0x10, 0xabc, 0xfff] {
-            assert!(aml_name(&bridge_name(segment).unwrap()), "{segment:#x}");
-        }
-        assert!(aml_name("GPU0") && aml_name("N_0_") && !aml_name("_SB_"));
     }
 
     fn hotplug_error(change: impl FnOnce(&mut PlatformDesc)) -> AcpiError {
