@@ -13,18 +13,12 @@
 //! The command register is written to both the device (it must decode for its mmaps to work)
 //! and the emulated copy that tracks which BAR mappings are live.
 
+pub use super::capability::{Capability, DeviceConfig, CAP_MSI, CAP_MSIX, CAP_PCIE, CAP_PM};
 use super::interrupts::SharedInterrupts;
 use super::msi::MsiState;
 use crate::config::{extract, merge, BarKind, BarSpec, ConfigSpace};
 use crate::device::PciDevice;
 
-/// The device's real configuration space is a VFIO region like any other.
-pub use super::dispatch::RegionIo as DeviceConfig;
-
-pub const CAP_PM: u8 = 0x01;
-pub const CAP_MSI: u8 = 0x05;
-pub const CAP_PCIE: u8 = 0x10;
-pub const CAP_MSIX: u8 = 0x11;
 const EXPOSED_CAPS: [u8; 4] = [CAP_PM, CAP_MSI, CAP_PCIE, CAP_MSIX];
 
 const COMMAND_REG: usize = 1;
@@ -36,14 +30,6 @@ const INTERRUPT_REG: usize = 15;
 const STANDARD_REGS: usize = 64;
 /// A capability chain longer than this is a loop or garbage.
 const MAX_CAPS: usize = 48;
-
-/// One linked capability: where it is, its id, and the next exposed one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capability {
-    pub offset: u8,
-    pub id: u8,
-    pub next: u8,
-}
 
 pub struct PassthroughConfig {
     dev: Box<dyn DeviceConfig>,
