@@ -4,7 +4,8 @@
 mod dsdt;
 mod encode;
 mod fadt;
-mod hotplug;
+pub mod ged;
+pub mod hotplug;
 mod madt;
 mod mcfg;
 mod names;
@@ -193,8 +194,8 @@ pub struct GedDesc {
     pub irq: u32,
 }
 
-/// The PCI hot plug controller's 16-byte MMIO register block (`devices::PciHotplug`: PCIU,
-/// PCID, B0EJ, PSEG), which the DSDT's `\_SB.PHPR` drives.
+/// Where the PCI hot plug controller's MMIO register block (`hotplug::regs`) is, which the
+/// DSDT's `\_SB.PHPR` drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PciHotplugDesc {
     pub mmio_base: u64,

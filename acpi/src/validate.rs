@@ -4,7 +4,8 @@
 
 use std::collections::HashSet;
 
-use crate::hotplug::{self, BRIDGE_METHODS, REGISTERS_LEN};
+use crate::ged;
+use crate::hotplug::{self, regs, BRIDGE_METHODS};
 use crate::names::{aml_name, bridge_name};
 use crate::{
     AcpiError, AddrRange, NumaDesc, PciAddress, PciHotplugDesc, PciSegmentDesc, PlatformDesc,
@@ -188,23 +189,24 @@ fn slot_names(seg: &PciSegmentDesc) -> Result<(), AcpiError> {
     Ok(())
 }
 
-/// The controller's 16 bytes: aligned (the DWord fields must not straddle anything), not
-/// wrapping, and clear of the other MMIO the tables describe (the GED register, every
-/// segment's ECAM and windows), which the guest would otherwise see decoded twice.
+/// The controller's `regs::LEN` bytes: aligned (the DWord fields must not straddle
+/// anything), not wrapping, and clear of the other MMIO the tables describe (the GED
+/// register, every segment's ECAM and windows), which the guest would otherwise see decoded
+/// twice.
 fn hotplug_registers(h: &PciHotplugDesc, desc: &PlatformDesc) -> Result<(), AcpiError> {
     let base = h.mmio_base;
     let what = |w: String| AcpiError::BadHotplug(format!("registers at {base:#x} {w}"));
-    if base % REGISTERS_LEN != 0 {
-        return Err(what(format!("are not {REGISTERS_LEN}-byte aligned")));
+    if base % regs::LEN != 0 {
+        return Err(what(format!("are not {}-byte aligned", regs::LEN)));
     }
     // Unreachable once aligned, but an overflow must not be possible either way.
     let last = base
-        .checked_add(REGISTERS_LEN - 1)
+        .checked_add(regs::LEN - 1)
         .ok_or_else(|| what("wrap around".into()))?;
     let overlaps = |first: u64, other_last: u64| first <= last && base <= other_last;
     let ged = desc.ged.mmio_base;
-    // The GED's DWord register; one at the very top of the address space ends there.
-    if overlaps(ged, ged.saturating_add(3)) {
+    // The GED's registers; ones at the very top of the address space end there.
+    if overlaps(ged, ged.saturating_add(ged::regs::LEN - 1)) {
         return Err(what(format!(
             "overlap the GED's event register at {ged:#x}"
         )));

@@ -202,7 +202,7 @@ impl DeviceManager {
             "PCI hot plug controller",
             pci_hotplug.clone(),
             PCI_HOTPLUG_ADDR,
-            devices::pci_hotplug::PCI_HOTPLUG_LEN,
+            acpi::hotplug::regs::LEN,
         )?;
 
         Ok(DeviceManager {
