@@ -132,7 +132,8 @@ pub struct PciFunctionDesc {
     pub dsd: Vec<(String, u64)>,
 }
 
-/// A PCI function's address (what a Generic Initiator names).
+/// A PCI function's address in the VM, segment included (where a device is placed, what a
+/// Generic Initiator names). Not a config-cycle address (`pci::segment::ConfigAddress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PciAddress {
     pub segment: u16,

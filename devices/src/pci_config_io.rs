@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use pci::config::extract;
-use pci::segment::{read_config, write_config, PciAddress, PciSegment};
+use pci::segment::{read_config, write_config, ConfigAddress, PciSegment};
 
 use crate::BusDevice;
 
@@ -25,8 +25,8 @@ impl PciConfigIo {
     }
 
     /// The function and register CONFIG_ADDRESS selects, if enabled.
-    fn selected(&self) -> Option<PciAddress> {
-        (self.address & ENABLE != 0).then_some(PciAddress {
+    fn selected(&self) -> Option<ConfigAddress> {
+        (self.address & ENABLE != 0).then_some(ConfigAddress {
             bus: (self.address >> 16) as u8,
             device: ((self.address >> 11) & 0x1f) as u8,
             function: ((self.address >> 8) & 0x7) as u8,

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use pci::config::{extract, NUM_REGS};
-use pci::segment::{read_config, write_config, PciAddress, PciSegment};
+use pci::segment::{read_config, write_config, ConfigAddress, PciSegment};
 
 use crate::BusDevice;
 
@@ -18,9 +18,9 @@ impl PciConfigMmio {
     }
 }
 
-fn decode(offset: u64) -> (PciAddress, u64) {
+fn decode(offset: u64) -> (ConfigAddress, u64) {
     (
-        PciAddress {
+        ConfigAddress {
             bus: ((offset >> 20) & 0xff) as u8,
             device: ((offset >> 15) & 0x1f) as u8,
             function: ((offset >> 12) & 0x7) as u8,

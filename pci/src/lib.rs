@@ -12,7 +12,7 @@ pub mod vfio;
 pub use config::{BarKind, BarSpec, ConfigSpace};
 pub use device::PciDevice;
 pub use host_bridge::HostBridge;
-pub use segment::{PciAddress, PciSegment, SLOTS_PER_BUS};
+pub use segment::{ConfigAddress, PciSegment, SLOTS_PER_BUS};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PciError {
