@@ -1,6 +1,8 @@
 //! The guest's ACPI tables, built with the `acpi_tables` crate from a plain description of the
 //! platform. Pure: no KVM, no I/O; the VMM copies the result into guest memory.
 
+#![forbid(unsafe_code)]
+
 mod dsdt;
 mod encode;
 mod fadt;

@@ -4,6 +4,8 @@
 //! the accessed address and calls [`BusDevice::read`] or [`BusDevice::write`] with the offset
 //! inside the device's range.
 
+#![forbid(unsafe_code)]
+
 pub mod acpi_pm;
 pub mod bus;
 pub mod exit;

@@ -3,6 +3,8 @@
 //! I/O: the trap devices through which a guest reaches configuration space (ports
 //! 0xCF8/0xCFC and ECAM) are in the `devices` crate.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod device;
 pub mod host_bridge;
