@@ -1,18 +1,18 @@
 //! The DSDT: PCI host bridges (with their NUMA node, the PCI functions that publish
 //! device properties and the hot plug slots), COM1, the power button and the GED that signals
-//! it, the PCI hot plug controller (hotplug.rs), a motherboard-resources device reserving ECAM,
-//! and the S5 sleep type.
+//! it (ged.rs), the PCI hot plug controller (hotplug.rs), a motherboard-resources device
+//! reserving ECAM, and the S5 sleep type.
 
 use acpi_tables::aml::{
-    self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Equal, Field, FieldAccessType,
-    FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local, Memory32Fixed, Method, Name,
-    Notify, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Scope, Store, Uuid, IO,
+    self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Memory32Fixed, Name,
+    Package, ResourceTemplate, Scope, Uuid, IO,
 };
-use acpi_tables::{Aml, AmlSink};
+use acpi_tables::Aml;
 
-use crate::hotplug;
-use crate::tables::sdt;
-use crate::validate::{aml_name, bad, bridge_name, ecam_range};
+use crate::encode::{raw, sdt, Raw};
+use crate::names::{aml_name, bridge_name};
+use crate::validate::{bad, ecam_range};
+use crate::{ged, hotplug};
 use crate::{AcpiError, PciFunctionDesc, PciSegmentDesc, PlatformDesc};
 
 /// The ACPI Device Properties UUID: a `_DSD` package under it holds `{ key, value }` pairs,
@@ -22,22 +22,6 @@ const DEVICE_PROPERTIES_UUID: &str = "daffd814-6eba-4d8c-8a91-bc9bbf4aa301";
 /// AML's PkgLength is 28 bits and also counts its own bytes and the scope's name;
 /// acpi_tables silently truncates a longer one. (Unreachable with inputs of sane size.)
 const MAX_SCOPE_CONTENT: usize = (1 << 28) - 16;
-
-/// Already-serialised AML, so objects can be built one at a time and then nested (the
-/// `aml` builders borrow their children, which makes deep trees awkward to build in place).
-pub(crate) struct Raw(pub(crate) Vec<u8>);
-
-impl Aml for Raw {
-    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
-        sink.vec(&self.0);
-    }
-}
-
-pub(crate) fn raw(aml: &dyn Aml) -> Raw {
-    let mut v = Vec::new();
-    aml.to_aml_bytes(&mut v);
-    Raw(v)
-}
 
 /// `Name(_DSD, Package { ToUUID(Device Properties), Package { { key, value }, ... } })`.
 fn device_properties(properties: &[(String, u64)]) -> Name {
@@ -140,7 +124,7 @@ fn host_bridge(seg: &PciSegmentDesc, hotplug: bool) -> Result<Raw, AcpiError> {
     if slots != 0 {
         // Each slot's object: the function 0 described there, or a bare slot object.
         let mut targets = Vec::new();
-        for device in (0..32u8).filter(|d| hotplug::is_slot(slots, *d)) {
+        for device in (0..hotplug::regs::SLOTS).filter(|d| hotplug::is_slot(slots, *d)) {
             match seg
                 .functions
                 .iter()
@@ -180,43 +164,6 @@ fn power_button() -> Raw {
     raw(&Device::new("PWRB".into(), vec![&hid, &uid]))
 }
 
-/// GED: `_EVT` reads the event register (read-to-clear) and dispatches each set bit.
-fn ged(mmio_base: u64, irq: u32, hotplug: bool) -> Raw {
-    let hid = Name::new("_HID".into(), &"ACPI0013");
-    let uid = Name::new("_UID".into(), &aml::ZERO);
-    let int = Interrupt::new(true, true, false, false, irq);
-    let crs = ResourceTemplate::new(vec![&int]);
-    let crs = Name::new("_CRS".into(), &crs);
-    let len = 4u64;
-    let region = OpRegion::new("GDST".into(), OpRegionSpace::SystemMemory, &mmio_base, &len);
-    let field = Field::new(
-        "GDST".into(),
-        FieldAccessType::DWord,
-        FieldLockRule::NoLock,
-        FieldUpdateRule::WriteAsZeroes,
-        vec![FieldEntry::Named(*b"GDAT", 32)],
-    );
-    let gdat = Path::new("GDAT");
-    let store = Store::new(&Local(0), &gdat);
-    let one = 1u64;
-    let bit0 = aml::And::new(&aml::ZERO, &Local(0), &one);
-    let is_set = Equal::new(&bit0, &one);
-    let pwrb = Path::new("\\_SB_.PWRB");
-    let notify_val = 0x80u64;
-    let notify = Notify::new(&pwrb, &notify_val);
-    let on_power = If::new(&is_set, vec![&notify]);
-    let on_hotplug = hotplug.then(hotplug::ged_event);
-    let mut body: Vec<&dyn Aml> = vec![&store, &on_power];
-    if let Some(h) = &on_hotplug {
-        body.push(h);
-    }
-    let evt = Method::new("_EVT".into(), 1, true, body);
-    raw(&Device::new(
-        "GED_".into(),
-        vec![&hid, &uid, &crs, &region, &field, &evt],
-    ))
-}
-
 /// Reserves the ECAM ranges so the guest's PCI core trusts MCFG (Linux checks for this).
 fn motherboard_resources(segments: &[PciSegmentDesc]) -> Result<Raw, AcpiError> {
     let mut resources: Vec<Raw> = Vec::new();
@@ -254,7 +201,7 @@ pub fn build(desc: &PlatformDesc) -> Result<Vec<u8>, AcpiError> {
         sb.push(com1(s.port, s.irq));
     }
     sb.push(power_button());
-    sb.push(ged(desc.ged.mmio_base, desc.ged.irq, hotplug));
+    sb.push(ged::device(desc.ged.mmio_base, desc.ged.irq, hotplug));
     if let Some(h) = &desc.pci_hotplug {
         sb.push(hotplug::controller(h, &desc.pci_segments)?);
     }

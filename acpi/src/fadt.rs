@@ -4,7 +4,7 @@
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 
-use crate::tables::bytes;
+use crate::encode::bytes;
 use crate::{PmDesc, OEM_ID, OEM_REVISION};
 
 /// IA-PC boot architecture flags: no VGA (bit 2), no CMOS RTC (bit 5). "Legacy devices"

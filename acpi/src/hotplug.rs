@@ -12,7 +12,7 @@
 //!     DVNT(bitmap, value)      Notify(Sdd, value) for each slot bit set
 //!     PCNT()                   under BLCK: select x, read PCIU and PCID (read-to-clear);
 //!                              then DVNT(added, 1) device check, DVNT(removed, 3) eject request
-//! \_SB.GED_._EVT               bit 1 (EVENT_PCI_HOTPLUG): \_SB.PHPR.PSCN()
+//! \_SB.GED_._EVT               EVENT_PCI_HOTPLUG (ged.rs): \_SB.PHPR.PSCN()
 //! ```
 //!
 //! acpiphp makes a hot plug slot of every root-bus child with `_ADR` and `_EJ0`, and registers
@@ -20,22 +20,69 @@
 //! to register), hence `_SUN` = segment * 32 + device.
 
 use acpi_tables::aml::{
-    self, Acquire, AddressSpace, AddressSpaceCacheable, Arg, Device, EISAName, Equal, Field,
-    FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If, Local, Memory32Fixed, Method,
-    MethodCall, Mutex, Name, Notify, OpRegion, OpRegionSpace, Path, Release, ResourceTemplate,
-    ShiftLeft, Store,
+    self, Acquire, AddressSpace, AddressSpaceCacheable, Arg, Device, EISAName, Field,
+    FieldAccessType, FieldLockRule, FieldUpdateRule, If, Local, Memory32Fixed, Method, MethodCall,
+    Mutex, Name, Notify, OpRegion, OpRegionSpace, Path, Release, ResourceTemplate, ShiftLeft,
+    Store,
 };
 use acpi_tables::Aml;
 
-use crate::dsdt::{raw, Raw};
-use crate::validate::bridge_name;
+use crate::encode::{raw, register_fields, Raw};
+use crate::names::bridge_name;
 use crate::{AcpiError, PciHotplugDesc, PciSegmentDesc};
 
-/// The register block: PCIU, PCID, B0EJ, PSEG, 32 bits each.
-pub(crate) const REGISTERS_LEN: u64 = 16;
+/// The controller's register block, as the device (`devices::PciHotplug`) decodes it and
+/// `\_SB.PHPR` declares it: the one definition both use, so they cannot drift apart.
+///
+/// It lives here, with the AML, and `devices` takes it from here: `acpi` stays a leaf crate
+/// (tables only: no bus, no eventfds) and `devices` gains a few constants. The other way
+/// round, `acpi` would pull in `devices` and with it `pci`, vm-superio and vmm-sys-util.
+///
+/// Little-endian 32-bit registers, accessed whole (the AML field is DWord): a read-to-clear
+/// register read in pieces would lose the bits of the other pieces. In PCIU, PCID and B0EJ,
+/// bit n stands for slot n, device number n on the segment's root bus (`slot_bit`).
+///
+/// | offset | name | access |
+/// |---|---|---|
+/// | 0x0 | PCIU | read: bitmap of slots added on the selected segment since the last read; the read clears them |
+/// | 0x4 | PCID | read: bitmap of slots whose removal was requested on the selected segment; the read clears them |
+/// | 0x8 | B0EJ | write: bitmap of slots the guest ejected on the selected segment; reads 0 |
+/// | 0xC | PSEG | read/write: the selected segment |
+pub mod regs {
+    /// Every register's width in bytes.
+    pub const WIDTH: u64 = 4;
+    /// Slots added on the selected segment (read-to-clear).
+    pub const PCIU: u64 = 0x0;
+    /// Slots whose removal was requested on the selected segment (read-to-clear).
+    pub const PCID: u64 = 0x4;
+    /// Slots the guest ejected on the selected segment (write-only).
+    pub const B0EJ: u64 = 0x8;
+    /// The selected segment.
+    pub const PSEG: u64 = 0xc;
+    /// Size of the register block.
+    pub const LEN: u64 = 16;
+    /// A PCI bus has 32 device numbers, one hot plug slot each: one bit of a register each.
+    pub const SLOTS: u8 = 32;
+
+    /// Slot `slot`'s bit in PCIU, PCID and B0EJ; `None` for a slot that does not exist.
+    pub const fn slot_bit(slot: u8) -> Option<u32> {
+        1u32.checked_shl(slot as u32)
+    }
+
+    const _: () = assert!(SLOTS as u32 == u32::BITS, "a bit per slot");
+}
+
+/// The registers by the names the methods use, in address order.
+const FIELDS: [([u8; 4], u64); 4] = [
+    (*b"PCIU", regs::PCIU),
+    (*b"PCID", regs::PCID),
+    (*b"B0EJ", regs::B0EJ),
+    (*b"PSEG", regs::PSEG),
+];
+/// The method the GED's `_EVT` calls on `EVENT_PCI_HOTPLUG` (ged.rs).
+pub(crate) const SCAN_METHOD: &str = "\\_SB_.PHPR.PSCN";
 /// Names a host bridge with slots defines besides its slot objects.
 pub(crate) const BRIDGE_METHODS: [&str; 2] = ["DVNT", "PCNT"];
-const SLOTS: u8 = 32;
 /// Notify values (ACPI 5.6.6): the slot may hold a new device / the slot should be ejected.
 const DEVICE_CHECK: u64 = 1;
 const EJECT_REQUEST: u64 = 3;
@@ -49,14 +96,13 @@ pub(crate) fn slot_name(device: u8) -> String {
 
 /// Whether `device` is one of the segment's slots (false for device numbers above 31).
 pub(crate) fn is_slot(slots: u32, device: u8) -> bool {
-    1u32.checked_shl(u32::from(device))
-        .is_some_and(|bit| slots & bit != 0)
+    regs::slot_bit(device).is_some_and(|bit| slots & bit != 0)
 }
 
 /// `Name(_SUN, segment * 32 + device)` and `Method(_EJ0, 1) { \_SB.PHPR.PCEJ(device, segment) }`:
 /// what makes a root-bus device object a hot plug slot.
 pub(crate) fn slot_members(segment: u16, device: u8) -> Raw {
-    let sun = u64::from(segment) * u64::from(SLOTS) + u64::from(device);
+    let sun = u64::from(segment) * u64::from(regs::SLOTS) + u64::from(device);
     let sun = Name::new("_SUN".into(), &sun);
     let (device, segment) = (u64::from(device), u64::from(segment));
     let pcej = MethodCall::new("\\_SB_.PHPR.PCEJ".into(), vec![&device, &segment]);
@@ -82,7 +128,7 @@ pub(crate) fn slot_object(segment: u16, device: u8) -> Raw {
 pub(crate) fn bridge_methods(segment: u16, targets: &[(u8, String)]) -> Raw {
     let bits: Vec<u64> = targets
         .iter()
-        .map(|(d, _)| 1u64.checked_shl(u32::from(*d)).unwrap_or(0))
+        .map(|(d, _)| regs::slot_bit(*d).map_or(0, u64::from))
         .collect();
     let names: Vec<Path> = targets.iter().map(|(_, n)| n.as_str().into()).collect();
     let tests: Vec<aml::And> = bits
@@ -126,15 +172,6 @@ pub(crate) fn bridge_methods(segment: u16, targets: &[(u8, String)]) -> Raw {
     Raw(v)
 }
 
-/// `If ((Local0 & 2) == 2) { \_SB.PHPR.PSCN() }` for the GED's `_EVT` (Local0: the events).
-pub(crate) fn ged_event() -> Raw {
-    let bit = 2u64;
-    let test = aml::And::new(&aml::ZERO, &Local(0), &bit);
-    let is_set = Equal::new(&test, &bit);
-    let scan = MethodCall::new("\\_SB_.PHPR.PSCN".into(), vec![]);
-    raw(&If::new(&is_set, vec![&scan]))
-}
-
 /// `\_SB.PHPR`. Its _HID is PNP0A06 (a generic container), as QEMU's and Cloud Hypervisor's:
 /// a guest needs some _HID to give the device a node, Linux's container driver claims it
 /// without touching the registers (the DSDT's methods do), and iasl accepts it. `_STA` 0x0B:
@@ -145,10 +182,10 @@ pub(crate) fn controller(
 ) -> Result<Raw, AcpiError> {
     let base = desc.mmio_base;
     let last = base
-        .checked_add(REGISTERS_LEN - 1)
+        .checked_add(regs::LEN - 1)
         .ok_or_else(|| AcpiError::BadHotplug(format!("registers at {base:#x} wrap around")))?;
     let resource = match (u32::try_from(base), u32::try_from(last)) {
-        (Ok(b), Ok(_)) => raw(&Memory32Fixed::new(true, b, REGISTERS_LEN as u32)),
+        (Ok(b), Ok(_)) => raw(&Memory32Fixed::new(true, b, regs::LEN as u32)),
         _ => raw(&AddressSpace::new_memory(
             AddressSpaceCacheable::NotCacheable,
             true,
@@ -162,19 +199,14 @@ pub(crate) fn controller(
     let hid = Name::new("_HID".into(), &EISAName::new("PNP0A06"));
     let uid = Name::new("_UID".into(), &aml::ZERO);
     let sta = Name::new("_STA".into(), &0x0bu64);
-    let len = REGISTERS_LEN;
+    let len = regs::LEN;
     let region = OpRegion::new("PCST".into(), OpRegionSpace::SystemMemory, &base, &len);
     let field = Field::new(
         "PCST".into(),
         FieldAccessType::DWord,
         FieldLockRule::NoLock,
         FieldUpdateRule::WriteAsZeroes,
-        vec![
-            FieldEntry::Named(*b"PCIU", 32),
-            FieldEntry::Named(*b"PCID", 32),
-            FieldEntry::Named(*b"B0EJ", 32),
-            FieldEntry::Named(*b"PSEG", 32),
-        ],
+        register_fields(&FIELDS, regs::WIDTH),
     );
     let mutex = Mutex::new("BLCK".into(), 0);
 
@@ -211,4 +243,37 @@ pub(crate) fn controller(
             &hid, &uid, &sta, &crs, &region, &field, &mutex, &pcej, &pscn,
         ],
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::decode;
+
+    /// The AML declares each register where the device answers it, as wide as it is, under the
+    /// name the methods use for it; the block is as long as the device's.
+    #[test]
+    fn the_aml_declares_the_device_registers() {
+        let p = crate::testutil::hotplug_platform(4);
+        let d = controller(p.pci_hotplug.as_ref().unwrap(), &p.pci_segments)
+            .unwrap()
+            .0;
+        assert_eq!(decode::region_len(&d, b"PCST"), regs::LEN);
+        let want = [
+            ("PCIU", regs::PCIU),
+            ("PCID", regs::PCID),
+            ("B0EJ", regs::B0EJ),
+            ("PSEG", regs::PSEG),
+        ]
+        .map(|(name, offset)| (name.to_string(), offset, regs::WIDTH));
+        assert_eq!(decode::fields(&d, b"PCST"), want);
+        let mut end = 0;
+        for (_, offset, width) in want {
+            assert!(offset >= end, "registers overlap");
+            end = offset + width;
+        }
+        assert!(end <= regs::LEN);
+        assert_eq!(regs::slot_bit(31), Some(1 << 31));
+        assert_eq!(regs::slot_bit(regs::SLOTS), None);
+    }
 }

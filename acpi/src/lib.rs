@@ -1,11 +1,16 @@
 //! The guest's ACPI tables, built with the `acpi_tables` crate from a plain description of the
 //! platform. Pure: no KVM, no I/O; the VMM copies the result into guest memory.
 
+#![forbid(unsafe_code)]
+
 mod dsdt;
+mod encode;
 mod fadt;
-mod hotplug;
+pub mod ged;
+pub mod hotplug;
 mod madt;
 mod mcfg;
+mod names;
 mod slit;
 mod srat;
 mod tables;
@@ -129,7 +134,8 @@ pub struct PciFunctionDesc {
     pub dsd: Vec<(String, u64)>,
 }
 
-/// A PCI function's address (what a Generic Initiator names).
+/// A PCI function's address in the VM, segment included (where a device is placed, what a
+/// Generic Initiator names). Not a config-cycle address (`pci::segment::ConfigAddress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PciAddress {
     pub segment: u16,
@@ -191,8 +197,8 @@ pub struct GedDesc {
     pub irq: u32,
 }
 
-/// The PCI hot plug controller's 16-byte MMIO register block (`devices::PciHotplug`: PCIU,
-/// PCID, B0EJ, PSEG), which the DSDT's `\_SB.PHPR` drives.
+/// Where the PCI hot plug controller's MMIO register block (`hotplug::regs`) is, which the
+/// DSDT's `\_SB.PHPR` drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PciHotplugDesc {
     pub mmio_base: u64,

@@ -7,7 +7,7 @@ use acpi_tables::madt::{
 use acpi_tables::{Aml, AmlSink};
 use zerocopy::{Immutable, IntoBytes};
 
-use crate::tables::set_checksum;
+use crate::encode::set_checksum;
 use crate::validate::MAX_CPUS;
 use crate::{AcpiError, PlatformDesc, OEM_ID, OEM_REVISION};
 

@@ -2,7 +2,7 @@
 
 use acpi_tables::mcfg::MCFG;
 
-use crate::tables::bytes;
+use crate::encode::bytes;
 use crate::{PciSegmentDesc, OEM_ID, OEM_REVISION};
 
 pub(crate) fn build(segments: &[PciSegmentDesc]) -> Vec<u8> {

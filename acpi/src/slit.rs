@@ -5,7 +5,7 @@
 //! [j][i] together, so it cannot say a measured asymmetric matrix, it corrupts the checksum
 //! when a diagonal entry changes, and it panics on an out-of-range domain.
 
-use crate::tables::sdt;
+use crate::encode::sdt;
 use crate::{AcpiError, NumaDesc};
 
 pub(crate) const REVISION: u8 = 1;

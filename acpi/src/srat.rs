@@ -10,7 +10,7 @@
 
 use zerocopy::{Immutable, IntoBytes};
 
-use crate::tables::sdt;
+use crate::encode::sdt;
 use crate::{AcpiError, NumaDesc, PciAddress};
 
 pub(crate) const REVISION: u8 = 3;

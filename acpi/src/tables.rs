@@ -2,10 +2,9 @@
 //! XSDT's other tables (MADT, MCFG, and SRAT and SLIT for a NUMA guest).
 
 use acpi_tables::rsdp::Rsdp;
-use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
-use acpi_tables::Aml;
 
+use crate::encode::{bytes, HEADER_LEN};
 use crate::{
     dsdt, fadt, madt, mcfg, slit, srat, validate, AcpiError, PlatformDesc, OEM_ID, OEM_REVISION,
 };
@@ -17,53 +16,8 @@ pub struct AcpiBlob {
     pub regions: Vec<(u64, Vec<u8>)>,
 }
 
-const CHECKSUM_OFFSET: usize = 9;
-const HEADER_LEN: usize = 36;
 /// The RSDP must be 16-byte aligned for the legacy BIOS-area scan; the others just follow suit.
 const TABLE_ALIGN: u64 = 16;
-
-/// Recomputes an SDT's checksum after its bytes were patched.
-pub(crate) fn set_checksum(table: &mut [u8]) {
-    if table.len() <= CHECKSUM_OFFSET {
-        return;
-    }
-    table[CHECKSUM_OFFSET] = 0;
-    let sum = table.iter().fold(0u8, |a, b| a.wrapping_add(*b));
-    table[CHECKSUM_OFFSET] = sum.wrapping_neg();
-}
-
-/// A complete table: the standard header, then `body`. The body is appended in one piece
-/// because `Sdt` recomputes the checksum over the whole table on every append.
-pub(crate) fn sdt(
-    signature: [u8; 4],
-    revision: u8,
-    oem_table_id: [u8; 8],
-    body: &[u8],
-) -> Result<Vec<u8>, AcpiError> {
-    let size = HEADER_LEN.saturating_add(body.len());
-    if u32::try_from(size).is_err() {
-        return Err(AcpiError::TableTooLarge {
-            signature: String::from_utf8_lossy(&signature).into_owned(),
-            size,
-        });
-    }
-    let mut t = Sdt::new(
-        signature,
-        HEADER_LEN as u32,
-        revision,
-        OEM_ID,
-        oem_table_id,
-        OEM_REVISION,
-    );
-    t.append_slice(body);
-    Ok(t.as_slice().to_vec())
-}
-
-pub(crate) fn bytes(aml: &dyn Aml) -> Vec<u8> {
-    let mut v = Vec::new();
-    aml.to_aml_bytes(&mut v);
-    v
-}
 
 /// Hands out aligned addresses from `base` upwards and fails once anything crosses `limit`.
 struct Placer {

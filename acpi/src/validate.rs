@@ -4,7 +4,9 @@
 
 use std::collections::HashSet;
 
-use crate::hotplug::{self, BRIDGE_METHODS, REGISTERS_LEN};
+use crate::ged;
+use crate::hotplug::{self, regs, BRIDGE_METHODS};
+use crate::names::{aml_name, bridge_name};
 use crate::{
     AcpiError, AddrRange, NumaDesc, PciAddress, PciHotplugDesc, PciSegmentDesc, PlatformDesc,
 };
@@ -187,23 +189,24 @@ fn slot_names(seg: &PciSegmentDesc) -> Result<(), AcpiError> {
     Ok(())
 }
 
-/// The controller's 16 bytes: aligned (the DWord fields must not straddle anything), not
-/// wrapping, and clear of the other MMIO the tables describe (the GED register, every
-/// segment's ECAM and windows), which the guest would otherwise see decoded twice.
+/// The controller's `regs::LEN` bytes: aligned (the DWord fields must not straddle
+/// anything), not wrapping, and clear of the other MMIO the tables describe (the GED
+/// register, every segment's ECAM and windows), which the guest would otherwise see decoded
+/// twice.
 fn hotplug_registers(h: &PciHotplugDesc, desc: &PlatformDesc) -> Result<(), AcpiError> {
     let base = h.mmio_base;
     let what = |w: String| AcpiError::BadHotplug(format!("registers at {base:#x} {w}"));
-    if base % REGISTERS_LEN != 0 {
-        return Err(what(format!("are not {REGISTERS_LEN}-byte aligned")));
+    if base % regs::LEN != 0 {
+        return Err(what(format!("are not {}-byte aligned", regs::LEN)));
     }
     // Unreachable once aligned, but an overflow must not be possible either way.
     let last = base
-        .checked_add(REGISTERS_LEN - 1)
+        .checked_add(regs::LEN - 1)
         .ok_or_else(|| what("wrap around".into()))?;
     let overlaps = |first: u64, other_last: u64| first <= last && base <= other_last;
     let ged = desc.ged.mmio_base;
-    // The GED's DWord register; one at the very top of the address space ends there.
-    if overlaps(ged, ged.saturating_add(3)) {
+    // The GED's registers; ones at the very top of the address space end there.
+    if overlaps(ged, ged.saturating_add(ged::regs::LEN - 1)) {
         return Err(what(format!(
             "overlap the GED's event register at {ged:#x}"
         )));
@@ -241,18 +244,6 @@ fn dsd_keys(dsd: &[(String, u64)]) -> Option<String> {
         }
     }
     None
-}
-
-/// A four-character AML NameSeg: A-Z, 0-9 and `_`, led by a letter. (AML also allows a
-/// leading `_`, but such names are reserved for the ones ACPI defines.) Every `bridge_name`
-/// is one.
-pub(crate) fn aml_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    b.len() == 4
-        && b[0].is_ascii_uppercase()
-        && b[1..]
-            .iter()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
 }
 
 /// What a guest needs to trust the SRAT and SLIT: domains the SLIT can index, a sane distance
@@ -376,16 +367,6 @@ pub(crate) fn ecam_range(seg: &PciSegmentDesc) -> Result<(u64, u64), AcpiError> 
     }
 }
 
-/// AML names are four characters: `PCI0`..`PCIF` for the first sixteen segments (the names
-/// every guest expects for segment 0), then `P010`..`PFFF`.
-pub(crate) fn bridge_name(segment: u16) -> Result<String, AcpiError> {
-    match segment {
-        0..=0xf => Ok(format!("PCI{segment:X}")),
-        0x10..=0xfff => Ok(format!("P{segment:03X}")),
-        _ => Err(bad(segment, "only segments 0-0xFFF can be named in AML")),
-    }
-}
-
 pub(crate) fn bad(segment: u16, what: &str) -> AcpiError {
     AcpiError::BadSegment {
         segment,
@@ -398,16 +379,6 @@ mod tests {
     use super::*;
     use crate::testutil::{numa_platform, platform as typical};
     use crate::AddrRange;
-
-    #[test]
-    fn names_stay_four_characters() {
-        assert_eq!(bridge_name(0).unwrap(), "PCI0");
-        assert_eq!(bridge_name(0xf).unwrap(), "PCIF");
-        assert_eq!(bridge_name(0x10).unwrap(), "P010");
-        assert_eq!(bridge_name(0xfff).unwrap(), "PFFF");
-        assert!(bridge_name(0x1000).is_err());
-        assert!(bridge_name(u16::MAX).is_err());
-    }
 
     #[test]
     fn ecam_range_starts_at_bus_start() {
@@ -705,14 +676,6 @@ mod tests {
         *dsd(&mut p) = (0..255).map(|i| (format!("k {i}"), u64::MAX)).collect();
         dsd(&mut p)[0].0 = "k".repeat(255);
         assert_eq!(platform(&p), Ok(()));
-    }
-
-    #[test]
-    fn bridge_names_are_aml_names() {
-        for segment in [0, 9, 0xf, 0x10, 0xabc, 0xfff] {
-            assert!(aml_name(&bridge_name(segment).unwrap()), "{segment:#x}");
-        }
-        assert!(aml_name("GPU0") && aml_name("N_0_") && !aml_name("_SB_"));
     }
 
     fn hotplug_error(change: impl FnOnce(&mut PlatformDesc)) -> AcpiError {

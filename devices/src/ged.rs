@@ -1,16 +1,16 @@
-//! ACPI Generic Event Device (ACPI0013): one 32-bit event register. ghvmm sets event bits and
-//! pulses the GED's interrupt; the DSDT's `_EVT` reads the register (which clears it) and
-//! notifies the objects whose bits were set.
+//! ACPI Generic Event Device (ACPI0013): one 32-bit event register (`acpi::ged::regs`, the
+//! layout the DSDT declares). ghvmm sets event bits and pulses the GED's interrupt; the
+//! DSDT's `_EVT` reads the register (which clears it) and notifies the objects whose bits were
+//! set.
 
+use acpi::ged::regs;
+pub use acpi::ged::regs::{EVENT_PCI_HOTPLUG, EVENT_POWER_BUTTON};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::BusDevice;
 
-/// Power button pressed: `_EVT` notifies `\_SB.PWRB` with 0x80.
-pub const EVENT_POWER_BUTTON: u32 = 1 << 0;
-/// PCI hot plug: `_EVT` calls `\_SB.PHPR.PSCN`, which scans the hot plug controller
-/// ([`crate::PciHotplug`]) segment by segment.
-pub const EVENT_PCI_HOTPLUG: u32 = 1 << 1;
+// The pending events are a u32: the register the DSDT declares must be one.
+const _: () = assert!(regs::WIDTH == std::mem::size_of::<u32>() as u64);
 
 pub struct Ged {
     irq: EventFd,
@@ -38,12 +38,15 @@ impl BusDevice for Ged {
         data.fill(0);
         // The register is read-to-clear as a whole; a narrower or offset read sees its bytes
         // but does not clear, so AML can only consume events with the DWord field it declares.
-        if offset < 4 {
+        if let Some(at) = offset
+            .checked_sub(regs::EVENTS)
+            .filter(|at| *at < regs::WIDTH)
+        {
             let bytes = self.pending.to_le_bytes();
-            for (d, s) in data.iter_mut().zip(&bytes[offset as usize..]) {
+            for (d, s) in data.iter_mut().zip(&bytes[at as usize..]) {
                 *d = *s;
             }
-            if offset == 0 && data.len() >= 4 {
+            if at == 0 && data.len() as u64 >= regs::WIDTH {
                 self.pending = 0;
             }
         }

@@ -5,38 +5,21 @@
 //! `EVENT_PCI_HOTPLUG`. The GED's `_EVT` calls `\_SB.PHPR.PSCN`, which selects each segment,
 //! reads PCIU and PCID and notifies the slots' ACPI objects (device check, eject request).
 //! When the guest has let go of a device it calls the slot's `_EJ0`, which writes the slot's
-//! bit to B0EJ; that write reaches the VMM through the eject callback.
+//! bit to B0EJ; that write reaches the VMM through the eject callback (one call per bit,
+//! lowest slot first).
 //!
-//! Register block (16 bytes, little-endian 32-bit registers, 32-bit accesses only):
-//!
-//! | offset | name | access |
-//! |---|---|---|
-//! | 0x0 | PCIU | read: bitmap of slots added on the selected segment since the last read; the read clears them |
-//! | 0x4 | PCID | read: bitmap of slots whose removal was requested on the selected segment; the read clears them |
-//! | 0x8 | B0EJ | write: bitmap of slots the guest ejected on the selected segment (one callback per bit, lowest slot first); reads 0 |
-//! | 0xC | PSEG | read/write: the selected segment |
-//!
-//! A PSEG value that is not a segment of the controller reads back as written but selects
-//! nothing: PCIU and PCID read 0 and B0EJ writes are ignored. Any access that is not 4 bytes
-//! wide at one of these offsets reads 0 and is ignored when written: the DSDT declares the
-//! registers as a DWord field, so the guest never needs anything else, and a read-to-clear
-//! register read in pieces would lose the bits of the other pieces.
+//! The register block (offsets, widths, bits) is `acpi::hotplug::regs`, the layout the DSDT
+//! declares. A PSEG value that is not a segment of the controller reads back as written but
+//! selects nothing: PCIU and PCID read 0 and B0EJ writes are ignored. Any access that is not
+//! a whole register reads 0 and is ignored when written: the DSDT declares the registers as a
+//! DWord field, so the guest never needs anything else.
+
+use acpi::hotplug::regs::{self, B0EJ, PCID, PCIU, PSEG, SLOTS};
 
 use crate::BusDevice;
 
-/// Size of the MMIO register block.
-pub const PCI_HOTPLUG_LEN: u64 = 16;
-/// Slots added on the selected segment (read-to-clear).
-pub const PCIU: u64 = 0x0;
-/// Slots whose removal was requested on the selected segment (read-to-clear).
-pub const PCID: u64 = 0x4;
-/// Slots the guest ejected on the selected segment (write-only).
-pub const B0EJ: u64 = 0x8;
-/// The selected segment.
-pub const PSEG: u64 = 0xc;
-
-/// A PCI bus has 32 device numbers, one hot plug slot each.
-pub const SLOTS_PER_SEGMENT: u8 = 32;
+// The registers are u32s here: the ones the DSDT declares must be.
+const _: () = assert!(regs::WIDTH == std::mem::size_of::<u32>() as u64);
 
 /// Called with `(segment, slot)` for each slot the guest ejected. It runs on a vCPU thread
 /// under the device's lock, so it should only hand the work on (e.g. send on a channel).
@@ -100,15 +83,13 @@ impl PciHotplug {
     }
 
     fn slot(&mut self, segment: u16, slot: u8) -> Result<(&mut Pending, u32), HotplugError> {
-        if slot >= SLOTS_PER_SEGMENT {
-            return Err(HotplugError::NoSuchSlot(slot));
-        }
+        let bit = regs::slot_bit(slot).ok_or(HotplugError::NoSuchSlot(slot))?;
         let segments = self.segments();
         let p = self
             .pending
             .get_mut(usize::from(segment))
             .ok_or(HotplugError::NoSuchSegment { segment, segments })?;
-        Ok((p, 1u32 << slot))
+        Ok((p, bit))
     }
 
     fn segments(&self) -> u16 {
@@ -146,8 +127,8 @@ impl PciHotplug {
                 };
                 // The guest has let go: a removal request it has not read is answered.
                 p.removal_requested &= !value;
-                for slot in 0..SLOTS_PER_SEGMENT {
-                    if value & (1 << slot) != 0 {
+                for slot in 0..SLOTS {
+                    if regs::slot_bit(slot).is_some_and(|bit| value & bit != 0) {
                         (self.on_eject)(segment, slot);
                     }
                 }
@@ -160,14 +141,18 @@ impl PciHotplug {
 impl BusDevice for PciHotplug {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         match <&mut [u8; 4]>::try_from(&mut *data) {
-            Ok(d) if offset & 3 == 0 => *d = self.read_register(offset).to_le_bytes(),
+            Ok(d) if offset & (regs::WIDTH - 1) == 0 => {
+                *d = self.read_register(offset).to_le_bytes()
+            }
             _ => data.fill(0),
         }
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         match <[u8; 4]>::try_from(data) {
-            Ok(d) if offset & 3 == 0 => self.write_register(offset, u32::from_le_bytes(d)),
+            Ok(d) if offset & (regs::WIDTH - 1) == 0 => {
+                self.write_register(offset, u32::from_le_bytes(d))
+            }
             _ => log::debug!("PCI hot plug: ignored write {data:x?} at offset {offset:#x}"),
         }
     }
@@ -367,7 +352,7 @@ mod tests {
         let (d, rx) = controller(2);
         let d = std::sync::Arc::new(std::sync::Mutex::new(d));
         let bus = crate::Bus::new();
-        bus.insert(d.clone(), 0xfed0_1000, PCI_HOTPLUG_LEN).unwrap();
+        bus.insert(d.clone(), 0xfed0_1000, regs::LEN).unwrap();
         d.lock().unwrap().slot_added(1, 4).unwrap();
         bus.write(0xfed0_100c, &1u32.to_le_bytes()).unwrap();
         let mut b = [0u8; 4];

@@ -5,6 +5,8 @@
 //! Targets (docs/reliability.md, "Fuzzing"): `config_space`, `bar_layout`, `api_request`,
 //! `cli`, `acpi_tables`. Each module's doc comment says what it drives and what it checks.
 
+#![forbid(unsafe_code)]
+
 pub mod acpi_tables;
 pub mod api;
 pub mod bar_layout;

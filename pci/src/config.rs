@@ -2,8 +2,6 @@
 //! write-1-to-clear status bits, and BAR registers that implement all-ones sizing,
 //! 64-bit pairs and relocation.
 
-use crate::device::{BarRegionType, BarReprogram};
-
 pub const NUM_REGS: usize = 1024;
 pub const NUM_BARS: usize = 6;
 /// Bytes per configuration register.
@@ -59,14 +57,6 @@ impl BarSpec {
             BarKind::Mem64 => BAR_MEM_TYPE_64 | prefetchable,
         }
     }
-
-    fn region(&self) -> BarRegionType {
-        match self.kind {
-            BarKind::Io => BarRegionType::Io,
-            BarKind::Mem32 => BarRegionType::Mem32,
-            BarKind::Mem64 => BarRegionType::Mem64,
-        }
-    }
 }
 
 /// Byte offset of BAR `index`'s register (the low half, for a 64-bit BAR); `index` <
@@ -85,9 +75,12 @@ struct Bar {
     spec: BarSpec,
     /// The address in the BAR register(s).
     addr: u64,
-    /// Where the owner has the BAR mapped: the address it was added at or last reported in a
-    /// `BarReprogram`. Differs from `addr` while the guest is sizing or has decoding off.
-    mapped: u64,
+    /// Where the BAR decodes, for its owner to map it there: the address it was added at, or
+    /// the last final address of `addr` (not mid-sizing) seen while its address space was
+    /// enabled. Differs from `addr` while the guest is sizing or has decoding off, so the
+    /// owner never maps a BAR at a sizing pattern or an address the guest has not finished
+    /// writing.
+    live: u64,
     /// Whether the last write to the low / high register was a sizing write.
     sizing: [bool; 2],
 }
@@ -155,28 +148,15 @@ impl ConfigSpace {
         self.regs[3] = (self.regs[3] & 0xff00_ffff) | (u32::from(header_type) << 16);
     }
 
-    pub fn set_subsystem(&mut self, vendor: u16, device: u16) {
-        self.regs[11] = u32::from(vendor) | (u32::from(device) << 16);
-    }
-
-    /// Sets a register's value and which of its bits the guest may write.
-    pub fn set_reg(&mut self, reg: usize, value: u32, writable: u32) {
-        if reg < NUM_REGS {
-            self.regs[reg] = value;
-            self.writable[reg] = writable;
-        }
-    }
-
     pub fn command(&self) -> u32 {
         self.regs[COMMAND_REG] & 0xffff
     }
 
     /// Declares BAR `index` (and `index + 1` for a 64-bit BAR) at guest address `addr`
-    /// (aligned down to `size`). The owner maps it there; from then on, a guest write that
-    /// leaves the BAR decoding at another address is returned as a [`BarReprogram`] from
-    /// [`ConfigSpace::write`], once the address is final: not during sizing, and only while the
-    /// command register enables the BAR's address space (a move made with decoding off is
-    /// reported when decoding is turned on).
+    /// (aligned down to `size`). The owner maps it there; from then on, [`ConfigSpace::bar`]
+    /// follows the guest's moves once the address is final: not during sizing, and only while
+    /// the command register enables the BAR's address space (a move made with decoding off
+    /// takes effect when decoding is turned on).
     pub fn add_bar(&mut self, index: usize, spec: BarSpec, addr: u64) -> Result<(), BarError> {
         if index >= NUM_BARS {
             return Err(BarError::Index(index));
@@ -203,7 +183,7 @@ impl ConfigSpace {
         self.bars[index] = BarSlot::Bar(Bar {
             spec,
             addr,
-            mapped: addr,
+            live: addr,
             sizing: [false; 2],
         });
         if is64 {
@@ -212,10 +192,10 @@ impl ConfigSpace {
         Ok(())
     }
 
-    /// The BAR's spec and the base the owner has it mapped at (see [`ConfigSpace::add_bar`]).
+    /// The BAR's spec and the base it decodes at (see [`ConfigSpace::add_bar`]).
     pub fn bar(&self, index: usize) -> Option<(BarSpec, u64)> {
         match self.bars.get(index)? {
-            BarSlot::Bar(b) => Some((b.spec, b.mapped)),
+            BarSlot::Bar(b) => Some((b.spec, b.live)),
             _ => None,
         }
     }
@@ -246,18 +226,18 @@ impl ConfigSpace {
         }
     }
 
-    /// Writes `data` at byte `offset` of register `reg`; returns the BAR moves the owner must
-    /// apply (see [`ConfigSpace::add_bar`]).
-    pub fn write(&mut self, reg: usize, offset: u64, data: &[u8]) -> Vec<BarReprogram> {
+    /// Writes `data` at byte `offset` of register `reg`.
+    pub fn write(&mut self, reg: usize, offset: u64, data: &[u8]) {
         let Some(value) = merge(self.read(reg), offset, data) else {
-            return Vec::new();
+            return;
         };
         if reg >= NUM_REGS {
-            return Vec::new();
+            return;
         }
         let lanes = lane_mask(offset, data.len());
         if let Some(i) = reg.checked_sub(BAR0_REG).filter(|i| *i < NUM_BARS) {
-            return self.write_bar(i, value);
+            self.write_bar(i, value);
+            return;
         }
         let old = self.regs[reg];
         let cleared = self.w1c[reg] & lanes & value;
@@ -265,9 +245,8 @@ impl ConfigSpace {
         self.regs[reg] = ((old & !w) | (value & w)) & !cleared;
         if reg == COMMAND_REG {
             // Turning decoding on makes the addresses programmed meanwhile live.
-            return (0..NUM_BARS).filter_map(|i| self.sync_bar(i)).collect();
+            (0..NUM_BARS).for_each(|i| self.sync_bar(i));
         }
-        Vec::new()
     }
 
     fn decoding(&self, spec: &BarSpec) -> bool {
@@ -279,14 +258,14 @@ impl ConfigSpace {
         self.command() & bit != 0
     }
 
-    fn write_bar(&mut self, i: usize, value: u32) -> Vec<BarReprogram> {
+    fn write_bar(&mut self, i: usize, value: u32) {
         let (owner, half) = match self.bars[i] {
-            BarSlot::Empty => return Vec::new(),
+            BarSlot::Empty => return,
             BarSlot::Bar(_) => (i, 0),
             BarSlot::Upper => (i - 1, 1),
         };
         let BarSlot::Bar(bar) = &mut self.bars[owner] else {
-            return Vec::new();
+            return;
         };
         let new = if half == 1 {
             (bar.addr & 0xffff_ffff) | (u64::from(value) << 32)
@@ -300,29 +279,22 @@ impl ConfigSpace {
         };
         bar.addr = new & !(bar.spec.size - 1);
         bar.sizing[half] = value == SIZING_PATTERN;
-        self.sync_bar(owner).into_iter().collect()
+        self.sync_bar(owner);
     }
 
-    /// Reports (and records) a move of BAR `i` if its register holds a final address that
-    /// differs from where it is mapped and its address space is enabled.
-    fn sync_bar(&mut self, i: usize) -> Option<BarReprogram> {
+    /// Makes BAR `i` decode at the address in its register if that address is final and the
+    /// BAR's address space is enabled.
+    fn sync_bar(&mut self, i: usize) {
         let BarSlot::Bar(bar) = self.bars[i] else {
-            return None;
+            return;
         };
-        if bar.addr == bar.mapped || bar.sizing.contains(&true) || !self.decoding(&bar.spec) {
-            return None;
+        if bar.sizing.contains(&true) || !self.decoding(&bar.spec) {
+            return;
         }
         self.bars[i] = BarSlot::Bar(Bar {
-            mapped: bar.addr,
+            live: bar.addr,
             ..bar
         });
-        Some(BarReprogram {
-            bar: i,
-            old_base: bar.mapped,
-            new_base: bar.addr,
-            len: bar.spec.size,
-            region: bar.spec.region(),
-        })
     }
 }
 
@@ -412,8 +384,8 @@ mod tests {
         c.add_bar(2, mem64(128 << 30), 0x80_0000_0000).unwrap();
         assert_eq!(c.read(6), 0x0000_000c, "64-bit prefetchable");
         assert_eq!(c.read(7), 0x80);
-        assert!(c.write(6, 0, &ALL_ONES).is_empty());
-        assert!(c.write(7, 0, &ALL_ONES).is_empty());
+        c.write(6, 0, &ALL_ONES);
+        c.write(7, 0, &ALL_ONES);
         assert_eq!(c.read(6), 0x0000_000c, "low bits below 4 GiB are size bits");
         assert_eq!(c.read(7), 0xffff_ffe0);
         c.write(6, 0, &dword(0));
@@ -423,36 +395,21 @@ mod tests {
     }
 
     #[test]
-    fn move_with_decoding_off_is_reported_when_decoding_turns_on() {
+    fn move_with_decoding_off_takes_effect_when_decoding_turns_on() {
         let mut c = ConfigSpace::new();
         c.add_bar(2, mem64(128 << 30), 0x80_0000_0000).unwrap();
-        assert!(c.write(7, 0, &dword(0x40)).is_empty());
-        assert!(c.write(6, 0, &dword(0)).is_empty());
+        c.write(7, 0, &dword(0x40));
+        c.write(6, 0, &dword(0));
         assert_eq!(
             c.bar(2).unwrap().1,
             0x80_0000_0000,
-            "still mapped at the old base"
+            "still decoding at the old base"
         );
-        let moves = c.write(1, 0, &MEM_ON);
-        assert_eq!(
-            moves,
-            vec![BarReprogram {
-                bar: 2,
-                old_base: 0x80_0000_0000,
-                new_base: 0x40_0000_0000,
-                len: 128 << 30,
-                region: BarRegionType::Mem64
-            }]
-        );
-        assert!(c.write(1, 0, &MEM_ON).is_empty(), "reported once");
+        c.write(1, 0, &MEM_ON);
         assert_eq!(c.bar(2).unwrap().1, 0x40_0000_0000);
-        // With decoding on, each register write that moves the BAR is reported.
-        let moves = c.write(7, 0, &dword(0x60));
-        assert_eq!(moves.len(), 1);
-        assert_eq!(
-            (moves[0].old_base, moves[0].new_base),
-            (0x40_0000_0000, 0x60_0000_0000)
-        );
+        // With decoding on, each register write that moves the BAR takes effect.
+        c.write(7, 0, &dword(0x60));
+        assert_eq!(c.bar(2).unwrap().1, 0x60_0000_0000);
     }
 
     #[test]
@@ -460,13 +417,20 @@ mod tests {
         let mut c = ConfigSpace::new();
         c.add_bar(0, mem64(1 << 20), 0x20_0000_0000).unwrap();
         c.write(1, 0, &MEM_ON);
-        assert!(c.write(4, 0, &ALL_ONES).is_empty());
-        assert!(c.write(5, 0, &ALL_ONES).is_empty());
+        c.write(4, 0, &ALL_ONES);
+        assert_eq!(c.bar(0).unwrap().1, 0x20_0000_0000, "mid-sizing");
+        c.write(5, 0, &ALL_ONES);
         assert_eq!(c.read(4), 0xfff0_000c);
         assert_eq!(c.read(5), 0xffff_ffff);
-        assert!(c.write(4, 0, &dword(0x0000_000c)).is_empty());
-        assert!(c.write(5, 0, &dword(0x20)).is_empty(), "back where it was");
-        assert_eq!(c.bar(0).unwrap().1, 0x20_0000_0000);
+        assert_eq!(c.bar(0).unwrap().1, 0x20_0000_0000, "mid-sizing");
+        c.write(4, 0, &dword(0x0000_000c));
+        assert_eq!(
+            c.bar(0).unwrap().1,
+            0x20_0000_0000,
+            "high half still sizing"
+        );
+        c.write(5, 0, &dword(0x20));
+        assert_eq!(c.bar(0).unwrap().1, 0x20_0000_0000, "back where it was");
     }
 
     #[test]
@@ -477,9 +441,8 @@ mod tests {
         c.add_bar(0, mem64(4096), 0x20_0000_0000).unwrap();
         c.write(1, 0, &MEM_ON);
         c.write(5, 0, &dword(0x5f));
-        let moves = c.write(4, 0, &dword(0xffff_f00c));
-        assert_eq!(moves.len(), 1);
-        assert_eq!(moves[0].new_base, 0x5f_ffff_f000);
+        c.write(4, 0, &dword(0xffff_f00c));
+        assert_eq!(c.bar(0).unwrap().1, 0x5f_ffff_f000);
         assert_eq!(c.read(4), 0xffff_f00c);
     }
 
@@ -511,18 +474,10 @@ mod tests {
         };
         c.add_bar(1, io, 0x1000).unwrap();
         c.write(1, 0, &MEM_ON);
-        assert!(c.write(5, 0, &dword(0x2000)).is_empty());
-        let moves = c.write(1, 0, &IO_ON);
-        assert_eq!(
-            moves,
-            vec![BarReprogram {
-                bar: 1,
-                old_base: 0x1000,
-                new_base: 0x2000,
-                len: 32,
-                region: BarRegionType::Io
-            }]
-        );
+        c.write(5, 0, &dword(0x2000));
+        assert_eq!(c.bar(1).unwrap().1, 0x1000, "memory decoding is not I/O");
+        c.write(1, 0, &IO_ON);
+        assert_eq!(c.bar(1), Some((io, 0x2000)));
     }
 
     #[test]
@@ -577,11 +532,16 @@ mod tests {
     fn hostile_accesses() {
         let mut c = ConfigSpace::new();
         assert_eq!(c.read(5000), 0xffff_ffff);
-        assert!(c.write(5000, 0, &[1]).is_empty());
-        assert!(c.write(1, 3, &[1, 2]).is_empty());
-        assert!(c.write(1, u64::MAX, &[1]).is_empty());
-        assert!(c.write(1, 0, &[1, 2, 3]).is_empty());
-        assert!(c.write(1, 0, &[]).is_empty());
+        for (reg, offset, data) in [
+            (5000, 0, &[1][..]),
+            (1, 3, &[1, 2]),
+            (1, u64::MAX, &[1]),
+            (1, 0, &[1, 2, 3]),
+            (1, 0, &[]),
+        ] {
+            c.write(reg, offset, data);
+        }
+        assert_eq!(c.read(1), 0, "no bad write reached the command register");
         let mut d = [0u8; 3];
         extract(0x1234_5678, 0, &mut d);
         assert_eq!(d, [0xff; 3]);

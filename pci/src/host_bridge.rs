@@ -1,7 +1,7 @@
 //! The host bridge at 00:00.0 of segment 0: an identity and nothing else.
 
 use crate::config::ConfigSpace;
-use crate::device::{BarReprogram, PciDevice};
+use crate::device::PciDevice;
 
 const VENDOR_INTEL: u16 = 0x8086;
 /// A generic host bridge id (the one Cloud Hypervisor presents too); guests bind no driver.
@@ -34,12 +34,7 @@ impl PciDevice for HostBridge {
         self.config.read(reg_idx)
     }
 
-    fn write_config_register(
-        &mut self,
-        reg_idx: usize,
-        offset: u64,
-        data: &[u8],
-    ) -> Vec<BarReprogram> {
+    fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
         self.config.write(reg_idx, offset, data)
     }
 }

@@ -1,22 +1,20 @@
-//! PCI for ghvmm: emulated configuration space, segments with their functions, the host
-//! bridge, and the two ways a guest reaches configuration space (ports 0xCF8/0xCFC and ECAM).
+//! PCI for ghvmm, as pure logic: emulated configuration space, segments with their functions,
+//! the host bridge, and the guest's view of a passed-through function (`vfio`). No bus and no
+//! I/O: the trap devices through which a guest reaches configuration space (ports
+//! 0xCF8/0xCFC and ECAM) are in the `devices` crate.
+
+#![forbid(unsafe_code)]
 
 pub mod config;
-pub mod config_io;
-pub mod config_mmio;
 pub mod device;
 pub mod host_bridge;
 pub mod segment;
-#[cfg(test)]
-mod test_device;
 pub mod vfio;
 
 pub use config::{BarKind, BarSpec, ConfigSpace};
-pub use config_io::PciConfigIo;
-pub use config_mmio::PciConfigMmio;
-pub use device::{BarHook, BarReprogram, PciDevice};
+pub use device::PciDevice;
 pub use host_bridge::HostBridge;
-pub use segment::{PciAddress, PciSegment, SLOTS_PER_BUS};
+pub use segment::{ConfigAddress, PciSegment, SLOTS_PER_BUS};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PciError {

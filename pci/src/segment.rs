@@ -3,16 +3,18 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::device::{BarReprogram, PciDevice};
+use crate::device::PciDevice;
 use crate::PciError;
 
 pub const SLOTS_PER_BUS: u8 = 32;
 
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
 
-/// A decoded configuration address.
+/// Which configuration register a config cycle (0xCF8/0xCFC or ECAM) reaches: a function
+/// and a register in it. Not a PCI function's address in the VM (`acpi::PciAddress`, with a
+/// segment and no register).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PciAddress {
+pub struct ConfigAddress {
     pub bus: u8,
     pub device: u8,
     pub function: u8,
@@ -69,7 +71,7 @@ impl PciSegment {
     }
 
     /// The function at `addr`, if one exists (bus 0, function 0 only).
-    pub fn device(&self, addr: &PciAddress) -> Option<SharedPciDevice> {
+    pub fn device(&self, addr: &ConfigAddress) -> Option<SharedPciDevice> {
         if addr.bus != 0 || addr.function != 0 {
             return None;
         }
@@ -79,7 +81,7 @@ impl PciSegment {
 
 /// Reads a register through `segment` without holding the segment lock during the device
 /// access; absent functions read all-ones.
-pub fn read_config(segment: &Mutex<PciSegment>, addr: &PciAddress) -> u32 {
+pub fn read_config(segment: &Mutex<PciSegment>, addr: &ConfigAddress) -> u32 {
     let dev = segment
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -93,22 +95,17 @@ pub fn read_config(segment: &Mutex<PciSegment>, addr: &PciAddress) -> u32 {
     }
 }
 
-pub fn write_config(
-    segment: &Mutex<PciSegment>,
-    addr: &PciAddress,
-    offset: u64,
-    data: &[u8],
-) -> Vec<BarReprogram> {
+/// Writes a register through `segment`, like [`read_config`]; writes to absent functions
+/// are dropped.
+pub fn write_config(segment: &Mutex<PciSegment>, addr: &ConfigAddress, offset: u64, data: &[u8]) {
     let dev = segment
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .device(addr);
-    match dev {
-        Some(d) => d
-            .lock()
+    if let Some(d) = dev {
+        d.lock()
             .unwrap_or_else(|e| e.into_inner())
-            .write_config_register(addr.reg, offset, data),
-        None => Vec::new(),
+            .write_config_register(addr.reg, offset, data);
     }
 }
 
@@ -152,7 +149,7 @@ mod tests {
         let mut s = PciSegment::new(0);
         s.add_device(Some(0), bridge()).unwrap();
         let seg = Mutex::new(s);
-        let at = |bus, device, function| PciAddress {
+        let at = |bus, device, function| ConfigAddress {
             bus,
             device,
             function,
@@ -162,6 +159,6 @@ mod tests {
         assert_eq!(read_config(&seg, &at(0, 0, 1)), 0xffff_ffff);
         assert_eq!(read_config(&seg, &at(1, 0, 0)), 0xffff_ffff);
         assert_eq!(read_config(&seg, &at(0, 31, 0)), 0xffff_ffff);
-        assert!(write_config(&seg, &at(0, 31, 0), 0, &[1]).is_empty());
+        write_config(&seg, &at(0, 31, 0), 0, &[1]);
     }
 }

@@ -1,6 +1,8 @@
 //! The ghvmm VMM: configuration, VM lifecycle, device manager and the x86_64 boot path.
 //! The `ghvmm` binary (src/main.rs) is a thin shell around `vm::run`.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod api;
 pub mod arch;
 pub mod config;

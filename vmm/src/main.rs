@@ -1,6 +1,8 @@
 //! `ghvmm`: boot a Linux guest on KVM. Exit code 0 when the guest powers off or resets,
 //! 1 on any error, with one error line on stderr.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::process::ExitCode;
 

@@ -9,6 +9,8 @@
 //!   cargo xtask test                       fmt, clippy, unit tests, 30 s of each fuzz target,
 //!                                          then every e2e scenario
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 

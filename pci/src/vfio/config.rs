@@ -13,20 +13,14 @@
 //! The command register is written to both the device (it must decode for its mmaps to work)
 //! and the emulated copy that tracks which BAR mappings are live.
 
+pub use super::capability::{Capability, DeviceConfig, CAP_MSI, CAP_MSIX, CAP_PCIE, CAP_PM};
 use super::interrupts::SharedInterrupts;
 use super::msi::MsiState;
 use crate::config::{
     extract, merge, BarKind, BarSpec, ConfigSpace, BAR0_OFFSET, CAP_PTR_OFFSET, NUM_BARS, REG_BYTES,
 };
-use crate::device::{BarReprogram, PciDevice};
+use crate::device::PciDevice;
 
-/// The device's real configuration space is a VFIO region like any other.
-pub use super::dispatch::RegionIo as DeviceConfig;
-
-pub const CAP_PM: u8 = 0x01;
-pub const CAP_MSI: u8 = 0x05;
-pub const CAP_PCIE: u8 = 0x10;
-pub const CAP_MSIX: u8 = 0x11;
 const EXPOSED_CAPS: [u8; 4] = [CAP_PM, CAP_MSI, CAP_PCIE, CAP_MSIX];
 
 const COMMAND_REG: usize = 1;
@@ -38,14 +32,6 @@ const INTERRUPT_REG: usize = 15;
 const STANDARD_REGS: usize = 64;
 /// A capability chain longer than this is a loop or garbage.
 const MAX_CAPS: usize = 48;
-
-/// One linked capability: where it is, its id, and the next exposed one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capability {
-    pub offset: u8,
-    pub id: u8,
-    pub next: u8,
-}
 
 pub struct PassthroughConfig {
     dev: Box<dyn DeviceConfig>,
@@ -225,21 +211,18 @@ impl PciDevice for PassthroughConfig {
         self.read_reg(reg_idx)
     }
 
-    fn write_config_register(
-        &mut self,
-        reg_idx: usize,
-        offset: u64,
-        data: &[u8],
-    ) -> Vec<BarReprogram> {
-        let Some(_) = merge(0, offset, data) else {
-            return Vec::new();
-        };
+    /// A BAR move only changes what [`PassthroughConfig::decoding_bars`] returns: the owner
+    /// maps the BARs accordingly after each write.
+    fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
+        if merge(0, offset, data).is_none() {
+            return;
+        }
         match reg_idx {
             r if (BAR0_REG..BAR0_REG + NUM_BARS).contains(&r) => {
                 self.emulated.write(r, offset, data)
             }
-            ROM_REG | CAP_PTR_REG => Vec::new(),
-            r if r >= STANDARD_REGS => Vec::new(),
+            ROM_REG | CAP_PTR_REG => {}
+            r if r >= STANDARD_REGS => {}
             INTERRUPT_REG => self.emulated.write(INTERRUPT_REG, offset, data),
             COMMAND_REG => {
                 let _ = self.dev.write(4 + offset, data);
@@ -252,7 +235,6 @@ impl PciDevice for PassthroughConfig {
                 if !irq.config_write(r, offset, data) {
                     let _ = self.dev.write((r * 4) as u64 + offset, data);
                 }
-                Vec::new()
             }
         }
     }
@@ -433,10 +415,8 @@ mod tests {
         c.write_config_register(1, 0, &[0x06, 0x00]);
         assert!(c.memory_enabled());
         assert_eq!(dev.1.lock().unwrap().as_slice(), &[(4, vec![0x06, 0x00])]);
-        // With decode on, moving BAR2 is reported so the VMM moves its slots and traps.
-        let moves = c.write_config_register(7, 0, &0x40u32.to_le_bytes());
-        assert_eq!(moves.len(), 1);
-        assert_eq!(moves[0].new_base, 0x40_0000_0000);
+        // With decode on, moving BAR2 moves what the VMM maps.
+        c.write_config_register(7, 0, &0x40u32.to_le_bytes());
         assert!(c
             .decoding_bars()
             .contains(&(2, bar_spec(128 << 30, true, true), 0x40_0000_0000)));
@@ -540,9 +520,10 @@ mod tests {
     fn hostile_accesses_do_not_panic() {
         let dev = device();
         let mut c = config(&dev);
-        assert!(c.write_config_register(20, 3, &[1, 2]).is_empty());
-        assert!(c.write_config_register(20, 0, &[]).is_empty());
-        assert!(c.write_config_register(5000, 0, &[1]).is_empty());
+        c.write_config_register(20, 3, &[1, 2]);
+        c.write_config_register(20, 0, &[]);
+        c.write_config_register(5000, 0, &[1]);
+        assert!(dev.1.lock().unwrap().is_empty());
         let _ = c.read_config_register(5000);
         let mut b = [0u8; 3];
         read_bytes(&mut c, 0, &mut b);

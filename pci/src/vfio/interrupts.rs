@@ -10,45 +10,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::config::{Capability, DeviceConfig, CAP_MSI, CAP_MSIX};
+use super::capability::{Capability, DeviceConfig, CAP_MSI, CAP_MSIX};
+pub use super::irq_types::{IrqKind, IrqSink, IrqUpdate, MsiMessage};
 use super::msi::MsiState;
 use super::msix::MsixState;
 use crate::config::merge;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IrqKind {
-    Msi,
-    Msix,
-}
-
-/// Where an MSI write goes: address and data as the guest programmed them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MsiMessage {
-    pub addr: u64,
-    pub data: u32,
-}
-
-/// What the VMM must do after a guest access.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IrqUpdate {
-    /// Give the device `vectors` eventfds of this kind.
-    Enable { kind: IrqKind, vectors: u16 },
-    /// Take this kind of interrupt away from the device.
-    Disable { kind: IrqKind },
-    /// Route `vector` to `message`, or to nothing (masked) when `None`.
-    Route {
-        kind: IrqKind,
-        vector: u16,
-        message: Option<MsiMessage>,
-    },
-}
-
-/// Where updates go (the VMM: VFIO + KVM; a recorder in tests).
-pub trait IrqSink: Send {
-    fn apply(&mut self, updates: Vec<IrqUpdate>);
-    /// The device is going away: undo every enable and route, whatever the guest left on.
-    fn shutdown(&mut self) {}
-}
 
 /// A byte range inside one BAR (the MSI-X table or PBA).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,9 +4,11 @@
 //! capabilities (`interrupts`, `msi`, `msix`). The VFIO device itself (ioctls, memory slots,
 //! KVM routes) builds on these.
 
+mod capability;
 pub mod config;
 pub mod dispatch;
 pub mod interrupts;
+mod irq_types;
 pub mod layout;
 pub mod msi;
 pub mod msix;

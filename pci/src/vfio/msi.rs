@@ -3,7 +3,7 @@
 //! VMM, exactly like MSI-X (`msix.rs`): enable N vectors on the device, route each vector to
 //! the message the guest programmed, or to nothing while it is masked.
 
-use super::interrupts::{IrqKind, IrqUpdate, MsiMessage};
+use super::irq_types::{IrqKind, IrqUpdate, MsiMessage};
 use crate::config::merge;
 
 const CONTROL_ENABLE: u16 = 1 << 0;

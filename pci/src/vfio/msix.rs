@@ -5,7 +5,7 @@
 //! nothing while it is masked. Interrupts then go device → eventfd → KVM → guest, never through
 //! a ghvmm thread.
 
-use super::interrupts::{IrqKind, IrqUpdate, MsiMessage};
+use super::irq_types::{IrqKind, IrqUpdate, MsiMessage};
 
 /// One table entry (16 bytes in the BAR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,8 @@
 //!   `@@HOTPLUG ready|present N BDF|gone N` hot-plug progress for L2's script (hotplug.rs)
 //!   `@@DONE`                               all checks reported
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod bench;
 mod checks;
 mod cmdline;

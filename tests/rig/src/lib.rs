@@ -5,6 +5,8 @@
 //! kernel as the "L3 guest" whose init is tests/checker. Results travel back as `@@` lines on
 //! the consoles.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod backing;
 pub mod bench;
 pub mod cache;

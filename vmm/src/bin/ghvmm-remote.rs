@@ -2,6 +2,8 @@
 //! response (pretty JSON where there is one); exit code 0 on success, 1 with one error line
 //! on stderr otherwise.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;

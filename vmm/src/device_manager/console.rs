@@ -32,6 +32,7 @@ impl Drop for RawModeGuard {
 fn enter_raw_mode() -> std::io::Result<RawModeGuard> {
     // SAFETY: termios is plain data; tcgetattr fills it or fails without touching it.
     let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr writes only the termios we pass, which outlives the call.
     if unsafe { libc::tcgetattr(STDIN, &mut saved) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -40,6 +41,7 @@ fn enter_raw_mode() -> std::io::Result<RawModeGuard> {
     unsafe { libc::cfmakeraw(&mut raw) };
     // Keep output post-processing so our own log lines still start at column 0.
     raw.c_oflag |= libc::OPOST;
+    // SAFETY: tcsetattr only reads the termios we pass, which outlives the call.
     if unsafe { libc::tcsetattr(STDIN, libc::TCSANOW, &raw) } != 0 {
         return Err(std::io::Error::last_os_error());
     }

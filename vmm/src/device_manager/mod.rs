@@ -8,9 +8,11 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use devices::{AcpiPmDevice, Bus, Ged, PciHotplug, Serial, VmExitRequest, I8042};
+use devices::{
+    AcpiPmDevice, Bus, Ged, PciConfigIo, PciConfigMmio, PciHotplug, Serial, VmExitRequest, I8042,
+};
 use kvm_ioctls::VmFd;
-use pci::{BarHook, BarReprogram, HostBridge, PciConfigIo, PciConfigMmio, PciSegment};
+use pci::{HostBridge, PciSegment};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{SerialConfig, VmConfig};
@@ -121,11 +123,6 @@ impl DeviceManager {
         let ged = Arc::new(Mutex::new(Ged::new(irqfd(vm, GED_IRQ)?)));
         bus_insert(&mmio_bus, "ACPI GED", ged.clone(), GED_ADDR, GED_SIZE)?;
 
-        // No device moves BARs through this hook (the host bridge has none, and
-        // passed-through functions move their own slots and traps).
-        let bar_hook: BarHook = Arc::new(|moves: &[BarReprogram]| {
-            log::debug!("BAR moves ignored: {moves:?}");
-        });
         let mut pci_segments = Vec::new();
         for seg in &layout.segments {
             let mut segment = PciSegment::new(seg.id);
@@ -135,10 +132,7 @@ impl DeviceManager {
             let segment = Arc::new(Mutex::new(segment));
             if seg.id == 0 {
                 // The legacy config ports reach segment 0 only, as on real hardware.
-                let config_io = Arc::new(Mutex::new(PciConfigIo::new(
-                    segment.clone(),
-                    bar_hook.clone(),
-                )));
+                let config_io = Arc::new(Mutex::new(PciConfigIo::new(segment.clone())));
                 bus_insert(
                     &pio_bus,
                     "PCI config ports",
@@ -147,10 +141,7 @@ impl DeviceManager {
                     8,
                 )?;
             }
-            let ecam = Arc::new(Mutex::new(PciConfigMmio::new(
-                segment.clone(),
-                bar_hook.clone(),
-            )));
+            let ecam = Arc::new(Mutex::new(PciConfigMmio::new(segment.clone())));
             bus_insert(&mmio_bus, "PCI ECAM", ecam, seg.ecam, ECAM_SEGMENT_SIZE)?;
             pci_segments.push(segment);
         }
@@ -163,7 +154,7 @@ impl DeviceManager {
             "PCI hot plug controller",
             pci_hotplug.clone(),
             PCI_HOTPLUG_ADDR,
-            devices::pci_hotplug::PCI_HOTPLUG_LEN,
+            acpi::hotplug::regs::LEN,
         )?;
 
         Ok(DeviceManager {

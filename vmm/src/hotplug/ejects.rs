@@ -8,16 +8,13 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use devices::pci_hotplug::{EjectCallback, SLOTS_PER_SEGMENT};
+use acpi::hotplug::regs::slot_bit;
+use devices::pci_hotplug::EjectCallback;
 
 pub struct Ejects {
     /// Word s, bit n: the guest ejected slot n of segment s and no removal has taken it yet.
     ejected: Mutex<Box<[u32]>>,
     cv: Condvar,
-}
-
-fn bit(slot: u8) -> Option<u32> {
-    (slot < SLOTS_PER_SEGMENT).then(|| 1u32 << slot)
 }
 
 impl Ejects {
@@ -42,7 +39,8 @@ impl Ejects {
 
     pub(super) fn record(&self, segment: u16, slot: u8) {
         let mut ejected = self.lock();
-        let (Some(word), Some(bit)) = (ejected.get_mut(usize::from(segment)), bit(slot)) else {
+        let (Some(word), Some(bit)) = (ejected.get_mut(usize::from(segment)), slot_bit(slot))
+        else {
             return;
         };
         // Waiters were woken when the bit was set; a repeated eject has nothing to add.
@@ -56,7 +54,7 @@ impl Ejects {
     /// the next removal).
     pub fn forget(&self, segment: u16, slot: u8) {
         let mut ejected = self.lock();
-        if let (Some(word), Some(bit)) = (ejected.get_mut(usize::from(segment)), bit(slot)) {
+        if let (Some(word), Some(bit)) = (ejected.get_mut(usize::from(segment)), slot_bit(slot)) {
             *word &= !bit;
         }
     }
@@ -64,7 +62,7 @@ impl Ejects {
     /// Waits until the guest ejects this slot, and takes the eject; false after `timeout`.
     pub fn wait(&self, segment: u16, slot: u8, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let Some(bit) = bit(slot) else {
+        let Some(bit) = slot_bit(slot) else {
             return false;
         };
         let mut ejected = self.lock();
@@ -101,7 +99,7 @@ impl Ejects {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use devices::pci_hotplug::{B0EJ, PSEG};
+    use acpi::hotplug::regs::{B0EJ, PSEG};
     use devices::{BusDevice, PciHotplug};
 
     const NO_WAIT: Duration = Duration::ZERO;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use acpi::PciAddress;
-use pci::{BarReprogram, HostBridge, PciDevice, PciSegment};
+use pci::{HostBridge, PciDevice, PciSegment};
 
 use super::*;
 use crate::passthrough::VfioSetupError;
@@ -24,9 +24,7 @@ impl PciDevice for FakeFunction {
     fn read_config_register(&mut self, _: usize) -> u32 {
         0
     }
-    fn write_config_register(&mut self, _: usize, _: u64, _: &[u8]) -> Vec<BarReprogram> {
-        Vec::new()
-    }
+    fn write_config_register(&mut self, _: usize, _: u64, _: &[u8]) {}
 }
 
 type FakeDevice = Arc<Mutex<FakeFunction>>;
@@ -106,7 +104,7 @@ impl FakeVm {
         let seg = lock(&self.segments[usize::from(segment)]);
         (0..32)
             .filter(|&device| {
-                let addr = pci::PciAddress {
+                let addr = pci::ConfigAddress {
                     bus: 0,
                     device,
                     function: 0,

@@ -27,7 +27,7 @@ use pci::vfio::{
     probe_bars, FunctionInfo, InterruptCaps, Interrupts, Limits, PassthroughConfig, PieceKind,
     ProbeError, RegionInfo, SharedInterrupts, SparseArea,
 };
-use pci::{BarReprogram, PciDevice};
+use pci::PciDevice;
 use vfio::{
     Containers, Device, DeviceIrqs, FdRegion, HostMapping, OnRequest, RequestWatcher,
     VfioRegionInfoCap, WatchError,
@@ -269,18 +269,12 @@ impl PciDevice for PassthroughDevice {
         }
     }
 
-    fn write_config_register(
-        &mut self,
-        reg_idx: usize,
-        offset: u64,
-        data: &[u8],
-    ) -> Vec<BarReprogram> {
-        // Moves are applied here, not by the config-access hook: this device owns its slots.
+    fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
+        // Moves are applied here: this device owns its slots.
         if let Some(live) = &mut self.live {
-            let _ = live.config.write_config_register(reg_idx, offset, data);
+            live.config.write_config_register(reg_idx, offset, data);
         }
         self.reconcile();
-        Vec::new()
     }
 }
 

@@ -2,11 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::BusDevice;
+use pci::config::extract;
+use pci::segment::{read_config, write_config, ConfigAddress, PciSegment};
 
-use crate::config::extract;
-use crate::device::BarHook;
-use crate::segment::{read_config, write_config, PciAddress, PciSegment};
+use crate::BusDevice;
 
 const ENABLE: u32 = 1 << 31;
 const DATA_OFFSET: u64 = 4;
@@ -14,22 +13,20 @@ const ADDRESS_MASK: u32 = 0x80ff_fffc;
 
 pub struct PciConfigIo {
     segment: Arc<Mutex<PciSegment>>,
-    hook: BarHook,
     address: u32,
 }
 
 impl PciConfigIo {
-    pub fn new(segment: Arc<Mutex<PciSegment>>, hook: BarHook) -> Self {
+    pub fn new(segment: Arc<Mutex<PciSegment>>) -> Self {
         PciConfigIo {
             segment,
-            hook,
             address: 0,
         }
     }
 
     /// The function and register CONFIG_ADDRESS selects, if enabled.
-    fn selected(&self) -> Option<PciAddress> {
-        (self.address & ENABLE != 0).then_some(PciAddress {
+    fn selected(&self) -> Option<ConfigAddress> {
+        (self.address & ENABLE != 0).then_some(ConfigAddress {
             bus: (self.address >> 16) as u8,
             device: ((self.address >> 11) & 0x1f) as u8,
             function: ((self.address >> 8) & 0x7) as u8,
@@ -70,10 +67,7 @@ impl BusDevice for PciConfigIo {
             return;
         }
         if let Some(addr) = self.selected() {
-            let moves = write_config(&self.segment, &addr, offset - DATA_OFFSET, data);
-            if !moves.is_empty() {
-                (self.hook)(&moves);
-            }
+            write_config(&self.segment, &addr, offset - DATA_OFFSET, data);
         }
     }
 }
@@ -81,13 +75,13 @@ impl BusDevice for PciConfigIo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::HostBridge;
+    use pci::HostBridge;
 
     fn io() -> PciConfigIo {
         let mut s = PciSegment::new(0);
         s.add_device(Some(0), Arc::new(Mutex::new(HostBridge::new())))
             .unwrap();
-        PciConfigIo::new(Arc::new(Mutex::new(s)), Arc::new(|_| {}))
+        PciConfigIo::new(Arc::new(Mutex::new(s)))
     }
 
     fn select(io: &mut PciConfigIo, v: u32) {
@@ -164,26 +158,6 @@ mod tests {
         select(&mut io, 0x8000_0800); // device 1
         io.read(0xcf8, 4, &mut d);
         assert_eq!(d, [0xff; 4]);
-    }
-
-    #[test]
-    fn bar_moves_reach_the_hook_outside_the_segment_lock() {
-        use crate::test_device::{segment_with_bar_device, BAR_BASE, BAR_SIZE};
-        let (segment, hook, seen) = segment_with_bar_device(3);
-        let mut io = PciConfigIo::new(segment, hook);
-        let dev3 = 0x8000_0000 | (3 << 11);
-        select(&mut io, dev3 | 0x04);
-        io.write(0xcf8, 4, &[0x02, 0x00]); // memory decoding on
-        select(&mut io, dev3 | 0x14); // BAR 1: upper half of BAR 0
-        io.write(0xcf8, 4, &0x50u32.to_le_bytes());
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 1);
-        let (m, unlocked) = seen[0];
-        assert!(unlocked, "hook called with the segment lock held");
-        assert_eq!(
-            (m.bar, m.old_base, m.new_base, m.len),
-            (0, BAR_BASE, 0x50_0000_0000, BAR_SIZE)
-        );
     }
 
     #[test]

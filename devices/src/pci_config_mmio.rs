@@ -3,26 +3,24 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::BusDevice;
+use pci::config::{extract, NUM_REGS};
+use pci::segment::{read_config, write_config, ConfigAddress, PciSegment};
 
-use crate::config::{extract, NUM_REGS};
-use crate::device::BarHook;
-use crate::segment::{read_config, write_config, PciAddress, PciSegment};
+use crate::BusDevice;
 
 pub struct PciConfigMmio {
     segment: Arc<Mutex<PciSegment>>,
-    hook: BarHook,
 }
 
 impl PciConfigMmio {
-    pub fn new(segment: Arc<Mutex<PciSegment>>, hook: BarHook) -> Self {
-        PciConfigMmio { segment, hook }
+    pub fn new(segment: Arc<Mutex<PciSegment>>) -> Self {
+        PciConfigMmio { segment }
     }
 }
 
-fn decode(offset: u64) -> (PciAddress, u64) {
+fn decode(offset: u64) -> (ConfigAddress, u64) {
     (
-        PciAddress {
+        ConfigAddress {
             bus: ((offset >> 20) & 0xff) as u8,
             device: ((offset >> 15) & 0x1f) as u8,
             function: ((offset >> 12) & 0x7) as u8,
@@ -47,23 +45,20 @@ impl BusDevice for PciConfigMmio {
             return;
         }
         let (addr, byte) = decode(offset);
-        let moves = write_config(&self.segment, &addr, byte, data);
-        if !moves.is_empty() {
-            (self.hook)(&moves);
-        }
+        write_config(&self.segment, &addr, byte, data);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::HostBridge;
+    use pci::HostBridge;
 
     fn ecam() -> PciConfigMmio {
         let mut s = PciSegment::new(0);
         s.add_device(Some(0), Arc::new(Mutex::new(HostBridge::new())))
             .unwrap();
-        PciConfigMmio::new(Arc::new(Mutex::new(s)), Arc::new(|_| {}))
+        PciConfigMmio::new(Arc::new(Mutex::new(s)))
     }
 
     #[test]
@@ -87,27 +82,6 @@ mod tests {
         assert_eq!(
             d, [0; 4],
             "extended config space of the host bridge is empty"
-        );
-    }
-
-    #[test]
-    fn bar_moves_reach_the_hook_outside_the_segment_lock() {
-        use crate::test_device::{segment_with_bar_device, BAR_BASE};
-        let (segment, hook, seen) = segment_with_bar_device(5);
-        let mut e = PciConfigMmio::new(segment, hook);
-        let dev5 = 5 << 15;
-        let mut d = [0u8; 4];
-        e.read(0, dev5, &mut d);
-        assert_eq!(u32::from_le_bytes(d), 0x5678_1234);
-        e.write(0, dev5 | 0x10, &[0x00, 0x00, 0x20, 0x00]); // BAR 0 low, decoding still off
-        assert!(seen.lock().unwrap().is_empty());
-        e.write(0, dev5 | 0x4, &[0x02]); // memory decoding on: the move becomes live
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 1);
-        assert!(seen[0].1, "hook called with the segment lock held");
-        assert_eq!(
-            (seen[0].0.old_base, seen[0].0.new_base),
-            (BAR_BASE, BAR_BASE | 0x20_0000)
         );
     }
 
