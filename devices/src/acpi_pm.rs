@@ -45,15 +45,14 @@ impl BusDevice for AcpiPmDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
 
     fn device() -> (AcpiPmDevice, Arc<Mutex<Vec<VmExitRequest>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        (
-            AcpiPmDevice::new(Box::new(move |r| s.lock().unwrap().push(r))),
-            seen,
-        )
+        (AcpiPmDevice::new(Box::new(move |r| s.lock().push(r))), seen)
     }
 
     #[test]
@@ -62,7 +61,7 @@ mod tests {
         d.write(0x600, SLEEP_CONTROL, &[(5 << 2) | (1 << 5)]);
         d.write(0x600, RESET, &[RESET_VALUE]);
         assert_eq!(
-            *seen.lock().unwrap(),
+            *seen.lock(),
             vec![VmExitRequest::PowerOff, VmExitRequest::Reset]
         );
     }
@@ -76,7 +75,7 @@ mod tests {
         d.write(0x600, SLEEP_STATUS, &[0xff]);
         d.write(0x600, 77, &[0xff]);
         d.write(0x600, RESET, &[]);
-        assert!(seen.lock().unwrap().is_empty());
+        assert!(seen.lock().is_empty());
         let mut buf = [0xffu8; 4];
         d.read(0x600, SLEEP_STATUS, &mut buf);
         assert_eq!(buf, [0; 4]);

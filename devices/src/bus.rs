@@ -4,7 +4,9 @@
 //! with the number of devices in any way that matters for a VMM's device count.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 /// A device that answers trapped accesses inside the range it was inserted at.
 ///
@@ -70,7 +72,7 @@ impl Bus {
 
     pub fn insert(&self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
         let range = BusRange::new(base, len)?;
-        let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.devices.write();
         // The only candidates for overlap are the neighbour below and the one at or above.
         let below = map.range(..=range.base).next_back().map(|(_, (r, _))| *r);
         let above = map.range(range.base..).next().map(|(_, (r, _))| *r);
@@ -83,7 +85,7 @@ impl Bus {
 
     /// Removes the range that starts exactly at `base`.
     pub fn remove(&self, base: u64) -> Result<SharedDevice, BusError> {
-        let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.devices.write();
         map.remove(&base)
             .map(|(_, d)| d)
             .ok_or(BusError::NoDevice(base))
@@ -91,7 +93,7 @@ impl Bus {
 
     /// Finds the device owning `addr`, with the range it was inserted at.
     pub fn resolve(&self, addr: u64) -> Option<(BusRange, SharedDevice)> {
-        let map = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        let map = self.devices.read();
         let (_, (range, dev)) = map.range(..=addr).next_back()?;
         range.contains(addr).then(|| (*range, dev.clone()))
     }
@@ -103,9 +105,7 @@ impl Bus {
         if !fits(&range, addr, data.len()) {
             return Err(BusError::NoDevice(addr));
         }
-        dev.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .read(range.base, addr - range.base, data);
+        dev.lock().read(range.base, addr - range.base, data);
         Ok(())
     }
 
@@ -114,14 +114,12 @@ impl Bus {
         if !fits(&range, addr, data.len()) {
             return Err(BusError::NoDevice(addr));
         }
-        dev.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write(range.base, addr - range.base, data);
+        dev.lock().write(range.base, addr - range.base, data);
         Ok(())
     }
 
     pub fn len(&self) -> usize {
-        self.devices.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.devices.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -166,7 +164,7 @@ mod tests {
         bus.read(0x1004, &mut buf).unwrap();
         assert_eq!(buf, [4, 5]);
         bus.write(0x100f, &[7]).unwrap();
-        assert_eq!(dev.lock().unwrap().last[1], (0x1000, 0xf, vec![7]));
+        assert_eq!(dev.lock().last[1], (0x1000, 0xf, vec![7]));
     }
 
     #[test]

@@ -34,19 +34,21 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
 
     #[test]
     fn only_pulse_reset_on_the_command_port_resets() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        let mut d = I8042::new(Box::new(move |r| s.lock().unwrap().push(r)));
+        let mut d = I8042::new(Box::new(move |r| s.lock().push(r)));
         d.write(0x60, 0, &[0xfe]);
         d.write(0x60, 4, &[0xd1]);
         d.write(0x60, 4, &[]);
-        assert!(seen.lock().unwrap().is_empty());
+        assert!(seen.lock().is_empty());
         d.write(0x60, 4, &[0xfe]);
-        assert_eq!(*seen.lock().unwrap(), vec![VmExitRequest::Reset]);
+        assert_eq!(*seen.lock(), vec![VmExitRequest::Reset]);
         let mut b = [0xffu8; 1];
         d.read(0x60, 4, &mut b);
         assert_eq!(b, [0]);

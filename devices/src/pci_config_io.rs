@@ -1,6 +1,8 @@
 //! PCI configuration mechanism #1: CONFIG_ADDRESS at 0xCF8, CONFIG_DATA at 0xCFC-0xCFF.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use pci::config::extract;
 use pci::segment::{read_config, write_config, ConfigAddress, PciSegment};

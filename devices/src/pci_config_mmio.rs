@@ -1,7 +1,9 @@
 //! ECAM (PCI Express enhanced configuration access): 4 KiB of configuration space per
 //! function, memory-mapped. ghvmm gives each segment one bus, so 1 MiB.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use pci::config::{extract, NUM_REGS};
 use pci::segment::{read_config, write_config, ConfigAddress, PciSegment};

@@ -79,7 +79,9 @@ impl BusDevice for Serial {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     /// Records the bytes written and, at each flush, how many bytes had been written by then.
@@ -88,12 +90,12 @@ mod tests {
 
     impl Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            self.0.lock().extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
-            let n = self.0.lock().unwrap().len();
-            self.1.lock().unwrap().push(n);
+            let n = self.0.lock().len();
+            self.1.lock().push(n);
             Ok(())
         }
     }
@@ -120,12 +122,8 @@ mod tests {
         s.write(0x3f8, IER, &[0x02]); // transmitter-empty interrupt
         s.write(0x3f8, 0, b"h");
         s.write(0x3f8, 0, b"i");
-        assert_eq!(*sink.0.lock().unwrap(), b"hi");
-        assert_eq!(
-            *sink.1.lock().unwrap(),
-            vec![1, 2],
-            "flushed after every byte"
-        );
+        assert_eq!(*sink.0.lock(), b"hi");
+        assert_eq!(*sink.1.lock(), vec![1, 2], "flushed after every byte");
         assert!(irq.read().unwrap() >= 1);
     }
 
@@ -134,7 +132,7 @@ mod tests {
         let sink = Sink::default();
         let mut s = Serial::new(EventFd::new(EFD_NONBLOCK).unwrap(), Box::new(sink.clone()));
         s.write(0x3f8, 0, b"abcd");
-        assert_eq!(*sink.0.lock().unwrap(), b"a");
+        assert_eq!(*sink.0.lock(), b"a");
     }
 
     #[test]

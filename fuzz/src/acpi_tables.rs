@@ -569,7 +569,12 @@ fn run_vm(v: &VmInput) {
             },
         )
         .collect();
-    let desc = vmm::device_manager::acpi_tables::platform_desc(cfg.cpus.boot, &layout, topology.as_ref(), &placed);
+    let desc = vmm::device_manager::acpi_tables::platform_desc(
+        cfg.cpus.boot,
+        &layout,
+        topology.as_ref(),
+        &placed,
+    );
     let blob = acpi::build_tables(&desc, ACPI_START, ACPI_LIMIT)
         .unwrap_or_else(|e| panic!("a configuration the VMM accepts has no tables: {e}"));
     check_blob(&desc, &blob, ACPI_START, ACPI_LIMIT);
@@ -590,8 +595,12 @@ fn run_vm(v: &VmInput) {
                     given[o.guest_numa_id as usize][to as usize] = Some(d);
                 }
             }
-            let is_gh =
-                |i: usize| matches!(t.nodes[i].initiator, Some(vmm::config::numa::Initiator::GhSlot(_)));
+            let is_gh = |i: usize| {
+                matches!(
+                    t.nodes[i].initiator,
+                    Some(vmm::config::numa::Initiator::GhSlot(_))
+                )
+            };
             for i in 0..n {
                 for j in 0..n {
                     let want = if i == j {

@@ -12,8 +12,8 @@
 
 pub use vmm::api::*;
 
+use parking_lot::Mutex;
 use std::io::{self, Read};
-use std::sync::Mutex;
 
 use http::{read_request, ReadError, Request, Response};
 
@@ -32,7 +32,7 @@ fn check_id(id: &str) {
 
 impl VmControl for FakeVm {
     fn info(&self) -> VmInfo {
-        self.calls.lock().unwrap().push("info".into());
+        self.calls.lock().push("info".into());
         VmInfo {
             state: VmState::Running,
             config: serde_json::json!({"cpus": {"boot_vcpus": 2}}),
@@ -62,7 +62,7 @@ impl VmControl for FakeVm {
             req.pci_segment.is_none() || req.gh_slot.is_none(),
             "a segment and a GH slot together: {req:?}"
         );
-        self.calls.lock().unwrap().push(format!("add {req:?}"));
+        self.calls.lock().push(format!("add {req:?}"));
         match req.id.as_deref() {
             Some("gpu0") => Err(ApiError::conflict("device gpu0 already exists")),
             Some("weird") => Err(ApiError::new(200, "not\nan error")),
@@ -75,7 +75,7 @@ impl VmControl for FakeVm {
 
     fn remove_device(&self, id: &str) -> Result<(), ApiError> {
         check_id(id);
-        self.calls.lock().unwrap().push(format!("remove {id}"));
+        self.calls.lock().push(format!("remove {id}"));
         match id {
             "gpu0" => Ok(()),
             _ => Err(ApiError::not_found(format!("no device with id '{id}'"))),

@@ -13,7 +13,7 @@
 //! the region; padding reads 0 and its writes reach nothing; past the BAR reads all ones;
 //! device failures read all ones and are reported.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use arbitrary::Arbitrary;
 use pci::vfio::dispatch::{self, AccessPart};
@@ -107,7 +107,7 @@ impl RegionIo for FakeRegion {
 
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.check(offset, data.len());
-        self.writes.lock().unwrap().push((offset, data.len()));
+        self.writes.lock().push((offset, data.len()));
         if self.fail {
             return Err(std::io::Error::from_raw_os_error(5));
         }
@@ -344,10 +344,10 @@ fn check_access(l: &BarLayout, dev: &FakeRegion, offset: u64, len: usize, write:
     assert_eq!(covered, len, "parts do not cover the access: {parts:?}");
 
     if write {
-        dev.writes.lock().unwrap().clear();
+        dev.writes.lock().clear();
         let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
         let errors = dispatch::write(l, dev, offset, &data);
-        let writes = std::mem::take(&mut *dev.writes.lock().unwrap());
+        let writes = std::mem::take(&mut *dev.writes.lock());
         assert_eq!(
             writes, device_parts,
             "device writes are not the device parts"

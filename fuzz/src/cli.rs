@@ -15,12 +15,12 @@
 
 use clap::Parser;
 use vmm::config::cli::Cli;
+use vmm::config::numa::{Initiator, Topology};
 use vmm::config::{
     parse_console, parse_cpu_list, parse_distances, parse_id, parse_size, ApiSocketConfig,
     ConfigError, CpusConfig, DeviceConfig, GhConfig, GhSlotRequest, MemoryConfig, NumaConfig,
     PlatformConfig, SerialConfig, MAX_MEMORY, MAX_NUMA_NODES, MAX_VCPUS, MIN_MEMORY,
 };
-use vmm::config::numa::{Initiator, Topology};
 
 /// The error as the binaries print it (`vmm::config::cli::error_line`): one line, no control
 /// characters, whatever the option value that the message quotes carried.
@@ -255,7 +255,7 @@ fn remote_add_device_matches(d: &DeviceConfig) {
             r.status, 200,
             "the server refused what ghvmm-remote sent for {d:?}"
         );
-        let calls = vm.calls.lock().unwrap();
+        let calls = vm.calls.lock();
         let want = vmm::api::AddDevice {
             path: d.path.clone(),
             id: d.id.clone(),

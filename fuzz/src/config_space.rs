@@ -18,8 +18,9 @@
 //! enabled vectors, all routes gone before a disable) that matches the MSI-X table, table
 //! writes read back, and no region access leaves its region.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use pci::config::{bar_offset, NUM_BARS};
@@ -169,17 +170,17 @@ struct FakeConfig(Arc<Mutex<ConfigState>>);
 
 impl FakeConfig {
     fn healthy(&self) -> bool {
-        self.0.lock().unwrap().reads_left != Some(0)
+        self.0.lock().reads_left != Some(0)
     }
 
     fn freeze(&self, frozen: bool) {
-        self.0.lock().unwrap().frozen = frozen;
+        self.0.lock().frozen = frozen;
     }
 }
 
 impl RegionIo for FakeConfig {
     fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
-        let mut s = self.0.lock().unwrap();
+        let mut s = self.0.lock();
         let frozen = s.frozen;
         match &mut s.reads_left {
             Some(0) => return Err(std::io::Error::from_raw_os_error(19)),
@@ -200,7 +201,7 @@ impl RegionIo for FakeConfig {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        let mut s = self.0.lock().unwrap();
+        let mut s = self.0.lock();
         s.writes.push((offset, data.to_vec()));
         if s.writes_fail {
             return Err(std::io::Error::from_raw_os_error(5));
@@ -244,7 +245,7 @@ impl FakeRegion {
 impl RegionIo for FakeRegion {
     fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
         self.check(offset, data.len());
-        let w = self.written.lock().unwrap();
+        let w = self.written.lock();
         for (i, d) in data.iter_mut().enumerate() {
             let o = offset + i as u64;
             *d = w
@@ -257,7 +258,7 @@ impl RegionIo for FakeRegion {
 
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.check(offset, data.len());
-        let mut w = self.written.lock().unwrap();
+        let mut w = self.written.lock();
         for (i, d) in data.iter().enumerate() {
             w.insert(offset + i as u64, *d);
         }
@@ -287,7 +288,7 @@ struct CheckingSink(Arc<Mutex<SinkState>>);
 
 impl IrqSink for CheckingSink {
     fn apply(&mut self, updates: Vec<IrqUpdate>) {
-        let mut s = self.0.lock().unwrap();
+        let mut s = self.0.lock();
         let (msi_max, msix_vectors) = (s.msi_max, s.msix_vectors);
         for u in updates {
             let kind = match u {
@@ -533,13 +534,20 @@ impl Harness {
             assert_eq!(spec, self.bars[&i].spec, "{m}");
             assert_eq!(base % spec.size, 0, "move to an unaligned base: {m}");
             let bit = if spec.kind == BarKind::Io { 1 } else { 2 };
-            assert_ne!(command & bit, 0, "move with its address space disabled: {m}");
+            assert_ne!(
+                command & bit,
+                0,
+                "move with its address space disabled: {m}"
+            );
             let flags = if spec.kind == BarKind::Io { 0x3 } else { 0xf };
             let mut reg_addr = u64::from(self.read_reg(4 + i) & !flags);
             if spec.kind == BarKind::Mem64 {
                 reg_addr |= u64::from(self.read_reg(5 + i)) << 32;
             }
-            assert_eq!(reg_addr, base, "move to an address not in the register: {m}");
+            assert_eq!(
+                reg_addr, base,
+                "move to an address not in the register: {m}"
+            );
         }
         self.dev.freeze(false);
     }
@@ -548,7 +556,7 @@ impl Harness {
         let Some(b) = self.bars.get(&bar) else {
             return;
         };
-        if self.table_bar == Some(bar) && self.irq.lock().unwrap().table_read(bar, at, data) {
+        if self.table_bar == Some(bar) && self.irq.lock().table_read(bar, at, data) {
             return;
         }
         let _ = dispatch::read(&b.layout, &b.region, at, data);
@@ -558,20 +566,14 @@ impl Harness {
         let Some(b) = self.bars.get(&bar) else {
             return;
         };
-        if self.table_bar == Some(bar) && self.irq.lock().unwrap().table_write(bar, at, data) {
+        if self.table_bar == Some(bar) && self.irq.lock().table_write(bar, at, data) {
             return;
         }
         let _ = dispatch::write(&b.layout, &b.region, at, data);
     }
 
     fn msix_table(&self) -> Option<BarRange> {
-        self.irq
-            .lock()
-            .unwrap()
-            .caps()
-            .msix_ranges()
-            .first()
-            .copied()
+        self.irq.lock().caps().msix_ranges().first().copied()
     }
 
     // -----------------------------------------------------------------------------------------
@@ -659,7 +661,7 @@ impl Harness {
             (0x3c, 0x40, "interrupt line/pin"),
             (0x100, u64::MAX, "extended config space"),
         ];
-        let irq = self.irq.lock().unwrap();
+        let irq = self.irq.lock();
         let caps = irq.caps();
         for c in self.cfg.capabilities() {
             let at = u64::from(c.offset);
@@ -678,7 +680,7 @@ impl Harness {
 
     fn check_device_writes(&mut self) {
         let owned = self.owned_ranges();
-        let writes = std::mem::take(&mut self.dev.0.lock().unwrap().writes);
+        let writes = std::mem::take(&mut self.dev.0.lock().writes);
         for (off, data) in writes {
             let end = off + data.len() as u64;
             for &(s, e, what) in &owned {
@@ -692,8 +694,8 @@ impl Harness {
 
     /// The routes the VMM holds match what the guest programmed into the MSI-X table.
     fn check_routes(&self) {
-        let irq = self.irq.lock().unwrap();
-        let sink = self.sink.lock().unwrap();
+        let irq = self.irq.lock();
+        let sink = self.sink.lock();
         if let Some(m) = irq.caps().msix() {
             let live = m.enabled() && m.control() & (1 << 14) == 0;
             for v in 0..m.vectors() {
@@ -789,7 +791,7 @@ impl Harness {
                         );
                     }
                     assert!(
-                        self.dev.0.lock().unwrap().writes.is_empty(),
+                        self.dev.0.lock().writes.is_empty(),
                         "a malformed write reached the device"
                     );
                 }
@@ -995,7 +997,7 @@ pub fn run(input: &Input) {
         h.check();
     }
     // Unplug: the sink is told to undo everything.
-    h.irq.lock().unwrap().shutdown();
+    h.irq.lock().shutdown();
 }
 
 pub fn fuzz(data: &[u8]) {

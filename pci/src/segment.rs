@@ -1,7 +1,9 @@
 //! A PCI segment: one bus (bus 0) of 32 slots, function 0 each. Multi-function devices and
 //! bridges are not needed for passthrough of single-function GPUs.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::device::PciDevice;
 use crate::PciError;
@@ -82,15 +84,9 @@ impl PciSegment {
 /// Reads a register through `segment` without holding the segment lock during the device
 /// access; absent functions read all-ones.
 pub fn read_config(segment: &Mutex<PciSegment>, addr: &ConfigAddress) -> u32 {
-    let dev = segment
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .device(addr);
+    let dev = segment.lock().device(addr);
     match dev {
-        Some(d) => d
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .read_config_register(addr.reg),
+        Some(d) => d.lock().read_config_register(addr.reg),
         None => 0xffff_ffff,
     }
 }
@@ -98,14 +94,9 @@ pub fn read_config(segment: &Mutex<PciSegment>, addr: &ConfigAddress) -> u32 {
 /// Writes a register through `segment`, like [`read_config`]; writes to absent functions
 /// are dropped.
 pub fn write_config(segment: &Mutex<PciSegment>, addr: &ConfigAddress, offset: u64, data: &[u8]) {
-    let dev = segment
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .device(addr);
+    let dev = segment.lock().device(addr);
     if let Some(d) = dev {
-        d.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_config_register(addr.reg, offset, data);
+        d.lock().write_config_register(addr.reg, offset, data);
     }
 }
 

@@ -11,7 +11,9 @@
 //! fails, nor when its close panics: `device`) is released with it.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use vfio_ioctls::VfioContainer;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -33,16 +35,12 @@ pub struct Containers {
 }
 
 impl Containers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Opens the device at `path` (a sysfs device directory; it must be bound to a VFIO
     /// driver) in the container (created on first use), with guest RAM DMA-mapped
     /// (IOVA = guest physical address) if it is the only device.
     pub fn open(&self, path: &Path, mem: &GuestMemoryMmap) -> Result<Arc<Device>, Error> {
         check_bound_to_vfio(path)?;
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         let container = match &st.container {
             Some(c) => c.clone(),
             None => {
@@ -92,7 +90,7 @@ impl Containers {
     /// inside one of its traps) is gone, so that its fds and group are released before this
     /// returns and a new device can take the group at once.
     pub fn close(&self, device: Arc<Device>) {
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         let mut device = device;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
@@ -119,12 +117,16 @@ impl Containers {
     }
 
     pub fn devices(&self) -> usize {
-        self.lock().devices
+        self.state.lock().devices
     }
 
     /// The container while a device is open in it: there is none to map into otherwise.
     fn container(&self) -> Result<Arc<VfioContainer>, Error> {
-        self.lock().container.clone().ok_or(Error::NoContainer)
+        self.state
+            .lock()
+            .container
+            .clone()
+            .ok_or(Error::NoContainer)
     }
 
     /// DMA-maps `size` bytes of host memory at `host` for the devices to reach at `iova`, on

@@ -41,7 +41,9 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
 use vfio_ioctls::{VfioContainer, VfioDevice};
@@ -221,7 +223,7 @@ impl Device {
         };
         let group = iommu_group(sysfs).map_err(no_group)?;
         log::debug!("{}: IOMMU group {group}", sysfs.display());
-        let _staging = STAND_INS.lock().unwrap_or_else(|e| e.into_inner());
+        let _staging = STAND_INS.lock();
         let mut link = None;
         let mut refused = Vec::new();
         for base in bases() {
@@ -288,7 +290,7 @@ impl AsRawFd for Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        let _staging = STAND_INS.lock().unwrap_or_else(|e| e.into_inner());
+        let _staging = STAND_INS.lock();
         if let Some(l) = &self.link {
             if let Err(e) = l.create() {
                 log::warn!(

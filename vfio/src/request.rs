@@ -171,7 +171,7 @@ fn watch(
 mod tests {
     use super::*;
     use crate::irq::IrqKind;
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
     use std::time::{Duration, Instant};
     use vfio_ioctls::VfioError;
 
@@ -195,16 +195,16 @@ mod tests {
             self.has_request
         }
         fn enable_request(&self, fd: &EventFd) -> Result<(), IrqError> {
-            self.calls.lock().unwrap().push("enable");
+            self.calls.lock().push("enable");
             if self.refuse {
                 return Err(VfioError::VfioDeviceSetIrq.into());
             }
-            *self.fd.lock().unwrap() = Some(fd.try_clone().unwrap());
+            *self.fd.lock() = Some(fd.try_clone().unwrap());
             Ok(())
         }
         fn disable_request(&self) -> Result<(), IrqError> {
-            self.calls.lock().unwrap().push("disable");
-            *self.fd.lock().unwrap() = None;
+            self.calls.lock().push("disable");
+            *self.fd.lock() = None;
             Ok(())
         }
     }
@@ -218,10 +218,10 @@ mod tests {
         }
         /// What the kernel does on unbind.
         fn host_asks(&self) {
-            self.fd.lock().unwrap().as_ref().unwrap().write(1).unwrap();
+            self.fd.lock().as_ref().unwrap().write(1).unwrap();
         }
         fn calls(&self) -> Vec<&'static str> {
-            self.calls.lock().unwrap().clone()
+            self.calls.lock().clone()
         }
     }
 

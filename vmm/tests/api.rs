@@ -8,7 +8,9 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier};
+
+use parking_lot::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ struct FakeVm {
 
 impl FakeVm {
     fn log(&self, s: &str) {
-        self.calls.lock().unwrap().push(s.to_string());
+        self.calls.lock().push(s.to_string());
     }
 }
 
@@ -35,7 +37,7 @@ impl VmControl for FakeVm {
         VmInfo {
             state: VmState::Running,
             config: serde_json::json!({"memory": {"size": 536870912}}),
-            devices: self.devices.lock().unwrap().clone(),
+            devices: self.devices.lock().clone(),
             resources: Resources {
                 open_fds: 9,
                 memory_slots: 1,
@@ -50,7 +52,7 @@ impl VmControl for FakeVm {
             // A VM operation that takes a while must not hold up other clients.
             thread::sleep(Duration::from_secs(3));
         }
-        let mut devs = self.devices.lock().unwrap();
+        let mut devs = self.devices.lock();
         let id = req.id.unwrap_or_else(|| format!("_vfio{}", devs.len()));
         if devs.iter().any(|d| d.id == id) {
             return Err(ApiError::conflict(format!(
@@ -68,7 +70,7 @@ impl VmControl for FakeVm {
 
     fn remove_device(&self, id: &str) -> Result<(), ApiError> {
         self.log("remove");
-        let mut devs = self.devices.lock().unwrap();
+        let mut devs = self.devices.lock();
         let before = devs.len();
         devs.retain(|d| d.id != id);
         if devs.len() == before {
@@ -268,7 +270,7 @@ fn socket_mode_and_every_endpoint() {
     ] {
         assert_eq!(remote(&srv.socket, cmd).unwrap(), "");
     }
-    let calls = srv.vm.calls.lock().unwrap().clone();
+    let calls = srv.vm.calls.lock().clone();
     assert_eq!(
         calls,
         [
@@ -396,7 +398,7 @@ fn concurrent_clients_and_malformed_flood() {
     }
     ping_ok(&socket);
     // None of them reached the VM.
-    assert!(srv.vm.calls.lock().unwrap().is_empty());
+    assert!(srv.vm.calls.lock().is_empty());
 }
 
 #[test]

@@ -199,7 +199,7 @@ impl PassthroughConfig {
                 if let Some(c) = self.caps.iter().find(|c| u64::from(c.offset) == off) {
                     v = (v & !0xff00) | (u32::from(c.next) << 8);
                 }
-                let irq = self.interrupts.lock().unwrap_or_else(|e| e.into_inner());
+                let irq = self.interrupts.lock();
                 irq.config_read(r, v).unwrap_or(v)
             }
         }
@@ -231,7 +231,7 @@ impl PciDevice for PassthroughConfig {
             r => {
                 // MSI/MSI-X programming is emulated; everything else goes to the device
                 // (a capability header's id/next bytes are read-only in hardware).
-                let mut irq = self.interrupts.lock().unwrap_or_else(|e| e.into_inner());
+                let mut irq = self.interrupts.lock();
                 if !irq.config_write(r, offset, data) {
                     let _ = self.dev.write((r * 4) as u64 + offset, data);
                 }
@@ -264,7 +264,9 @@ mod tests {
     use super::*;
     use crate::vfio::interrupts::tests::Recorder;
     use crate::vfio::interrupts::{InterruptCaps, Interrupts, IrqKind, IrqUpdate};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
 
     /// A fake config space: 4 KiB of bytes, every write recorded.
     type WriteLog = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
@@ -274,7 +276,7 @@ mod tests {
 
     impl DeviceConfig for Fake {
         fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
-            let b = self.0.lock().unwrap();
+            let b = self.0.lock();
             let o = offset as usize;
             match b.get(o..o + data.len()) {
                 Some(s) => {
@@ -285,8 +287,8 @@ mod tests {
             }
         }
         fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.1.lock().unwrap().push((offset, data.to_vec()));
-            let mut b = self.0.lock().unwrap();
+            self.1.lock().push((offset, data.to_vec()));
+            let mut b = self.0.lock();
             let o = offset as usize;
             b[o..o + data.len()].copy_from_slice(data);
             Ok(())
@@ -354,10 +356,7 @@ mod tests {
         c.write_config_register(6, 0, &[0xff; 4]);
         c.write_config_register(7, 0, &[0xff; 4]);
         assert_eq!(c.read_config_register(7), 0xffff_ffe0);
-        assert!(
-            dev.1.lock().unwrap().is_empty(),
-            "BAR writes never reach the device"
-        );
+        assert!(dev.1.lock().is_empty(), "BAR writes never reach the device");
     }
 
     #[test]
@@ -372,7 +371,7 @@ mod tests {
         assert_eq!(c.read_config_register(15) & 0xff, 0x05);
         assert_eq!(c.read_config_register(0x40), 0);
         assert_eq!(c.read_config_register(1023), 0);
-        assert!(dev.1.lock().unwrap().is_empty());
+        assert!(dev.1.lock().is_empty());
     }
 
     #[test]
@@ -411,10 +410,10 @@ mod tests {
             0,
             "the guest sees its own decode bits"
         );
-        dev.1.lock().unwrap().clear();
+        dev.1.lock().clear();
         c.write_config_register(1, 0, &[0x06, 0x00]);
         assert!(c.memory_enabled());
-        assert_eq!(dev.1.lock().unwrap().as_slice(), &[(4, vec![0x06, 0x00])]);
+        assert_eq!(dev.1.lock().as_slice(), &[(4, vec![0x06, 0x00])]);
         // With decode on, moving BAR2 moves what the VMM maps.
         c.write_config_register(7, 0, &0x40u32.to_le_bytes());
         assert!(c
@@ -427,7 +426,7 @@ mod tests {
         let dev = device();
         {
             // MSI-X with 2 vectors, table in BAR 0 at 0x800.
-            let mut b = dev.0.lock().unwrap();
+            let mut b = dev.0.lock();
             b[0x62..0x64].copy_from_slice(&1u16.to_le_bytes());
             b[0x64..0x68].copy_from_slice(&0x800u32.to_le_bytes());
             b[0x68..0x6c].copy_from_slice(&0xc00u32.to_le_bytes());
@@ -442,38 +441,35 @@ mod tests {
             "still relinked"
         );
         assert_eq!(
-            rec.0.lock().unwrap().as_slice(),
+            rec.0.lock().as_slice(),
             &[IrqUpdate::Enable {
                 kind: IrqKind::Msix,
                 vectors: 2
             }]
         );
-        assert!(
-            dev.1.lock().unwrap().is_empty(),
-            "nothing reached the device"
-        );
+        assert!(dev.1.lock().is_empty(), "nothing reached the device");
         // A register outside the interrupt capabilities still goes to the device.
         c.write_config_register(0x44 / 4, 0, &[3, 0]);
-        assert_eq!(dev.1.lock().unwrap().as_slice(), &[(0x44, vec![3, 0])]);
+        assert_eq!(dev.1.lock().as_slice(), &[(0x44, vec![3, 0])]);
     }
 
     #[test]
     fn hostile_capability_lists_terminate() {
         let dev = device();
         {
-            let mut b = dev.0.lock().unwrap();
+            let mut b = dev.0.lock();
             b[0x41] = 0x40; // PM points to itself
         }
         let c = config(&dev);
         assert_eq!(c.capabilities().len(), 1);
         let dev = device();
         {
-            let mut b = dev.0.lock().unwrap();
+            let mut b = dev.0.lock();
             b[0x34] = 0x20; // into the header: not a capability
         }
         assert!(config(&dev).capabilities().is_empty());
         let dev = device();
-        dev.0.lock().unwrap()[6] = 0; // status says no capability list
+        dev.0.lock()[6] = 0; // status says no capability list
         let mut c = config(&dev);
         assert!(c.capabilities().is_empty());
         assert_eq!(c.read_config_register(1) & STATUS_CAP_LIST, 0);
@@ -487,7 +483,7 @@ mod tests {
     fn overlapping_and_repeated_capabilities_are_not_exposed() {
         let dev = device();
         {
-            let mut b = dev.0.lock().unwrap();
+            let mut b = dev.0.lock();
             // PM@0x40 -> MSI@0x50 (64-bit, per-vector mask: 0x18 bytes) -> MSI-X@0x60, which
             // lies inside it -> PCIe@0x70 -> a second PM@0x80 -> MSI at 0xf0, running past
             // the standard space.
@@ -513,7 +509,7 @@ mod tests {
         assert_eq!(walked, exposed);
         // The 0x18 bytes of the MSI capability stay emulated.
         c.write_config_register(0x64 / 4, 0, &[1, 2, 3, 4]);
-        assert!(dev.1.lock().unwrap().is_empty());
+        assert!(dev.1.lock().is_empty());
     }
 
     #[test]
@@ -523,7 +519,7 @@ mod tests {
         c.write_config_register(20, 3, &[1, 2]);
         c.write_config_register(20, 0, &[]);
         c.write_config_register(5000, 0, &[1]);
-        assert!(dev.1.lock().unwrap().is_empty());
+        assert!(dev.1.lock().is_empty());
         let _ = c.read_config_register(5000);
         let mut b = [0u8; 3];
         read_bytes(&mut c, 0, &mut b);

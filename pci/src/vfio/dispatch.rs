@@ -101,7 +101,7 @@ pub fn write(layout: &BarLayout, io: &dyn RegionIo, offset: u64, data: &[u8]) ->
 mod tests {
     use super::*;
     use crate::vfio::layout::{bar_layout, Limits, RegionDesc, SparseArea};
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     const LIMITS: Limits = Limits {
         page_size: 4096,
@@ -133,14 +133,14 @@ mod tests {
 
     impl RegionIo for FakeRegion {
         fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
-            self.log.lock().unwrap().push(('r', offset, data.len()));
+            self.log.lock().push(('r', offset, data.len()));
             if self.fail || offset + data.len() as u64 > self.size {
                 return Err(std::io::Error::from_raw_os_error(libc_eio()));
             }
             for (i, d) in data.iter_mut().enumerate() {
                 let o = offset + i as u64;
                 *d = if o < self.len {
-                    self.bytes.lock().unwrap()[o as usize]
+                    self.bytes.lock()[o as usize]
                 } else {
                     0xff
                 };
@@ -148,14 +148,14 @@ mod tests {
             Ok(())
         }
         fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.log.lock().unwrap().push(('w', offset, data.len()));
+            self.log.lock().push(('w', offset, data.len()));
             if self.fail || offset + data.len() as u64 > self.size {
                 return Err(std::io::Error::from_raw_os_error(libc_eio()));
             }
             for (i, d) in data.iter().enumerate() {
                 let o = offset + i as u64;
                 if o < self.len {
-                    self.bytes.lock().unwrap()[o as usize] = *d;
+                    self.bytes.lock()[o as usize] = *d;
                 }
             }
             Ok(())
@@ -218,7 +218,7 @@ mod tests {
                     for (i, b) in buf.iter().enumerate() {
                         let o = start + i as u64;
                         let want = if o < len {
-                            dev.bytes.lock().unwrap()[o as usize]
+                            dev.bytes.lock()[o as usize]
                         } else {
                             pad
                         };
@@ -233,15 +233,15 @@ mod tests {
     fn padding_writes_never_reach_the_device() {
         let len = 4096 + 3;
         let (layout, dev) = vmm_pads(len);
-        let before = dev.bytes.lock().unwrap().clone();
+        let before = dev.bytes.lock().clone();
         write(&layout, &dev, len - 1, &[1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(dev.log.lock().unwrap().as_slice(), &[('w', len - 1, 1)]);
-        let after = dev.bytes.lock().unwrap().clone();
+        assert_eq!(dev.log.lock().as_slice(), &[('w', len - 1, 1)]);
+        let after = dev.bytes.lock().clone();
         assert_eq!(after[..len as usize - 1], before[..len as usize - 1]);
         assert_eq!(after[len as usize - 1], 1);
-        dev.log.lock().unwrap().clear();
+        dev.log.lock().clear();
         write(&layout, &dev, len + 100, &[9; 8]);
-        assert!(dev.log.lock().unwrap().is_empty());
+        assert!(dev.log.lock().is_empty());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! VFIO_DEVICE_SET_IRQS, and each fires an eventfd that KVM turns into the message the guest
 //! asked for.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::capability::{Capability, DeviceConfig, CAP_MSI, CAP_MSIX};
 pub use super::irq_types::{IrqKind, IrqSink, IrqUpdate, MsiMessage};
@@ -248,7 +250,7 @@ pub(crate) mod tests {
 
     impl IrqSink for Recorder {
         fn apply(&mut self, updates: Vec<IrqUpdate>) {
-            self.0.lock().unwrap().extend(updates);
+            self.0.lock().extend(updates);
         }
     }
 
@@ -365,7 +367,7 @@ pub(crate) mod tests {
         assert!(i.table_write(1, 0x2018, &0x4055u32.to_le_bytes()));
         assert!(i.table_write(1, 0x201c, &0u32.to_le_bytes()));
         assert_eq!(
-            rec.0.lock().unwrap().last(),
+            rec.0.lock().last(),
             Some(&IrqUpdate::Route {
                 kind: IrqKind::Msix,
                 vector: 1,

@@ -100,7 +100,7 @@ fn error_response(e: ApiError) -> Response {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     use super::*;
     use crate::api::http::{read_request, Limits, ReadError};
@@ -115,7 +115,7 @@ pub(crate) mod tests {
 
     impl FakeVm {
         fn log(&self, s: String) {
-            self.calls.lock().unwrap().push(s);
+            self.calls.lock().push(s);
         }
     }
 
@@ -255,11 +255,11 @@ pub(crate) mod tests {
         ] {
             let r = serve(&vm, &put_empty(path));
             assert_eq!(r.status, 204, "{path}");
-            assert_eq!(vm.calls.lock().unwrap().last().unwrap(), call);
+            assert_eq!(vm.calls.lock().last().unwrap(), call);
             // A body, even an empty JSON object, is ignored.
             assert_eq!(serve(&vm, &put(path, "{}")).status, 204, "{path}");
         }
-        let calls = vm.calls.lock().unwrap();
+        let calls = vm.calls.lock();
         assert_eq!(calls[0], "info");
         assert_eq!(
             calls[1],
@@ -347,7 +347,7 @@ pub(crate) mod tests {
         );
         error(&serve(&vm, &put_empty("/api/v1/vm.remove-device")), 411);
         // None of these reached the VM.
-        assert!(vm.calls.lock().unwrap().is_empty());
+        assert!(vm.calls.lock().is_empty());
     }
 
     #[test]
@@ -404,7 +404,7 @@ pub(crate) mod tests {
             let r = serve(&vm, raw.as_bytes());
             assert_eq!((r.status, r.allow), (405, Some("PUT")), "{m}");
         }
-        assert!(vm.calls.lock().unwrap().is_empty());
+        assert!(vm.calls.lock().is_empty());
     }
 
     #[test]
@@ -432,6 +432,6 @@ pub(crate) mod tests {
             ),
             411,
         );
-        assert!(vm.calls.lock().unwrap().is_empty());
+        assert!(vm.calls.lock().is_empty());
     }
 }

@@ -7,7 +7,9 @@
 //! wait forever for a key press.
 
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use devices::Serial;
 
@@ -86,10 +88,7 @@ fn forward(serial: Arc<Mutex<Serial>>) {
         let n = unsafe { libc::read(STDIN, buf.as_mut_ptr().cast(), buf.len()) };
         match n {
             0 => return,
-            n if n > 0 => serial
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .enqueue_input(&buf[..n as usize]),
+            n if n > 0 => serial.lock().enqueue_input(&buf[..n as usize]),
             _ => {
                 let e = std::io::Error::last_os_error();
                 if e.kind() != std::io::ErrorKind::Interrupted {

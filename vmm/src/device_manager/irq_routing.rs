@@ -8,7 +8,9 @@
 //! KVM sits behind `KvmIrqOps` so the bookkeeping is unit-tested without a VM.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use kvm_bindings::{
     kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
@@ -142,8 +144,8 @@ impl GsiRouting {
         }
     }
 
-    fn routes(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Option<MsiMessage>>> {
-        self.msi.lock().unwrap_or_else(|e| e.into_inner())
+    fn routes(&self) -> parking_lot::MutexGuard<'_, BTreeMap<u32, Option<MsiMessage>>> {
+        self.msi.lock()
     }
 
     /// A free GSI above the IOAPIC's, not routed yet.
@@ -217,7 +219,7 @@ pub(crate) mod tests {
             if self.fail_routes.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(kvm_ioctls::Error::new(libc::EINVAL));
             }
-            self.tables.lock().unwrap().push(routes.to_vec());
+            self.tables.lock().push(routes.to_vec());
             Ok(())
         }
         fn register_irqfd(
@@ -225,7 +227,7 @@ pub(crate) mod tests {
             _: &EventFd,
             gsi: u32,
         ) -> std::result::Result<(), kvm_ioctls::Error> {
-            self.irqfds.lock().unwrap().push((gsi, true));
+            self.irqfds.lock().push((gsi, true));
             Ok(())
         }
         fn unregister_irqfd(
@@ -233,7 +235,7 @@ pub(crate) mod tests {
             _: &EventFd,
             gsi: u32,
         ) -> std::result::Result<(), kvm_ioctls::Error> {
-            self.irqfds.lock().unwrap().push((gsi, false));
+            self.irqfds.lock().push((gsi, false));
             Ok(())
         }
     }
@@ -288,15 +290,11 @@ pub(crate) mod tests {
         let a = r.allocate().unwrap();
         let b = r.allocate().unwrap();
         assert_eq!((a, b), (24, 25));
-        assert!(kvm.tables.lock().unwrap().is_empty(), "nothing routed yet");
+        assert!(kvm.tables.lock().is_empty(), "nothing routed yet");
         r.set(b, Some(msg(0x42))).unwrap();
         r.set(b, Some(msg(0x42))).unwrap();
-        assert_eq!(
-            kvm.tables.lock().unwrap().len(),
-            1,
-            "no-op changes commit nothing"
-        );
-        let last = kvm.tables.lock().unwrap().last().unwrap().clone();
+        assert_eq!(kvm.tables.lock().len(), 1, "no-op changes commit nothing");
+        let last = kvm.tables.lock().last().unwrap().clone();
         assert_eq!(
             last.last(),
             Some(&Route::Msi {
@@ -306,14 +304,10 @@ pub(crate) mod tests {
         );
         assert_eq!(last.len(), 41, "defaults kept");
         r.release(a).unwrap();
-        assert_eq!(
-            kvm.tables.lock().unwrap().len(),
-            1,
-            "unrouted GSI: no commit"
-        );
+        assert_eq!(kvm.tables.lock().len(), 1, "unrouted GSI: no commit");
         assert_eq!(r.allocate().unwrap(), 24, "freed GSIs are reused");
         r.release(b).unwrap();
-        assert_eq!(kvm.tables.lock().unwrap().last().unwrap().len(), 40);
+        assert_eq!(kvm.tables.lock().last().unwrap().len(), 40);
         assert!(matches!(r.set(99, None), Err(RoutingError::Unknown(99))));
         assert!(matches!(r.release(99), Err(RoutingError::Unknown(99))));
     }
@@ -329,7 +323,7 @@ pub(crate) mod tests {
         kvm.fail_routes
             .store(false, std::sync::atomic::Ordering::SeqCst);
         r.set(g, Some(msg(1))).unwrap();
-        assert_eq!(kvm.tables.lock().unwrap().len(), 1, "retried, not skipped");
+        assert_eq!(kvm.tables.lock().len(), 1, "retried, not skipped");
     }
 
     #[test]

@@ -6,7 +6,9 @@ pub mod irq_routing;
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use devices::{
     AcpiPmDevice, Bus, Ged, PciConfigIo, PciConfigMmio, PciHotplug, Serial, VmExitRequest, I8042,

@@ -5,7 +5,9 @@
 //! as it likes (every write calls back once per set bit) and the state stays the same size,
 //! where a list of ejects would grow until a removal emptied it.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use acpi::hotplug::regs::slot_bit;
@@ -33,12 +35,8 @@ impl Ejects {
         Box::new(move |segment, slot| ejects.record(segment, slot))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Box<[u32]>> {
-        self.ejected.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     pub(super) fn record(&self, segment: u16, slot: u8) {
-        let mut ejected = self.lock();
+        let mut ejected = self.ejected.lock();
         let (Some(word), Some(bit)) = (ejected.get_mut(usize::from(segment)), slot_bit(slot))
         else {
             return;
@@ -53,7 +51,7 @@ impl Ejects {
     /// Forgets an eject of this slot that nobody waited for (a stale one must not satisfy
     /// the next removal).
     pub fn forget(&self, segment: u16, slot: u8) {
-        let mut ejected = self.lock();
+        let mut ejected = self.ejected.lock();
         if let (Some(word), Some(bit)) = (ejected.get_mut(usize::from(segment)), slot_bit(slot)) {
             *word &= !bit;
         }
@@ -65,7 +63,7 @@ impl Ejects {
         let Some(bit) = slot_bit(slot) else {
             return false;
         };
-        let mut ejected = self.lock();
+        let mut ejected = self.ejected.lock();
         loop {
             if let Some(word) = ejected.get_mut(usize::from(segment)) {
                 if *word & bit != 0 {
@@ -77,22 +75,18 @@ impl Ejects {
             if left.is_zero() {
                 return false;
             }
-            ejected = self
-                .cv
-                .wait_timeout(ejected, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            self.cv.wait_for(&mut ejected, left);
         }
     }
 
     #[cfg(test)]
     fn snapshot(&self) -> Vec<u32> {
-        self.lock().to_vec()
+        self.ejected.lock().to_vec()
     }
 
     #[cfg(test)]
     fn footprint(&self) -> usize {
-        std::mem::size_of_val::<[u32]>(&self.lock())
+        std::mem::size_of_val::<[u32]>(&self.ejected.lock())
     }
 }
 

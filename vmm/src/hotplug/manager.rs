@@ -3,7 +3,9 @@
 //! behind when a step fails.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use acpi::PciAddress;
@@ -49,11 +51,7 @@ impl<B: Backend> Hotplug<B> {
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry<B::Device>> {
-        self.attached.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn ops(&self) -> MutexGuard<'_, ()> {
-        self.ops.lock().unwrap_or_else(|e| e.into_inner())
+        self.attached.lock()
     }
 
     /// Every attached device, in attach order.
@@ -69,7 +67,7 @@ impl<B: Backend> Hotplug<B> {
         id: Option<String>,
         placement: Placement,
     ) -> Result<(String, PciAddress), HotplugError> {
-        let _ops = self.ops();
+        let _ops = self.ops.lock();
         let placed = self.attach_locked(path, id, placement)?;
         Ok((placed.id, placed.address))
     }
@@ -82,7 +80,7 @@ impl<B: Backend> Hotplug<B> {
         id: Option<String>,
         placement: Placement,
     ) -> Result<(String, PciAddress), HotplugError> {
-        let _ops = self.ops();
+        let _ops = self.ops.lock();
         let placed = self.attach_locked(path, id, placement)?;
         let a = placed.address;
         if let Err(e) = self.backend.announce_added(a.segment, a.device) {
@@ -97,7 +95,7 @@ impl<B: Backend> Hotplug<B> {
     /// `_EJ0`, then detaches it. On a timeout the device stays, and the guest may still eject
     /// it later (a second remove finds it gone from the guest at once).
     pub fn hot_remove(&self, id: &str) -> Result<(), HotplugError> {
-        let _ops = self.ops();
+        let _ops = self.ops.lock();
         let mut removal = self
             .removal(|a| a.id == id)
             .ok_or_else(|| HotplugError::UnknownId(id.to_string()))?;
@@ -120,7 +118,7 @@ impl<B: Backend> Hotplug<B> {
     /// the eject timeout (a surprise removal), so that the host's unbind completes. Runs on
     /// a thread of its own, started by the device's request watcher.
     fn give_back(&self, token: Token) {
-        let _ops = self.ops();
+        let _ops = self.ops.lock();
         let Some(mut removal) = self.removal(|a| a.token == token) else {
             log::info!("a device the host asked back was removed meanwhile");
             return;

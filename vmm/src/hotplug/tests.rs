@@ -2,7 +2,9 @@
 //! ejects at once or never, and faults injected where the VM side can fail.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use acpi::PciAddress;
@@ -28,10 +30,6 @@ impl PciDevice for FakeFunction {
 }
 
 type FakeDevice = Arc<Mutex<FakeFunction>>;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Default)]
 struct State {
@@ -78,7 +76,7 @@ impl FakeVm {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+        self.state.lock()
     }
 
     fn call(&self, call: String) {
@@ -95,13 +93,13 @@ impl FakeVm {
         self.state()
             .assigned
             .iter()
-            .filter(|d| !lock(d).torn_down)
+            .filter(|d| !d.lock().torn_down)
             .count()
     }
 
     /// The slots of `segment` that hold a function.
     fn occupied(&self, segment: u16) -> Vec<u8> {
-        let seg = lock(&self.segments[usize::from(segment)]);
+        let seg = self.segments[usize::from(segment)].lock();
         (0..32)
             .filter(|&device| {
                 let addr = pci::ConfigAddress {
@@ -124,7 +122,7 @@ impl FakeVm {
             .iter_mut()
             .rev()
             .find(|(d, _)| {
-                let d = lock(d);
+                let d = d.lock();
                 d.path == Path::new(path) && !d.torn_down
             })
             .expect("a watched device");
@@ -137,7 +135,7 @@ impl FakeVm {
         let i = state
             .watchers
             .iter()
-            .rposition(|(d, _)| lock(d).path == Path::new(path))
+            .rposition(|(d, _)| d.lock().path == Path::new(path))
             .expect("a watched device");
         state.watchers.remove(i).1
     }
@@ -181,18 +179,22 @@ impl Backend for Arc<FakeVm> {
         slot: Option<u8>,
         device: &FakeDevice,
     ) -> Result<u8, pci::PciError> {
-        let plugged = lock(&self.segments[usize::from(segment)]).add_device(slot, device.clone());
+        let plugged = self.segments[usize::from(segment)]
+            .lock()
+            .add_device(slot, device.clone());
         self.call(format!("plug {segment}:{plugged:?}"));
         plugged
     }
 
     fn unplug(&self, segment: u16, slot: u8) {
-        let _ = lock(&self.segments[usize::from(segment)]).remove_device(slot);
+        let _ = self.segments[usize::from(segment)]
+            .lock()
+            .remove_device(slot);
         self.call(format!("unplug {segment}:{slot}"));
     }
 
     fn teardown(&self, device: &FakeDevice) {
-        let mut d = lock(device);
+        let mut d = device.lock();
         d.torn_down = true;
         self.call(format!("teardown {}", d.path.display()));
     }
@@ -202,7 +204,7 @@ impl Backend for Arc<FakeVm> {
         device: &FakeDevice,
         on_request: OnHostRequest,
     ) -> Result<bool, String> {
-        self.call(format!("watch {}", lock(device).path.display()));
+        self.call(format!("watch {}", device.lock().path.display()));
         self.state().watchers.push((device.clone(), on_request));
         Ok(true)
     }

@@ -2,7 +2,9 @@
 //! `vm::Vm::start`.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use devices::{Bus, Ged, PciHotplug};
 use kvm_ioctls::VmFd;
@@ -43,10 +45,7 @@ pub struct VmResources {
 impl VmResources {
     /// KVM memory slots in use, RAM included.
     pub fn memory_slots_in_use(&self) -> u32 {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .in_use()
+        self.slots.lock().in_use()
     }
 
     fn segment(&self, segment: u16) -> Option<&Mutex<PciSegment>> {
@@ -56,13 +55,12 @@ impl VmResources {
     fn raise_hotplug_event(&self) -> Result<(), String> {
         self.ged
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .notify(devices::ged::EVENT_PCI_HOTPLUG)
             .map_err(|e| format!("GED interrupt: {e}"))
     }
 
-    fn controller(&self) -> std::sync::MutexGuard<'_, PciHotplug> {
-        self.controller.lock().unwrap_or_else(|e| e.into_inner())
+    fn controller(&self) -> parking_lot::MutexGuard<'_, PciHotplug> {
+        self.controller.lock()
     }
 }
 
@@ -107,30 +105,21 @@ impl Backend for VmResources {
             // The layout has the segment (`assign` checked), so this is a VM built wrong.
             return Err(pci::PciError::NoFreeSlot(segment));
         };
-        pci_segment
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .add_device(slot, device.clone())
+        pci_segment.lock().add_device(slot, device.clone())
     }
 
     fn unplug(&self, segment: u16, slot: u8) {
         if let Some(pci_segment) = self.segment(segment) {
-            let _ = pci_segment
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove_device(slot);
+            let _ = pci_segment.lock().remove_device(slot);
         }
     }
 
     fn teardown(&self, device: &Self::Device) {
         // The request watcher is stopped (its thread joined) without the device's lock held:
         // vCPUs take that lock for config accesses.
-        let watcher = device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take_request_watcher();
+        let watcher = device.lock().take_request_watcher();
         drop(watcher);
-        device.lock().unwrap_or_else(|e| e.into_inner()).teardown();
+        device.lock().teardown();
     }
 
     fn watch_requests(
@@ -140,7 +129,6 @@ impl Backend for VmResources {
     ) -> Result<bool, String> {
         device
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .watch_requests(on_request)
             .map_err(|e| e.to_string())
     }

@@ -3,7 +3,9 @@
 //! (forwarded to the device, ghvmm's padding, the emulated MSI-X table). They are installed,
 //! moved and removed together.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use devices::{Bus, BusDevice};
 use kvm_bindings::kvm_userspace_memory_region;
@@ -65,7 +67,7 @@ impl BusDevice for BarTrap {
     fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
         let at = base - self.bar_base + offset;
         if let Some(irq) = &self.interrupts {
-            let irq = irq.lock().unwrap_or_else(|e| e.into_inner());
+            let irq = irq.lock();
             if irq.table_read(self.bar, at, data) {
                 return;
             }
@@ -77,7 +79,7 @@ impl BusDevice for BarTrap {
     fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
         let at = base - self.bar_base + offset;
         if let Some(irq) = &self.interrupts {
-            let mut irq = irq.lock().unwrap_or_else(|e| e.into_inner());
+            let mut irq = irq.lock();
             if irq.table_write(self.bar, at, data) {
                 return;
             }
@@ -171,7 +173,7 @@ impl BarPlan {
             Self::set_slot(vm, p, base + p.offset, p.size)
                 .map_err(|e| format!("slot {} at {:#x}: {e}", p.slot, base + p.offset))?;
         }
-        self.trap.lock().unwrap_or_else(|e| e.into_inner()).bar_base = base;
+        self.trap.lock().bar_base = base;
         for &(off, len) in &self.trap_runs {
             bus.insert(self.trap.clone(), base + off, len)
                 .map_err(|e| format!("trap at {:#x}: {e}", base + off))?;

@@ -177,7 +177,7 @@ mod tests {
     use super::*;
     use crate::device_manager::irq_routing::tests::FakeKvm;
     use crate::device_manager::irq_routing::Route;
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
     use vfio::{IrqError, VfioError};
 
     #[derive(Default)]
@@ -188,7 +188,7 @@ mod tests {
 
     impl DeviceIrqs for FakeDevice {
         fn enable(&self, kind: vfio::IrqKind, fds: &[&EventFd]) -> Result<(), IrqError> {
-            self.calls.lock().unwrap().push((kind, Some(fds.len())));
+            self.calls.lock().push((kind, Some(fds.len())));
             if self.refuse {
                 Err(VfioError::VfioDeviceEnableIrq.into())
             } else {
@@ -196,7 +196,7 @@ mod tests {
             }
         }
         fn disable(&self, kind: vfio::IrqKind) -> Result<(), IrqError> {
-            self.calls.lock().unwrap().push((kind, None));
+            self.calls.lock().push((kind, None));
             Ok(())
         }
     }
@@ -233,7 +233,6 @@ mod tests {
     fn msi_routes(kvm: &FakeKvm) -> Vec<Route> {
         kvm.tables
             .lock()
-            .unwrap()
             .last()
             .map(|t| {
                 t.iter()
@@ -252,7 +251,7 @@ mod tests {
             kind: k,
             vectors: 3,
         }]);
-        assert_eq!(dev.calls.lock().unwrap().as_slice(), &[(host(k), Some(3))]);
+        assert_eq!(dev.calls.lock().as_slice(), &[(host(k), Some(3))]);
         s.apply(vec![route(k, 1, msg(0x41))]);
         assert_eq!(
             msi_routes(&kvm),
@@ -261,20 +260,20 @@ mod tests {
                 message: msg(0x41).unwrap()
             }]
         );
-        assert_eq!(kvm.irqfds.lock().unwrap().as_slice(), &[(25, true)]);
+        assert_eq!(kvm.irqfds.lock().as_slice(), &[(25, true)]);
         // Masking drops the irqfd (events stay counted); unmasking brings it back.
         s.apply(vec![route(k, 1, None)]);
         s.apply(vec![route(k, 1, msg(0x41))]);
         // Reprogramming a live vector only changes its route.
         s.apply(vec![route(k, 1, msg(0x42))]);
         assert_eq!(
-            kvm.irqfds.lock().unwrap().as_slice(),
+            kvm.irqfds.lock().as_slice(),
             &[(25, true), (25, false), (25, true)]
         );
         s.apply(vec![IrqUpdate::Disable { kind: k }]);
-        assert_eq!(kvm.irqfds.lock().unwrap().last(), Some(&(25, false)));
+        assert_eq!(kvm.irqfds.lock().last(), Some(&(25, false)));
         assert!(msi_routes(&kvm).is_empty());
-        assert_eq!(dev.calls.lock().unwrap().last(), Some(&(host(k), None)));
+        assert_eq!(dev.calls.lock().last(), Some(&(host(k), None)));
         // GSIs came back: a new enable starts from 24 again.
         s.apply(vec![
             IrqUpdate::Enable {
@@ -306,13 +305,10 @@ mod tests {
         s.shutdown();
         assert!(s.active.is_empty());
         assert!(msi_routes(&kvm).is_empty());
-        let fds = kvm.irqfds.lock().unwrap().clone();
+        let fds = kvm.irqfds.lock().clone();
         assert_eq!(fds.iter().filter(|(_, on)| *on).count(), 2);
         assert_eq!(fds.iter().filter(|(_, on)| !*on).count(), 2);
-        assert_eq!(
-            dev.calls.lock().unwrap().last(),
-            Some(&(vfio::IrqKind::Msix, None))
-        );
+        assert_eq!(dev.calls.lock().last(), Some(&(vfio::IrqKind::Msix, None)));
         assert_eq!(s.routing.allocate().unwrap(), 24, "GSIs back");
         s.shutdown();
     }
@@ -328,7 +324,7 @@ mod tests {
             route(IrqKind::Msix, 0, msg(1)),
         ]);
         assert!(s.active.is_empty());
-        assert!(kvm.irqfds.lock().unwrap().is_empty());
+        assert!(kvm.irqfds.lock().is_empty());
         assert!(msi_routes(&kvm).is_empty());
         assert_eq!(s.routing.allocate().unwrap(), 24, "GSIs were released");
     }
@@ -343,7 +339,7 @@ mod tests {
         }]);
         s.apply(vec![route(IrqKind::Msix, 7, msg(1))]);
         s.apply(vec![IrqUpdate::Disable { kind: IrqKind::Msi }]);
-        assert!(kvm.irqfds.lock().unwrap().is_empty());
+        assert!(kvm.irqfds.lock().is_empty());
         // Enabling twice re-creates the vectors instead of leaking the first set.
         s.apply(vec![IrqUpdate::Enable {
             kind: IrqKind::Msix,

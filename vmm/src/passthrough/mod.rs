@@ -19,7 +19,9 @@ mod region;
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use devices::Bus;
 use kvm_ioctls::VmFd;
@@ -220,10 +222,7 @@ impl PassthroughDevice {
         // the device, which `close` waits for.
         drop(request);
         release_bars(&self.vm, &self.mmio_bus, &self.allocator, &self.slots, bars);
-        interrupts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .shutdown();
+        interrupts.lock().shutdown();
         drop(config);
         drop(interrupts);
         self.containers.close(device);
@@ -242,7 +241,7 @@ fn release_bars(
 ) {
     for mut plan in bars {
         plan.uninstall(vm, bus);
-        let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = slots.lock();
         for p in &plan.mapped {
             s.release(p.slot);
         }
@@ -250,7 +249,6 @@ fn release_bars(
         let sp = plan.space;
         if let Err(e) = allocator
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .free(sp.segment, sp.window, sp.base, sp.size)
         {
             log::error!(
@@ -373,7 +371,6 @@ fn build_bars(
         let base = ctx
             .allocator
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .allocate(ctx.segment.id, window, layout.bar_size)
             .map_err(|source| VfioSetupError::BarSpace {
                 path: p(),
@@ -429,16 +426,15 @@ fn build_bars(
                     host_align,
                 )
                 .map_err(mmap_err)?;
-                let slot = ctx
-                    .slots
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .allocate()
-                    .map_err(|error| VfioSetupError::MemSlot {
-                        path: p(),
-                        bar: this,
-                        error,
-                    })?;
+                let slot =
+                    ctx.slots
+                        .lock()
+                        .allocate()
+                        .map_err(|error| VfioSetupError::MemSlot {
+                            path: p(),
+                            bar: this,
+                            error,
+                        })?;
                 plan.mapped.push(MappedPiece {
                     offset: piece.offset,
                     size: piece.size,

@@ -15,7 +15,7 @@ use crate::vm::exit::{ExitReason, ExitState};
 pub struct Control {
     pub config: VmConfig,
     pub hotplug: Arc<Hotplug>,
-    pub ged: Arc<std::sync::Mutex<devices::Ged>>,
+    pub ged: Arc<parking_lot::Mutex<devices::Ged>>,
     pub exit: Arc<ExitState>,
 }
 
@@ -132,7 +132,6 @@ impl VmControl for Control {
     fn power_button(&self) -> Result<(), ApiError> {
         self.ged
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .notify(devices::ged::EVENT_POWER_BUTTON)
             .map_err(|e| ApiError::internal(format!("GED interrupt: {e}")))
     }

@@ -1,7 +1,7 @@
 //! Why the VM stopped. The first reason reported wins: once the guest asked to power off, a
 //! vCPU that faults while the process winds down must not turn a clean exit into an error.
 
-use std::sync::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {
@@ -28,7 +28,7 @@ pub struct ExitState {
 
 impl ExitState {
     pub fn request(&self, reason: ExitReason) {
-        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.reason.lock();
         if r.is_none() {
             log::info!("VM exit requested: {reason:?}");
             *r = Some(reason);
@@ -37,19 +37,16 @@ impl ExitState {
     }
 
     pub fn is_set(&self) -> bool {
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.reason.lock().is_some()
     }
 
     pub fn wait(&self) -> ExitReason {
-        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = self.reason.lock();
         loop {
             if let Some(reason) = r.clone() {
                 return reason;
             }
-            r = self.cv.wait(r).unwrap_or_else(|e| e.into_inner());
+            self.cv.wait(&mut r);
         }
     }
 }

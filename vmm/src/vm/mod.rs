@@ -88,7 +88,7 @@ impl Vm {
         .context("KVM_CREATE_PIT2")?;
 
         let (mem, first_free_slot) = crate::memory::create_guest_memory(&vm, &layout)?;
-        let slots = Arc::new(std::sync::Mutex::new(MemSlots::new(
+        let slots = Arc::new(parking_lot::Mutex::new(MemSlots::new(
             first_free_slot,
             kvm.get_nr_memslots() as u32,
         )));
@@ -169,7 +169,7 @@ impl Vm {
             vcpus.push(fd);
         }
         crate::vm::vcpu_dump::install().context("setting up the register-dump signals")?;
-        let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let threads = Arc::new(parking_lot::Mutex::new(Vec::new()));
         for (index, fd) in vcpus.into_iter().enumerate() {
             let handle = vcpu::spawn(VcpuContext {
                 index: index as u8,
@@ -179,10 +179,7 @@ impl Vm {
                 exit: exit.clone(),
             })
             .context("spawning a vCPU thread")?;
-            threads
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(handle);
+            threads.lock().push(handle);
         }
         crate::vm::vcpu_dump::spawn_listener(threads)
             .context("spawning the register-dump thread")?;
@@ -243,9 +240,7 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         None
     };
     let reason = vm.wait();
-    if let Ok(mut serial) = vm.devices.serial.lock() {
-        serial.flush();
-    }
+    vm.devices.serial.lock().flush();
     drop(console);
     // The socket file is ours (we created it); an inherited fd's file is not.
     if let Some(p) = socket_path {

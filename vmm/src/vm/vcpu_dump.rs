@@ -8,7 +8,9 @@
 //! reads its own registers (vCPU ioctls belong to the vCPU's thread).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::thread::JoinHandle;
 
 use kvm_ioctls::VcpuFd;
@@ -50,7 +52,7 @@ pub fn spawn_listener(vcpus: Arc<Mutex<Vec<JoinHandle<()>>>>) -> std::io::Result
                 return;
             }
             GENERATION.fetch_add(1, Ordering::SeqCst);
-            for h in vcpus.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for h in vcpus.lock().iter() {
                 let _ = h.kill(kick_signal());
             }
         })
