@@ -18,7 +18,7 @@ use crate::config::{parse_id, DeviceConfig, GhSlotRequest};
 /// `x_exclude_mmap_bars: []`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeviceConfigBody {
+pub struct AddDeviceBody {
     /// Required; `Option` so that its absence gets our message rather than serde's.
     #[serde(default)]
     pub path: Option<String>,
@@ -46,11 +46,11 @@ pub struct DeviceConfigBody {
     pub gh_slot: Option<GhSlotRequest>,
 }
 
-impl DeviceConfigBody {
+impl AddDeviceBody {
     /// What `ghvmm-remote add-device ARG` sends: the fields and defaults an older ch-remote
     /// sends, plus `gh_slot` when the argument has one.
     pub fn from_config(d: &DeviceConfig) -> Self {
-        DeviceConfigBody {
+        AddDeviceBody {
             path: Some(d.path.to_string_lossy().into_owned()),
             id: d.id.clone(),
             pci_segment: Some(0),
@@ -182,7 +182,7 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<AddDevice, String> {
-        let body: DeviceConfigBody = from_json(json.as_bytes())?;
+        let body: AddDeviceBody = from_json(json.as_bytes())?;
         body.into_request().map_err(|e| e.message)
     }
 
@@ -306,17 +306,17 @@ mod tests {
     fn ghvmm_remote_sends_ch_json() {
         let d = DeviceConfig::parse("path=/sys/bus/pci/devices/0000:01:00.0").unwrap();
         assert_eq!(
-            serde_json::to_string(&DeviceConfigBody::from_config(&d)).unwrap(),
+            serde_json::to_string(&AddDeviceBody::from_config(&d)).unwrap(),
             r#"{"path":"/sys/bus/pci/devices/0000:01:00.0","iommu":false,"id":null,"pci_segment":0,"x_nv_gpudirect_clique":null}"#
         );
         let d = DeviceConfig::parse("path=/g,id=gpu0,gh_slot=auto").unwrap();
-        let json = serde_json::to_string(&DeviceConfigBody::from_config(&d)).unwrap();
+        let json = serde_json::to_string(&AddDeviceBody::from_config(&d)).unwrap();
         assert_eq!(
             json,
             r#"{"path":"/g","iommu":false,"id":"gpu0","pci_segment":0,"x_nv_gpudirect_clique":null,"gh_slot":"auto"}"#
         );
         let d = DeviceConfig::parse("path=/g,gh_slot=3").unwrap();
-        let json = serde_json::to_string(&DeviceConfigBody::from_config(&d)).unwrap();
+        let json = serde_json::to_string(&AddDeviceBody::from_config(&d)).unwrap();
         assert!(json.ends_with(r#""gh_slot":3}"#), "{json}");
         assert_eq!(parse(&json).unwrap().gh_slot, Some(GhSlotRequest::Index(3)));
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use super::body::{DeviceConfigBody, RemoveDeviceBody};
+use super::body::{AddDeviceBody, RemoveDeviceBody};
 use crate::config::DeviceConfig;
 
 #[derive(Debug, Parser)]
@@ -100,7 +100,7 @@ impl RemoteCommand {
                 ApiRequest {
                     method: "PUT",
                     endpoint: "vm.add-device",
-                    body: Some(to_json(&DeviceConfigBody::from_config(&d))),
+                    body: Some(to_json(&AddDeviceBody::from_config(&d))),
                 }
             }
             RemoteCommand::RemoveDevice { id } => ApiRequest {

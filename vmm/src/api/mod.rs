@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::config::ApiSocketConfig;
 use crate::config::GhSlotRequest;
-pub use body::DeviceConfigBody;
+pub use body::AddDeviceBody;
 pub use http::Limits;
 pub use server::{spawn, spawn_with};
 pub use socket::bind;

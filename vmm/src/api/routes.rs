@@ -2,7 +2,7 @@
 
 use serde::de::DeserializeOwned;
 
-use super::body::{self, DeviceConfigBody, RemoveDeviceBody};
+use super::body::{self, AddDeviceBody, RemoveDeviceBody};
 use super::http::{Request, Response};
 use super::{ApiError, VmControl, VmmPingResponse};
 
@@ -59,7 +59,7 @@ fn call(
         Endpoint::VmmPing => Ok(Response::json(200, &VmmPingResponse::of_this_process())),
         Endpoint::VmInfo => Ok(Response::json(200, &vm.info())),
         Endpoint::VmAddDevice => {
-            let body: DeviceConfigBody = json_body(name, req)?;
+            let body: AddDeviceBody = json_body(name, req)?;
             let dev = vm.add_device(body.into_request()?)?;
             Ok(Response::json(200, &dev))
         }

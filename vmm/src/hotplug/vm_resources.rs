@@ -6,35 +6,24 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use devices::{Bus, Ged, PciHotplug};
-use kvm_ioctls::VmFd;
+use devices::{Ged, PciHotplug};
 use pci::PciSegment;
-use vm_memory::GuestMemoryMmap;
 
 use super::{Backend, Ejects, HotplugError, OnHostRequest};
-use crate::device_manager::irq_routing::GsiRouting;
-use crate::memory::bar_allocator::BarAllocator;
 use crate::memory::layout::Layout;
-use crate::memory::memslots::MemSlots;
-use vfio::Containers;
 
-use crate::passthrough::{PassthroughDevice, VfioContext};
+use crate::passthrough::{PassthroughDevice, PassthroughVm};
 
 /// The VM's resources that attaching and removing devices use.
 pub struct VmResources {
-    pub(crate) vm: Arc<VmFd>,
-    pub(crate) mem: GuestMemoryMmap,
-    pub(crate) mmio_bus: Arc<Bus>,
-    pub(crate) allocator: Arc<Mutex<BarAllocator>>,
+    /// What each device's passthrough needs (KVM, guest memory, the MMIO bus, BAR space, KVM
+    /// slots, GSI routes, the VFIO container); the devices share it.
+    pub(crate) passthrough: Arc<PassthroughVm>,
     /// Indexed by segment number.
     pub(crate) segments: Vec<Arc<Mutex<PciSegment>>>,
     pub(crate) layout: Layout,
     /// GH slots of the topology (segment k+1 is GH slot k).
     pub(crate) gh_slots: usize,
-    /// The VM's one VFIO container, whose lifetime is the DMA mappings'.
-    pub(crate) containers: Arc<Containers>,
-    pub(crate) slots: Arc<Mutex<MemSlots>>,
-    pub(crate) routing: Arc<GsiRouting>,
     /// The guest-facing half: the controller the DSDT reads, the GED that interrupts the
     /// guest, and the ejects the guest reports.
     pub(crate) controller: Arc<Mutex<PciHotplug>>,
@@ -45,7 +34,7 @@ pub struct VmResources {
 impl VmResources {
     /// KVM memory slots in use, RAM included.
     pub fn memory_slots_in_use(&self) -> u32 {
-        self.slots.lock().in_use()
+        self.passthrough.memory_slots_in_use()
     }
 
     fn segment(&self, segment: u16) -> Option<&Mutex<PciSegment>> {
@@ -82,17 +71,11 @@ impl Backend for VmResources {
             .iter()
             .find(|s| s.id == segment)
             .ok_or(HotplugError::NoSuchSegment(segment))?;
-        let ctx = VfioContext {
-            vm: &self.vm,
-            mem: &self.mem,
-            mmio_bus: &self.mmio_bus,
-            allocator: &self.allocator,
-            containers: &self.containers,
-            slots: &self.slots,
-            segment: seg_layout,
-            routing: &self.routing,
-        };
-        Ok(crate::passthrough::assign(&ctx, path)?)
+        Ok(crate::passthrough::assign(
+            &self.passthrough,
+            seg_layout,
+            path,
+        )?)
     }
 
     fn plug(

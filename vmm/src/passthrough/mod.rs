@@ -101,21 +101,28 @@ pub enum VfioSetupError {
 
 type Result<T> = std::result::Result<T, VfioSetupError>;
 
-/// What a passed-through device needs from the VM, at boot and at hot plug alike.
-pub struct VfioContext<'a> {
-    pub vm: &'a Arc<VmFd>,
-    pub mem: &'a GuestMemoryMmap,
-    pub mmio_bus: &'a Arc<Bus>,
-    pub allocator: &'a Arc<Mutex<BarAllocator>>,
-    pub containers: &'a Arc<Containers>,
-    pub slots: &'a Arc<Mutex<MemSlots>>,
-    /// The PCI segment the device goes to: its BARs come from this segment's windows.
-    pub segment: SegmentLayout,
-    pub routing: &'a Arc<GsiRouting>,
+/// What a passed-through device needs from the VM, at boot and at hot plug alike: one bundle,
+/// built once by `vm::Vm::start`, that the hot-plug side and every device share.
+pub struct PassthroughVm {
+    pub vm: Arc<VmFd>,
+    pub mem: GuestMemoryMmap,
+    pub mmio_bus: Arc<Bus>,
+    pub allocator: Arc<Mutex<BarAllocator>>,
+    /// The VM's one VFIO container, whose lifetime is the DMA mappings'.
+    pub containers: Containers,
+    pub slots: Arc<Mutex<MemSlots>>,
+    pub routing: Arc<GsiRouting>,
+}
+
+impl PassthroughVm {
+    /// KVM memory slots in use, RAM included.
+    pub fn memory_slots_in_use(&self) -> u32 {
+        self.slots.lock().in_use()
+    }
 }
 
 /// Everything a live device holds; taken out (and released) as a whole at unplug.
-struct Live {
+struct AssignedResources {
     /// Watches VFIO's request interrupt (the host wants the device back), once started.
     /// First, so that it is also dropped (stopped) first.
     request: Option<RequestWatcher>,
@@ -128,13 +135,9 @@ struct Live {
 /// The guest-visible PCI function.
 pub struct PassthroughDevice {
     path: PathBuf,
-    vm: Arc<VmFd>,
-    mmio_bus: Arc<Bus>,
-    allocator: Arc<Mutex<BarAllocator>>,
-    slots: Arc<Mutex<MemSlots>>,
-    containers: Arc<Containers>,
+    vm: Arc<PassthroughVm>,
     /// None once unplugged: a vCPU that still holds the function reads all-ones.
-    live: Option<Live>,
+    live: Option<AssignedResources>,
 }
 
 impl PassthroughDevice {
@@ -157,9 +160,9 @@ impl PassthroughDevice {
             if plan.installed == want {
                 continue;
             }
-            plan.uninstall(&self.vm, &self.mmio_bus);
+            plan.uninstall(&self.vm.vm, &self.vm.mmio_bus);
             if let Some(base) = want {
-                if let Err(e) = plan.install(&self.vm, &self.mmio_bus, base) {
+                if let Err(e) = plan.install(&self.vm.vm, &self.vm.mmio_bus, base) {
                     // An address the guest chose that collides with something else: the BAR
                     // stays unmapped (reads all-ones), as a real device would not respond.
                     log::error!(
@@ -211,7 +214,7 @@ impl PassthroughDevice {
         let Some(live) = self.live.take() else {
             return;
         };
-        let Live {
+        let AssignedResources {
             request,
             config,
             bars,
@@ -221,33 +224,28 @@ impl PassthroughDevice {
         // First, so that no new removal starts while this one runs; it holds a reference to
         // the device, which `close` waits for.
         drop(request);
-        release_bars(&self.vm, &self.mmio_bus, &self.allocator, &self.slots, bars);
+        release_bars(&self.vm, bars);
         interrupts.lock().shutdown();
         drop(config);
         drop(interrupts);
-        self.containers.close(device);
+        self.vm.containers.close(device);
         log::info!("{}: unplugged", self.path.display());
     }
 }
 
 /// Uninstalls BARs, then gives back their slot numbers and guest address space; the host
 /// mappings are unmapped as the plans drop (after their KVM slots are gone).
-fn release_bars(
-    vm: &VmFd,
-    bus: &Bus,
-    allocator: &Mutex<BarAllocator>,
-    slots: &Mutex<MemSlots>,
-    bars: Vec<BarPlan>,
-) {
+fn release_bars(vm: &PassthroughVm, bars: Vec<BarPlan>) {
     for mut plan in bars {
-        plan.uninstall(vm, bus);
-        let mut s = slots.lock();
+        plan.uninstall(&vm.vm, &vm.mmio_bus);
+        let mut s = vm.slots.lock();
         for p in &plan.mapped {
             s.release(p.slot);
         }
         drop(s);
         let sp = plan.space;
-        if let Err(e) = allocator
+        if let Err(e) = vm
+            .allocator
             .lock()
             .free(sp.segment, sp.window, sp.base, sp.size)
         {
@@ -286,8 +284,13 @@ struct Built {
 
 /// Opens the device, lays out, places, maps and installs its BARs and wires its interrupts.
 /// On any error everything done so far is undone: nothing half-assigned stays behind.
-pub fn assign(ctx: &VfioContext, path: &Path) -> Result<Arc<Mutex<PassthroughDevice>>> {
-    let device = ctx.containers.open(path, ctx.mem)?;
+/// `segment` is the PCI segment the device goes to: its BARs come from this segment's windows.
+pub fn assign(
+    ctx: &Arc<PassthroughVm>,
+    segment: SegmentLayout,
+    path: &Path,
+) -> Result<Arc<Mutex<PassthroughDevice>>> {
+    let device = ctx.containers.open(path, &ctx.mem)?;
     let config = Region(FdRegion {
         device: device.clone(),
         base: device.get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX),
@@ -302,20 +305,25 @@ pub fn assign(ctx: &VfioContext, path: &Path) -> Result<Arc<Mutex<PassthroughDev
     let msix = irq_caps.msix_ranges();
     let interrupts = Interrupts::new(irq_caps, Box::new(sink)).shared();
     let mut built = Built::default();
-    let result =
-        build_bars(ctx, path, &device, &config, &msix, &interrupts, &mut built).and_then(|()| {
-            PassthroughConfig::new(Box::new(config), &built.bars, interrupts.clone())
-                .map_err(|e| VfioSetupError::Config(format!("{}: {e}", path.display())))
-        });
+    let result = build_bars(
+        ctx,
+        segment,
+        path,
+        &device,
+        &config,
+        &msix,
+        &interrupts,
+        &mut built,
+    )
+    .and_then(|()| {
+        PassthroughConfig::new(Box::new(config), &built.bars, interrupts.clone())
+            .map_err(|e| VfioSetupError::Config(format!("{}: {e}", path.display())))
+    });
     match result {
         Ok(config) => Ok(Arc::new(Mutex::new(PassthroughDevice {
             path: path.into(),
-            vm: ctx.vm.clone(),
-            mmio_bus: ctx.mmio_bus.clone(),
-            allocator: ctx.allocator.clone(),
-            slots: ctx.slots.clone(),
-            containers: ctx.containers.clone(),
-            live: Some(Live {
+            vm: ctx.clone(),
+            live: Some(AssignedResources {
                 request: None,
                 config,
                 bars: built.plans,
@@ -324,7 +332,7 @@ pub fn assign(ctx: &VfioContext, path: &Path) -> Result<Arc<Mutex<PassthroughDev
             }),
         }))),
         Err(e) => {
-            release_bars(ctx.vm, ctx.mmio_bus, ctx.allocator, ctx.slots, built.plans);
+            release_bars(ctx, built.plans);
             drop(interrupts);
             ctx.containers.close(device);
             Err(e)
@@ -333,8 +341,10 @@ pub fn assign(ctx: &VfioContext, path: &Path) -> Result<Arc<Mutex<PassthroughDev
 }
 
 /// Places, maps and installs the BARs `pci::vfio::probe_bars` finds on the device.
+#[allow(clippy::too_many_arguments)]
 fn build_bars(
-    ctx: &VfioContext,
+    ctx: &PassthroughVm,
+    segment: SegmentLayout,
     path: &Path,
     device: &Arc<Device>,
     config: &Region,
@@ -345,8 +355,8 @@ fn build_bars(
     let p = || path.to_path_buf();
     let limits = Limits {
         page_size: PAGE_SIZE,
-        mmio32_size: ctx.segment.mmio32.size,
-        mmio64_size: ctx.segment.mmio64.size,
+        mmio32_size: segment.mmio32.size,
+        mmio64_size: segment.mmio64.size,
     };
     let function = VfioFunction { device, config };
     let probe = probe_bars(&function, msix, &limits).map_err(|error| match error {
@@ -371,7 +381,7 @@ fn build_bars(
         let base = ctx
             .allocator
             .lock()
-            .allocate(ctx.segment.id, window, layout.bar_size)
+            .allocate(segment.id, window, layout.bar_size)
             .map_err(|source| VfioSetupError::BarSpace {
                 path: p(),
                 bar: this,
@@ -395,7 +405,7 @@ fn build_bars(
         built.plans.push(BarPlan {
             index: this,
             space: BarSpace {
-                segment: ctx.segment.id,
+                segment: segment.id,
                 window,
                 base,
                 size: layout.bar_size,
@@ -443,7 +453,7 @@ fn build_bars(
                 });
             }
         }
-        plan.install(ctx.vm, ctx.mmio_bus, base)
+        plan.install(&ctx.vm, &ctx.mmio_bus, base)
             .map_err(|e| VfioSetupError::Config(format!("{}: BAR {this}: {e}", path.display())))?;
         log::info!(
             "{}: BAR {this}: region {:#x} bytes -> {:#x}-byte BAR at {base:#x}: {:?}",

@@ -23,8 +23,10 @@ use crate::memory::layout::{
     ExtraSegments, Layout, ACPI_PM_PORT, ACPI_RESET_VALUE, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR,
 };
 use crate::memory::memslots::MemSlots;
+use crate::passthrough::PassthroughVm;
 use crate::vm::exit::{ExitReason, ExitState};
 use vcpu::VcpuContext;
+use vfio::Containers;
 
 pub struct Vm {
     // Field order matters for drop: vCPU threads reference the buses, and guest memory must
@@ -98,16 +100,18 @@ impl Vm {
         let routing = Arc::new(GsiRouting::new(vm.clone()));
         let hotplug = Hotplug::new(
             VmResources {
-                vm: vm.clone(),
-                mem: mem.clone(),
-                mmio_bus: devices.mmio_bus.clone(),
-                allocator: devices.bar_allocator.clone(),
+                passthrough: Arc::new(PassthroughVm {
+                    vm: vm.clone(),
+                    mem: mem.clone(),
+                    mmio_bus: devices.mmio_bus.clone(),
+                    allocator: devices.bar_allocator.clone(),
+                    containers: Containers::default(),
+                    slots,
+                    routing,
+                }),
                 segments: devices.pci_segments.clone(),
                 layout: layout.clone(),
                 gh_slots: topology.as_ref().map_or(0, |t| t.slots.len()),
-                containers: Arc::default(),
-                slots,
-                routing,
                 controller: devices.pci_hotplug.clone(),
                 ged: devices.ged.clone(),
                 ejects: devices.ejects.clone(),
