@@ -19,6 +19,7 @@ use vfio_ioctls::VfioContainer;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::device::Device;
+use crate::dma::DmaRegion;
 use crate::Error;
 
 #[derive(Default)]
@@ -145,6 +146,19 @@ impl Containers {
             size,
             error,
         })
+    }
+
+    /// Maps `size` bytes of `file` at `offset` into this process and DMA-maps them for the
+    /// devices to reach at `iova` (a vfio-user client's guest memory). The mapping lasts
+    /// until the returned region is unmapped or dropped, or until the last device is closed.
+    pub fn dma_map_file(
+        &self,
+        iova: u64,
+        size: usize,
+        file: std::fs::File,
+        offset: u64,
+    ) -> Result<DmaRegion, Error> {
+        DmaRegion::map(self.container()?, iova, size, file, offset)
     }
 
     /// Removes the DMA mapping of `[iova, iova + size)` (which must cover whole mappings, as

@@ -49,4 +49,11 @@ pub enum Error {
         size: usize,
         error: VfioError,
     },
+    #[error("cannot mmap {size:#x} bytes at file offset {offset:#x} for IOVA {iova:#x}: {error}")]
+    DmaMmap {
+        iova: u64,
+        size: usize,
+        offset: u64,
+        error: vm_memory::mmap::MmapRegionError,
+    },
 }

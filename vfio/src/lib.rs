@@ -11,12 +11,13 @@
 //! opens the device so that closing it never depends on sysfs (vfio-ioctls' close panics
 //! when the host has removed the device); `irq` hands VFIO the eventfds of MSI/MSI-X vectors;
 //! `request` watches VFIO's request interrupt, through which the host asks for the device
-//! back.
+//! back; `dma` maps another process's memory (a vfio-user client's, by fd) for DMA.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod container;
 mod device;
+mod dma;
 mod error;
 mod irq;
 mod region;
@@ -24,6 +25,7 @@ mod request;
 
 pub use container::Containers;
 pub use device::Device;
+pub use dma::DmaRegion;
 pub use error::Error;
 pub use irq::{DeviceIrqs, IrqError, IrqKind};
 pub use region::{FdRegion, HostMapping};

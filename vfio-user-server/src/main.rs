@@ -1,0 +1,123 @@
+//! `ghvmm-vfio-user --device path=/sys/bus/pci/devices/BDF --socket PATH [--once] [-v]`
+
+#![forbid(unsafe_code)]
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use ghvmm_vfio_user::options::{parse_device, DeviceOption};
+use ghvmm_vfio_user::vfio_host::VfioHost;
+use ghvmm_vfio_user::{socket, Backend};
+
+/// Serves one host VFIO device to a vfio-user client.
+#[derive(Parser, Debug)]
+#[command(name = "ghvmm-vfio-user", version)]
+struct Cli {
+    /// The device: path=/sys/bus/pci/devices/BDF (bound to vfio-pci).
+    #[arg(long, value_parser = parse_device, value_name = "path=SYSFS_PATH")]
+    device: DeviceOption,
+    /// The Unix socket to listen on (created with mode 0600, removed on exit).
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+    /// Exit when the first client goes away instead of waiting for the next one.
+    #[arg(long)]
+    once: bool,
+    /// More log output (-v: debug, -vv: trace); RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+/// Set by SIGINT/SIGTERM; the interrupted accept or receive then returns and the loop ends.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // As ghvmm: clap's usage block after the first line is dropped; one line.
+            let rendered = e.render().to_string();
+            let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines.next().unwrap_or("invalid arguments").to_string();
+            // "the following required arguments were not provided:" names them below.
+            if first.ends_with(':') {
+                first = format!("{first} {}", lines.next().unwrap_or_default());
+            }
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
+            return fail(&format!("{first} (see --help)"));
+        }
+    };
+    // vfio-ioctls warns about routine things (a device without an error IRQ), as in ghvmm.
+    let level = match cli.verbose {
+        0 => "info,vfio_ioctls=error",
+        1 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    // One line, even when an underlying error (or a value the user gave) carries newlines
+    // or control characters.
+    let line: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    eprintln!("ghvmm-vfio-user: error: {line}");
+    ExitCode::FAILURE
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let path = &cli.device.path;
+    let name = path.display().to_string();
+    let host = VfioHost::open(path)?;
+    let mut backend = Backend::new(host, &name)?;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        vmm_sys_util::signal::register_signal_handler(signal, on_signal)
+            .context("installing the signal handlers")?;
+    }
+    let (listener, socket) = socket::bind(&cli.socket)?;
+    let server =
+        vfio_user::Server::from_owned_fd(listener.into(), true, backend.irqs(), backend.regions());
+    log::info!("{name}: serving on {}", socket.path().display());
+    while !STOP.load(Ordering::SeqCst) {
+        // The crate's message parsing can panic on a malformed message (docs/vfio-user.md);
+        // that ends this client, not the server.
+        match catch_unwind(AssertUnwindSafe(|| server.run(&mut backend))) {
+            Ok(Ok(())) => log::info!("{name}: the client went away"),
+            Ok(Err(e)) if STOP.load(Ordering::SeqCst) => log::debug!("stopping: {e}"),
+            Ok(Err(e)) => {
+                log::warn!("{name}: the connection ended: {e}");
+                // An accept that keeps failing (out of fds) must not spin.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(_) => log::error!("{name}: a malformed message; the client is dropped"),
+        }
+        backend.client_gone();
+        if cli.once {
+            break;
+        }
+    }
+    drop(server);
+    drop(socket);
+    Ok(())
+}
