@@ -7,13 +7,14 @@
 //! and the config-space view of `pci::vfio::PassthroughConfig`. `backend` answers the
 //! protocol over the `host::HostDevice` trait, whose production implementation (`vfio_host`)
 //! is the `vfio` crate's device; `options` parses the command line's `--device` body,
-//! `socket` binds the listening socket. Nothing here touches KVM.
+//! `socket` binds the listening socket, `serve` runs one client's session. Nothing here touches KVM.
 
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod host;
 pub mod options;
+pub mod serve;
 pub mod socket;
 pub mod vfio_host;
 

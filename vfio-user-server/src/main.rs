@@ -2,7 +2,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +11,7 @@ use clap::error::ErrorKind;
 use clap::Parser;
 
 use ghvmm_vfio_user::options::{parse_device, DeviceOption};
+use ghvmm_vfio_user::serve::{serve_one, SessionEnd};
 use ghvmm_vfio_user::vfio_host::VfioHost;
 use ghvmm_vfio_user::{socket, Backend};
 
@@ -100,19 +100,18 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         vfio_user::Server::from_owned_fd(listener.into(), true, backend.irqs(), backend.regions());
     log::info!("{name}: serving on {}", socket.path().display());
     while !STOP.load(Ordering::SeqCst) {
-        // The crate's message parsing can panic on a malformed message (docs/vfio-user.md);
-        // that ends this client, not the server.
-        match catch_unwind(AssertUnwindSafe(|| server.run(&mut backend))) {
-            Ok(Ok(())) => log::info!("{name}: the client went away"),
-            Ok(Err(e)) if STOP.load(Ordering::SeqCst) => log::debug!("stopping: {e}"),
-            Ok(Err(e)) => {
+        match serve_one(&server, &mut backend) {
+            SessionEnd::Left => log::info!("{name}: the client went away"),
+            SessionEnd::Failed(e) if STOP.load(Ordering::SeqCst) => log::debug!("stopping: {e}"),
+            SessionEnd::Failed(e) => {
                 log::warn!("{name}: the connection ended: {e}");
                 // An accept that keeps failing (out of fds) must not spin.
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            Err(_) => log::error!("{name}: a malformed message; the client is dropped"),
+            SessionEnd::Malformed => {
+                log::error!("{name}: a malformed message; the client is dropped")
+            }
         }
-        backend.client_gone();
         if cli.once {
             break;
         }

@@ -641,3 +641,139 @@ fn no_region_access_panics() {
         }
     }
 }
+
+/// The backend behind the `vfio_user` crate's own server and client, over a real socket:
+/// what a client learns (regions with the host fd for their areas, interrupts) and that
+/// accesses, DMA maps and SET_IRQS arrive as sent.
+#[test]
+fn over_the_wire_with_the_crates_client() {
+    use std::os::unix::fs::MetadataExt;
+    use vmm_sys_util::eventfd::EventFd;
+    use vmm_sys_util::tempdir::TempDir;
+
+    let tmp = TempDir::new().unwrap();
+    let path = tmp.as_path().join("dev.sock");
+    let (mut b, log) = backend();
+    let (listener, socket) = crate::socket::bind(&path).unwrap();
+    let server = vfio_user::Server::from_owned_fd(listener.into(), true, b.irqs(), b.regions());
+    let mmap_id = {
+        let m = b.host.mmap.as_file().metadata().unwrap();
+        (m.dev(), m.ino())
+    };
+    let serving = std::thread::spawn(move || {
+        let r = server.run(&mut b);
+        b.client_gone();
+        (r.map_err(|e| e.to_string()), b)
+    });
+
+    let mut client = vfio_user::Client::new(&path).unwrap();
+    let bar0 = client.region(0).unwrap();
+    assert_eq!(bar0.size, 0x8000);
+    let areas: Vec<_> = bar0
+        .sparse_areas
+        .iter()
+        .map(|a| (a.offset, a.size))
+        .collect();
+    assert_eq!(areas, vec![(0, 0x2000), (0x4000, 0x1000)]);
+    let fo = bar0.file_offset.as_ref().unwrap();
+    assert_eq!(fo.start(), host_offset(0));
+    let m = fo.file().metadata().unwrap();
+    assert_eq!((m.dev(), m.ino()), mmap_id, "the client got the host fd");
+    assert!(client.region(4).unwrap().file_offset.is_none());
+    assert_eq!(client.region(CONFIG_REGION).unwrap().size, 4096);
+
+    let mut id = [0u8; 4];
+    client.region_read(CONFIG_REGION, 0, &mut id).unwrap();
+    assert_eq!(u32::from_le_bytes(id), 0x2342_10de);
+    let mut pad = [0xaau8; 4];
+    client.region_read(0, 0x4ffe, &mut pad).unwrap();
+    assert_eq!(pad[2..], [0, 0]);
+    client.region_write(0, 0x1000, &[7; 4]).unwrap();
+
+    let msix = client.get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX).unwrap();
+    assert_eq!(msix.count, 3);
+    assert_eq!(
+        client.get_irq_info(VFIO_PCI_INTX_IRQ_INDEX).unwrap().count,
+        0
+    );
+    let efds: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).unwrap()).collect();
+    let raw: Vec<RawFd> = efds.iter().map(|e| e.as_raw_fd()).collect();
+    client
+        .set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, EVENTFDS, 0, 2, &raw)
+        .unwrap();
+
+    let mem = TempFile::new().unwrap().into_file();
+    mem.set_len(0x2000).unwrap();
+    client
+        .dma_map(0x1000, 0x100000, 0x1000, mem.as_raw_fd())
+        .unwrap();
+    client.reset().unwrap();
+    drop(client);
+
+    let (result, b) = serving.join().unwrap();
+    result.unwrap();
+    let l = log.lock();
+    assert!(l.writes.contains(&(0, 0x1000, vec![7; 4])));
+    assert_eq!(
+        l.set_irqs,
+        vec![
+            (VFIO_PCI_MSIX_IRQ_INDEX, EVENTFDS, 0, 2, 2),
+            (VFIO_PCI_MSIX_IRQ_INDEX, OFF, 0, 0, 0)
+        ]
+    );
+    assert_eq!(
+        l.resets, 2,
+        "the client's reset, then the one after it left"
+    );
+    assert!(l.dma.is_empty(), "unmapped when the client left");
+    drop(l);
+    assert!(b.dma_mappings().is_empty());
+    drop(socket);
+    assert!(!path.exists());
+}
+
+/// A Version message shorter than its own header panics inside the crate; the session ends,
+/// the device is cleaned up, and the next client is served.
+#[test]
+fn a_malformed_message_ends_only_that_client() {
+    use std::io::Write;
+    use vmm_sys_util::tempdir::TempDir;
+
+    use crate::serve::{serve_one, SessionEnd};
+
+    let tmp = TempDir::new().unwrap();
+    let path = tmp.as_path().join("dev.sock");
+    let (mut b, log) = backend();
+    let (listener, _socket) = crate::socket::bind(&path).unwrap();
+    let server = vfio_user::Server::from_owned_fd(listener.into(), true, b.irqs(), b.regions());
+    let serving = std::thread::spawn(move || {
+        let first = serve_one(&server, &mut b);
+        let second = serve_one(&server, &mut b);
+        (
+            matches!(first, SessionEnd::Malformed)
+                .then_some(())
+                .ok_or(format!("{first:?}")),
+            matches!(second, SessionEnd::Left)
+                .then_some(())
+                .ok_or(format!("{second:?}")),
+        )
+    });
+    let mut evil = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    // message id 0, command 1 (VERSION), message size 4, flags 0, error 0.
+    let mut header = Vec::new();
+    for w in [0u16, 1] {
+        header.extend(w.to_le_bytes());
+    }
+    for w in [4u32, 0, 0] {
+        header.extend(w.to_le_bytes());
+    }
+    evil.write_all(&header).unwrap();
+    evil.write_all(&[0; 8]).unwrap();
+    let client = vfio_user::Client::new(&path).unwrap();
+    assert_eq!(client.region(0).unwrap().size, 0x8000);
+    drop(client);
+    let (first, second) = serving.join().unwrap();
+    first.unwrap();
+    second.unwrap();
+    assert_eq!(log.lock().resets, 2, "cleaned up after each");
+}
