@@ -5,10 +5,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use clap::error::ErrorKind;
 use clap::Parser;
+use vmm_sys_util::eventfd::EventFd;
 
 use ghvmm_vfio_user::options::{parse_device, DeviceOption};
 use ghvmm_vfio_user::serve::{serve_one, SessionEnd};
@@ -33,11 +35,37 @@ struct Cli {
     verbose: u8,
 }
 
-/// Set by SIGINT/SIGTERM; the interrupted accept or receive then returns and the loop ends.
+/// Set by SIGINT/SIGTERM.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Signalled by SIGINT/SIGTERM for `stopper`: the main thread may be waiting in an accept
+/// that std restarts after the signal, so it cannot be the one to notice.
+static WAKE: OnceLock<EventFd> = OnceLock::new();
 
 extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only an atomic store and write(2): both async-signal-safe.
     STOP.store(true, Ordering::SeqCst);
+    if let Some(wake) = WAKE.get() {
+        let _ = wake.write(1);
+    }
+}
+
+/// Waits for SIGINT/SIGTERM, then removes the socket and exits. Closing the process's fds
+/// releases the device and the container (with every DMA mapping), and vfio-pci resets the
+/// device when it is released.
+fn stopper(socket: Arc<socket::Socket>) -> anyhow::Result<()> {
+    let wake = EventFd::new(0).context("creating the stop eventfd")?;
+    let wait = wake.try_clone().context("creating the stop eventfd")?;
+    let _ = WAKE.set(wake);
+    std::thread::Builder::new()
+        .name("ghvmm-vfio-user-stop".into())
+        .spawn(move || {
+            while wait.read().is_err() {}
+            log::info!("stopping on a signal");
+            socket.remove();
+            std::process::exit(0);
+        })
+        .context("starting the signal thread")?;
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -91,11 +119,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let name = path.display().to_string();
     let host = VfioHost::open(path)?;
     let mut backend = Backend::new(host, &name)?;
+    let (listener, socket) = socket::bind(&cli.socket)?;
+    let socket = Arc::new(socket);
+    stopper(socket.clone())?;
     for signal in [libc::SIGINT, libc::SIGTERM] {
         vmm_sys_util::signal::register_signal_handler(signal, on_signal)
             .context("installing the signal handlers")?;
     }
-    let (listener, socket) = socket::bind(&cli.socket)?;
     let server =
         vfio_user::Server::from_owned_fd(listener.into(), true, backend.irqs(), backend.regions());
     log::info!("{name}: serving on {}", socket.path().display());
@@ -117,6 +147,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     }
     drop(server);
-    drop(socket);
+    // Explicitly: the stop thread holds the socket too, so dropping ours would not remove it.
+    socket.remove();
     Ok(())
 }

@@ -31,13 +31,21 @@ impl Socket {
     }
 }
 
-impl Drop for Socket {
-    fn drop(&mut self) {
+impl Socket {
+    /// Removes the path if it is still this socket (not one another server put there
+    /// since). Idempotent.
+    pub fn remove(&self) {
         if let Ok(m) = std::fs::symlink_metadata(&self.path) {
             if (m.dev(), m.ino()) == self.id {
                 let _ = std::fs::remove_file(&self.path);
             }
         }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
