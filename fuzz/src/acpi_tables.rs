@@ -507,6 +507,7 @@ fn vm_config(v: &VmInput) -> VmConfig {
         },
         memory: MemoryConfig {
             size: memory_mib << 20,
+            shared: false,
         },
         serial: SerialConfig::Off,
         platform: PlatformConfig {

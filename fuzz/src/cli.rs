@@ -141,7 +141,9 @@ fn option(mode: &str, s: &str) {
         "memory" => {
             if let Some(m) = option_error("memory", MemoryConfig::parse(s)) {
                 assert!((MIN_MEMORY..=MAX_MEMORY).contains(&m.size) && m.size % 4096 == 0);
-                assert_eq!(MemoryConfig::parse(&format!("size={}", m.size)), Ok(m));
+                let shared = if m.shared { "on" } else { "off" };
+                let again = format!("size={},shared={shared}", m.size);
+                assert_eq!(MemoryConfig::parse(&again), Ok(m));
             }
         }
         "serial" => {
@@ -385,6 +387,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("cpus", "cpus\nboot=4,max=4"),
         ("memory", "memory\nsize=1G"),
         ("memory-odd", "memory\nsize=33554433"),
+        ("memory-shared", "memory\nsize=512M,shared=on"),
         ("serial", "serial\nfile=/tmp/console.log"),
         ("console", "console\noff"),
         ("platform", "platform\nmmio64_size=512G"),

@@ -74,6 +74,8 @@ pub struct L3 {
     pub cmdline: String,
     /// More VMM arguments (shell words; may use variables set earlier in the script).
     pub vmm_args: String,
+    /// Guest RAM in a shared memfd (ghvmm's `--memory shared=on`, QEMU's memfd backend).
+    pub shared_memory: bool,
     /// Keep the kernel's log on the console (the demo).
     pub verbose: bool,
     /// L2 kills the VMM after this many seconds (tests/l2/init `run_l3`), printing what it
@@ -90,6 +92,7 @@ impl L3 {
             mem,
             cmdline: String::new(),
             vmm_args: String::new(),
+            shared_memory: false,
             verbose: false,
             watchdog_s: 90,
         }
@@ -107,6 +110,11 @@ impl L3 {
 
     pub fn vmm_args(mut self, args: &str) -> Self {
         self.vmm_args = args.to_string();
+        self
+    }
+
+    pub fn shared_memory(mut self) -> Self {
+        self.shared_memory = true;
         self
     }
 
@@ -147,6 +155,7 @@ impl L3 {
             self.cpus,
             self.mem,
         );
+        let shared = self.shared_memory;
         let extra = if self.vmm_args.is_empty() {
             String::new()
         } else {
@@ -156,7 +165,8 @@ impl L3 {
             // RIG_GHVMM_ARGS (e.g. -vv) is for debugging a scenario by hand.
             Vmm::Ghvmm => format!(
                 "/bin/ghvmm --kernel {kernel} --initramfs /l3/initramfs --cmdline \"{cmdline}\" \
-                 --cpus boot={cpus} --memory size={mem} --serial tty --console off{extra}{}",
+                 --cpus boot={cpus} --memory size={mem}{} --serial tty --console off{extra}{}",
+                if shared { ",shared=on" } else { "" },
                 std::env::var("RIG_GHVMM_ARGS")
                     .map(|a| format!(" {a}"))
                     .unwrap_or_default()
@@ -165,7 +175,15 @@ impl L3 {
             Vmm::Qemu => format!(
                 "/bin/qemu-system-x86_64 -enable-kvm -cpu host -m {mem} -smp {cpus} -L /qemu \
                  -nic none -vga none -display none -serial stdio -monitor none -no-reboot \
-                 -kernel {kernel} -initrd /l3/initramfs -append \"{cmdline}\"{extra}"
+                 -kernel {kernel} -initrd /l3/initramfs -append \"{cmdline}\"{}{extra}",
+                if shared {
+                    format!(
+                        " -object memory-backend-memfd,id=ram,size={mem},share=on \
+                         -machine memory-backend=ram"
+                    )
+                } else {
+                    String::new()
+                }
             ),
         }
     }
@@ -198,6 +216,8 @@ mod tests {
             "\"console=ttyS0 quiet loglevel=1 panic=-1 nokaslr ghvmm.cpus=4 ghvmm.mem=1G ghvmm.action=reboot"
         ));
         assert!(c.ends_with(" --device path=$IVSHMEM"));
+        let shared = L3::new(Vmm::Ghvmm, 2, "512M").shared_memory().command();
+        assert!(shared.contains("--memory size=512M,shared=on --serial"));
         assert!(!c.contains("platform"));
         assert_eq!(l3.expectation("gh_len"), Some("8192"));
         assert_eq!(l3.expectation("gh"), None);

@@ -166,7 +166,46 @@ fn boot_scenarios() -> Vec<Scenario> {
                     .into(),
             )
         },
+        boot_shared(),
     ]
+}
+
+/// boot-basic's guest with its RAM in a memfd: L2 adds up ghvmm's `/memfd:ghvmm-ram`
+/// mappings while the guest runs. It polls from the VMM's start rather than waiting for a guest
+/// marker because the RAM is mapped before the guest boots and the guest powers off by
+/// itself right after its checks, which a marker would race with.
+fn boot_shared() -> Scenario {
+    let l3 = L3::new(BOOT_VMM, 2, "512M").shared_memory();
+    let want = 512u64 << 20;
+    let script = format!(
+        "start_l3 {cmd}\n\
+         ticks=0\n\
+         while t=0; for r in $(grep ' /memfd:ghvmm-ram' /proc/$l3pid/maps 2>/dev/null | cut -d' ' -f1); do\n\
+           t=$((t + 0x${{r#*-}} - 0x${{r%-*}}))\n\
+         done; [ $t != {want} ] && [ $ticks -lt 600 ] \\\n\
+           && st=$(cut -d' ' -f3 /proc/$l3pid/stat 2>/dev/null) && [ -n \"$st\" ] && [ $st != Z ]; do\n\
+           sleep 0.1; ticks=$((ticks + 1))\n\
+         done\n\
+         l2_say \"@@FACT shared-ram-bytes $t\"\n\
+         [ $t = {want} ]\n\
+         l2_check shared-memfd $? \"ghvmm maps $t bytes of /memfd:ghvmm-ram (want {want}, all guest RAM)\"\n\
+         finish_l3 {watchdog}\n\
+         l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
+        cmd = l3.command(),
+        watchdog = l3.watchdog_s,
+    );
+    let mut expect = L3_CHECKS.to_vec();
+    expect.push("shared-memfd");
+    Scenario {
+        setup: script,
+        l3: None,
+        expect,
+        ..Scenario::boot(
+            "boot-shared",
+            "boot-basic's guest with --memory size=512M,shared=on: ghvmm maps all 512 MiB from one memfd",
+            l3,
+        )
+    }
 }
 
 /// Every scenario, in the order `cargo xtask e2e` runs them.
@@ -236,6 +275,13 @@ mod tests {
         let bad = all.iter().find(|s| s.name == "boot-bad-args").unwrap();
         assert!(!bad.script().contains("vmm-exit"));
         assert!(!bad.needs_vmlinux());
+        let shared = all.iter().find(|s| s.name == "boot-shared").unwrap();
+        let sh = shared.script();
+        assert!(sh.starts_with("start_l3 /bin/ghvmm --kernel /l3/vmlinuz"));
+        assert!(sh.contains("--memory size=512M,shared=on "));
+        assert!(sh.contains("/proc/$l3pid/maps"));
+        assert!(sh.contains("[ $t = 536870912 ]\nl2_check shared-memfd $? "));
+        assert!(sh.ends_with("l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n"));
     }
 
     #[test]

@@ -126,6 +126,17 @@ impl<'a> OptionParser<'a> {
             .transpose()
     }
 
+    /// A Cloud Hypervisor boolean: `on` or `off`, nothing else, so that a typo such as
+    /// `shared=yes` is refused instead of silently meaning off.
+    pub fn on_off(&self, key: &'static str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some("on") => Ok(Some(true)),
+            Some("off") => Ok(Some(false)),
+            Some(_) => Err(self.invalid(key, "use on or off")),
+        }
+    }
+
     pub fn u32(&self, key: &'static str) -> Result<Option<u32>> {
         self.get(key)
             .map(|v| {
@@ -233,6 +244,9 @@ impl CpusConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryConfig {
     pub size: u64,
+    /// Guest RAM is a shared mapping of one memfd instead of private anonymous memory, so a
+    /// vfio-user backend process can map the same pages from the fd it receives.
+    pub shared: bool,
 }
 
 pub const MIN_MEMORY: u64 = 32 << 20;
@@ -242,7 +256,7 @@ pub const MAX_MEMORY: u64 = 256 << 30;
 
 impl MemoryConfig {
     pub fn parse(s: &str) -> Result<Self> {
-        let p = OptionParser::parse("memory", &["size"], s)?;
+        let p = OptionParser::parse("memory", &["size", "shared"], s)?;
         let size = p.size("size")?.ok_or(ConfigError::MissingKey {
             option: "memory",
             key: "size",
@@ -263,7 +277,8 @@ impl MemoryConfig {
         if size % 4096 != 0 {
             return Err(invalid("must be a multiple of 4 KiB".into()));
         }
-        Ok(MemoryConfig { size })
+        let shared = p.on_off("shared")?.unwrap_or(false);
+        Ok(MemoryConfig { size, shared })
     }
 }
 
@@ -664,11 +679,7 @@ impl GhConfig {
             Some(d @ 11..=255) => d as u8,
             Some(_) => return Err(p.invalid("distance", "must be between 11 and 255")),
         };
-        let dsd = match p.get("dsd") {
-            None | Some("off") => false,
-            Some("on") => true,
-            Some(_) => return Err(p.invalid("dsd", "use on or off")),
-        };
+        let dsd = p.on_off("dsd")?.unwrap_or(false);
         let bar_space = p.size("bar_space")?.unwrap_or(GH_DEFAULT_BAR_SPACE);
         if !bar_space.is_power_of_two() || bar_space < (1 << 30) {
             return Err(p.invalid("bar_space", "must be a power of two of at least 1G"));
@@ -762,7 +773,22 @@ mod tests {
         assert!(MemoryConfig::parse("size=1T").is_err());
         assert!(MemoryConfig::parse("size=33554433").is_err());
         assert!(MemoryConfig::parse("shared=on").is_err());
-        assert!(MemoryConfig::parse("size=1G,shared=on").is_err());
+    }
+
+    #[test]
+    fn memory_shared() {
+        assert!(!MemoryConfig::parse("size=1G").unwrap().shared);
+        assert!(!MemoryConfig::parse("size=1G,shared=off").unwrap().shared);
+        let on = MemoryConfig::parse("size=1G,shared=on").unwrap();
+        assert_eq!((on.size, on.shared), (1 << 30, true));
+        assert_eq!(
+            MemoryConfig::parse("size=1G,shared=yes")
+                .unwrap_err()
+                .to_string(),
+            "--memory: shared=yes: use on or off"
+        );
+        assert!(MemoryConfig::parse("size=1G,shared=").is_err());
+        assert!(MemoryConfig::parse("size=1G,shared=on,shared=off").is_err());
     }
 
     #[test]

@@ -415,7 +415,10 @@ mod tests {
             initramfs: None,
             cmdline: String::new(),
             cpus: CpusConfig { boot },
-            memory: MemoryConfig { size: 1 << 30 },
+            memory: MemoryConfig {
+                size: 1 << 30,
+                shared: false,
+            },
             serial: SerialConfig::Off,
             platform: PlatformConfig { mmio64_size: None },
             devices: devices

@@ -47,7 +47,7 @@ fn api_error(e: HotplugError) -> ApiError {
 fn config_json(c: &VmConfig) -> serde_json::Value {
     serde_json::json!({
         "cpus": { "boot_vcpus": c.cpus.boot, "max_vcpus": c.cpus.boot },
-        "memory": { "size": c.memory.size },
+        "memory": { "size": c.memory.size, "shared": c.memory.shared },
         "payload": {
             "kernel": c.kernel.display().to_string(),
             "initramfs": c.initramfs.as_ref().map(|p| p.display().to_string()),

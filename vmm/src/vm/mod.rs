@@ -89,7 +89,8 @@ impl Vm {
         })
         .context("KVM_CREATE_PIT2")?;
 
-        let (mem, first_free_slot) = crate::memory::create_guest_memory(&vm, &layout)?;
+        let (mem, first_free_slot) =
+            crate::memory::create_guest_memory(&vm, &layout, cfg.memory.shared)?;
         let slots = Arc::new(parking_lot::Mutex::new(MemSlots::new(
             first_free_slot,
             kvm.get_nr_memslots() as u32,
