@@ -252,7 +252,9 @@ pub fn run_all(expect: &Expectations) {
     if expect.numa {
         crate::numa::report_all();
     }
-    report("acpi-dump", dump_acpi());
+    if expect.acpi_dump {
+        report("acpi-dump", dump_acpi());
+    }
 }
 
 pub fn demo() {

@@ -28,6 +28,8 @@ pub struct Expectations {
     /// (`ghvmm.bdf=`).
     pub cycles: Option<u32>,
     pub bdf: String,
+    /// Whether the guest dumps its ACPI tables at the end (`ghvmm.acpi=off` turns it off).
+    pub acpi_dump: bool,
 }
 
 impl Expectations {
@@ -36,6 +38,7 @@ impl Expectations {
             mode: "check".into(),
             action: "poweroff".into(),
             platform: "ghvmm".into(),
+            acpi_dump: true,
             ..Default::default()
         };
         for word in cmdline.split_whitespace() {
@@ -58,6 +61,7 @@ impl Expectations {
                 "numa" => e.numa = value == "report",
                 "cycles" => e.cycles = value.parse().ok(),
                 "bdf" => e.bdf = value.to_string(),
+                "acpi" => e.acpi_dump = value != "off",
                 _ => {}
             }
         }
@@ -92,6 +96,8 @@ mod tests {
         assert_eq!(Expectations::parse("ghvmm.platform=qemu").platform, "qemu");
         let d = Expectations::parse("ghvmm.mode=demo ghvmm.cpus=x ghvmm.bogus");
         assert_eq!((d.mode.as_str(), d.cpus), ("demo", None));
+        assert!(e.acpi_dump, "the tables are dumped unless the rig says not to");
+        assert!(!Expectations::parse("ghvmm.acpi=off").acpi_dump);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::l3::L3;
 use crate::protocol::Outcome;
-use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
+use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS, NO_ACPI_DUMP};
 use crate::vfio_scenarios::{bind_variant, GH_DEVICE_CHECKS, GH_LENGTHS};
 
 const MIB: u64 = 1 << 20;
@@ -57,7 +57,7 @@ fn eio_scenario() -> Scenario {
     let l3 = L3::new(BOOT_VMM, 2, "512M")
         .cmdline(&format!(
             "ghvmm.vfio=fault ghvmm.gh_len={EIO_LEN} ghvmm.gh_map={EIO_MAP} \
-             ghvmm.fail_after={EIO_AFTER}"
+             ghvmm.fail_after={EIO_AFTER} {NO_ACPI_DUMP}"
         ))
         .vmm_args("--device path=$IVSHMEM,id=gpu0");
     let script = format!(
@@ -104,11 +104,11 @@ fn eio_scenario() -> Scenario {
 fn sigkill_scenario() -> Scenario {
     let len = GH_LENGTHS[0];
     let first = L3::new(BOOT_VMM, 2, "512M")
-        .cmdline("ghvmm.vfio=hotplug ghvmm.cycles=1")
+        .cmdline(&format!("ghvmm.vfio=hotplug ghvmm.cycles=1 {NO_ACPI_DUMP}"))
         .vmm_args("--device path=$IVSHMEM,id=gpu0");
     let second = L3::new(BOOT_VMM, 2, "512M")
         .cmdline(&format!(
-            "ghvmm.vfio=gh ghvmm.gh_mode=vmm_pads ghvmm.gh_len={len}"
+            "ghvmm.vfio=gh ghvmm.gh_mode=vmm_pads ghvmm.gh_len={len} {NO_ACPI_DUMP}"
         ))
         .vmm_args("--device path=$IVSHMEM,id=gpu0");
     let script = format!(
@@ -154,7 +154,7 @@ fn unbind_scenario() -> Scenario {
     let l3 = L3::new(BOOT_VMM, 2, "512M")
         .cmdline(&format!(
             "ghvmm.vfio=hotplug ghvmm.gh_mode=vmm_pads ghvmm.gh_len={len} ghvmm.cycles=2 \
-             ghvmm.bdf=0001:00:00.0"
+             ghvmm.bdf=0001:00:00.0 {NO_ACPI_DUMP}"
         ))
         .vmm_args(
             "--gh slots=1 --api-socket path=/tmp/api.sock --device path=$IVSHMEM,id=gpu0,gh_slot=0",
@@ -235,7 +235,7 @@ fn unbind_scenario() -> Scenario {
 fn api_flood_scenario() -> Scenario {
     let len = GH_LENGTHS[0];
     let l3 = L3::new(BOOT_VMM, 2, "512M")
-        .cmdline("ghvmm.vfio=hotplug ghvmm.cycles=1")
+        .cmdline(&format!("ghvmm.vfio=hotplug ghvmm.cycles=1 {NO_ACPI_DUMP}"))
         .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock");
     let script = format!(
         "{bind}{start}\
@@ -275,12 +275,15 @@ fn api_flood_scenario() -> Scenario {
 
 /// The fault-injection scenarios, in run order.
 pub fn all() -> Vec<Scenario> {
-    vec![
+    [
         eio_scenario(),
         sigkill_scenario(),
         unbind_scenario(),
         api_flood_scenario(),
     ]
+    .into_iter()
+    .map(Scenario::without_acpi_dump)
+    .collect()
 }
 
 #[cfg(test)]
@@ -308,6 +311,17 @@ mod tests {
         std::fs::write(dir.join("ivshmem.bin"), &file).unwrap();
         assert!(matches!(eio_file_checks(&dir)[0].1, Outcome::Fail(_)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn fault_guests_do_not_dump_their_acpi_tables() {
+        for s in all() {
+            assert!(!s.acpi && !s.expect.contains(&"acpi-dump"), "{}", s.name);
+            let sh = s.script();
+            let boots = sh.matches("/bin/ghvmm ").count();
+            assert!(boots >= 1, "{}", s.name);
+            assert_eq!(sh.matches(NO_ACPI_DUMP).count(), boots, "{}", s.name);
+        }
     }
 
     #[test]
