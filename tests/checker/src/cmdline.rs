@@ -96,7 +96,10 @@ mod tests {
         assert_eq!(Expectations::parse("ghvmm.platform=qemu").platform, "qemu");
         let d = Expectations::parse("ghvmm.mode=demo ghvmm.cpus=x ghvmm.bogus");
         assert_eq!((d.mode.as_str(), d.cpus), ("demo", None));
-        assert!(e.acpi_dump, "the tables are dumped unless the rig says not to");
+        assert!(
+            e.acpi_dump,
+            "the tables are dumped unless the rig says not to"
+        );
         assert!(!Expectations::parse("ghvmm.acpi=off").acpi_dump);
     }
 
