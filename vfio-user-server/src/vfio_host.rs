@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pci::vfio::SparseArea;
-use vfio::{Containers, Device, DmaRegion, FdRegion, VfioRegionInfoCap};
+use vfio::{Containers, Device, DmaRegion, FdRegion};
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vm_memory::GuestMemoryMmap;
 
@@ -48,22 +48,12 @@ impl HostDevice for VfioHost {
         if index > VFIO_PCI_CONFIG_REGION_INDEX {
             return None;
         }
-        let sparse = self
-            .device
-            .get_region_caps(index)
-            .into_iter()
-            .find_map(|c| match c {
-                VfioRegionInfoCap::SparseMmap(s) => Some(
-                    s.areas
-                        .iter()
-                        .map(|a| SparseArea {
-                            offset: a.offset,
-                            size: a.size,
-                        })
-                        .collect(),
-                ),
-                _ => None,
-            });
+        let sparse = self.device.sparse_areas(index).map(|areas| {
+            areas
+                .into_iter()
+                .map(|(offset, size)| SparseArea { offset, size })
+                .collect()
+        });
         Some(HostRegion {
             size: self.device.get_region_size(index),
             flags: self.device.get_region_flags(index),

@@ -214,6 +214,19 @@ pub struct Device {
 }
 
 impl Device {
+    /// The (offset, size) areas of region `index`'s sparse-mmap capability, as the kernel
+    /// reported them at open; None when the region has no such capability.
+    pub fn sparse_areas(&self, index: u32) -> Option<Vec<(u64, u64)>> {
+        self.get_region_caps(index)
+            .into_iter()
+            .find_map(|c| match c {
+                vfio_ioctls::VfioRegionInfoCap::SparseMmap(s) => {
+                    Some(s.areas.iter().map(|a| (a.offset, a.size)).collect())
+                }
+                _ => None,
+            })
+    }
+
     /// Opens the device at `sysfs` in `container` through a stand-in path (see the module
     /// comment), or through `sysfs` itself if no stand-in can be made.
     pub(crate) fn open(sysfs: &Path, container: Arc<VfioContainer>) -> Result<Self, Error> {

@@ -31,8 +31,7 @@ use pci::vfio::{
 };
 use pci::PciDevice;
 use vfio::{
-    Containers, Device, DeviceIrqs, FdRegion, HostMapping, OnRequest, RequestWatcher,
-    VfioRegionInfoCap, WatchError,
+    Containers, Device, DeviceIrqs, FdRegion, HostMapping, OnRequest, RequestWatcher, WatchError,
 };
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
@@ -481,22 +480,12 @@ impl FunctionInfo for VfioFunction<'_> {
 
     fn bar_region(&self, bar: usize) -> Option<RegionInfo> {
         let index = VFIO_PCI_BAR0_REGION_INDEX.checked_add(u32::try_from(bar).ok()?)?;
-        let sparse = self
-            .device
-            .get_region_caps(index)
-            .into_iter()
-            .find_map(|c| match c {
-                VfioRegionInfoCap::SparseMmap(s) => Some(
-                    s.areas
-                        .iter()
-                        .map(|a| SparseArea {
-                            offset: a.offset,
-                            size: a.size,
-                        })
-                        .collect(),
-                ),
-                _ => None,
-            });
+        let sparse = self.device.sparse_areas(index).map(|areas| {
+            areas
+                .into_iter()
+                .map(|(offset, size)| SparseArea { offset, size })
+                .collect()
+        });
         Some(RegionInfo {
             size: self.device.get_region_size(index),
             mmap: self.device.get_region_flags(index) & VFIO_REGION_INFO_FLAG_MMAP != 0,
