@@ -1,5 +1,6 @@
 //! Builds what the rig boots: the L3 initramfs (checker as init), the L2 base initramfs
-//! (busybox, KVM/VFIO modules, ghvmm, the L3 kernel and initramfs) and per-scenario extras.
+//! (busybox, KVM/VFIO modules, ghvmm, the vfio-user server, the L3 kernel and initramfs) and
+//! per-scenario extras.
 //! Each is cached under target/rig/ (crate::cache) and rebuilt when one of its inputs changes.
 
 use std::path::{Path, PathBuf};
@@ -83,10 +84,20 @@ pub fn variant_driver(p: &Paths) -> Result<Vec<u8>> {
 }
 
 pub fn cargo_build(root: &Path) -> Result<()> {
-    say("building ghvmm and the checker (release)");
+    say("building ghvmm, ghvmm-vfio-user and the checker (release)");
     let status = Command::new(env_or("CARGO", "cargo"))
         .current_dir(root)
-        .args(["build", "--release", "-q", "-p", "vmm", "-p", "checker"])
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "vmm",
+            "-p",
+            "ghvmm-vfio-user",
+            "-p",
+            "checker",
+        ])
         .status()
         .context("running cargo build")?;
     if !status.success() {
@@ -227,6 +238,7 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
     let l3 = l3_initramfs(p)?;
     let ghvmm = p.target().join("release/ghvmm");
     let remote = p.target().join("release/ghvmm-remote");
+    let server = p.target().join("release/ghvmm-vfio-user");
     let checker = p.target().join("release/checker");
     let init = p.root.join("tests/l2/init");
     let moddir = PathBuf::from(format!("/lib/modules/{}", p.abi));
@@ -242,10 +254,11 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
         ])
         .files(&binary_files(&ghvmm)?)
         .files(&binary_files(&remote)?)
+        .files(&binary_files(&server)?)
         .files(&binary_files(&checker)?)
         .files(&module_files);
     let (bytes, from_cache) = cached(&p.rig_dir(), "l2-base.cpio", &inputs, || {
-        say("building the L2 initramfs (busybox, KVM/VFIO modules, ghvmm and ghvmm-remote, L3 kernel + checker initramfs)");
+        say("building the L2 initramfs (busybox, KVM/VFIO modules, ghvmm, ghvmm-remote and ghvmm-vfio-user, L3 kernel + checker initramfs)");
         let mut c = Cpio::new();
         busybox(&mut c)?;
         c.file("init", 0o755, &read(&init)?);
@@ -254,6 +267,7 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
         }
         add_binary(&mut c, &ghvmm, "bin/ghvmm")?;
         add_binary(&mut c, &remote, "bin/ghvmm-remote")?;
+        add_binary(&mut c, &server, "bin/ghvmm-vfio-user")?;
         add_binary(&mut c, &checker, "bin/checker")?;
         let mut names = Vec::new();
         for path in &module_files {
