@@ -234,6 +234,7 @@ pub fn run_all(expect: &Expectations) {
             &expect.gh_mode,
             expect.gh_len.unwrap_or(0),
             expect.gh_devices.unwrap_or(1),
+            expect.gate,
         ),
         Some("fault") => crate::fault::failing_region(
             expect.gh_len.unwrap_or(0),

@@ -30,6 +30,9 @@ pub struct Expectations {
     pub bdf: String,
     /// Whether the guest dumps its ACPI tables at the end (`ghvmm.acpi=off` turns it off).
     pub acpi_dump: bool,
+    /// Stop at gates around the GPU-like device's copy and single padding read so that L2
+    /// can read access counters there (`ghvmm.gate=1`, tests/checker/src/gate.rs).
+    pub gate: bool,
 }
 
 impl Expectations {
@@ -62,6 +65,7 @@ impl Expectations {
                 "cycles" => e.cycles = value.parse().ok(),
                 "bdf" => e.bdf = value.to_string(),
                 "acpi" => e.acpi_dump = value != "off",
+                "gate" => e.gate = value == "1",
                 _ => {}
             }
         }
@@ -101,6 +105,7 @@ mod tests {
             "the tables are dumped unless the rig says not to"
         );
         assert!(!Expectations::parse("ghvmm.acpi=off").acpi_dump);
+        assert!(!e.gate && Expectations::parse("ghvmm.gate=1").gate);
     }
 
     #[test]

@@ -16,12 +16,13 @@ fn patterns(len: u64) -> [(u64, [u8; 16]); 3] {
 }
 
 pub fn gpu_like(mode: &str, len: u64) {
-    gpu_like_devices(mode, len, 1);
+    gpu_like_devices(mode, len, 1, false);
 }
 
 /// The checks on each of `count` GPU-like devices (`ghvmm.gh_devices=`); each check reports
-/// once, failing if it fails on any device (named by its address).
-pub fn gpu_like_devices(mode: &str, len: u64, count: usize) {
+/// once, failing if it fails on any device (named by its address). With `gate`
+/// (`ghvmm.gate=1`, one device) the BAR checks start with the gated copy (`gated_copy`).
+pub fn gpu_like_devices(mode: &str, len: u64, count: usize, gate: bool) {
     let devices = find_all("0x1af4", "0x1110");
     if devices.is_empty() {
         report("gh-bar", Err("no 1af4:1110 device".into()));
@@ -43,7 +44,7 @@ pub fn gpu_like_devices(mode: &str, len: u64, count: usize) {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
-        for (name, result) in check_device(dev, mode, len) {
+        for (name, result) in check_device(dev, mode, len, gate && devices.len() == 1) {
             let i = match merged.iter().position(|(n, _)| *n == name) {
                 Some(i) => i,
                 None => {
@@ -74,7 +75,7 @@ pub fn gpu_like_devices(mode: &str, len: u64, count: usize) {
 
 type Results = Vec<(&'static str, Result<(), String>)>;
 
-fn check_device(dev: &std::path::Path, mode: &str, len: u64) -> Results {
+fn check_device(dev: &std::path::Path, mode: &str, len: u64, gate: bool) -> Results {
     let mut out: Results = Vec::new();
     let mut report = |name: &'static str, r: Result<(), String>| out.push((name, r));
     let pad: u8 = if mode == "kernel_pads" { 0xff } else { 0x00 };
@@ -98,6 +99,11 @@ fn check_device(dev: &std::path::Path, mode: &str, len: u64) -> Results {
             return out;
         }
     };
+    if gate {
+        // Before the patterns below: the copy overwrites the whole real range.
+        out.extend(gated_copy(&m, len, pad, bar_size));
+    }
+    let mut report = |name: &'static str, r: Result<(), String>| out.push((name, r));
     report(
         "gh-data",
         (|| {
@@ -195,4 +201,39 @@ fn check_device(dev: &std::path::Path, mode: &str, len: u64) -> Results {
         })(),
     );
     out
+}
+
+/// The value the gated copy writes at `off`: different in every 8 bytes.
+fn copy_word(off: u64) -> u64 {
+    off.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x6768_2d63_6f70_7921
+}
+
+/// Gate 1, a copy of the whole real range through the mapped BAR and its read-back, gate 2,
+/// exactly one 4-byte read of the padding, gate 3 (tests/checker/src/gate.rs): L2 reads the
+/// VMM's and the server's access counters at each gate and expects the copy to add none and
+/// the padding read one. Reports `gh-copy` (the data read back) and `gh-gate` (every gate
+/// opened, the padding read gave the contract's value).
+fn gated_copy(m: &BarView, len: u64, pad: u8, bar_size: u64) -> Results {
+    let gate = match crate::gate::Gate::new() {
+        Ok(g) => g,
+        Err(e) => return vec![("gh-gate", Err(format!("no gate page: {e}")))],
+    };
+    if let Err(e) = gate.pass(1) {
+        return vec![("gh-gate", Err(e))];
+    }
+    let copy = m.fill_and_verify(len, copy_word);
+    if let Err(e) = gate.pass(2) {
+        return vec![("gh-copy", copy), ("gh-gate", Err(e))];
+    }
+    // The one access L2 counts (a padding exists: len is below the power of two).
+    let padding = (len < bar_size).then(|| m.read_width(len, 4));
+    let third = gate.pass(3);
+    let gated = third.and_then(|()| match padding {
+        None => Err(format!("no padding: the length {len:#x} is a power of two")),
+        Some(v) if v != u64::from(u32::from_le_bytes([pad; 4])) => Err(format!(
+            "the single 4-byte padding read at {len:#x} gave {v:#x}"
+        )),
+        Some(_) => Ok(()),
+    });
+    vec![("gh-copy", copy), ("gh-gate", gated)]
 }

@@ -2,7 +2,9 @@
 //! what the guest sees against the expectations on its kernel command line, dumps the ACPI
 //! tables through the console and powers off. In L2 it doubles as a timing helper for the
 //! bench (`checker time-to-marker ...`), names kernel addresses (`checker resolve ...`),
-//! sends raw API requests (`checker http ...`) and floods the API socket (`checker flood ...`).
+//! sends raw API requests (`checker http ...`), floods the API socket (`checker flood ...`),
+//! opens the guest's gates by writing its RAM (`checker poke-ram ...`) and adds up access
+//! counters (`checker counters-sum ...`).
 //!
 //! Output protocol (one line each, parsed by tests/rig):
 //!   `@@INIT`                               first thing after start
@@ -12,6 +14,7 @@
 //!   `@@ACPIEND <file> <len> <sum>`         end of that table: length and byte sum
 //!   `@@FACT <key> <value...>`              something seen, compared by the rig (numa.rs)
 //!   `@@HOTPLUG ready|present N BDF|gone N` hot-plug progress for L2's script (hotplug.rs)
+//!   `@@GATE <phase> <gpa-hex> wait`        waiting for L2 to open a gate (gate.rs)
 //!   `@@DONE`                               all checks reported
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -19,8 +22,10 @@
 mod bench;
 mod checks;
 mod cmdline;
+mod counters;
 mod fault;
 mod flood;
+mod gate;
 mod gh;
 mod hotplug;
 mod http;
@@ -41,6 +46,8 @@ fn main() {
         Some("resolve") => std::process::exit(resolve::main(&args[2..])),
         Some("http") => std::process::exit(http::main(&args[2..])),
         Some("flood") => std::process::exit(flood::main(&args[2..])),
+        Some("poke-ram") => std::process::exit(counters::poke_ram(&args[2..])),
+        Some("counters-sum") => std::process::exit(counters::counters_sum(&args[2..])),
         _ => {}
     }
     if std::process::id() != 1 {

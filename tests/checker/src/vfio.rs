@@ -231,6 +231,44 @@ impl BarView {
     pub fn write_width(&self, off: u64, width: usize, value: u64) {
         let _ = self.with(off, width, |m, at| m.write_width(at, width, value));
     }
+
+    /// Writes `word(off)` at every 8-byte offset of `[0, len)` (`len` a multiple of 8), then
+    /// reads it all back: aligned 8-byte accesses, a window at a time.
+    pub fn fill_and_verify(&self, len: u64, word: impl Fn(u64) -> u64) -> Result<(), String> {
+        if !len.is_multiple_of(8) {
+            return Err(format!("length {len:#x} is not a multiple of 8"));
+        }
+        let step = Self::WINDOW;
+        let mut off = 0;
+        while off < len {
+            let n = step.min(len - off);
+            self.with(off, n as usize, |m, at| {
+                for i in (0..n).step_by(8) {
+                    m.write_width(at + i, 8, word(off + i));
+                }
+            })?;
+            off += n;
+        }
+        off = 0;
+        while off < len {
+            let n = step.min(len - off);
+            self.with(off, n as usize, |m, at| {
+                for i in (0..n).step_by(8) {
+                    let got = m.read_width(at + i, 8);
+                    if got != word(off + i) {
+                        return Err(format!(
+                            "read back {got:#x} at {:#x}, wrote {:#x}",
+                            off + i,
+                            word(off + i)
+                        ));
+                    }
+                }
+                Ok(())
+            })??;
+            off += n;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Mapping {
