@@ -103,14 +103,13 @@ fn error_checks() -> String {
     .concat()
 }
 
-fn hotplug_gh_scenario() -> Scenario {
-    let len = GH_LENGTHS[0];
-    let l3 = L3::new(BOOT_VMM, 2, "512M")
-        .cmdline(&format!(
-            "ghvmm.vfio=hotplug ghvmm.gh_mode=kernel_pads ghvmm.gh_len={len} \
-             ghvmm.cycles={CYCLES} ghvmm.bdf=0001:00:00.0 ghvmm.numa=report"
-        ))
-        .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock");
+/// Shell: `CYCLES` hot-plug cycles. Each runs `$R <add>` (which must attach the device with
+/// id gpu0 to GH slot 0; the first answer must name 0001:00:00.0, check `api-add-bdf`), waits
+/// for the guest's `@@HOTPLUG present`, runs `at_second` during the second cycle, removes the
+/// device and waits for `@@HOTPLUG gone`. After the first removal `vm.info` goes to
+/// /tmp/info1.json and `after_first` runs; after the last, /tmp/info2.json. Reports
+/// `api-cycles`, and `hotplug-no-leak`: open fds and KVM memory slots as after the first cycle.
+pub(crate) fn cycles_script(add: &str, after_first: &str, at_second: &str) -> String {
     let (fds1, slots1, rss1) = (
         json_number("/tmp/info1.json", "open_fds"),
         json_number("/tmp/info1.json", "memory_slots"),
@@ -121,25 +120,24 @@ fn hotplug_gh_scenario() -> Scenario {
         json_number("/tmp/info2.json", "memory_slots"),
         json_number("/tmp/info2.json", "rss_kib"),
     );
-    let script = format!(
-        "{bind}{start}\
-         $R ping > /dev/null\n\
-         l2_check api-ping $? 'vmm.ping failed'\n\
-         i=1; failed=\n\
+    let indent = |sh: &str| sh.replace('\n', "\n             ");
+    format!(
+        "i=1; failed=\n\
          while [ $i -le {CYCLES} ] && [ -z \"$failed\" ]; do\n\
            t0=$(cut -d' ' -f1 /proc/uptime)\n\
-           out=$($R add-device path=$IVSHMEM,id=gpu0,gh_slot=0 2>&1) || {{ failed=\"add $i: $out\"; break; }}\n\
-           [ $i = 1 ] && {{ echo \"$out\" | grep -q '\"bdf\": *\"0001:00:00.0\"'; l2_check api-add-bdf $? \"add-device answered: $out\"; }}\n\
+           out=$($R {add} 2>&1) || {{ failed=\"add $i: $out\"; break; }}\n\
+           [ $i = 1 ] && {{ echo \"$out\" | grep -q '\"bdf\": *\"0001:00:00.0\"'; l2_check api-add-bdf $? \"{verb} answered: $out\"; }}\n\
            wait_marker \"@@HOTPLUG present $i \" 120 || {{ failed=\"cycle $i: the guest never saw the device\"; break; }}\n\
            l2_say \"@@L2LOG cycle $i: added at $t0, seen by $(cut -d' ' -f1 /proc/uptime)\"\n\
            if [ $i = 2 ]; then\n\
-             {dup}\
+             :\n\
+             {second}\
            fi\n\
            out=$($R remove-device gpu0 2>&1) || {{ failed=\"remove $i: $out\"; break; }}\n\
            wait_marker \"@@HOTPLUG gone $i\" 120 || {{ failed=\"cycle $i: the device never left the guest\"; break; }}\n\
            if [ $i = 1 ]; then\n\
              $R info > /tmp/info1.json\n\
-             {errors}\
+             {first}\
            fi\n\
            i=$((i + 1))\n\
          done\n\
@@ -148,34 +146,59 @@ fn hotplug_gh_scenario() -> Scenario {
          $R info > /tmp/info2.json\n\
          l2_say \"@@L2LOG after cycle 1: fds {fds1} slots {slots1} rss {rss1} KiB; after {CYCLES}: fds {fds2} slots {slots2} rss {rss2} KiB\"\n\
          [ -n \"{fds1}\" ] && [ -n \"{slots1}\" ] && [ \"{fds1}\" = \"{fds2}\" ] && [ \"{slots1}\" = \"{slots2}\" ]\n\
-         l2_check hotplug-no-leak $? \"open fds {fds1} -> {fds2}, KVM memory slots {slots1} -> {slots2} over {n} cycles\"\n\
+         l2_check hotplug-no-leak $? \"open fds {fds1} -> {fds2}, KVM memory slots {slots1} -> {slots2} over {n} cycles\"\n",
+        verb = add.split_whitespace().next().unwrap_or(add),
+        first = indent(after_first),
+        second = indent(at_second),
+        n = CYCLES - 1,
+    )
+}
+
+/// The checks `cycles_script` and the guest (`ghvmm.vfio=hotplug`) report.
+pub(crate) const CYCLE_CHECKS: &[&str] = &[
+    "hotplug-ready",
+    "api-add-bdf",
+    "hotplug-arrive",
+    "hotplug-bdf",
+    "hotplug-depart",
+    "hotplug-cycles",
+    "api-cycles",
+    "hotplug-no-leak",
+];
+
+fn hotplug_gh_scenario() -> Scenario {
+    let len = GH_LENGTHS[0];
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline(&format!(
+            "ghvmm.vfio=hotplug ghvmm.gh_mode=kernel_pads ghvmm.gh_len={len} \
+             ghvmm.cycles={CYCLES} ghvmm.bdf=0001:00:00.0 ghvmm.numa=report"
+        ))
+        .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock");
+    let script = format!(
+        "{bind}{start}\
+         $R ping > /dev/null\n\
+         l2_check api-ping $? 'vmm.ping failed'\n\
+         {cycles}\
          finish_l3 120\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
         bind = bind_variant("kernel_pads", len, ""),
         start = start_api_guest(&l3.command()),
-        errors = error_checks().replace('\n', "\n             "),
-        dup = expect_status(
-            "api-duplicate",
-            "PUT",
-            "/api/v1/vm.add-device",
-            "{\"path\": \"'$IVSHMEM'\", \"id\": \"gpu1\"}",
-            409,
-            "already attached",
-        )
-        .replace('\n', "\n             "),
-        n = CYCLES - 1,
+        cycles = cycles_script(
+            "add-device path=$IVSHMEM,id=gpu0,gh_slot=0",
+            &error_checks(),
+            &expect_status(
+                "api-duplicate",
+                "PUT",
+                "/api/v1/vm.add-device",
+                "{\"path\": \"'$IVSHMEM'\", \"id\": \"gpu1\"}",
+                409,
+                "already attached",
+            ),
+        ),
     );
-    let mut expect = [L3_CHECKS, GH_DEVICE_CHECKS, NUMA_CHECKS].concat();
+    let mut expect = [L3_CHECKS, GH_DEVICE_CHECKS, NUMA_CHECKS, CYCLE_CHECKS].concat();
     expect.extend([
-        "hotplug-ready",
         "api-ping",
-        "api-add-bdf",
-        "hotplug-arrive",
-        "hotplug-bdf",
-        "hotplug-depart",
-        "hotplug-cycles",
-        "api-cycles",
-        "hotplug-no-leak",
         "api-duplicate",
         "api-malformed-json",
         "api-unknown-field",

@@ -27,6 +27,7 @@ pub mod scenario;
 pub mod setup;
 pub mod symbols;
 pub mod vfio_scenarios;
+pub mod vfio_user_scenarios;
 
 pub use demo::demo;
 pub use e2e::{e2e, list, E2eArgs};

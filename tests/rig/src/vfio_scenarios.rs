@@ -246,7 +246,8 @@ pub const NIC_L2: &str = "0000:00:06.0";
 /// L2's address on the private link (the checker pings it, tests/checker/src/nic.rs).
 const NIC_L2_ADDR: &str = "10.99.0.1/24";
 
-fn nic_qemu_args() -> Vec<String> {
+/// L2's two e1000e on the QEMU hub (`-netdev hubport`, hub 0, nothing else on it).
+pub(crate) fn nic_qemu_args() -> Vec<String> {
     [
         "-netdev",
         "hubport,id=pt,hubid=0",
@@ -261,31 +262,36 @@ fn nic_qemu_args() -> Vec<String> {
     .to_vec()
 }
 
-fn nic_scenario() -> Scenario {
-    let l3 = L3::new(BOOT_VMM, 2, "512M")
-        .cmdline("ghvmm.vfio=nic")
-        .vmm_args("--device path=$NIC,id=nic0");
-    let setup = format!(
+/// Shell: `$NIC` is the NIC to pass through, bound to vfio-pci (check `nic-bind`), and L2's
+/// own e1000e has its address on the private link (check `nic-l2-up`).
+pub(crate) fn nic_setup() -> String {
+    format!(
         "NIC=/sys/bus/pci/devices/{NIC_PASSTHROUGH}\n{}\
          L2IF=$(ls /sys/bus/pci/devices/{NIC_L2}/net 2>/dev/null | head -n 1)\n\
          [ -n \"$L2IF\" ] && ip addr add {NIC_L2_ADDR} dev $L2IF && ip link set $L2IF up\n\
          l2_check nic-l2-up $? \"L2's own e1000e ({NIC_L2}, interface '$L2IF') did not come up\"\n",
         bind_device("NIC", "vfio-pci", "nic-bind")
-    );
+    )
+}
+
+/// What L2 (`nic_setup`) and the guest (`ghvmm.vfio=nic`, tests/checker/src/nic.rs) report
+/// for a passed-through NIC.
+pub(crate) const NIC_CHECKS: &[&str] = &[
+    "nic-bind",
+    "nic-l2-up",
+    "nic-present",
+    "nic-link",
+    "nic-ping",
+    "nic-msix",
+];
+
+fn nic_scenario() -> Scenario {
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline("ghvmm.vfio=nic")
+        .vmm_args("--device path=$NIC,id=nic0");
     Scenario {
-        setup,
-        expect: [
-            L3_CHECKS,
-            &[
-                "nic-bind",
-                "nic-l2-up",
-                "nic-present",
-                "nic-link",
-                "nic-ping",
-                "nic-msix",
-            ],
-        ]
-        .concat(),
+        setup: nic_setup(),
+        expect: [L3_CHECKS, NIC_CHECKS].concat(),
         qemu_args: nic_qemu_args(),
         ..Scenario::boot(
             "vfio-nic",

@@ -1,0 +1,558 @@
+//! The vfio-user scenarios (`vfio-user-*`): in L2 a device is served by `ghvmm-vfio-user`
+//! (vfio-user-server/, docs/vfio-user.md) and ghvmm uses it through `--user-device` (or
+//! `add-user-device`), with its guest RAM in a shared memfd. The GPU-like test device gets the
+//! `vfio-gh-*` checks, and proof that a copy into its mapped range reaches neither process
+//! while one padding read reaches each exactly once: the guest stops at gates
+//! (tests/checker/src/gate.rs) where L2 reads both processes' access counters.
+
+use crate::gh_scenarios::{numa_checks, NumaExpect, NUMA_CHECKS};
+use crate::hotplug_scenarios::{cycles_script, start_api_guest, CYCLES, CYCLE_CHECKS};
+use crate::l3::L3;
+use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS, NO_ACPI_DUMP};
+use crate::vfio_scenarios::{
+    bind_variant, gh_file_checks, gh_file_checks_for, nic_qemu_args, nic_setup, GH_DEVICE_CHECKS,
+    GH_LENGTHS, NIC_CHECKS,
+};
+
+/// The server's socket for the GPU-like device, and for the NIC.
+const GPU_SOCKET: &str = "/tmp/gpu.sock";
+const NIC_SOCKET: &str = "/tmp/nic.sock";
+/// The lengths of the vfio-user GPU-like scenarios: not a multiple of 2 MiB.
+const VU_LEN: u64 = GH_LENGTHS[1];
+const _: () = assert!(!VU_LEN.is_multiple_of(2 << 20));
+
+/// Shell functions of every vfio-user scenario (defined at the top of its /scenario.sh,
+/// beside tests/l2/init's `start_l3`, `wait_marker`, `l2_check`...).
+///
+/// - `vu_start DEVICE SOCKET [ARGS...]`: ghvmm-vfio-user serves DEVICE (a sysfs path) on
+///   SOCKET in the background, its stdout and stderr in `$VU_LOG`, its pid in `$vupid`;
+///   waits (30 s at most) for the socket and reports `vu-server-up` (the socket exists with
+///   mode 0600).
+/// - `vu_counters FILE`: sends the server SIGUSR1 and waits (10 s at most) for a new
+///   `counters {...}` line in its log; the object goes to FILE. Fails when none came.
+/// - `vu_gate P [count]`: waits for the guest at gate P (`@@GATE P <gpa> wait`); with
+///   `count`, first puts ghvmm's `vm.counters` in /tmp/gcP.json and the server's counters in
+///   /tmp/scP.json; then opens the gate (`checker poke-ram`). Sets `$gate_err` on failure.
+/// - `vu_counter_checks ID`: from the gate files, for ghvmm (device ID's `bar2.*`) and for
+///   the server (`bar2.*`): `copy-no-access-*` (the sums at gates 1 and 2 are equal) and
+///   `padding-read-counted-*` (the sum at gate 3 is one more than at gate 2).
+/// - `vu_resources N`: fds and maps lines of ghvmm (`$l3pid`) and of the server, in
+///   /tmp/resN, their maps in /tmp/mapsN.{ghvmm,server}.
+/// - `vu_stop`: SIGTERM to the server; it must exit 0 and remove its socket (`vu-server-stop`);
+///   the tail of its log follows as `@@L2LOG vu:` lines.
+pub const HELPERS: &str = r#"VU_LOG=/tmp/vu.log
+VU_COUNTER_TICKS=100
+vu_alive() {
+    vu_st=$(cut -d' ' -f3 /proc/$vupid/stat 2>/dev/null) && [ -n "$vu_st" ] && [ "$vu_st" != Z ]
+}
+vu_log_tail() {
+    tail -n 3 $VU_LOG 2>/dev/null | tr '\n' ' ' | head -c 400
+}
+vu_start() {
+    vu_dev=$1; VU_SOCK=$2; shift 2
+    rm -f $VU_SOCK
+    /bin/ghvmm-vfio-user --device path=$vu_dev --socket $VU_SOCK "$@" > $VU_LOG 2>&1 < /dev/null &
+    vupid=$!
+    vu_n=0
+    while [ ! -S $VU_SOCK ] && [ $vu_n -lt 300 ] && vu_alive; do sleep 0.1; vu_n=$((vu_n + 1)); done
+    [ -S $VU_SOCK ] && [ "$(ls -l $VU_SOCK | cut -c1-10)" = srw------- ]
+    l2_check vu-server-up $? "no socket $VU_SOCK with mode 0600 after $((vu_n / 10))s ($(ls -l $VU_SOCK 2>&1)): $(vu_log_tail)"
+}
+vu_counter_lines() {
+    vu_c=$(grep -c 'counters {.*}' $VU_LOG 2>/dev/null)
+    echo ${vu_c:-0}
+}
+vu_counters() {
+    vu_before=$(vu_counter_lines)
+    : > $1
+    kill -USR1 $vupid 2>/dev/null || return 1
+    vu_n=0
+    while [ "$(vu_counter_lines)" -le "$vu_before" ]; do
+        [ $vu_n -ge $VU_COUNTER_TICKS ] && return 1
+        sleep 0.1; vu_n=$((vu_n + 1))
+    done
+    grep 'counters {.*}' $VU_LOG | tail -n 1 | sed 's/^.*counters {/{/' > $1
+}
+vu_gate() {
+    wait_marker "@@GATE $1 0x[0-9a-f]* wait" 240 || { gate_err="the guest never reached gate $1"; return 1; }
+    vu_gpa=$(grep -o "@@GATE $1 0x[0-9a-f]* wait" /tmp/l3.out | tail -n 1 | cut -d' ' -f3)
+    if [ -n "$2" ]; then
+        $R counters > /tmp/gc$1.json 2>&1
+        vu_counters /tmp/sc$1.json
+    fi
+    /bin/checker poke-ram $l3pid $vu_gpa $1 2> /tmp/poke.err || { gate_err="gate $1 at $vu_gpa: $(cat /tmp/poke.err)"; return 1; }
+}
+vu_counter_checks() {
+    for vu_who in ghvmm server; do
+        if [ $vu_who = ghvmm ]; then vu_f=/tmp/gc; vu_id=$1; else vu_f=/tmp/sc; vu_id=; fi
+        for p in 1 2 3; do
+            l2_say "@@L2LOG $vu_who counters at gate $p: $(tr -d '\n' < $vu_f$p.json 2>/dev/null | head -c 400)"
+        done
+        vu_ok=1
+        s1=$(/bin/checker counters-sum ${vu_f}1.json bar2. $vu_id 2>&1) || vu_ok=0
+        s2=$(/bin/checker counters-sum ${vu_f}2.json bar2. $vu_id 2>&1) || vu_ok=0
+        s3=$(/bin/checker counters-sum ${vu_f}3.json bar2. $vu_id 2>&1) || vu_ok=0
+        [ $vu_ok = 1 ] && [ "$s1" = "$s2" ]
+        l2_check copy-no-access-$vu_who $? "$vu_who's bar2 accesses: $s1 before the copy, $s2 after it (want no change)"
+        [ $vu_ok = 1 ] && [ $((s3 - s2)) = 1 ]
+        l2_check padding-read-counted-$vu_who $? "$vu_who's bar2 accesses: $s2 before the padding read, $s3 after it (want one more)"
+    done
+}
+vu_resources() {
+    cp /proc/$l3pid/maps /tmp/maps$1.ghvmm 2>/dev/null
+    cp /proc/$vupid/maps /tmp/maps$1.server 2>/dev/null
+    echo "ghvmm fds $(ls /proc/$l3pid/fd | wc -l) maps $(wc -l < /tmp/maps$1.ghvmm), server fds $(ls /proc/$vupid/fd | wc -l) maps $(wc -l < /tmp/maps$1.server)" > /tmp/res$1
+}
+vu_stop() {
+    kill -TERM $vupid 2>/dev/null
+    vu_n=0
+    while vu_alive && [ $vu_n -lt 100 ]; do sleep 0.1; vu_n=$((vu_n + 1)); done
+    vu_alive && kill -9 $vupid
+    wait $vupid
+    vu_rc=$?
+    [ $vu_rc = 0 ] && [ ! -e $VU_SOCK ]
+    l2_check vu-server-stop $? "ghvmm-vfio-user ended with $vu_rc on SIGTERM; socket: $(ls -l $VU_SOCK 2>&1)"
+    tail -n 40 $VU_LOG | while read -r vu_line; do l2_say "@@L2LOG vu: $vu_line"; done
+}
+"#;
+
+/// The L2 checks of `HELPERS` every scenario reports.
+const SERVER_CHECKS: &[&str] = &["vu-server-up", "vu-server-stop"];
+
+/// What the gated guest and `vu_counter_checks` report.
+const COUNTER_CHECKS: &[&str] = &[
+    "vu-gates",
+    "gh-copy",
+    "gh-gate",
+    "copy-no-access-ghvmm",
+    "copy-no-access-server",
+    "padding-read-counted-ghvmm",
+    "padding-read-counted-server",
+];
+
+/// `--user-device` for the GPU-like device's socket, as id gpu0.
+fn user_device() -> String {
+    format!("--user-device socket={GPU_SOCKET},id=gpu0")
+}
+
+/// A guest of 2 vCPUs and 512M in a memfd (a vfio-user server maps it for DMA).
+fn shared_guest(cmdline: &str, vmm_args: &str) -> L3 {
+    L3::new(BOOT_VMM, 2, "512M")
+        .shared_memory()
+        .cmdline(cmdline)
+        .vmm_args(vmm_args)
+}
+
+fn short_mode(mode: &str) -> &str {
+    mode.trim_end_matches("_pads")
+}
+
+/// vfio-user-gh-<vmm|kernel>-40M12K: the GPU-like device through the server, with the
+/// `vfio-gh-*` checks and the counters at the gates.
+fn gh_scenario(mode: &'static str) -> Scenario {
+    let len = VU_LEN;
+    let name: &'static str = Box::leak(
+        format!(
+            "vfio-user-gh-{}-{}M{}K",
+            short_mode(mode),
+            len >> 20,
+            (len >> 10) & 1023
+        )
+        .into_boxed_str(),
+    );
+    let l3 = shared_guest(
+        &format!(
+            "ghvmm.vfio=gh ghvmm.gh_mode={mode} ghvmm.gh_len={len} ghvmm.gate=1 {NO_ACPI_DUMP}"
+        ),
+        &format!("--api-socket path=/tmp/api.sock {}", user_device()),
+    );
+    let mut expect = [L3_CHECKS, GH_DEVICE_CHECKS, SERVER_CHECKS, COUNTER_CHECKS].concat();
+    // A user device without shared guest memory is refused at start (once is enough).
+    let refused = if mode == "vmm_pads" {
+        expect.push("user-device-needs-shared");
+        format!(
+            "expect_clean_failure user-device-needs-shared --kernel /l3/vmlinuz {}\n",
+            user_device()
+        )
+    } else {
+        String::new()
+    };
+    let script = format!(
+        "{HELPERS}{bind}\
+         vu_start $IVSHMEM {GPU_SOCKET}\n\
+         {refused}\
+         start_l3 {cmd}\n\
+         R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
+         gate_err=\n\
+         vu_gate 1 count && vu_gate 2 count && vu_gate 3 count\n\
+         l2_check vu-gates $? \"$gate_err\"\n\
+         finish_l3 120\n\
+         l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n\
+         vu_counter_checks gpu0\n\
+         vu_stop\n",
+        bind = bind_variant(mode, len, ""),
+        cmd = l3.command(),
+    );
+    let about = if mode == "vmm_pads" {
+        "the GPU-like device (VMM pads) through ghvmm-vfio-user and --user-device: vfio-gh checks, a copy into the mapped range reaches neither process, one padding read reaches each once"
+    } else {
+        "the GPU-like device (kernel pads) through ghvmm-vfio-user and --user-device: vfio-gh checks, a copy into the mapped range reaches neither process, one padding read reaches each once"
+    };
+    Scenario {
+        setup: script,
+        l3: None,
+        expect,
+        host_checks: Some(Box::new(|s, d, _| gh_file_checks(s, d))),
+        timeout: std::time::Duration::from_secs(300),
+        ..Scenario::boot(name, about, l3)
+    }
+}
+
+/// vfio-user-kill: ghvmm killed with SIGKILL while its guest uses the device (held at gate 3,
+/// after the copy and a padding read went through the server): the server lives on, lets go
+/// of the client's memory and resets the device, and a second ghvmm passes every GH check.
+fn kill_scenario() -> Scenario {
+    let len = VU_LEN;
+    let mode = "vmm_pads";
+    let first = shared_guest(
+        &format!(
+            "ghvmm.vfio=gh ghvmm.gh_mode={mode} ghvmm.gh_len={len} ghvmm.gate=1 {NO_ACPI_DUMP}"
+        ),
+        &user_device(),
+    );
+    let second = shared_guest(
+        &format!("ghvmm.vfio=gh ghvmm.gh_mode={mode} ghvmm.gh_len={len} {NO_ACPI_DUMP}"),
+        &user_device(),
+    );
+    let ends = "grep -cE 'the client went away|the connection ended' $VU_LOG";
+    let script = format!(
+        "{HELPERS}{bind}\
+         vu_start $IVSHMEM {GPU_SOCKET}\n\
+         fds0=$(ls /proc/$vupid/fd | wc -l)\n\
+         start_l3 {first}\n\
+         gate_err=\n\
+         vu_gate 1 && vu_gate 2 && {{ wait_marker '@@GATE 3 0x[0-9a-f]* wait' 240 || gate_err='the guest never reached gate 3'; }}\n\
+         [ -z \"$gate_err\" ]\n\
+         l2_check vu-kill-in-use $? \"$gate_err\"\n\
+         live=$(grep -c ' /memfd:ghvmm-ram' /proc/$vupid/maps)\n\
+         ends=$({ends})\n\
+         kill -9 $l3pid\n\
+         finish_l3 30\n\
+         [ $rc = 137 ]\n\
+         l2_check vu-kill-killed $? \"the first ghvmm ended with $why, not by SIGKILL\"\n\
+         n=0\n\
+         while [ \"$({ends})\" -le \"$ends\" ] && [ $n -lt 100 ] && vu_alive; do sleep 0.1; n=$((n + 1)); done\n\
+         vu_alive && [ -S {GPU_SOCKET} ] && [ \"$({ends})\" -gt \"$ends\" ]\n\
+         l2_check vu-kill-survives $? \"the server after its client's SIGKILL: running $(vu_alive && echo yes || echo no), socket $(ls {GPU_SOCKET} 2>&1): $(vu_log_tail)\"\n\
+         maps=$(grep -c ' /memfd:ghvmm-ram' /proc/$vupid/maps)\n\
+         fds=$(ls /proc/$vupid/fd | wc -l)\n\
+         [ \"$live\" -gt 0 ] && [ \"$maps\" = 0 ] && [ \"$fds\" = \"$fds0\" ]\n\
+         l2_check vu-kill-released $? \"the server mapped the client's RAM $live times during the session and $maps after it; it had $fds0 fds before the first client, $fds after\"\n\
+         if [ -e $IVSHMEM/reset_method ]; then\n\
+           ! grep -qE 'reset after the client left|DMA unmap of|disabling interrupt' $VU_LOG\n\
+         else\n\
+           l2_say \"@@L2LOG $IVSHMEM has no reset method: the server's VFIO_DEVICE_RESET can only fail\"\n\
+           ! grep -qE 'DMA unmap of|disabling interrupt' $VU_LOG\n\
+         fi\n\
+         l2_check vu-kill-reset $? \"the server's clean-up: $(grep -E 'reset after|DMA unmap of|disabling interrupt' $VU_LOG | head -n 2 | tr '\\n' ' ')\"\n\
+         {second}\
+         vu_stop\n",
+        bind = bind_variant(mode, len, ""),
+        first = first.command(),
+        second = second.script(),
+    );
+    let mut expect = [L3_CHECKS, GH_DEVICE_CHECKS, SERVER_CHECKS].concat();
+    expect.extend([
+        "vu-kill-in-use",
+        "vu-kill-killed",
+        "vu-kill-survives",
+        "vu-kill-released",
+        "vu-kill-reset",
+    ]);
+    Scenario {
+        setup: script,
+        l3: None,
+        expect,
+        host_checks: Some(Box::new(move |_, d, _| gh_file_checks_for(d, len))),
+        timeout: std::time::Duration::from_secs(360),
+        ..Scenario::boot(
+            "vfio-user-kill",
+            "ghvmm killed with SIGKILL while its guest uses the GPU-like device through the server: the server lets go and resets it, a second ghvmm passes every GH check",
+            second,
+        )
+    }
+}
+
+/// vfio-user-hotplug: `CYCLES` add-user-device/remove-device cycles into GH slot 0 (the
+/// hot-plug scenario's cycles and NUMA checks): neither ghvmm nor the server keeps a
+/// descriptor, a mapping or a KVM slot of a removed device.
+fn hotplug_scenario() -> Scenario {
+    let len = VU_LEN;
+    let mode = "kernel_pads";
+    let l3 = shared_guest(
+        &format!(
+            "ghvmm.vfio=hotplug ghvmm.gh_mode={mode} ghvmm.gh_len={len} \
+             ghvmm.cycles={CYCLES} ghvmm.bdf=0001:00:00.0 ghvmm.numa=report"
+        ),
+        "--gh slots=1 --api-socket path=/tmp/api.sock",
+    );
+    let script = format!(
+        "{HELPERS}{bind}\
+         vu_start $IVSHMEM {GPU_SOCKET}\n\
+         {start}\
+         {cycles}\
+         vu_resources 2\n\
+         l2_say \"@@L2LOG after cycle 1: $(cat /tmp/res1); after {CYCLES}: $(cat /tmp/res2)\"\n\
+         [ -s /tmp/res1 ] && [ \"$(cat /tmp/res1)\" = \"$(cat /tmp/res2)\" ]\n\
+         r=$?\n\
+         diff /tmp/maps1.ghvmm /tmp/maps2.ghvmm | grep '^[-+][0-9a-f]' | head -n 8 | while read -r l; do l2_say \"@@L2LOG ghvmm maps: $l\"; done\n\
+         diff /tmp/maps1.server /tmp/maps2.server | grep '^[-+][0-9a-f]' | head -n 8 | while read -r l; do l2_say \"@@L2LOG server maps: $l\"; done\n\
+         l2_check vu-no-leak $r \"after cycle 1: $(cat /tmp/res1); after {CYCLES}: $(cat /tmp/res2)\"\n\
+         finish_l3 120\n\
+         l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n\
+         vu_stop\n",
+        bind = bind_variant(mode, len, ""),
+        start = start_api_guest(&l3.command()),
+        cycles = cycles_script(
+            &format!("add-user-device socket={GPU_SOCKET},id=gpu0,gh_slot=0"),
+            "vu_resources 1\n",
+            "",
+        ),
+    );
+    let mut expect = [
+        L3_CHECKS,
+        GH_DEVICE_CHECKS,
+        NUMA_CHECKS,
+        CYCLE_CHECKS,
+        SERVER_CHECKS,
+    ]
+    .concat();
+    expect.push("vu-no-leak");
+    let numa = NumaExpect::gh("0-1", 1, 8, 20);
+    Scenario {
+        setup: script,
+        l3: None,
+        expect,
+        acpi: true,
+        host_checks: Some(Box::new(move |_, d, t| {
+            let mut v = gh_file_checks_for(d, len);
+            v.extend(numa_checks(&numa, d, t));
+            v
+        })),
+        timeout: std::time::Duration::from_secs(480),
+        ..Scenario::boot(
+            "vfio-user-hotplug",
+            "--gh slots=1: add-user-device/remove-device of the GPU-like device through the server, 21 cycles; neither process keeps an fd, a mapping or a KVM slot; the GI nodes name the device",
+            l3,
+        )
+    }
+}
+
+/// vfio-user-nic: the e1000e served by ghvmm-vfio-user: MSI-X interrupts and a ping over the
+/// private link (DMA through the server's container).
+fn nic_scenario() -> Scenario {
+    let l3 = shared_guest(
+        &format!("ghvmm.vfio=nic {NO_ACPI_DUMP}"),
+        &format!("--user-device socket={NIC_SOCKET},id=nic0"),
+    );
+    let script = format!(
+        "{HELPERS}{nic}\
+         vu_start $NIC {NIC_SOCKET}\n\
+         {boot}\
+         vu_stop\n",
+        nic = nic_setup(),
+        boot = l3.script(),
+    );
+    Scenario {
+        setup: script,
+        l3: None,
+        expect: [L3_CHECKS, NIC_CHECKS, SERVER_CHECKS].concat(),
+        qemu_args: nic_qemu_args(),
+        ..Scenario::boot(
+            "vfio-user-nic",
+            "an e1000e served by ghvmm-vfio-user to ghvmm: its driver gets MSI-X interrupts and pings L2 over the private link (DMA through the server)",
+            l3,
+        )
+    }
+}
+
+/// The vfio-user scenarios, in run order.
+pub fn all() -> Vec<Scenario> {
+    let v = vec![
+        gh_scenario("vmm_pads"),
+        gh_scenario("kernel_pads"),
+        kill_scenario(),
+        hotplug_scenario(),
+        nic_scenario(),
+    ];
+    v.into_iter()
+        .map(|s| if s.acpi { s } else { s.without_acpi_dump() })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_lengths() {
+        let names: Vec<_> = all().iter().map(|s| s.name).collect();
+        assert_eq!(
+            names,
+            [
+                "vfio-user-gh-vmm-40M12K",
+                "vfio-user-gh-kernel-40M12K",
+                "vfio-user-kill",
+                "vfio-user-hotplug",
+                "vfio-user-nic"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_guest_has_shared_memory_and_a_user_device() {
+        for s in all() {
+            let sh = s.script();
+            let boots = sh.matches("/bin/ghvmm --kernel").count();
+            assert!(boots >= 1, "{}", s.name);
+            assert_eq!(sh.matches(",shared=on ").count(), boots, "{}", s.name);
+            // Only the server opens the device (HELPERS' `--device` is the server's option).
+            let body = sh.strip_prefix(HELPERS).unwrap();
+            assert!(!body.contains("--device path="), "{}", s.name);
+            assert!(sh.contains("vu_start $"), "{}", s.name);
+            assert!(sh.ends_with("vu_stop\n"), "{}", s.name);
+            // No guest dumps its tables except the hot-plug one, whose SRAT is checked.
+            assert_eq!(s.acpi, s.name == "vfio-user-hotplug", "{}", s.name);
+            assert_eq!(sh.contains(NO_ACPI_DUMP), !s.acpi, "{}", s.name);
+        }
+        let gh = gh_scenario("kernel_pads").script();
+        assert!(gh.contains("mode=kernel_pads length=41955328"));
+        assert!(gh.contains("--user-device socket=/tmp/gpu.sock,id=gpu0"));
+        assert!(gh.contains("ghvmm.gate=1"));
+        assert!(!gh.contains("user-device-needs-shared"));
+        let vmm = gh_scenario("vmm_pads");
+        let refused = vmm.script();
+        assert!(refused.contains(
+            "expect_clean_failure user-device-needs-shared --kernel /l3/vmlinuz --user-device socket=/tmp/gpu.sock,id=gpu0\n"
+        ));
+        assert!(vmm.expect.contains(&"user-device-needs-shared"));
+        let hp = hotplug_scenario().script();
+        assert!(hp.contains("$R add-user-device socket=/tmp/gpu.sock,id=gpu0,gh_slot=0 2>&1"));
+        assert!(hp.contains("ghvmm.cycles=21"));
+        let kill = kill_scenario().script();
+        assert_eq!(
+            kill.matches("ghvmm.gate=1").count(),
+            1,
+            "only the first guest"
+        );
+        assert!(kill.contains("kill -9 $l3pid"));
+        assert!(kill.contains("run_l3 90 /bin/ghvmm"));
+    }
+
+    #[test]
+    fn every_l2_check_is_expected() {
+        for s in all() {
+            let sh = s.script();
+            let body = sh.strip_prefix(HELPERS).expect("the helpers come first");
+            let mut reported: Vec<String> = SERVER_CHECKS.iter().map(|c| c.to_string()).collect();
+            for word in body.split("l2_check ").skip(1) {
+                reported.push(word.split_whitespace().next().unwrap().to_string());
+            }
+            if body.contains("vu_counter_checks gpu0") {
+                reported.extend(COUNTER_CHECKS[3..].iter().map(|c| c.to_string()));
+            }
+            for name in &reported {
+                assert!(
+                    s.expect.contains(&name.as_str()),
+                    "{}: {name} is reported but not expected",
+                    s.name
+                );
+            }
+        }
+    }
+
+    /// Runs `body` after tests/l2/init's functions and HELPERS in the host's sh, with L2's
+    /// paths moved into a scratch directory; returns stdout.
+    fn run_shell(tag: &str, body: &str) -> String {
+        let init =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../l2/init")).unwrap();
+        // The functions only: from the first definition to the scenario's start.
+        let from = init.find("l2_say() {").unwrap();
+        let to = init.find("if [ -f /scenario.sh ]").unwrap();
+        let dir = std::env::temp_dir().join(format!("rig-vu-sh-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = format!(
+            "{}\n{HELPERS}\nVU_LOG={}/vu.log\n{body}",
+            &init[from..to],
+            dir.display()
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn every_script_parses() {
+        for s in all() {
+            let out = std::process::Command::new("sh")
+                .arg("-n")
+                .arg("-c")
+                .arg(s.script())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                s.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    #[test]
+    fn server_counters_come_from_a_new_line() {
+        // A stand-in server: each SIGUSR1 adds a counters line (after an unrelated one).
+        let out = run_shell(
+            "new-line",
+            r#"n=0
+( trap 'n=$((n + 1)); echo "noise"; echo "counters {\"bar2.padding\":$n,\"bar2.forwarded\":1}" >&2' USR1
+  echo "counters {\"bar2.padding\":99}" >&2
+  while :; do sleep 0.05; done ) >> $VU_LOG 2>&1 &
+vupid=$!
+sleep 0.3
+vu_counters c1 && cat c1
+vu_counters c2 && cat c2
+kill $vupid
+"#,
+        );
+        assert_eq!(
+            out,
+            "{\"bar2.padding\":1,\"bar2.forwarded\":1}\n{\"bar2.padding\":2,\"bar2.forwarded\":1}\n"
+        );
+    }
+
+    #[test]
+    fn no_counters_line_fails() {
+        let out = run_shell(
+            "no-line",
+            r#"VU_COUNTER_TICKS=5
+( trap '' USR1; while :; do sleep 0.05; done ) &
+vupid=$!
+sleep 0.2
+if vu_counters c1; then echo got; else echo none; fi
+kill $vupid
+"#,
+        );
+        assert!(out.ends_with("none\n"), "{out}");
+    }
+}
