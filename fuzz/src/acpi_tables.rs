@@ -458,7 +458,9 @@ fn vm_config(v: &VmInput) -> VmConfig {
         .take(16)
         .enumerate()
         .map(|(i, d)| DeviceConfig {
-            path: format!("/sys/bus/pci/devices/0000:0{i:x}:00.0").into(),
+            source: vmm::config::DeviceSource::Vfio(
+                format!("/sys/bus/pci/devices/0000:0{i:x}:00.0").into(),
+            ),
             id: d.id.map(|n| format!("d{n}")),
             gh_slot: d.gh_slot.map(|s| match s {
                 255 => GhSlotRequest::Auto,

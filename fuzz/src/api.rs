@@ -51,7 +51,7 @@ impl VmControl for FakeVm {
 
     fn add_device(&self, req: AddDevice) -> Result<PciDeviceInfo, ApiError> {
         assert!(
-            !req.path.as_os_str().is_empty(),
+            !req.source.path().as_os_str().is_empty(),
             "add_device without a path"
         );
         if let Some(id) = &req.id {
@@ -71,6 +71,10 @@ impl VmControl for FakeVm {
                 bdf: "0000:00:05.0".into(),
             }),
         }
+    }
+
+    fn counters(&self) -> vmm::api::Counters {
+        vmm::api::Counters::new()
     }
 
     fn remove_device(&self, id: &str) -> Result<(), ApiError> {

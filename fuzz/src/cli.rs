@@ -88,7 +88,7 @@ fn numa_str(n: &NumaConfig) -> String {
 }
 
 fn device_str(d: &DeviceConfig) -> String {
-    let mut s = format!("path={}", d.path.display());
+    let mut s = format!("{}={}", d.source.key(), d.source.path().display());
     if let Some(id) = &d.id {
         s += &format!(",id={id}");
     }
@@ -165,12 +165,12 @@ fn option(mode: &str, s: &str) {
         }
         "device" => {
             if let Some(d) = option_error("device", DeviceConfig::parse(s)) {
-                assert!(!d.path.as_os_str().is_empty());
+                assert!(!d.source.path().as_os_str().is_empty());
                 if let Some(id) = &d.id {
                     assert_eq!(parse_id(id).as_ref(), Ok(id));
                 }
                 // Written out again (a path with ',' or '=' cannot be, by design).
-                let path = d.path.to_string_lossy();
+                let path = d.source.path().to_string_lossy();
                 if !path.contains([',', '[', ']']) {
                     assert_eq!(DeviceConfig::parse(&device_str(&d)), Ok(d.clone()));
                 }
@@ -259,7 +259,7 @@ fn remote_add_device_matches(d: &DeviceConfig) {
         );
         let calls = vm.calls.lock();
         let want = vmm::api::AddDevice {
-            path: d.path.clone(),
+            source: d.source.clone(),
             id: d.id.clone(),
             pci_segment: None,
             gh_slot: d.gh_slot,

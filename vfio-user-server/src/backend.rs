@@ -25,8 +25,9 @@ use std::sync::Arc;
 
 use pci::vfio::config::{exposed_capabilities, read_bytes};
 use pci::vfio::{
-    dispatch, probe_bars, BarLayout, FunctionInfo, InterruptCaps, Interrupts, IrqSink, IrqUpdate,
-    Limits, PassthroughConfig, PieceKind, ProbeError, RegionInfo, RegionIo, SharedInterrupts,
+    dispatch, probe_bars, AccessKind, BarCounters, BarLayout, FunctionInfo, InterruptCaps,
+    Interrupts, IrqSink, IrqUpdate, Limits, PassthroughConfig, PieceKind, ProbeError, RegionInfo,
+    RegionIo, SharedInterrupts,
 };
 use pci::PciDevice;
 use vfio_bindings::bindings::vfio::{
@@ -119,6 +120,24 @@ struct Bar {
     layout: BarLayout,
     /// The host region's offset in the device fd.
     host_offset: u64,
+    counters: Arc<BarCounters>,
+}
+
+/// The region accesses the server answered, per BAR and kind, readable from another thread
+/// while a client is served (`Backend::counters`).
+#[derive(Clone, Default)]
+pub struct Counters(Vec<(usize, Arc<BarCounters>)>);
+
+impl Counters {
+    /// `barN.padding`, `barN.forwarded`, `barN.msix` for every BAR, as ghvmm's vm.counters
+    /// names them.
+    pub fn report(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for (bar, c) in &self.0 {
+            c.report(*bar, &mut out);
+        }
+        out
+    }
 }
 
 /// What the client may change, made afresh for each client and at each reset.
@@ -185,6 +204,7 @@ impl<H: HostDevice> Backend<H> {
                 spec: b.spec(),
                 host_offset: host.region(b.region.index).map_or(0, |r| r.offset),
                 layout: b.layout,
+                counters: Arc::default(),
             })
             .collect::<Vec<_>>();
         let view = make_view(&host, &bars, &irq_caps, path)?;
@@ -273,6 +293,16 @@ impl<H: HostDevice> Backend<H> {
             }
         })
         .collect()
+    }
+
+    /// A handle on the access counters, for another thread to report.
+    pub fn counters(&self) -> Counters {
+        Counters(
+            self.bars
+                .iter()
+                .map(|b| (b.index, b.counters.clone()))
+                .collect(),
+        )
     }
 
     fn bar(&self, region: u32) -> Option<&Bar> {
@@ -390,8 +420,11 @@ impl<H: HostDevice> ServerBackend for Backend<H> {
             .lock()
             .table_read(bar.index, offset, data)
         {
+            bar.counters.count(AccessKind::Msix);
             return Ok(());
         }
+        bar.counters
+            .count(AccessKind::of(&bar.layout, offset, data.len()));
         let io = HostRegionIo {
             host: self.host.clone(),
             index: region,
@@ -423,8 +456,11 @@ impl<H: HostDevice> ServerBackend for Backend<H> {
             .lock()
             .table_write(bar.index, offset, data)
         {
+            bar.counters.count(AccessKind::Msix);
             return Ok(());
         }
+        bar.counters
+            .count(AccessKind::of(&bar.layout, offset, data.len()));
         let io = HostRegionIo {
             host: self.host.clone(),
             index: region,

@@ -18,5 +18,5 @@ pub mod serve;
 pub mod socket;
 pub mod vfio_host;
 
-pub use backend::{Backend, SetupError};
+pub use backend::{Backend, Counters, SetupError};
 pub use host::{HostDevice, HostRegion};

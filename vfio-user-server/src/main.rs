@@ -1,4 +1,6 @@
 //! `ghvmm-vfio-user --device path=/sys/bus/pci/devices/BDF --socket PATH [--once] [-v]`
+//!
+//! SIGINT/SIGTERM stop it; SIGUSR1 prints the access counters (`reporter`).
 
 #![forbid(unsafe_code)]
 
@@ -15,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use ghvmm_vfio_user::options::{parse_device, DeviceOption};
 use ghvmm_vfio_user::serve::{serve_one, SessionEnd};
 use ghvmm_vfio_user::vfio_host::VfioHost;
-use ghvmm_vfio_user::{socket, Backend};
+use ghvmm_vfio_user::{socket, Backend, Counters};
 
 /// Serves one host VFIO device to a vfio-user client.
 #[derive(Parser, Debug)]
@@ -47,6 +49,36 @@ extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c
     if let Some(wake) = WAKE.get() {
         let _ = wake.write(1);
     }
+}
+
+/// Signalled by SIGUSR1 for `reporter`.
+static REPORT: OnceLock<EventFd> = OnceLock::new();
+
+extern "C" fn on_report(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    if let Some(report) = REPORT.get() {
+        let _ = report.write(1);
+    }
+}
+
+/// On each SIGUSR1, prints one line to stderr: `counters {"bar2.padding":N,...}`, the region
+/// accesses served so far (what the rig compares around a guest's copy and a padding read).
+/// Printed by a thread of its own, so that the line comes even while a client is served.
+fn reporter(counters: Counters) -> anyhow::Result<()> {
+    let report = EventFd::new(0).context("creating the report eventfd")?;
+    let wait = report.try_clone().context("creating the report eventfd")?;
+    let _ = REPORT.set(report);
+    std::thread::Builder::new()
+        .name("ghvmm-vfio-user-counters".into())
+        .spawn(move || {
+            while wait.read().is_ok() {
+                let json = serde_json::to_string(&counters.report()).unwrap_or_default();
+                eprintln!("counters {json}");
+            }
+        })
+        .context("starting the counters thread")?;
+    vmm_sys_util::signal::register_signal_handler(libc::SIGUSR1, on_report)
+        .context("installing the SIGUSR1 handler")?;
+    Ok(())
 }
 
 /// Waits for SIGINT/SIGTERM, then removes the socket and exits. Closing the process's fds
@@ -122,6 +154,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let (listener, socket) = socket::bind(&cli.socket)?;
     let socket = Arc::new(socket);
     stopper(socket.clone())?;
+    reporter(backend.counters())?;
     for signal in [libc::SIGINT, libc::SIGTERM] {
         vmm_sys_util::signal::register_signal_handler(signal, on_signal)
             .context("installing the signal handlers")?;

@@ -27,6 +27,9 @@ pub enum IrqError {
     SetIrqs(#[from] VfioError),
     #[error("the device has no request interrupt")]
     NoRequestIrq,
+    /// The same request sent to a vfio-user server, which could not be reached.
+    #[error("vfio-user server: {0}")]
+    Server(String),
 }
 
 /// What an interrupt sink and the request watcher (`request`) need from the VFIO device (a

@@ -63,9 +63,13 @@ impl VmControl for FakeVm {
         devs.push(DeviceInfo {
             id: id.clone(),
             bdf: bdf.clone(),
-            path: req.path.to_string_lossy().into_owned(),
+            path: req.source.path().to_string_lossy().into_owned(),
         });
         Ok(PciDeviceInfo { id, bdf })
+    }
+
+    fn counters(&self) -> vmm::api::Counters {
+        vmm::api::Counters::new()
     }
 
     fn remove_device(&self, id: &str) -> Result<(), ApiError> {

@@ -22,6 +22,9 @@ impl VmControl for NoVm {
     fn add_device(&self, _: AddDevice) -> Result<PciDeviceInfo, ApiError> {
         unreachable!("not asked")
     }
+    fn counters(&self) -> vmm::api::Counters {
+        unreachable!("not asked")
+    }
     fn remove_device(&self, _: &str) -> Result<(), ApiError> {
         unreachable!("not asked")
     }

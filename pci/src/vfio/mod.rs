@@ -6,6 +6,7 @@
 
 mod capability;
 pub mod config;
+pub mod counters;
 pub mod dispatch;
 pub mod interrupts;
 mod irq_types;
@@ -15,6 +16,7 @@ pub mod msix;
 pub mod probe;
 
 pub use config::{DeviceConfig, PassthroughConfig};
+pub use counters::{AccessKind, BarCounters};
 pub use dispatch::{split_access, AccessPart, RegionIo};
 pub use interrupts::{
     InterruptCaps, Interrupts, IrqKind, IrqSink, IrqUpdate, MsiMessage, SharedInterrupts,

@@ -292,6 +292,29 @@ fn kernel_padding_is_answered_by_the_host() {
 }
 
 #[test]
+fn every_bar_access_served_is_counted_once_by_kind() {
+    let (mut b, _) = backend();
+    let counters = b.counters();
+    let zero = counters.report();
+    assert!(zero.values().all(|&v| v == 0), "{zero:?}");
+    assert_eq!(zero.len(), 3 * 3, "three counters for each of BARs 0, 2, 4");
+    read(&mut b, 0, 0x5000, 8).unwrap(); // VMM padding
+    read(&mut b, 0, 0x4ffe, 4).unwrap(); // straddling: reaches the device
+    b.region_write(0, 0x6000, &[1]).unwrap(); // VMM padding
+    read(&mut b, 2, 0xa000, 4).unwrap(); // the kernel's padding: forwarded
+    read(&mut b, 0, 0x2010, 4).unwrap(); // the MSI-X table
+    read(&mut b, CONFIG_REGION, 0, 4).unwrap(); // config space is not a BAR
+    let _ = read(&mut b, 0, 0x8000, 4); // refused: not served
+    let r = counters.report();
+    assert_eq!(
+        (r["bar0.padding"], r["bar0.forwarded"], r["bar0.msix"]),
+        (2, 1, 1)
+    );
+    assert_eq!((r["bar2.padding"], r["bar2.forwarded"]), (0, 1));
+    assert_eq!(r["bar4.forwarded"] + r["bar4.padding"], 0);
+}
+
+#[test]
 fn a_small_region_gets_padding_up_to_a_page() {
     let (mut b, log) = backend();
     assert_eq!(read(&mut b, 4, 0xfc, 4).unwrap(), expected(0xfc, 4));

@@ -7,7 +7,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{AddDevice, ApiError};
-use crate::config::{parse_id, DeviceConfig, GhSlotRequest};
+use crate::config::{parse_id, DeviceConfig, DeviceSource, GhSlotRequest};
 
 /// Cloud Hypervisor's `DeviceConfig` as `vm.add-device` takes it, plus ghvmm's `gh_slot`.
 ///
@@ -51,7 +51,7 @@ impl AddDeviceBody {
     /// sends, plus `gh_slot` when the argument has one.
     pub fn from_config(d: &DeviceConfig) -> Self {
         AddDeviceBody {
-            path: Some(d.path.to_string_lossy().into_owned()),
+            path: Some(d.source.path().to_string_lossy().into_owned()),
             id: d.id.clone(),
             pci_segment: Some(0),
             gh_slot: d.gh_slot,
@@ -95,7 +95,68 @@ impl AddDeviceBody {
             ));
         }
         Ok(AddDevice {
-            path: path.into(),
+            source: DeviceSource::Vfio(path.into()),
+            id,
+            pci_segment,
+            gh_slot: self.gh_slot,
+        })
+    }
+}
+
+/// Cloud Hypervisor's `UserDeviceConfig` as `vm.add-user-device` takes it (`socket`, `id`,
+/// `pci_segment`), plus ghvmm's `gh_slot`; any other field is refused by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddUserDeviceBody {
+    /// Required; `Option` so that its absence gets our message rather than serde's.
+    #[serde(default)]
+    pub socket: Option<String>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub pci_segment: Option<u16>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_gh_slot",
+        deserialize_with = "de_gh_slot"
+    )]
+    pub gh_slot: Option<GhSlotRequest>,
+}
+
+impl AddUserDeviceBody {
+    /// What `ghvmm-remote add-user-device ARG` sends, as ch-remote does.
+    pub fn from_config(d: &DeviceConfig) -> Self {
+        AddUserDeviceBody {
+            socket: Some(d.source.path().to_string_lossy().into_owned()),
+            id: d.id.clone(),
+            pci_segment: Some(0),
+            gh_slot: d.gh_slot,
+        }
+    }
+
+    /// Checks the body the way `DeviceConfig::parse_user` checks `--user-device`.
+    pub fn into_request(self) -> Result<AddDevice, ApiError> {
+        let bad = |msg: String| Err(ApiError::bad_request(format!("vm.add-user-device: {msg}")));
+        let socket = match self.socket {
+            Some(p) if !p.is_empty() => p,
+            _ => return bad("missing required field 'socket'".into()),
+        };
+        let id = match self.id {
+            Some(id) => match parse_id(&id) {
+                Ok(id) => Some(id),
+                Err(reason) => return bad(format!("id={id}: {reason}")),
+            },
+            None => None,
+        };
+        let pci_segment = self.pci_segment.filter(|&s| s != 0);
+        if let (Some(seg), Some(_)) = (pci_segment, self.gh_slot) {
+            return bad(format!(
+                "pci_segment={seg} with gh_slot: a GH slot has its own segment"
+            ));
+        }
+        Ok(AddDevice {
+            source: DeviceSource::User(socket.into()),
             id,
             pci_segment,
             gh_slot: self.gh_slot,
@@ -194,7 +255,7 @@ mod tests {
         assert_eq!(
             d,
             AddDevice {
-                path: "/sys/bus/pci/devices/0000:01:00.0".into(),
+                source: DeviceSource::Vfio("/sys/bus/pci/devices/0000:01:00.0".into()),
                 id: None,
                 pci_segment: None,
                 gh_slot: None,
@@ -203,7 +264,7 @@ mod tests {
         // A newer one: defaults left out, the new fields in.
         let d = parse(r#"{"pci_segment":0,"path":"/p","x_exclude_mmap_bars":[],"pci_device_id":null,"fd":null}"#)
             .unwrap();
-        assert_eq!(d.path, std::path::Path::new("/p"));
+        assert_eq!(d.source, DeviceSource::Vfio("/p".into()));
         assert_eq!(
             parse(r#"{"path":"/p","id":"gpu-0_a"}"#)
                 .unwrap()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use super::body::{AddDeviceBody, RemoveDeviceBody};
+use super::body::{AddDeviceBody, AddUserDeviceBody, RemoveDeviceBody};
 use crate::config::DeviceConfig;
 
 #[derive(Debug, Parser)]
@@ -36,6 +36,14 @@ pub enum RemoteCommand {
         #[arg(value_name = "path=PATH[,id=NAME][,gh_slot=K|auto]")]
         device: String,
     },
+    /// Hot-plug a device served by a vfio-user server; the argument has --user-device's
+    /// syntax.
+    AddUserDevice {
+        #[arg(value_name = "socket=PATH[,id=NAME][,gh_slot=K|auto]")]
+        device: String,
+    },
+    /// Print every device's access counters (vm.counters).
+    Counters,
     /// Hot-unplug the device with this id.
     RemoveDevice {
         #[arg(value_name = "ID")]
@@ -51,8 +59,9 @@ pub enum RemoteCommand {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    #[error("add-device: {0}")]
-    Device(String),
+    /// An add-device or add-user-device argument ghvmm would refuse: the verb and why.
+    #[error("{0}: {1}")]
+    Device(&'static str, String),
     #[error("cannot connect to {}: {source}", path.display())]
     Connect { path: PathBuf, source: io::Error },
     #[error("{}: {source}", path.display())]
@@ -93,16 +102,23 @@ impl RemoteCommand {
             RemoteCommand::Ping => bare("GET", "vmm.ping"),
             RemoteCommand::Info => bare("GET", "vm.info"),
             RemoteCommand::AddDevice { device } => {
-                let d = DeviceConfig::parse(device).map_err(|e| {
-                    let msg = e.to_string();
-                    RemoteError::Device(msg.strip_prefix("--device: ").unwrap_or(&msg).into())
-                })?;
+                let d = DeviceConfig::parse(device).map_err(|e| device_error("add-device", e))?;
                 ApiRequest {
                     method: "PUT",
                     endpoint: "vm.add-device",
                     body: Some(to_json(&AddDeviceBody::from_config(&d))),
                 }
             }
+            RemoteCommand::AddUserDevice { device } => {
+                let d = DeviceConfig::parse_user(device)
+                    .map_err(|e| device_error("add-user-device", e))?;
+                ApiRequest {
+                    method: "PUT",
+                    endpoint: "vm.add-user-device",
+                    body: Some(to_json(&AddUserDeviceBody::from_config(&d))),
+                }
+            }
+            RemoteCommand::Counters => bare("GET", "vm.counters"),
             RemoteCommand::RemoveDevice { id } => ApiRequest {
                 method: "PUT",
                 endpoint: "vm.remove-device",
@@ -113,6 +129,16 @@ impl RemoteCommand {
             RemoteCommand::ShutdownVmm => bare("PUT", "vmm.shutdown"),
         })
     }
+}
+
+/// The option parser's message without its `--device: ` (or `--user-device: `) prefix.
+fn device_error(verb: &'static str, e: crate::config::ConfigError) -> RemoteError {
+    let msg = e.to_string();
+    let msg = msg
+        .strip_prefix("--")
+        .and_then(|m| m.split_once(": "))
+        .map_or(msg.as_str(), |(_, rest)| rest);
+    RemoteError::Device(verb, msg.into())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
@@ -282,6 +308,26 @@ mod tests {
         assert_eq!(ep(&["info"]), ("GET", "vm.info"));
         assert_eq!(ep(&["add-device", "path=/p"]), ("PUT", "vm.add-device"));
         assert_eq!(ep(&["remove-device", "gpu0"]), ("PUT", "vm.remove-device"));
+        assert_eq!(
+            ep(&["add-user-device", "socket=/s"]),
+            ("PUT", "vm.add-user-device")
+        );
+        assert_eq!(ep(&["counters"]), ("GET", "vm.counters"));
+        let r = request(&[
+            "--api-socket",
+            "/s",
+            "add-user-device",
+            "socket=/g.sock,id=gpu1",
+        ])
+        .unwrap();
+        assert_eq!(
+            r.body.as_deref(),
+            Some(r#"{"socket":"/g.sock","id":"gpu1","pci_segment":0}"#)
+        );
+        assert_eq!(
+            request(&["--api-socket", "/s", "add-user-device", "path=/x"]).unwrap_err(),
+            "add-user-device: unknown parameter 'path' (accepted: socket, id, gh_slot)"
+        );
         assert_eq!(ep(&["power-button"]), ("PUT", "vm.power-button"));
         assert_eq!(ep(&["shutdown"]), ("PUT", "vm.shutdown"));
         assert_eq!(ep(&["shutdown-vmm"]), ("PUT", "vmm.shutdown"));

@@ -16,12 +16,10 @@ pub mod routes;
 mod server;
 mod socket;
 
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
 
 pub use crate::config::ApiSocketConfig;
-use crate::config::GhSlotRequest;
+use crate::config::{DeviceSource, GhSlotRequest};
 pub use body::AddDeviceBody;
 pub use http::Limits;
 pub use server::{spawn, spawn_with};
@@ -31,9 +29,11 @@ pub use socket::bind;
 /// thread, and several may run at once (one per client connection).
 pub trait VmControl: Send + Sync {
     fn info(&self) -> VmInfo;
-    /// `PUT /api/v1/vm.add-device`, already checked (path present, id well formed, only the
-    /// Cloud Hypervisor options ghvmm supports).
+    /// `PUT /api/v1/vm.add-device` and `vm.add-user-device`, already checked (path or socket
+    /// present, id well formed, only the Cloud Hypervisor options ghvmm supports).
     fn add_device(&self, req: AddDevice) -> Result<PciDeviceInfo, ApiError>;
+    /// `GET /api/v1/vm.counters`: each device's access counters, by device id.
+    fn counters(&self) -> Counters;
     /// `PUT /api/v1/vm.remove-device`; an unknown id is a 404.
     fn remove_device(&self, id: &str) -> Result<(), ApiError>;
     fn power_button(&self) -> Result<(), ApiError>;
@@ -80,10 +80,13 @@ impl ApiError {
     }
 }
 
-/// A checked `vm.add-device` request.
+/// `vm.counters`' answer: counter name to value, by device id (Cloud Hypervisor's shape).
+pub type Counters = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;
+
+/// A checked `vm.add-device` or `vm.add-user-device` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddDevice {
-    pub path: PathBuf,
+    pub source: DeviceSource,
     pub id: Option<String>,
     /// `Some(n)` only for a non-zero segment. `None` is segment 0 (Cloud Hypervisor's default,
     /// which ch-remote always sends), or the GH slot's segment when `gh_slot` is set; a

@@ -2,7 +2,7 @@
 
 use serde::de::DeserializeOwned;
 
-use super::body::{self, AddDeviceBody, RemoveDeviceBody};
+use super::body::{self, AddDeviceBody, AddUserDeviceBody, RemoveDeviceBody};
 use super::http::{Request, Response};
 use super::{ApiError, VmControl, VmmPingResponse};
 
@@ -12,6 +12,8 @@ enum Endpoint {
     VmmShutdown,
     VmInfo,
     VmAddDevice,
+    VmAddUserDevice,
+    VmCounters,
     VmRemoveDevice,
     VmPowerButton,
     VmShutdown,
@@ -25,6 +27,8 @@ const ENDPOINTS: &[(&str, &str, Endpoint)] = &[
     ("vmm.shutdown", "PUT", Endpoint::VmmShutdown),
     ("vm.info", "GET", Endpoint::VmInfo),
     ("vm.add-device", "PUT", Endpoint::VmAddDevice),
+    ("vm.add-user-device", "PUT", Endpoint::VmAddUserDevice),
+    ("vm.counters", "GET", Endpoint::VmCounters),
     ("vm.remove-device", "PUT", Endpoint::VmRemoveDevice),
     ("vm.power-button", "PUT", Endpoint::VmPowerButton),
     ("vm.shutdown", "PUT", Endpoint::VmShutdown),
@@ -63,6 +67,12 @@ fn call(
             let dev = vm.add_device(body.into_request()?)?;
             Ok(Response::json(200, &dev))
         }
+        Endpoint::VmAddUserDevice => {
+            let body: AddUserDeviceBody = json_body(name, req)?;
+            let dev = vm.add_device(body.into_request()?)?;
+            Ok(Response::json(200, &dev))
+        }
+        Endpoint::VmCounters => Ok(Response::json(200, &vm.counters())),
         Endpoint::VmRemoveDevice => {
             let body: RemoveDeviceBody = json_body(name, req)?;
             vm.remove_device(&body.checked_id()?)?;
@@ -150,6 +160,12 @@ pub(crate) mod tests {
                 bdf: "0002:00:00.0".into(),
             })
         }
+        fn counters(&self) -> crate::api::Counters {
+            self.log("counters".into());
+            let mut gpu = std::collections::BTreeMap::new();
+            gpu.insert("bar2.padding".to_string(), 1);
+            [("gpu0".to_string(), gpu)].into_iter().collect()
+        }
         fn remove_device(&self, id: &str) -> Result<(), ApiError> {
             self.log(format!("remove {id}"));
             match id {
@@ -226,6 +242,39 @@ pub(crate) mod tests {
         assert!(ping["build_version"].is_string());
         assert_eq!(ping["features"], serde_json::json!([]));
 
+        let r = serve(&vm, &get("/api/v1/vm.counters"));
+        assert_eq!(r.status, 200);
+        assert_eq!(json(&r)["gpu0"]["bar2.padding"], 1);
+
+        // Cloud Hypervisor's UserDeviceConfig, as ch-remote sends it.
+        let r = serve(
+            &vm,
+            &put(
+                "/api/v1/vm.add-user-device",
+                r#"{"socket":"/run/gpu.sock","id":"gpu2","pci_segment":0}"#,
+            ),
+        );
+        assert_eq!(r.status, 200);
+        assert!(vm
+            .calls
+            .lock()
+            .last()
+            .unwrap()
+            .contains(r#"User("/run/gpu.sock")"#));
+        for (body, why) in [
+            (r#"{"id":"x"}"#, "missing required field 'socket'"),
+            (r#"{"socket":"/s","path":"/p"}"#, "unknown field `path`"),
+            (
+                r#"{"socket":"/s","pci_segment":2,"gh_slot":0}"#,
+                "a GH slot has its own segment",
+            ),
+        ] {
+            let r = serve(&vm, &put("/api/v1/vm.add-user-device", body));
+            assert_eq!(r.status, 400, "{body}");
+            let text = String::from_utf8_lossy(&r.body).to_string();
+            assert!(text.contains(why), "{body}: {text}");
+        }
+
         let r = serve(&vm, &get("/api/v1/vm.info"));
         assert_eq!(r.status, 200);
         let info = json(&r);
@@ -260,13 +309,18 @@ pub(crate) mod tests {
             assert_eq!(serve(&vm, &put(path, "{}")).status, 204, "{path}");
         }
         let calls = vm.calls.lock();
+        let calls: Vec<_> = calls
+            .iter()
+            .filter(|c| *c != "counters" && !c.contains("User("))
+            .cloned()
+            .collect();
         assert_eq!(calls[0], "info");
         assert_eq!(
             calls[1],
             format!(
                 "add {:?}",
                 AddDevice {
-                    path: "/p".into(),
+                    source: crate::config::DeviceSource::Vfio("/p".into()),
                     id: Some("gpu1".into()),
                     pci_segment: None,
                     gh_slot: Some(GhSlotRequest::Auto),

@@ -46,6 +46,10 @@ pub struct Cli {
     /// through (repeatable); gh_slot places it in a --gh slot.
     #[arg(long, value_name = "path=PATH[,id=NAME][,gh_slot=K|auto]")]
     pub device: Vec<String>,
+    /// socket=PATH[,id=NAME][,gh_slot=K|auto]: a PCI device served by a vfio-user server
+    /// (ghvmm-vfio-user) on this Unix socket (repeatable); needs --memory shared=on.
+    #[arg(long, value_name = "socket=PATH[,id=NAME][,gh_slot=K|auto]")]
+    pub user_device: Vec<String>,
     /// guest_numa_id=N[,cpus=[0-2,5]][,distances=[1@20,2@30]][,device_id=ID]: a guest NUMA
     /// node (repeatable; ids 0..N-1). device_id makes it a Generic Initiator node of that
     /// --device. Lists may also be written 0-2:5 and 1@20:2@30.
@@ -75,6 +79,10 @@ pub struct Cli {
 pub enum CliError {
     #[error("--kernel is required")]
     NoKernel,
+    #[error(
+        "--user-device: the server maps guest memory for DMA, which needs --memory ...,shared=on"
+    )]
+    UserDeviceNeedsSharedMemory,
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -92,10 +100,12 @@ pub fn error_line(msg: &str) -> String {
 impl Cli {
     pub fn into_config(self) -> Result<VmConfig, CliError> {
         parse_console(&self.console)?;
+        // One list: ids, GH slots and NUMA nodes name a device whatever serves it.
         let devices = self
             .device
             .iter()
             .map(|d| DeviceConfig::parse(d))
+            .chain(self.user_device.iter().map(|d| DeviceConfig::parse_user(d)))
             .collect::<Result<Vec<_>, _>>()?;
         DeviceConfig::check_unique(&devices)?;
         let numa = self
@@ -123,6 +133,9 @@ impl Cli {
                 .map(ApiSocketConfig::parse)
                 .transpose()?,
         };
+        if !self.user_device.is_empty() && !cfg.memory.shared {
+            return Err(CliError::UserDeviceNeedsSharedMemory);
+        }
         // Refuse an inconsistent topology here, before the VM opens anything; the VM
         // resolves it again from the config.
         crate::config::numa::resolve(&cfg)?;
@@ -138,6 +151,46 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("ghvmm").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
         cli.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn user_devices_join_the_device_list_and_need_shared_memory() {
+        let base = ["--kernel", "/k", "--memory", "size=1G,shared=on"];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            parse(&args)
+        };
+        let c = with(&[
+            "--device",
+            "path=/sys/bus/pci/devices/0000:00:03.0,id=nic",
+            "--user-device",
+            "socket=/run/gpu.sock,id=gpu0",
+        ])
+        .unwrap();
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!(
+            c.devices[1].source,
+            crate::config::DeviceSource::User("/run/gpu.sock".into())
+        );
+        assert_eq!(
+            with(&["--user-device", "path=/x"]).unwrap_err(),
+            "--user-device: unknown parameter 'path' (accepted: socket, id, gh_slot)"
+        );
+        assert_eq!(
+            with(&["--user-device", "id=a"]).unwrap_err(),
+            "--user-device: missing required parameter 'socket'"
+        );
+        // One id for two devices, whatever serves them.
+        assert!(with(&[
+            "--device",
+            "path=/a,id=x",
+            "--user-device",
+            "socket=/s,id=x"
+        ])
+        .is_err());
+        let e = parse(&["--kernel", "/k", "--user-device", "socket=/s"]).unwrap_err();
+        assert!(e.contains("shared=on"), "{e}");
+        assert!(!e.contains('\n'));
     }
 
     #[test]

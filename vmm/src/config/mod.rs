@@ -6,7 +6,7 @@
 pub mod cli;
 pub mod numa;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -374,29 +374,75 @@ impl GhSlotRequest {
     }
 }
 
-/// `--device path=/sys/bus/pci/devices/BDF[,id=NAME][,gh_slot=K|auto]`
+/// Where a passed-through function comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSource {
+    /// A VFIO-bound host device, by its sysfs path (`--device path=`).
+    Vfio(PathBuf),
+    /// A vfio-user server, by its Unix socket (`--user-device socket=`).
+    User(PathBuf),
+}
+
+impl DeviceSource {
+    /// The sysfs path or the socket: what names the device in messages.
+    pub fn path(&self) -> &Path {
+        match self {
+            DeviceSource::Vfio(p) | DeviceSource::User(p) => p,
+        }
+    }
+
+    /// The option key that gives it, for `key=value` echoes.
+    pub fn key(&self) -> &'static str {
+        match self {
+            DeviceSource::Vfio(_) => "path",
+            DeviceSource::User(_) => "socket",
+        }
+    }
+}
+
+/// `--device path=/sys/bus/pci/devices/BDF[,id=NAME][,gh_slot=K|auto]`, or
+/// `--user-device socket=PATH[,id=NAME][,gh_slot=K|auto]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceConfig {
-    pub path: PathBuf,
+    pub source: DeviceSource,
     pub id: Option<String>,
     /// Checked against `--gh` when the topology is resolved (`numa::resolve`).
     pub gh_slot: Option<GhSlotRequest>,
 }
 
 impl DeviceConfig {
+    /// `--device`'s value.
     pub fn parse(s: &str) -> Result<Self> {
-        let p = OptionParser::parse("device", &["path", "id", "gh_slot"], s)?;
+        Self::parse_as("device", &["path", "id", "gh_slot"], s, DeviceSource::Vfio)
+    }
+
+    /// `--user-device`'s value.
+    pub fn parse_user(s: &str) -> Result<Self> {
+        Self::parse_as(
+            "user-device",
+            &["socket", "id", "gh_slot"],
+            s,
+            DeviceSource::User,
+        )
+    }
+
+    /// `keys[0]` is the key that names the device.
+    fn parse_as(
+        option: &'static str,
+        keys: &'static [&'static str],
+        s: &str,
+        source: fn(PathBuf) -> DeviceSource,
+    ) -> Result<Self> {
+        let key = keys[0];
+        let p = OptionParser::parse(option, keys, s)?;
         let path = p
-            .get("path")
+            .get(key)
             .filter(|v| !v.is_empty())
-            .ok_or(ConfigError::MissingKey {
-                option: "device",
-                key: "path",
-            })?;
+            .ok_or(ConfigError::MissingKey { option, key })?;
         let id = p.with("id", parse_id)?;
         let gh_slot = p.with("gh_slot", GhSlotRequest::parse)?;
         Ok(DeviceConfig {
-            path: PathBuf::from(path),
+            source: source(PathBuf::from(path)),
             id,
             gh_slot,
         })
@@ -808,7 +854,10 @@ mod tests {
     #[test]
     fn devices() {
         let d = DeviceConfig::parse("path=/sys/bus/pci/devices/0000:00:03.0,id=gpu0").unwrap();
-        assert_eq!(d.path, PathBuf::from("/sys/bus/pci/devices/0000:00:03.0"));
+        assert_eq!(
+            d.source,
+            DeviceSource::Vfio(PathBuf::from("/sys/bus/pci/devices/0000:00:03.0"))
+        );
         assert_eq!(d.id.as_deref(), Some("gpu0"));
         assert!(DeviceConfig::parse("id=gpu0").is_err());
         assert!(DeviceConfig::parse("path=").is_err());

@@ -91,7 +91,7 @@ fn inconsistent(option: &'static str, reason: String) -> ConfigError {
 fn describe(d: &DeviceConfig) -> String {
     match &d.id {
         Some(id) => format!("id={id}"),
-        None => format!("path={}", d.path.display()),
+        None => format!("{}={}", d.source.key(), d.source.path().display()),
     }
 }
 

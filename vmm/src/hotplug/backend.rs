@@ -2,9 +2,10 @@
 //! fake in the tests: VFIO and KVM (assigning and tearing down a device), the PCI segments,
 //! the hot plug controller and the GED that tell the guest, and the device's request watcher.
 
-use std::path::Path;
+use std::collections::BTreeMap;
 
 use super::{Ejects, HotplugError};
+use crate::config::DeviceSource;
 
 /// Called on a device's request watcher thread when the host asks for the device back;
 /// returns whether the removal started (false: it is called again at the host's next
@@ -23,9 +24,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The slots the guest ejected.
     fn ejects(&self) -> &Ejects;
 
-    /// Opens the device at `path` and sets it up fully (BARs in `segment`'s windows, mapped
-    /// and trapped; DMA; interrupts), or leaves nothing behind.
-    fn assign(&self, path: &Path, segment: u16) -> Result<Self::Device, HotplugError>;
+    /// Opens the device `source` names and sets it up fully (BARs in `segment`'s windows,
+    /// mapped and trapped; DMA; interrupts), or leaves nothing behind.
+    fn assign(&self, source: &DeviceSource, segment: u16) -> Result<Self::Device, HotplugError>;
+
+    /// The device's access counters (`passthrough::PassthroughDevice::counters`).
+    fn counters(&self, device: &Self::Device) -> BTreeMap<String, u64>;
 
     /// Puts the device in `slot` of `segment` (None: the lowest free one); returns the slot.
     fn plug(

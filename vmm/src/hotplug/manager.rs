@@ -2,6 +2,7 @@
 //! giving one back to the host, one operation at a time and with nothing half-done left
 //! behind when a step fails.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
@@ -14,6 +15,7 @@ use super::attached::{Attached, AttachedDevice, Registry, Token};
 use super::placement::{self, Placement};
 use super::removal::{give_back, EjectSteps, GiveBack};
 use super::{Backend, HotplugError, OnHostRequest, VmResources};
+use crate::config::DeviceSource;
 
 /// The VM's passed-through devices and the policy of attaching and removing them, over the
 /// VM side `B` (the VM's `VmResources`; a fake in the tests).
@@ -59,16 +61,28 @@ impl<B: Backend> Hotplug<B> {
         self.registry().listed()
     }
 
+    /// Every attached device's access counters, by id.
+    pub fn counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let registry = self.registry();
+        let mut out = BTreeMap::new();
+        for id in registry.listed().into_iter().map(|a| a.id) {
+            if let Some(a) = registry.by(|a| a.id == id) {
+                out.insert(id, self.backend.counters(&a.device));
+            }
+        }
+        out
+    }
+
     /// Assigns the device at `path` and puts it in the guest's config space (the guest sees
     /// it at its next enumeration: at boot).
     pub fn attach(
         &self,
-        path: &Path,
+        source: &DeviceSource,
         id: Option<String>,
         placement: Placement,
     ) -> Result<(String, PciAddress), HotplugError> {
         let _ops = self.ops.lock();
-        let placed = self.attach_locked(path, id, placement)?;
+        let placed = self.attach_locked(source, id, placement)?;
         Ok((placed.id, placed.address))
     }
 
@@ -76,12 +90,12 @@ impl<B: Backend> Hotplug<B> {
     /// guest a device arrived in its slot; the guest's enumeration finds it.
     pub fn hot_add(
         &self,
-        path: &Path,
+        source: &DeviceSource,
         id: Option<String>,
         placement: Placement,
     ) -> Result<(String, PciAddress), HotplugError> {
         let _ops = self.ops.lock();
-        let placed = self.attach_locked(path, id, placement)?;
+        let placed = self.attach_locked(source, id, placement)?;
         let a = placed.address;
         if let Err(e) = self.backend.announce_added(a.segment, a.device) {
             // Nothing half-added: the guest was never told, so it never saw the device.
@@ -181,10 +195,11 @@ impl<B: Backend> Hotplug<B> {
 
     fn attach_locked(
         &self,
-        path: &Path,
+        source: &DeviceSource,
         id: Option<String>,
         placement: Placement,
     ) -> Result<Placed, HotplugError> {
+        let path = source.path();
         let target = {
             let registry = self.registry();
             registry.check_new(id.as_deref(), path)?;
@@ -193,7 +208,7 @@ impl<B: Backend> Hotplug<B> {
             })?
         };
         let segment = target.segment;
-        let device = self.backend.assign(path, segment)?;
+        let device = self.backend.assign(source, segment)?;
         let slot = match self.backend.plug(segment, target.slot, &device) {
             Ok(slot) => slot,
             Err(error) => {

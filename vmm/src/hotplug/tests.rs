@@ -11,7 +11,12 @@ use acpi::PciAddress;
 use pci::{HostBridge, PciDevice, PciSegment};
 
 use super::*;
+use crate::config::DeviceSource;
 use crate::passthrough::VfioSetupError;
+
+fn vfio(path: &str) -> DeviceSource {
+    DeviceSource::Vfio(PathBuf::from(path))
+}
 
 /// The eject timeout of the tests: the fake guest ejects at once or never.
 const TIMEOUT: Duration = Duration::from_millis(50);
@@ -156,7 +161,8 @@ impl Backend for Arc<FakeVm> {
         &self.ejects
     }
 
-    fn assign(&self, path: &Path, segment: u16) -> Result<FakeDevice, HotplugError> {
+    fn assign(&self, source: &DeviceSource, segment: u16) -> Result<FakeDevice, HotplugError> {
+        let path = source.path();
         self.call(format!("assign {} in {segment}", path.display()));
         if usize::from(segment) >= self.segments.len() {
             return Err(HotplugError::NoSuchSegment(segment));
@@ -197,6 +203,10 @@ impl Backend for Arc<FakeVm> {
         let mut d = device.lock();
         d.torn_down = true;
         self.call(format!("teardown {}", d.path.display()));
+    }
+
+    fn counters(&self, _: &FakeDevice) -> std::collections::BTreeMap<String, u64> {
+        std::collections::BTreeMap::new()
     }
 
     fn watch_requests(
@@ -252,7 +262,7 @@ fn add(
     id: Option<&str>,
     placement: Placement,
 ) -> Result<(String, PciAddress), HotplugError> {
-    vm.hot_add(Path::new(path), id.map(String::from), placement)
+    vm.hot_add(&vfio(path), id.map(String::from), placement)
 }
 
 fn ids(vm: &Vm) -> Vec<String> {
@@ -278,11 +288,9 @@ fn host_asks(vm: &Vm, mut ask: impl FnMut() -> bool) {
 #[test]
 fn boot_attach_places_devices_without_telling_the_guest() {
     let (vm, fake) = vm(1);
-    let a = vm
-        .attach(Path::new("/a"), None, Placement::Segment0)
-        .unwrap();
+    let a = vm.attach(&vfio("/a"), None, Placement::Segment0).unwrap();
     let b = vm
-        .attach(Path::new("/b"), Some("gpu".into()), Placement::GhSlot(0))
+        .attach(&vfio("/b"), Some("gpu".into()), Placement::GhSlot(0))
         .unwrap();
     assert_eq!(a, ("_vfio0".to_string(), at(0, 1)));
     assert_eq!(b, ("gpu".to_string(), at(1, 0)));
@@ -457,7 +465,7 @@ fn a_failed_assign_leaves_nothing() {
 fn a_full_segment_leaves_nothing_of_the_device_that_did_not_fit() {
     let (vm, fake) = vm(0);
     for n in 1..32 {
-        vm.attach(Path::new(&format!("/d{n}")), None, Placement::Segment0)
+        vm.attach(&vfio(&format!("/d{n}")), None, Placement::Segment0)
             .unwrap();
     }
     fake.calls();

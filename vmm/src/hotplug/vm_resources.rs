@@ -1,7 +1,7 @@
 //! The VM's side of hot plug: everything a passed-through device touches, gathered once by
 //! `vm::Vm::start`.
 
-use std::path::Path;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -10,6 +10,7 @@ use devices::{Ged, PciHotplug};
 use pci::PciSegment;
 
 use super::{Backend, Ejects, HotplugError, OnHostRequest};
+use crate::config::DeviceSource;
 use crate::memory::layout::Layout;
 
 use crate::passthrough::{PassthroughDevice, PassthroughVm};
@@ -64,7 +65,7 @@ impl Backend for VmResources {
         &self.ejects
     }
 
-    fn assign(&self, path: &Path, segment: u16) -> Result<Self::Device, HotplugError> {
+    fn assign(&self, source: &DeviceSource, segment: u16) -> Result<Self::Device, HotplugError> {
         let seg_layout = *self
             .layout
             .segments
@@ -74,8 +75,12 @@ impl Backend for VmResources {
         Ok(crate::passthrough::assign(
             &self.passthrough,
             seg_layout,
-            path,
+            source,
         )?)
+    }
+
+    fn counters(&self, device: &Self::Device) -> BTreeMap<String, u64> {
+        device.lock().counters()
     }
 
     fn plug(

@@ -11,10 +11,10 @@ use devices::{Bus, BusDevice};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use pci::vfio::dispatch;
-use pci::vfio::{BarLayout, PieceKind, SharedInterrupts};
+use pci::vfio::{AccessKind, BarCounters, BarLayout, PieceKind, SharedInterrupts};
 use vfio::HostMapping;
 
-use super::region::Region;
+use super::host::Region;
 use crate::memory::bar_allocator::Window;
 
 /// The trapped parts of one BAR on the MMIO bus.
@@ -26,6 +26,8 @@ pub struct BarTrap {
     /// Only the BAR that holds the MSI-X table looks at the interrupt state; the others
     /// (a GPU's memory BAR and its padding) never take that lock.
     pub interrupts: Option<SharedInterrupts>,
+    /// Every access this trap serves, by kind.
+    counters: Arc<BarCounters>,
     reported: bool,
 }
 
@@ -36,6 +38,7 @@ impl BarTrap {
         layout: BarLayout,
         region: Region,
         interrupts: Option<SharedInterrupts>,
+        counters: Arc<BarCounters>,
     ) -> Self {
         BarTrap {
             bar,
@@ -43,6 +46,7 @@ impl BarTrap {
             layout,
             region,
             interrupts,
+            counters,
             reported: false,
         }
     }
@@ -69,9 +73,12 @@ impl BusDevice for BarTrap {
         if let Some(irq) = &self.interrupts {
             let irq = irq.lock();
             if irq.table_read(self.bar, at, data) {
+                self.counters.count(AccessKind::Msix);
                 return;
             }
         }
+        self.counters
+            .count(AccessKind::of(&self.layout, at, data.len()));
         let errors = dispatch::read(&self.layout, &self.region, at, data);
         self.report(errors);
     }
@@ -81,9 +88,12 @@ impl BusDevice for BarTrap {
         if let Some(irq) = &self.interrupts {
             let mut irq = irq.lock();
             if irq.table_write(self.bar, at, data) {
+                self.counters.count(AccessKind::Msix);
                 return;
             }
         }
+        self.counters
+            .count(AccessKind::of(&self.layout, at, data.len()));
         let errors = dispatch::write(&self.layout, &self.region, at, data);
         self.report(errors);
     }
@@ -115,6 +125,8 @@ pub struct BarPlan {
     /// (offset, length) of each unmapped run of the BAR, one bus range each.
     pub trap_runs: Vec<(u64, u64)>,
     pub installed: Option<u64>,
+    /// The trap's counters, read without its lock.
+    pub counters: Arc<BarCounters>,
 }
 
 /// The runs of pieces that are not mapped, merged: each becomes one range on the MMIO bus.

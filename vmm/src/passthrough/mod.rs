@@ -1,7 +1,9 @@
-//! VFIO PCI passthrough (`--device path=/sys/bus/pci/devices/BDF`, and hot plug): opens the
-//! device through the VM's type1 container (the vfio crate's `Containers`), lays out each BAR
+//! PCI passthrough (`--device path=/sys/bus/pci/devices/BDF`, `--user-device socket=PATH`, and
+//! hot plug): opens the device — through the VM's type1 container (the vfio crate's
+//! `Containers`), or from a vfio-user server (`user`) — lays out each BAR
 //! (`pci::vfio::bar_layout`), maps the mappable pieces as KVM memory slots and traps the rest
-//! (`bar`), and tears all of it down again when the device is unplugged.
+//! (`bar`), and tears all of it down again when the device is unplugged. `host::Host` is the
+//! one place the two kinds of device differ.
 //!
 //! Everything that talks to the host device only (opening it, regions, mmap, its interrupts'
 //! eventfds, the request interrupt) is the vfio crate's; this module is what needs the VM.
@@ -14,10 +16,11 @@
 //! interrupt, `vfio::RequestWatcher`) is `hotplug`'s.
 
 mod bar;
+mod host;
 mod irq;
-mod region;
+pub mod user;
 
-use std::os::unix::io::AsRawFd;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,20 +29,19 @@ use parking_lot::Mutex;
 use devices::Bus;
 use kvm_ioctls::VmFd;
 use pci::vfio::{
-    probe_bars, FunctionInfo, InterruptCaps, Interrupts, Limits, PassthroughConfig, PieceKind,
-    ProbeError, RegionInfo, SharedInterrupts, SparseArea,
+    probe_bars, BarCounters, FunctionInfo, InterruptCaps, Interrupts, Limits, PassthroughConfig,
+    PieceKind, ProbeError, RegionInfo, RegionIo, SharedInterrupts,
 };
 use pci::PciDevice;
-use vfio::{
-    Containers, Device, DeviceIrqs, FdRegion, HostMapping, OnRequest, RequestWatcher, WatchError,
-};
-use vfio_bindings::bindings::vfio::{
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
-};
+use vfio::{Containers, DeviceIrqs, HostMapping, OnRequest, RequestWatcher, WatchError};
+use vfio_bindings::bindings::vfio::{VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX};
 use vm_memory::GuestMemoryMmap;
 
 use bar::{BarPlan, BarSpace, BarTrap, MappedPiece};
-use region::Region;
+use host::{Host, Region};
+use user::{UserDevice, UserError};
+
+use crate::config::DeviceSource;
 
 use crate::device_manager::irq_routing::GsiRouting;
 use crate::memory::bar_allocator::{BarAllocator, Window};
@@ -51,6 +53,13 @@ pub enum VfioSetupError {
     /// The host device: not one for VFIO, or VFIO refused it.
     #[error(transparent)]
     Host(#[from] vfio::Error),
+    /// The vfio-user server: not reachable, or refused guest RAM.
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error(
+        "{path}: BAR {bar}: the server offers areas to map but no descriptor to map them from"
+    )]
+    NoMmapSource { path: PathBuf, bar: usize },
     #[error("{path}: {error}")]
     Layout {
         path: PathBuf,
@@ -128,7 +137,7 @@ struct AssignedResources {
     config: PassthroughConfig,
     bars: Vec<BarPlan>,
     interrupts: SharedInterrupts,
-    device: Arc<Device>,
+    device: Host,
 }
 
 /// The guest-visible PCI function.
@@ -142,6 +151,18 @@ pub struct PassthroughDevice {
 impl PassthroughDevice {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Every trapped access this device served, per BAR and kind (`barN.padding`, ...);
+    /// nothing once unplugged.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        if let Some(live) = &self.live {
+            for plan in &live.bars {
+                plan.counters.report(plan.index, &mut out);
+            }
+        }
+        out
     }
 
     /// Makes the installed slots and traps match what the guest's registers say: BARs whose
@@ -193,7 +214,11 @@ impl PassthroughDevice {
         if live.request.is_some() {
             return Ok(true);
         }
-        let device: Arc<dyn DeviceIrqs> = live.device.clone();
+        // A vfio-user server has no way to ask for its device back: it closes the socket.
+        let Host::Vfio(device) = &live.device else {
+            return Ok(false);
+        };
+        let device: Arc<dyn DeviceIrqs> = device.clone();
         let watcher = RequestWatcher::start(self.path.display().to_string(), device, on_request)?;
         let watching = watcher.is_some();
         live.request = watcher;
@@ -227,8 +252,17 @@ impl PassthroughDevice {
         interrupts.lock().shutdown();
         drop(config);
         drop(interrupts);
-        self.vm.containers.close(device);
+        close(&self.vm, device);
         log::info!("{}: unplugged", self.path.display());
+    }
+}
+
+/// Gives the device back: to the host (the container closes it when no one else holds it), or
+/// to its server.
+fn close(vm: &PassthroughVm, device: Host) {
+    match device {
+        Host::Vfio(d) => vm.containers.close(d),
+        Host::User(u) => u.close(),
     }
 }
 
@@ -287,18 +321,19 @@ struct Built {
 pub fn assign(
     ctx: &Arc<PassthroughVm>,
     segment: SegmentLayout,
-    path: &Path,
+    source: &DeviceSource,
 ) -> Result<Arc<Mutex<PassthroughDevice>>> {
-    let device = ctx.containers.open(path, &ctx.mem)?;
-    let config = Region(FdRegion {
-        device: device.clone(),
-        base: device.get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX),
-    });
+    let path = source.path();
+    let device = match source {
+        DeviceSource::Vfio(p) => Host::Vfio(ctx.containers.open(p, &ctx.mem)?),
+        DeviceSource::User(socket) => Host::User(UserDevice::connect(socket, &ctx.mem)?),
+    };
+    let config = device.region(VFIO_PCI_CONFIG_REGION_INDEX);
     let caps = pci::vfio::config::exposed_capabilities(&config);
     let irq_caps = InterruptCaps::from_device(&caps, &config);
     let sink = irq::VfioIrqSink::new(
         path.display().to_string(),
-        device.clone(),
+        device.irqs(),
         ctx.routing.clone(),
     );
     let msix = irq_caps.msix_ranges();
@@ -333,7 +368,7 @@ pub fn assign(
         Err(e) => {
             release_bars(ctx, built.plans);
             drop(interrupts);
-            ctx.containers.close(device);
+            close(ctx, device);
             Err(e)
         }
     }
@@ -345,7 +380,7 @@ fn build_bars(
     ctx: &PassthroughVm,
     segment: SegmentLayout,
     path: &Path,
-    device: &Arc<Device>,
+    device: &Host,
     config: &Region,
     msix: &[pci::vfio::interrupts::BarRange],
     interrupts: &SharedInterrupts,
@@ -357,7 +392,7 @@ fn build_bars(
         mmio32_size: segment.mmio32.size,
         mmio64_size: segment.mmio64.size,
     };
-    let function = VfioFunction { device, config };
+    let function = Function { device, config };
     let probe = probe_bars(&function, msix, &limits).map_err(|error| match error {
         ProbeError::Layout(error) => VfioSetupError::Layout { path: p(), error },
         other => VfioSetupError::Config(format!("{}: {other}", path.display())),
@@ -368,7 +403,6 @@ fn build_bars(
             path.display()
         );
     }
-    let fd = device.as_raw_fd();
     for bar in probe.bars {
         let this = bar.index;
         let layout = &bar.layout;
@@ -386,20 +420,18 @@ fn build_bars(
                 bar: this,
                 error: source,
             })?;
-        let region_offset = device.get_region_offset(bar.region.index);
+        let counters = Arc::new(BarCounters::default());
         // The plan exists from here on, so that a failure below gives its space back.
         let trap = Arc::new(Mutex::new(BarTrap::new(
             this,
             base,
             layout.clone(),
-            Region(FdRegion {
-                device: device.clone(),
-                base: region_offset,
-            }),
+            device.region(bar.region.index),
             // The first range is the MSI-X table (`InterruptCaps::msix_ranges`).
             msix.first()
                 .filter(|table| table.bar == this)
                 .map(|_| interrupts.clone()),
+            counters.clone(),
         )));
         built.plans.push(BarPlan {
             index: this,
@@ -413,12 +445,24 @@ fn build_bars(
             trap,
             trap_runs: bar::trap_runs(layout),
             installed: None,
+            counters,
         });
         let Some(plan) = built.plans.last_mut() else {
             continue;
         };
+        let mut source = None;
         for piece in &layout.pieces {
             if let PieceKind::Mapped { host_align } = piece.kind {
+                let (fd, region_offset) =
+                    match source {
+                        Some(s) => s,
+                        None => *source.insert(device.mmap_source(bar.region.index).ok_or_else(
+                            || VfioSetupError::NoMmapSource {
+                                path: p(),
+                                bar: this,
+                            },
+                        )?),
+                    };
                 let mmap_err = |error| VfioSetupError::Mmap {
                     path: p(),
                     bar: this,
@@ -466,30 +510,19 @@ fn build_bars(
     Ok(())
 }
 
-/// The device as `probe_bars` reads it: its config region, and the region info vfio-ioctls
-/// read when it opened the device.
-struct VfioFunction<'a> {
-    device: &'a Device,
-    config: &'a FdRegion,
+/// The device as `probe_bars` reads it: its config region, and its regions' info.
+struct Function<'a> {
+    device: &'a Host,
+    config: &'a Region,
 }
 
-impl FunctionInfo for VfioFunction<'_> {
+impl FunctionInfo for Function<'_> {
     fn read_config(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
-        self.config.pread(offset, data)
+        self.config.read(offset, data)
     }
 
     fn bar_region(&self, bar: usize) -> Option<RegionInfo> {
         let index = VFIO_PCI_BAR0_REGION_INDEX.checked_add(u32::try_from(bar).ok()?)?;
-        let sparse = self.device.sparse_areas(index).map(|areas| {
-            areas
-                .into_iter()
-                .map(|(offset, size)| SparseArea { offset, size })
-                .collect()
-        });
-        Some(RegionInfo {
-            size: self.device.get_region_size(index),
-            mmap: self.device.get_region_flags(index) & VFIO_REGION_INFO_FLAG_MMAP != 0,
-            sparse,
-        })
+        self.device.region_info(index)
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{
-    AddDevice, ApiError, DeviceInfo, PciDeviceInfo, Resources, VmControl, VmInfo, VmState,
+    AddDevice, ApiError, Counters, DeviceInfo, PciDeviceInfo, Resources, VmControl, VmInfo, VmState,
 };
 use crate::config::VmConfig;
 use crate::hotplug::{Hotplug, HotplugError, Placement};
@@ -34,6 +34,8 @@ pub fn status(e: &HotplugError) -> u16 {
         // The device is not one ghvmm can take.
         P::Setup(V::Host(H::NotADevice { .. } | H::NotVfioBound { .. }) | V::Layout { .. }) => 400,
         P::Setup(V::Host(H::Device { .. } | H::NoIommuGroup { .. })) => 400,
+        // No server on that socket, or one whose device ghvmm cannot take.
+        P::Setup(V::User(_) | V::NoMmapSource { .. }) => 400,
         P::EjectTimeout { .. } => 504,
         P::Setup(_) | P::Notify(_) => 500,
     }
@@ -54,7 +56,7 @@ fn config_json(c: &VmConfig) -> serde_json::Value {
             "cmdline": c.cmdline,
         },
         "devices": c.devices.iter().map(|d| serde_json::json!({
-            "path": d.path.display().to_string(),
+            d.source.key(): d.source.path().display().to_string(),
             "id": d.id,
         })).collect::<Vec<_>>(),
         "numa": c.numa.iter().map(|n| serde_json::json!({
@@ -117,12 +119,16 @@ impl VmControl for Control {
         let placement = Placement::requested(req.gh_slot, req.pci_segment);
         let (id, address) = self
             .hotplug
-            .hot_add(&req.path, req.id, placement)
+            .hot_add(&req.source, req.id, placement)
             .map_err(api_error)?;
         Ok(PciDeviceInfo {
             id,
             bdf: address.to_string(),
         })
+    }
+
+    fn counters(&self) -> Counters {
+        self.hotplug.counters()
     }
 
     fn remove_device(&self, id: &str) -> Result<(), ApiError> {

@@ -128,7 +128,7 @@ impl Vm {
             };
             // The error names the device path itself.
             let (_, address) = hotplug
-                .attach(&d.path, d.id.clone(), placement)
+                .attach(&d.source, d.id.clone(), placement)
                 .context("--device")?;
             placed.push(address);
         }
