@@ -10,8 +10,8 @@ use crate::hotplug_scenarios::{cycles_script, start_api_guest, CYCLES, CYCLE_CHE
 use crate::l3::L3;
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS, NO_ACPI_DUMP};
 use crate::vfio_scenarios::{
-    bind_variant, gh_file_checks, gh_file_checks_for, nic_qemu_args, nic_setup, GH_DEVICE_CHECKS,
-    GH_LENGTHS, NIC_CHECKS,
+    bind_variant, gh_file_checks_for, nic_qemu_args, nic_setup, GH_DEVICE_CHECKS, GH_LENGTHS,
+    NIC_CHECKS,
 };
 
 /// The server's socket for the GPU-like device, and for the NIC.
@@ -202,7 +202,8 @@ fn gh_scenario(mode: &'static str) -> Scenario {
         setup: script,
         l3: None,
         expect,
-        host_checks: Some(Box::new(|s, d, _| gh_file_checks(s, d))),
+        // The boot is in `setup` (l3 is None): the length comes from here, not from the L3.
+        host_checks: Some(Box::new(move |_, d, _| gh_file_checks_for(d, len))),
         timeout: std::time::Duration::from_secs(300),
         ..Scenario::boot(name, about, l3)
     }
@@ -469,6 +470,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn host_file_checks_know_the_length() {
+        use crate::protocol::{Outcome, Transcript};
+        use crate::vfio_scenarios::gh_patterns;
+        let dir = std::env::temp_dir().join(format!("rig-vu-host-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut file = vec![0u8; 64 << 20];
+        for (off, pat) in gh_patterns(VU_LEN) {
+            file[off as usize..off as usize + 16].copy_from_slice(&pat);
+        }
+        std::fs::write(dir.join("ivshmem.bin"), &file).unwrap();
+        let mut gpu = 0;
+        for s in all() {
+            let Some(checks) = &s.host_checks else {
+                continue;
+            };
+            let got = checks(&s, &dir, &Transcript::default());
+            let file = got.iter().find(|(n, _)| n == "host-file");
+            assert_eq!(file.map(|(_, o)| o), Some(&Outcome::Pass), "{}", s.name);
+            gpu += 1;
+        }
+        assert_eq!(
+            gpu, 4,
+            "every scenario with the GPU-like device checks the file"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Runs `body` after tests/l2/init's functions and HELPERS in the host's sh, with L2's
