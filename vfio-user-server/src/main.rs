@@ -63,6 +63,11 @@ extern "C" fn on_report(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c
 /// On each SIGUSR1, prints one line to stderr: `counters {"bar2.padding":N,...}`, the region
 /// accesses served so far (what the rig compares around a guest's copy and a padding read).
 /// Printed by a thread of its own, so that the line comes even while a client is served.
+///
+/// SIGUSR1 is delivered to that thread only: `run` blocks it before any thread starts (the
+/// others inherit the mask) and the reporter unblocks it. Otherwise the signal could land on
+/// the serving thread, whose recvmsg in the vfio_user crate fails with EINTR (the handler
+/// has no SA_RESTART) and ends the client's session.
 fn reporter(counters: Counters) -> anyhow::Result<()> {
     let report = EventFd::new(0).context("creating the report eventfd")?;
     let wait = report.try_clone().context("creating the report eventfd")?;
@@ -70,9 +75,23 @@ fn reporter(counters: Counters) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("ghvmm-vfio-user-counters".into())
         .spawn(move || {
-            while wait.read().is_ok() {
-                let json = serde_json::to_string(&counters.report()).unwrap_or_default();
-                eprintln!("counters {json}");
+            if let Err(e) = vmm_sys_util::signal::unblock_signal(libc::SIGUSR1) {
+                log::warn!("SIGUSR1 stays blocked, no counters on request: {e}");
+                return;
+            }
+            loop {
+                match wait.read() {
+                    Ok(_) => {
+                        let json = serde_json::to_string(&counters.report()).unwrap_or_default();
+                        eprintln!("counters {json}");
+                    }
+                    // The signal itself interrupts this read.
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log::warn!("counters thread: {e}");
+                        return;
+                    }
+                }
             }
         })
         .context("starting the counters thread")?;
@@ -147,6 +166,9 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    // Before any thread starts, so that every thread inherits it (`reporter`).
+    vmm_sys_util::signal::block_signal(libc::SIGUSR1)
+        .map_err(|e| anyhow::anyhow!("blocking SIGUSR1: {e}"))?;
     let path = &cli.device.path;
     let name = path.display().to_string();
     let host = VfioHost::open(path)?;

@@ -208,3 +208,241 @@ impl DeviceIrqs for UserDevice {
         self.set_irqs(kind, VFIO_IRQ_SET_DATA_NONE, &[])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+    use vfio_bindings::bindings::vfio::{
+        vfio_region_info, vfio_region_sparse_mmap_area, VFIO_PCI_BAR0_REGION_INDEX,
+        VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
+        VFIO_REGION_INFO_FLAG_WRITE,
+    };
+    use vfio_user::{DmaMapFlags, DmaUnmapFlags, ServerBackend, ServerRegion};
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::tempdir::TempDir;
+    use vmm_sys_util::tempfile::TempFile;
+
+    use super::*;
+
+    const BAR2: u32 = VFIO_PCI_BAR0_REGION_INDEX + 2;
+    const BAR2_OFFSET: u64 = 0x7000_0000;
+
+    /// A server that records what it is asked and keeps BAR2's bytes.
+    struct Recorder {
+        log: Arc<Mutex<Vec<String>>>,
+        bar: Vec<u8>,
+    }
+
+    impl ServerBackend for Recorder {
+        fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
+            self.log.lock().push(format!("read {region} {offset:#x}"));
+            let o = offset as usize;
+            data.copy_from_slice(&self.bar[o..o + data.len()]);
+            Ok(())
+        }
+        fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.log.lock().push(format!("write {region} {offset:#x}"));
+            let o = offset as usize;
+            self.bar[o..o + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+        fn dma_map(
+            &mut self,
+            _: DmaMapFlags,
+            offset: u64,
+            address: u64,
+            size: u64,
+            fd: Option<File>,
+        ) -> io::Result<()> {
+            self.log.lock().push(format!(
+                "map {address:#x}+{size:#x} at file offset {offset:#x} fd {}",
+                fd.is_some()
+            ));
+            Ok(())
+        }
+        fn dma_unmap(&mut self, _: DmaUnmapFlags, address: u64, size: u64) -> io::Result<()> {
+            self.log
+                .lock()
+                .push(format!("unmap {address:#x}+{size:#x}"));
+            Ok(())
+        }
+        fn reset(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn set_irqs(
+            &mut self,
+            index: u32,
+            flags: u32,
+            start: u32,
+            count: u32,
+            fds: Vec<File>,
+        ) -> io::Result<()> {
+            self.log.lock().push(format!(
+                "irqs {index} {flags:#x} {start} {count} fds {}",
+                fds.len()
+            ));
+            Ok(())
+        }
+    }
+
+    fn regions(mmap_fd: RawFd) -> Vec<ServerRegion> {
+        (0..VFIO_PCI_NUM_REGIONS)
+            .map(|index| {
+                let mut info = vfio_region_info {
+                    argsz: std::mem::size_of::<vfio_region_info>() as u32,
+                    index,
+                    ..Default::default()
+                };
+                let mut sparse_areas = Vec::new();
+                let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+                if index == BAR2 {
+                    info.size = 0x4000;
+                    info.offset = BAR2_OFFSET;
+                    info.flags = rw | VFIO_REGION_INFO_FLAG_MMAP;
+                    sparse_areas.push(vfio_user::SparseArea {
+                        area: vfio_region_sparse_mmap_area {
+                            offset: 0,
+                            size: 0x2000,
+                        },
+                    });
+                } else if index == VFIO_PCI_CONFIG_REGION_INDEX {
+                    info.size = 256;
+                    info.flags = rw;
+                }
+                ServerRegion {
+                    region_info: info,
+                    mmap_fd: (!sparse_areas.is_empty()).then_some(mmap_fd),
+                    sparse_areas,
+                }
+            })
+            .collect()
+    }
+
+    /// A server on a fresh socket, serving one client on a thread of its own.
+    fn serve() -> (
+        TempDir,
+        PathBuf,
+        Arc<Mutex<Vec<String>>>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let dir = TempDir::new().unwrap();
+        let socket = dir.as_path().join("dev.sock");
+        let mmap = TempFile::new().unwrap().into_file();
+        let irqs = (0..=VFIO_PCI_MSIX_IRQ_INDEX)
+            .map(|index| vfio_user::IrqInfo {
+                index,
+                flags: 0,
+                count: 3,
+            })
+            .collect();
+        let server =
+            vfio_user::Server::new(&socket, true, irqs, regions(mmap.as_raw_fd())).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut backend = Recorder {
+            log: log.clone(),
+            bar: vec![0; 0x4000],
+        };
+        let serving = std::thread::spawn(move || {
+            let _ = server.run(&mut backend);
+            drop(mmap);
+        });
+        (dir, socket, log, serving)
+    }
+
+    #[test]
+    fn guest_ram_regions_access_and_interrupts_go_to_the_server() {
+        let (_dir, socket, log, serving) = serve();
+        let mem = crate::memory::map_guest_memory(
+            &[
+                (GuestAddress(0), 0x10000),
+                (GuestAddress(0x100000), 0x20000),
+            ],
+            true,
+        )
+        .unwrap();
+        let dev = UserDevice::connect(&socket, &mem).unwrap();
+        // Each RAM range at its offset in the one memfd.
+        assert_eq!(
+            log.lock()[..2],
+            [
+                "map 0x0+0x10000 at file offset 0x0 fd true",
+                "map 0x100000+0x20000 at file offset 0x10000 fd true",
+            ]
+        );
+        let info = dev.region_info(BAR2).unwrap();
+        assert_eq!((info.size, info.mmap), (0x4000, true));
+        assert_eq!(
+            info.sparse,
+            Some(vec![SparseArea {
+                offset: 0,
+                size: 0x2000
+            }])
+        );
+        assert_eq!(dev.mmap_source(BAR2).map(|(_, o)| o), Some(BAR2_OFFSET));
+        // A region without areas: nothing to map, everything over the socket.
+        let cfg = dev.region_info(VFIO_PCI_CONFIG_REGION_INDEX).unwrap();
+        assert_eq!((cfg.size, cfg.mmap, cfg.sparse), (256, false, None));
+        assert!(dev.mmap_source(VFIO_PCI_CONFIG_REGION_INDEX).is_none());
+
+        dev.write(BAR2, 0x3000, &[1, 2, 3, 4]).unwrap();
+        let mut back = [0u8; 4];
+        dev.read(BAR2, 0x3000, &mut back).unwrap();
+        assert_eq!(back, [1, 2, 3, 4]);
+
+        let efds: Vec<EventFd> = (0..3).map(|_| EventFd::new(0).unwrap()).collect();
+        let refs: Vec<&EventFd> = efds.iter().collect();
+        dev.enable(IrqKind::Msix, &refs).unwrap();
+        dev.disable(IrqKind::Msix).unwrap();
+        dev.close();
+        dev.close();
+        serving.join().unwrap();
+        let log = log.lock();
+        assert_eq!(
+            log[2..],
+            [
+                "write 2 0x3000",
+                "read 2 0x3000",
+                &format!(
+                    "irqs {VFIO_PCI_MSIX_IRQ_INDEX} {:#x} 0 3 fds 3",
+                    VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER
+                ),
+                &format!(
+                    "irqs {VFIO_PCI_MSIX_IRQ_INDEX} {:#x} 0 0 fds 0",
+                    VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER
+                ),
+                "unmap 0x0+0x10000",
+                "unmap 0x100000+0x20000",
+            ]
+        );
+    }
+
+    #[test]
+    fn private_guest_ram_is_refused_and_the_server_freed() {
+        let (_dir, socket, log, serving) = serve();
+        let mem = crate::memory::map_guest_memory(&[(GuestAddress(0), 0x10000)], false).unwrap();
+        let Err(e) = UserDevice::connect(&socket, &mem) else {
+            panic!("private RAM accepted");
+        };
+        assert!(matches!(e, UserError::NotShared { gpa: 0, .. }), "{e}");
+        assert!(e.to_string().contains("shared=on"), "{e}");
+        // The connection was closed: the server's loop ended.
+        serving.join().unwrap();
+        assert!(log.lock().is_empty());
+    }
+
+    #[test]
+    fn no_server_is_one_line_naming_the_socket() {
+        let dir = TempDir::new().unwrap();
+        let socket = dir.as_path().join("none.sock");
+        let mem = crate::memory::map_guest_memory(&[(GuestAddress(0), 0x10000)], true).unwrap();
+        let Err(e) = UserDevice::connect(&socket, &mem) else {
+            panic!("connected to nothing");
+        };
+        let msg = e.to_string();
+        assert!(msg.starts_with(&socket.display().to_string()), "{msg}");
+        assert!(!msg.contains('\n'));
+    }
+}
