@@ -304,11 +304,11 @@ fn hotplug_scenario() -> Scenario {
          {cycles}\
          vu_resources 2\n\
          l2_say \"@@L2LOG after cycle 1: $(cat /tmp/res1); after {CYCLES}: $(cat /tmp/res2)\"\n\
-         [ -s /tmp/res1 ] && [ \"$(cat /tmp/res1)\" = \"$(cat /tmp/res2)\" ]\n\
+         [ -s /tmp/res1 ] && [ \"$(cat /tmp/res1)\" = \"$(cat /tmp/res2)\" ] && ! grep -q ' /memfd:ghvmm-ram' /tmp/maps2.server\n\
          r=$?\n\
          diff /tmp/maps1.ghvmm /tmp/maps2.ghvmm | grep '^[-+][0-9a-f]' | head -n 8 | while read -r l; do l2_say \"@@L2LOG ghvmm maps: $l\"; done\n\
          diff /tmp/maps1.server /tmp/maps2.server | grep '^[-+][0-9a-f]' | head -n 8 | while read -r l; do l2_say \"@@L2LOG server maps: $l\"; done\n\
-         l2_check vu-no-leak $r \"after cycle 1: $(cat /tmp/res1); after {CYCLES}: $(cat /tmp/res2)\"\n\
+         l2_check vu-no-leak $r \"after cycle 1: $(cat /tmp/res1); after {CYCLES}: $(cat /tmp/res2); guest RAM mappings left in the server: $(grep -c ' /memfd:ghvmm-ram' /tmp/maps2.server)\"\n\
          finish_l3 120\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n\
          vu_stop\n",
