@@ -312,6 +312,22 @@ fn set_irqs_reaches_the_device_unchanged() {
     assert_eq!(log.lock().irq_enabled, None);
 }
 
+/// vfio-pci enables MSI/MSI-X for `start + count` vectors on the first SET_IRQS with
+/// eventfds, even for count 0 (start 1, count 0: one vector, no eventfd). The clean-up must
+/// turn that off too, or the next client finds MSI-X on and cannot enable MSI (found by the
+/// fuzz target vfio_user_backend).
+#[test]
+fn eventfds_for_no_vector_enable_and_are_turned_off_when_the_client_leaves() {
+    let (mut b, log) = backend();
+    b.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, EVENTFDS, 1, 0, vec![])
+        .unwrap();
+    assert_eq!(log.lock().irq_enabled, Some(VFIO_PCI_MSIX_IRQ_INDEX));
+    b.client_gone();
+    assert_eq!(log.lock().irq_enabled, None);
+    b.set_irqs(VFIO_PCI_MSI_IRQ_INDEX, EVENTFDS, 0, 1, eventfd_files(1))
+        .unwrap();
+}
+
 #[test]
 fn set_irqs_outside_what_is_offered_is_refused() {
     let (mut b, log) = backend();
