@@ -494,14 +494,17 @@ impl Encode for Input {
     }
 }
 
-fn n(v: u64) -> Num {
+/// `v` spelled as the fuzzer aims: a power of two plus a small offset when it is near one.
+pub(crate) fn n(v: u64) -> Num {
     if v.is_power_of_two() {
         Num::Pow2(v.trailing_zeros() as u8, 0)
     } else {
-        let p = v.next_power_of_two();
-        match i32::try_from(v as i128 - p as i128) {
-            Ok(d) => Num::Pow2(p.trailing_zeros() as u8, d),
-            Err(_) => Num::Raw(v),
+        let near = v
+            .checked_next_power_of_two()
+            .and_then(|p| Some((p, i32::try_from(v as i128 - p as i128).ok()?)));
+        match near {
+            Some((p, d)) => Num::Pow2(p.trailing_zeros() as u8, d),
+            None => Num::Raw(v),
         }
     }
 }

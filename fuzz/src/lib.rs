@@ -3,7 +3,8 @@
 //! and write the seed corpus (`cargo test -- --ignored write_seeds`).
 //!
 //! Targets (docs/reliability.md, "Fuzzing"): `config_space`, `bar_layout`, `api_request`,
-//! `cli`, `acpi_tables`. Each module's doc comment says what it drives and what it checks.
+//! `cli`, `acpi_tables`, `vfio_user_backend`. Each module's doc comment says what it drives
+//! and what it checks.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod bar_layout;
 pub mod cli;
 pub mod config_space;
 pub mod seed;
+pub mod vfio_user_backend;
 
 /// `crate::config` for the REST API sources compiled by `api` (vmm/src/api/body.rs).
 pub use vmm::config;
@@ -28,6 +30,7 @@ pub fn all_seeds() -> Vec<(&'static str, Seeds)> {
         ("api_request", api::seeds()),
         ("cli", cli::seeds()),
         ("acpi_tables", acpi_tables::seeds()),
+        ("vfio_user_backend", vfio_user_backend::seeds()),
     ]
 }
 
@@ -76,6 +79,11 @@ mod tests {
                 let i = crate::seed::decode::<crate::acpi_tables::Input>(&data);
                 println!("{i:#?}");
                 crate::acpi_tables::fuzz(&data);
+            }
+            "vfio_user_backend" => {
+                let i = crate::seed::decode::<crate::vfio_user_backend::Input>(&data);
+                println!("{i:#?}");
+                crate::vfio_user_backend::fuzz(&data);
             }
             "api_request" => {
                 println!("{:?}", String::from_utf8_lossy(&data));

@@ -571,7 +571,9 @@ impl<H: HostDevice> ServerBackend for Backend<H> {
         }
         self.host.set_irqs(index, flags, start, count, &fds)?;
         if flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0 {
-            if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 && count > 0 {
+            // Eventfds that the device took leave the index enabled, even for no vector:
+            // vfio-pci enables `start + count` vectors first (start 1, count 0: one).
+            if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
                 self.irqs_on.insert(index);
             } else if flags & VFIO_IRQ_SET_DATA_NONE != 0 && count == 0 {
                 self.irqs_on.remove(&index);

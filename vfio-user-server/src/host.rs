@@ -1,6 +1,7 @@
 //! What the backend needs from the host device: its regions and interrupts as VFIO reports
 //! them, region access, VFIO_DEVICE_SET_IRQS, reset, and DMA mappings of client memory. The
-//! production implementation is `vfio_host::VfioHost`; the unit tests use a fake.
+//! production implementation is `vfio_host::VfioHost`; the unit tests and the fuzz target use
+//! `fake::Fake` (feature `fake`).
 
 use std::fs::File;
 use std::io;

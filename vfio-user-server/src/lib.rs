@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 pub mod host;
 pub mod options;
 pub mod serve;

@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, usize)] = &[
     ("api_request", 4096),
     ("cli", 1024),
     ("acpi_tables", 4096),
+    ("vfio_user_backend", 4096),
 ];
 
 pub const DEFAULT_SECONDS: u64 = 60;
@@ -350,7 +351,7 @@ pub fn run(root: &Path, seconds: u64, only: &[String]) -> Result<bool> {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "{:<14} {:>8} {:>12} {:>9} {:>6} {:>7}  result",
+        "{:<18} {:>8} {:>12} {:>9} {:>6} {:>7}  result",
         "target", "seconds", "executions", "exec/s", "new", "rss MB"
     );
     let mut failed = 0;
@@ -366,7 +367,7 @@ pub fn run(root: &Path, seconds: u64, only: &[String]) -> Result<bool> {
             }
         };
         println!(
-            "{target:<14} {wall:>8.0} {:>12} {:>9} {:>6} {:>7}  {result}",
+            "{target:<18} {wall:>8.0} {:>12} {:>9} {:>6} {:>7}  {result}",
             o.executions, o.exec_per_sec, o.new_units, o.peak_rss_mb
         );
     }

@@ -1,15 +1,14 @@
-use std::collections::HashMap;
 use std::os::unix::io::{AsRawFd, RawFd};
 
 use parking_lot::Mutex;
 use pci::vfio::SparseArea as Area;
 use vfio_bindings::bindings::vfio::{
-    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_MASK, VFIO_PCI_ROM_REGION_INDEX,
-    VFIO_PCI_VGA_REGION_INDEX,
+    VFIO_IRQ_SET_ACTION_MASK, VFIO_PCI_ROM_REGION_INDEX, VFIO_PCI_VGA_REGION_INDEX,
 };
 use vmm_sys_util::tempfile::TempFile;
 
 use super::*;
+use crate::fake::{pattern, Fake, FakeRegion, Log};
 use crate::host::HostRegion;
 
 const PATH: &str = "/sys/bus/pci/devices/0000:01:00.0";
@@ -18,89 +17,6 @@ const RWM: u32 = RW | VFIO_REGION_INFO_FLAG_MMAP;
 const EVENTFDS: u32 = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
 const OFF: u32 = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER;
 
-/// One fake host region: `real` bytes of contents; like nvgrace-gpu, reads in
-/// `[real, size)` give 0xff and writes there are dropped; accesses past `size` fail.
-struct FakeRegion {
-    info: HostRegion,
-    bytes: Vec<u8>,
-}
-
-#[derive(Default)]
-struct Log {
-    writes: Vec<(u32, u64, Vec<u8>)>,
-    set_irqs: Vec<(u32, u32, u32, u32, usize)>,
-    resets: usize,
-    /// Live DMA mappings: iova -> size.
-    dma: HashMap<u64, u64>,
-    fail_dma_map: bool,
-}
-
-struct Fake {
-    regions: Mutex<HashMap<u32, FakeRegion>>,
-    log: Arc<Mutex<Log>>,
-    mmap: TempFile,
-}
-
-impl HostDevice for Fake {
-    type Dma = u64;
-
-    fn region(&self, index: u32) -> Option<HostRegion> {
-        self.regions.lock().get(&index).map(|r| r.info.clone())
-    }
-    fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
-        let regions = self.regions.lock();
-        let r = regions.get(&index).ok_or_else(|| errno(libc::EINVAL))?;
-        check_range(offset, data.len(), r.info.size)?;
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = *r.bytes.get(offset as usize + i).unwrap_or(&0xff);
-        }
-        Ok(())
-    }
-    fn write(&self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
-        let mut regions = self.regions.lock();
-        let r = regions.get_mut(&index).ok_or_else(|| errno(libc::EINVAL))?;
-        check_range(offset, data.len(), r.info.size)?;
-        self.log.lock().writes.push((index, offset, data.to_vec()));
-        for (i, b) in data.iter().enumerate() {
-            if let Some(slot) = r.bytes.get_mut(offset as usize + i) {
-                *slot = *b;
-            }
-        }
-        Ok(())
-    }
-    fn irq_info(&self, index: u32) -> Option<(u32, u32)> {
-        match index {
-            VFIO_PCI_INTX_IRQ_INDEX => Some((VFIO_IRQ_INFO_EVENTFD, 1)),
-            VFIO_PCI_MSI_IRQ_INDEX => Some((VFIO_IRQ_INFO_EVENTFD, 1)),
-            VFIO_PCI_MSIX_IRQ_INDEX => Some((VFIO_IRQ_INFO_EVENTFD, 3)),
-            _ => None,
-        }
-    }
-    fn set_irqs(&self, i: u32, f: u32, s: u32, c: u32, fds: &[File]) -> io::Result<()> {
-        self.log.lock().set_irqs.push((i, f, s, c, fds.len()));
-        Ok(())
-    }
-    fn reset(&self) -> io::Result<()> {
-        self.log.lock().resets += 1;
-        Ok(())
-    }
-    fn dma_map(&self, iova: u64, size: u64, _: File, _: u64) -> io::Result<u64> {
-        let mut log = self.log.lock();
-        if log.fail_dma_map {
-            return Err(errno(libc::ENOMEM));
-        }
-        assert!(log.dma.insert(iova, size).is_none(), "mapped twice");
-        Ok(iova)
-    }
-    fn dma_unmap(&self, iova: u64) -> io::Result<()> {
-        self.log.lock().dma.remove(&iova).expect("unmapped twice");
-        Ok(())
-    }
-    fn mmap_fd(&self) -> Option<RawFd> {
-        Some(self.mmap.as_file().as_raw_fd())
-    }
-}
-
 fn host_offset(index: u32) -> u64 {
     u64::from(index) << 40
 }
@@ -108,23 +24,17 @@ fn host_offset(index: u32) -> u64 {
 fn region(
     index: u32,
     size: u64,
-    real: usize,
+    real: u64,
     flags: u32,
     sparse: Option<Vec<Area>>,
 ) -> (u32, FakeRegion) {
-    let bytes = (0..real).map(|i| (i as u8) ^ 0x5a).collect();
-    (
-        index,
-        FakeRegion {
-            info: HostRegion {
-                size,
-                flags,
-                offset: host_offset(index),
-                sparse,
-            },
-            bytes,
-        },
-    )
+    let info = HostRegion {
+        size,
+        flags,
+        offset: host_offset(index),
+        sparse,
+    };
+    (index, FakeRegion::new(info, real))
 }
 
 /// Config space: BAR0 64-bit (VMM pads: 0x5000 bytes, MSI-X table at 0x2000, PBA at
@@ -147,18 +57,14 @@ fn config_bytes() -> Vec<u8> {
 }
 
 fn fake_with(regions: Vec<(u32, FakeRegion)>) -> (Fake, Arc<Mutex<Log>>) {
-    let log = Arc::new(Mutex::new(Log::default()));
-    let fake = Fake {
-        regions: Mutex::new(regions.into_iter().collect()),
-        log: log.clone(),
-        mmap: TempFile::new().unwrap(),
-    };
+    let fake = Fake::new(regions);
+    let log = fake.log();
     (fake, log)
 }
 
 fn standard_regions() -> Vec<(u32, FakeRegion)> {
     let mut config = region(CONFIG_REGION, 4096, 0, RW, None);
-    config.1.bytes = config_bytes();
+    config.1 = FakeRegion::with_bytes(config.1.info, config_bytes());
     vec![
         region(0, 0x5000, 0x5000, RWM, None),
         region(
@@ -191,8 +97,8 @@ fn read_u32(b: &mut Backend<Fake>, region: u32, offset: u64) -> u32 {
     u32::from_le_bytes(read(b, region, offset, 4).unwrap().try_into().unwrap())
 }
 
-fn expected(offset: usize, len: usize) -> Vec<u8> {
-    (offset..offset + len).map(|i| (i as u8) ^ 0x5a).collect()
+fn expected(offset: u64, len: u64) -> Vec<u8> {
+    (offset..offset + len).map(pattern).collect()
 }
 
 fn host_writes(log: &Mutex<Log>, index: u32) -> Vec<(u64, Vec<u8>)> {
@@ -399,14 +305,17 @@ fn set_irqs_reaches_the_device_unchanged() {
 
     b.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, EVENTFDS, 1, 2, eventfd_files(2))
         .unwrap();
-    b.set_irqs(
-        VFIO_PCI_MSIX_IRQ_INDEX,
-        VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_MASK,
-        0,
-        3,
-        vec![],
-    )
-    .unwrap();
+    // vfio-pci does not mask MSI-X: its answer comes back as it is.
+    let e = b
+        .set_irqs(
+            VFIO_PCI_MSIX_IRQ_INDEX,
+            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_MASK,
+            0,
+            3,
+            vec![],
+        )
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTTY));
     assert_eq!(
         log.lock().set_irqs,
         vec![
@@ -423,6 +332,23 @@ fn set_irqs_reaches_the_device_unchanged() {
     b.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, OFF, 0, 0, vec![])
         .unwrap();
     assert!(b.irqs_on.is_empty());
+    assert_eq!(log.lock().irq_enabled, None);
+}
+
+/// vfio-pci enables MSI/MSI-X for `start + count` vectors on the first SET_IRQS with
+/// eventfds, even for count 0 (start 1, count 0: one vector, no eventfd). The clean-up must
+/// turn that off too, or the next client finds MSI-X on and cannot enable MSI (found by the
+/// fuzz target vfio_user_backend).
+#[test]
+fn eventfds_for_no_vector_enable_and_are_turned_off_when_the_client_leaves() {
+    let (mut b, log) = backend();
+    b.set_irqs(VFIO_PCI_MSIX_IRQ_INDEX, EVENTFDS, 1, 0, vec![])
+        .unwrap();
+    assert_eq!(log.lock().irq_enabled, Some(VFIO_PCI_MSIX_IRQ_INDEX));
+    b.client_gone();
+    assert_eq!(log.lock().irq_enabled, None);
+    b.set_irqs(VFIO_PCI_MSI_IRQ_INDEX, EVENTFDS, 0, 1, eventfd_files(1))
+        .unwrap();
 }
 
 #[test]
@@ -680,7 +606,7 @@ fn over_the_wire_with_the_crates_client() {
     let (listener, socket) = crate::socket::bind(&path).unwrap();
     let server = vfio_user::Server::from_owned_fd(listener.into(), true, b.irqs(), b.regions());
     let mmap_id = {
-        let m = b.host.mmap.as_file().metadata().unwrap();
+        let m = b.host.mmap_file().unwrap().metadata().unwrap();
         (m.dev(), m.ino())
     };
     let serving = std::thread::spawn(move || {
