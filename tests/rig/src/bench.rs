@@ -34,9 +34,37 @@ fn command(vmm: Vmm, kernel: Kernel) -> String {
 const GH_LEN: u64 = 48 << 20;
 
 fn gh_script() -> String {
+    let user = format!(
+        "{}vu_start $IVSHMEM {USER_SOCKET}\n{}kill $vupid; wait $vupid\n",
+        crate::vfio_user_scenarios::HELPERS,
+        gh_run(
+            "user-gh-",
+            &format!("--user-device socket={USER_SOCKET}"),
+            true
+        )
+    );
     format!(
-        "{bind}mount -t debugfs none /sys/kernel/debug\n\
-         {ghvmm} > /tmp/gh.out 2>&1 < /dev/null &\n\
+        "{bind}mount -t debugfs none /sys/kernel/debug\n{direct}{user}",
+        bind = crate::vfio_scenarios::bind_variant("vmm_pads", GH_LEN, ""),
+        direct = gh_run("gh-", "--device path=$IVSHMEM", false),
+    )
+}
+
+/// The socket of the vfio-user part.
+const USER_SOCKET: &str = "/tmp/gpu-bench.sock";
+
+/// Shell: one bench-gh guest with the device given by `device_args`; its `@@BENCH gh-*` lines
+/// are printed with `prefix` instead of `gh-`, with the KVM MMIO exits during the copy (read
+/// from L2's KVM debugfs around the guest's markers).
+fn gh_run(prefix: &str, device_args: &str, shared: bool) -> String {
+    let mut l3 = L3::new(Vmm::Ghvmm, 2, "512M")
+        .cmdline(&format!("ghvmm.mode=bench-gh ghvmm.gh_len={GH_LEN}"))
+        .vmm_args(device_args);
+    if shared {
+        l3 = l3.shared_memory();
+    }
+    format!(
+        "{ghvmm} > /tmp/gh.out 2>&1 < /dev/null &\n\
          PID=$!\n\
          n=0; while ! grep -q @@COPY-START /tmp/gh.out && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done\n\
          D=$(ls -d /sys/kernel/debug/kvm/$PID-* | head -1)\n\
@@ -44,13 +72,9 @@ fn gh_script() -> String {
          n=0; while ! grep -q @@COPY-END /tmp/gh.out && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done\n\
          B=$(cat $D/mmio_exits)\n\
          wait $PID\n\
-         echo \"@@BENCH gh-copy-mmio-exits $((B - A))\"\n\
-         grep -a @@BENCH /tmp/gh.out\n",
-        bind = crate::vfio_scenarios::bind_variant("vmm_pads", GH_LEN, ""),
-        ghvmm = L3::new(Vmm::Ghvmm, 2, "512M")
-            .cmdline(&format!("ghvmm.mode=bench-gh ghvmm.gh_len={GH_LEN}"))
-            .vmm_args("--device path=$IVSHMEM")
-            .command()
+         echo \"@@BENCH {prefix}copy-mmio-exits $((B - A))\"\n\
+         grep -a @@BENCH /tmp/gh.out | sed 's/@@BENCH gh-/@@BENCH {prefix}/'\n",
+        ghvmm = l3.command()
     )
 }
 
@@ -261,6 +285,39 @@ pub fn run(root: &Path) -> Result<()> {
         if exits == 0 { "met" } else { "not met" }
     );
     println!("padding read {pad_ns} ns, empty MMIO read {empty_ns} ns: ratio {padding:.2}   (goal <= 1.20: {})", if padding <= 1.2 { "met" } else { "not met" });
+    let user = (
+        value("user-gh-bar-copy-us"),
+        value("user-gh-copy-mmio-exits"),
+        value("user-gh-pad-read-ns"),
+    );
+    let (Some(user_bar_us), Some(user_exits), Some(user_pad_ns)) = user else {
+        bail!(
+            "the vfio-user part of the GPU-like device bench reported {user:?} (log: {})",
+            dir.join("console.log").display()
+        );
+    };
+    // Bandwidth is bytes over time: the same bytes, so the inverse ratio of the times.
+    let user_bandwidth = bar_us as f64 / user_bar_us.max(1) as f64;
+    let user_padding = user_pad_ns as f64 / pad_ns.max(1) as f64;
+    println!();
+    println!("The same device through ghvmm-vfio-user (--user-device) vs --device, same L2 run");
+    println!("copy 4 x 32 MiB into the mapped BAR: {user_bar_us} us (--device: {bar_us} us)");
+    println!(
+        "bandwidth --user-device / --device: {user_bandwidth:.2}   (goal >= 0.95: {})",
+        if user_bandwidth >= 0.95 {
+            "met"
+        } else {
+            "not met"
+        }
+    );
+    println!(
+        "MMIO exits during the --user-device copy: {user_exits}   (goal 0: {})",
+        if user_exits == 0 { "met" } else { "not met" }
+    );
+    println!(
+        "padding read answered by the server {user_pad_ns} ns, by ghvmm {pad_ns} ns: ratio {user_padding:.2}   (goal <= 2: {})",
+        if user_padding <= 2.0 { "met" } else { "not met" }
+    );
     let hotplug = |label: &str| runs_of(&t, label);
     let (small_runs, small) = hotplug("hotplug-small-ms");
     let (large_runs, large) = hotplug("hotplug-large-ms");
@@ -347,6 +404,8 @@ pub fn run(root: &Path) -> Result<()> {
          \"gh_device\": {{ \"bar_copy_us\": {bar_us}, \"ram_copy_us\": {ram_us}, \"bandwidth_ratio\": {bandwidth:.3}, \
          \"copy_mmio_exits\": {exits}, \"padding_read_ns\": {pad_ns}, \"empty_mmio_read_ns\": {empty_ns}, \
          \"padding_cost_ratio\": {padding:.3} }},\n  \
+         \"vfio_user\": {{ \"bar_copy_us\": {user_bar_us}, \"bandwidth_ratio_vs_device\": {user_bandwidth:.3}, \
+         \"copy_mmio_exits\": {user_exits}, \"padding_read_ns\": {user_pad_ns}, \"padding_ratio_server_vs_ghvmm\": {user_padding:.3} }},\n  \
          \"hotplug\": {{ \"small_bar_bytes\": {HOTPLUG_SMALL}, \"large_bar_bytes\": {HOTPLUG_LARGE}, \
          \"small_runs_ms\": {small_runs:?}, \"large_runs_ms\": {large_runs:?}, \"small_median_ms\": {small}, \
          \"large_median_ms\": {large}, \"ratio\": {hp_ratio:.3} }},\n  \
@@ -381,6 +440,19 @@ mod tests {
         );
         assert!(s.contains("--kernel /l3/vmlinux"));
         assert!(s.contains("-kernel /l3/vmlinuz -initrd"));
+    }
+
+    #[test]
+    fn gh_script_runs_the_device_directly_and_through_the_server() {
+        let s = gh_script();
+        assert!(s.contains("--device path=$IVSHMEM"));
+        assert!(s.contains("vu_start $IVSHMEM /tmp/gpu-bench.sock"));
+        assert!(s.contains("shared=on --serial"));
+        assert!(s.contains("--user-device socket=/tmp/gpu-bench.sock"));
+        // Each run's figures under its own labels.
+        assert!(s.contains("sed 's/@@BENCH gh-/@@BENCH user-gh-/'"));
+        assert!(s.contains("@@BENCH user-gh-copy-mmio-exits"));
+        assert!(s.find("--device path=").unwrap() < s.find("vu_start $IVSHMEM").unwrap());
     }
 
     #[test]
