@@ -81,25 +81,13 @@ impl AddDeviceBody {
         if !self.x_exclude_mmap_bars.is_empty() {
             return bad("x_exclude_mmap_bars is not supported".into());
         }
-        let id = match self.id {
-            Some(id) => match parse_id(&id) {
-                Ok(id) => Some(id),
-                Err(reason) => return bad(format!("id={id}: {reason}")),
-            },
-            None => None,
-        };
-        let pci_segment = self.pci_segment.filter(|&s| s != 0);
-        if let (Some(seg), Some(_)) = (pci_segment, self.gh_slot) {
-            return bad(format!(
-                "pci_segment={seg} with gh_slot: a GH slot has its own segment"
-            ));
-        }
-        Ok(AddDevice {
-            source: DeviceSource::Vfio(path.into()),
-            id,
-            pci_segment,
-            gh_slot: self.gh_slot,
-        })
+        placed(
+            "vm.add-device",
+            DeviceSource::Vfio(path.into()),
+            self.id,
+            self.pci_segment,
+            self.gh_slot,
+        )
     }
 }
 
@@ -142,26 +130,42 @@ impl AddUserDeviceBody {
             Some(p) if !p.is_empty() => p,
             _ => return bad("missing required field 'socket'".into()),
         };
-        let id = match self.id {
-            Some(id) => match parse_id(&id) {
-                Ok(id) => Some(id),
-                Err(reason) => return bad(format!("id={id}: {reason}")),
-            },
-            None => None,
-        };
-        let pci_segment = self.pci_segment.filter(|&s| s != 0);
-        if let (Some(seg), Some(_)) = (pci_segment, self.gh_slot) {
-            return bad(format!(
-                "pci_segment={seg} with gh_slot: a GH slot has its own segment"
-            ));
-        }
-        Ok(AddDevice {
-            source: DeviceSource::User(socket.into()),
-            id,
-            pci_segment,
-            gh_slot: self.gh_slot,
-        })
+        placed(
+            "vm.add-user-device",
+            DeviceSource::User(socket.into()),
+            self.id,
+            self.pci_segment,
+            self.gh_slot,
+        )
     }
+}
+
+/// The checks both add endpoints share: the id's syntax, and a segment only without a GH
+/// slot (whose slot fixes the segment); segment 0 is the default and becomes None.
+fn placed(
+    endpoint: &str,
+    source: DeviceSource,
+    id: Option<String>,
+    pci_segment: Option<u16>,
+    gh_slot: Option<GhSlotRequest>,
+) -> Result<AddDevice, ApiError> {
+    let bad = |msg: String| ApiError::bad_request(format!("{endpoint}: {msg}"));
+    let id = match id {
+        Some(id) => Some(parse_id(&id).map_err(|reason| bad(format!("id={id}: {reason}")))?),
+        None => None,
+    };
+    let pci_segment = pci_segment.filter(|&s| s != 0);
+    if let (Some(seg), Some(_)) = (pci_segment, gh_slot) {
+        return Err(bad(format!(
+            "pci_segment={seg} with gh_slot: a GH slot has its own segment"
+        )));
+    }
+    Ok(AddDevice {
+        source,
+        id,
+        pci_segment,
+        gh_slot,
+    })
 }
 
 /// Parses a request body. serde would also take a struct from a JSON array (by position),
