@@ -117,6 +117,10 @@ impl<D> Registry<D> {
         Some(self.list.remove(i))
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Attached<D>> {
+        self.list.iter()
+    }
+
     pub fn listed(&self) -> Vec<AttachedDevice> {
         self.list.iter().map(Attached::listed).collect()
     }

@@ -63,14 +63,10 @@ impl<B: Backend> Hotplug<B> {
 
     /// Every attached device's access counters, by id.
     pub fn counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
-        let registry = self.registry();
-        let mut out = BTreeMap::new();
-        for id in registry.listed().into_iter().map(|a| a.id) {
-            if let Some(a) = registry.by(|a| a.id == id) {
-                out.insert(id, self.backend.counters(&a.device));
-            }
-        }
-        out
+        self.registry()
+            .iter()
+            .map(|a| (a.id.clone(), self.backend.counters(&a.device)))
+            .collect()
     }
 
     /// Assigns the device at `path` and puts it in the guest's config space (the guest sees
