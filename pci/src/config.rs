@@ -200,6 +200,24 @@ impl ConfigSpace {
         }
     }
 
+    /// The final address in BAR `index`'s register(s) now, `None` while the guest is sizing
+    /// it (or there is no BAR): unlike [`ConfigSpace::bar`], it follows writes made with
+    /// decoding off, so the owner can tell a BAR the guest moved from one it only parked.
+    pub fn bar_register(&self, index: usize) -> Option<u64> {
+        match self.bars.get(index)? {
+            BarSlot::Bar(b) if !b.sizing.contains(&true) => Some(b.addr),
+            _ => None,
+        }
+    }
+
+    /// Whether the command register enables the address space BAR `index` decodes in.
+    pub fn bar_decoding(&self, index: usize) -> bool {
+        match self.bars.get(index) {
+            Some(BarSlot::Bar(b)) => self.decoding(&b.spec),
+            _ => false,
+        }
+    }
+
     pub fn read(&self, reg: usize) -> u32 {
         if reg >= NUM_REGS {
             return 0xffff_ffff;

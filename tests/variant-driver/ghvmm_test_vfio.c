@@ -9,6 +9,9 @@
  *                     [0, length): reads past length return 0xff, writes there are dropped
  *                     (what nvgrace-gpu does).
  *   length=BYTES      the real length, at most ivshmem's BAR2 size.
+ *   lengths=B1,B2,..  instead of length=: each device gets the first of these that fits in
+ *                     its BAR2 (whatever the probe order), so one L2 can hold a GH-sized and a
+ *                     small device and the bench can alternate them.
  *   bad_info=1        report a sparse area larger than the region (ghvmm must refuse it).
  *   map_length=BYTES  only [0, map_length) may be mmapped (a sparse-mmap area in either mode);
  *                     the rest of the real memory is reached through read/write only.
@@ -29,9 +32,24 @@
 static char *mode = "vmm_pads";
 module_param(mode, charp, 0444);
 MODULE_PARM_DESC(mode, "vmm_pads or kernel_pads");
-static ulong length = 48UL << 20;
-module_param(length, ulong, 0444);
+static ulong ghtest_default_length = 48UL << 20;
+module_param_named(length, ghtest_default_length, ulong, 0444);
 MODULE_PARM_DESC(length, "real length of the device memory in bytes");
+#define MAX_LENGTHS 8
+static ulong lengths[MAX_LENGTHS];
+static int n_lengths;
+module_param_array(lengths, ulong, &n_lengths, 0444);
+MODULE_PARM_DESC(lengths, "real lengths; a device gets the first that fits in its BAR2");
+
+static ulong ghtest_length(u64 avail)
+{
+	int i;
+
+	for (i = 0; i < n_lengths; i++)
+		if (lengths[i] && lengths[i] <= avail)
+			return lengths[i];
+	return ghtest_default_length;
+}
 static bool bad_info;
 module_param(bad_info, bool, 0444);
 MODULE_PARM_DESC(bad_info, "report invalid region info");
@@ -321,6 +339,7 @@ static int ghtest_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
 	struct ghtest_device *g;
 	u64 avail = pci_resource_len(pdev, MEM_BAR);
+	ulong length = ghtest_length(avail);
 	int ret;
 
 	if (!length || length > avail) {

@@ -66,6 +66,9 @@ pub struct HostMapping {
 
 // SAFETY: the mapping is plain memory addresses; nothing in it is tied to a thread.
 unsafe impl Send for HostMapping {}
+// SAFETY: a shared reference only reads the address and length (`addr`); the memory behind it
+// is never touched through this type.
+unsafe impl Sync for HostMapping {}
 
 impl HostMapping {
     /// Maps `size` bytes of `fd` at `offset`, the host address aligned to `align` (a power of

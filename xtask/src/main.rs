@@ -63,7 +63,7 @@ fn test(root: &PathBuf) -> Result<bool> {
     rig::e2e(root, &rig::E2eArgs::parse(&[])?)
 }
 
-const USAGE: &str = "usage: cargo xtask <e2e [--list] [--gh-mode M] [--gh-len BYTES] [--l3-vmm ghvmm|qemu] [FILTER...] | bench | demo | fuzz [SECONDS] [TARGET...] | test>";
+const USAGE: &str = "usage: cargo xtask <e2e [--list] [--gh-mode M] [--gh-len BYTES] [--l3-vmm ghvmm|qemu] [FILTER...] | bench [devices|scale] | demo | fuzz [SECONDS] [TARGET...] | test>";
 
 fn run() -> Result<bool> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -74,7 +74,9 @@ fn run() -> Result<bool> {
             Ok(true)
         }
         Some("e2e") => rig::e2e(&root, &rig::E2eArgs::parse(&args[1..])?),
-        Some("bench") => rig::bench::run(&root).map(|()| true),
+        Some("bench") => {
+            rig::bench::run(&root, rig::bench::Part::parse(&args[1..])?).map(|()| true)
+        }
         Some("demo") => rig::demo(&root),
         Some("fuzz") => {
             let (seconds, targets) = fuzz::parse_args(&args[1..])?;

@@ -16,6 +16,7 @@
 pub use super::capability::{Capability, DeviceConfig, CAP_MSI, CAP_MSIX, CAP_PCIE, CAP_PM};
 use super::interrupts::SharedInterrupts;
 use super::msi::MsiState;
+use super::placement::BarState;
 use crate::config::{
     extract, merge, BarKind, BarSpec, ConfigSpace, BAR0_OFFSET, CAP_PTR_OFFSET, NUM_BARS, REG_BYTES,
 };
@@ -136,16 +137,24 @@ impl PassthroughConfig {
     /// Which BARs should decode now, and where: `(index, spec, guest address)` for each BAR
     /// whose address space (memory or I/O) is enabled in the guest's command register.
     pub fn decoding_bars(&self) -> Vec<(usize, BarSpec, u64)> {
-        let command = self.emulated.command();
-        (0..6)
-            .filter_map(|i| self.emulated.bar(i).map(|(spec, addr)| (i, spec, addr)))
-            .filter(|(_, spec, _)| {
-                let bit = if spec.kind == BarKind::Io {
-                    crate::config::COMMAND_IO
-                } else {
-                    crate::config::COMMAND_MEMORY
+        self.bar_states()
+            .into_iter()
+            .filter(|(_, _, state)| state.decoding)
+            .map(|(i, spec, state)| (i, spec, state.live))
+            .collect()
+    }
+
+    /// Every BAR's state for [`super::placement::placement`]: `(index, spec, state)`.
+    pub fn bar_states(&self) -> Vec<(usize, BarSpec, BarState)> {
+        (0..NUM_BARS)
+            .filter_map(|i| {
+                let (spec, live) = self.emulated.bar(i)?;
+                let state = BarState {
+                    decoding: self.emulated.bar_decoding(i),
+                    live,
+                    register: self.emulated.bar_register(i),
                 };
-                command & bit != 0
+                Some((i, spec, state))
             })
             .collect()
     }
@@ -225,7 +234,18 @@ impl PciDevice for PassthroughConfig {
             r if r >= STANDARD_REGS => {}
             INTERRUPT_REG => self.emulated.write(INTERRUPT_REG, offset, data),
             COMMAND_REG => {
-                let _ = self.dev.write(4 + offset, data);
+                // The device keeps decoding memory whatever the guest writes: a BAR whose
+                // decoding the guest turns off stays parked in place (`placement`), and a
+                // device that stopped decoding would have its mmaps zapped by vfio-pci, so a
+                // guest touching a parked BAR would stop the VM with KVM_RUN's EFAULT instead
+                // of reading the device. The guest still sees its own bit (emulated).
+                let mut to_device = [0u8; 4];
+                let to_device = &mut to_device[..data.len()];
+                to_device.copy_from_slice(data);
+                if offset == 0 {
+                    to_device[0] |= crate::config::COMMAND_MEMORY as u8;
+                }
+                let _ = self.dev.write(4 + offset, to_device);
                 self.emulated.write(COMMAND_REG, offset, data)
             }
             r => {
@@ -410,15 +430,59 @@ mod tests {
             0,
             "the guest sees its own decode bits"
         );
+        assert_eq!(
+            dev.1.lock().as_slice(),
+            &[(4, vec![0x06, 0x00])],
+            "the device keeps decoding memory (a parked BAR must not fault)"
+        );
         dev.1.lock().clear();
         c.write_config_register(1, 0, &[0x06, 0x00]);
         assert!(c.memory_enabled());
         assert_eq!(dev.1.lock().as_slice(), &[(4, vec![0x06, 0x00])]);
+        dev.1.lock().clear();
+        c.write_config_register(1, 1, &[0x01]);
+        assert_eq!(
+            dev.1.lock().as_slice(),
+            &[(5, vec![0x01])],
+            "a write to the command register's high byte goes through unchanged"
+        );
         // With decode on, moving BAR2 moves what the VMM maps.
         c.write_config_register(7, 0, &0x40u32.to_le_bytes());
         assert!(c
             .decoding_bars()
             .contains(&(2, bar_spec(128 << 30, true, true), 0x40_0000_0000)));
+    }
+
+    #[test]
+    fn bar_states_tell_a_parked_bar_from_a_moved_one() {
+        let dev = device();
+        let mut c = config(&dev);
+        let bar2 = |c: &PassthroughConfig| {
+            c.bar_states()
+                .into_iter()
+                .find(|(i, _, _)| *i == 2)
+                .map(|(_, _, s)| s)
+                .unwrap()
+        };
+        let live = bar2(&c).live;
+        c.write_config_register(1, 0, &[0x04, 0x00]);
+        assert_eq!(
+            bar2(&c),
+            BarState {
+                decoding: false,
+                live,
+                register: Some(live)
+            }
+        );
+        // Sizing the low half: no address in the register.
+        c.write_config_register(6, 0, &u32::MAX.to_le_bytes());
+        assert_eq!(bar2(&c).register, None);
+        c.write_config_register(6, 0, &(live as u32).to_le_bytes());
+        assert_eq!(bar2(&c).register, Some(live));
+        // A move with decoding off shows in the register, not in `live`.
+        c.write_config_register(7, 0, &0x40u32.to_le_bytes());
+        let s = bar2(&c);
+        assert_eq!((s.live, s.register), (live, Some(0x40_0000_0000)));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod irq_types;
 pub mod layout;
 pub mod msi;
 pub mod msix;
+pub mod placement;
 pub mod probe;
 
 pub use config::{DeviceConfig, PassthroughConfig};
@@ -24,4 +25,5 @@ pub use interrupts::{
 pub use layout::{
     bar_layout, BarLayout, LayoutError, Limits, Piece, PieceKind, RegionDesc, SparseArea,
 };
+pub use placement::{placement, BarState, Placement};
 pub use probe::{probe_bars, FunctionInfo, Probe, ProbeError, ProbedBar, RegionInfo};

@@ -24,6 +24,7 @@ mod checks;
 mod cmdline;
 mod counters;
 mod fault;
+mod first_run;
 mod flood;
 mod gate;
 mod gh;
@@ -43,6 +44,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("time-to-marker") => std::process::exit(timing::main(&args[2..])),
         Some("time-to-file") => std::process::exit(timing::to_file(&args[2..])),
+        Some("time-to-kvm-run") => std::process::exit(first_run::main(&args[2..])),
         Some("resolve") => std::process::exit(resolve::main(&args[2..])),
         Some("http") => std::process::exit(http::main(&args[2..])),
         Some("flood") => std::process::exit(flood::main(&args[2..])),

@@ -11,7 +11,7 @@ use devices::{Bus, BusDevice};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use pci::vfio::dispatch;
-use pci::vfio::{AccessKind, BarCounters, BarLayout, PieceKind, SharedInterrupts};
+use pci::vfio::{AccessKind, BarCounters, BarLayout, SharedInterrupts};
 use vfio::HostMapping;
 
 use super::host::Region;
@@ -116,103 +116,298 @@ pub struct BarSpace {
     pub size: u64,
 }
 
-/// One BAR's pieces, installable at any guest address.
-pub struct BarPlan {
-    pub index: usize,
-    pub space: BarSpace,
-    pub mapped: Vec<MappedPiece>,
-    pub trap: Arc<Mutex<BarTrap>>,
-    /// (offset, length) of each unmapped run of the BAR, one bus range each.
-    pub trap_runs: Vec<(u64, u64)>,
-    pub installed: Option<u64>,
-    /// The trap's counters, read without its lock.
-    pub counters: Arc<BarCounters>,
+/// Sets (size > 0) or deletes (size 0) KVM memory slot `slot`: the seam between a BAR's slot
+/// bookkeeping and KVM, so the bookkeeping is tested without a VM.
+pub trait SlotSetter: Send + Sync {
+    fn set_slot(&self, slot: u32, gpa: u64, size: u64, hva: u64) -> Result<(), kvm_ioctls::Error>;
 }
 
-/// The runs of pieces that are not mapped, merged: each becomes one range on the MMIO bus.
-pub fn trap_runs(layout: &BarLayout) -> Vec<(u64, u64)> {
-    let mut run: Option<(u64, u64)> = None;
-    let mut runs = Vec::new();
-    for piece in &layout.pieces {
-        let trapped = !matches!(piece.kind, PieceKind::Mapped { .. });
-        match (trapped, run) {
-            (true, Some((s, l))) => run = Some((s, l + piece.size)),
-            (true, None) => run = Some((piece.offset, piece.size)),
-            (false, Some(r)) => {
-                runs.push(r);
-                run = None;
-            }
-            (false, None) => {}
-        }
-    }
-    runs.extend(run);
-    runs
-}
-
-impl BarPlan {
-    fn set_slot(
-        vm: &VmFd,
-        p: &MappedPiece,
-        gpa: u64,
-        size: u64,
-    ) -> std::result::Result<(), kvm_ioctls::Error> {
+impl SlotSetter for VmFd {
+    fn set_slot(&self, slot: u32, gpa: u64, size: u64, hva: u64) -> Result<(), kvm_ioctls::Error> {
         let desc = kvm_userspace_memory_region {
-            slot: p.slot,
+            slot,
             flags: 0,
             guest_phys_addr: gpa,
             memory_size: size,
-            userspace_addr: p.host.addr(),
+            userspace_addr: hva,
         };
-        // SAFETY: the host mapping lives in `p` until the plan is dropped, and every slot is
-        // deleted (size 0) before that (`uninstall`).
-        unsafe { vm.set_user_memory_region(desc) }
+        // SAFETY: `hva` is a host mapping of `size` bytes owned by a BarPlan's `mapped`, which
+        // outlives the slot: `Slots::remove` deletes it (size 0) before the plan drops, and a
+        // builder thread holds its own reference to the mappings while it creates slots.
+        unsafe { self.set_user_memory_region(desc) }
+    }
+}
+
+/// Where a BAR's slots should be and where they are. Creating a KVM slot costs time linear in
+/// its size on x86 (Debian's kernel zeroes 2 bytes of write-tracking state per 4 KiB page:
+/// 48 MiB for a 96 GiB BAR), so a builder thread creates them while the guest goes on, the
+/// whole BAR answering through its trap meanwhile. Whoever moves or removes the BAR takes the
+/// same lock, so a builder never installs at an address the BAR has left.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SlotCtl {
+    /// The BAR's guest address while it should have slots.
+    wanted: Option<u64>,
+    /// Where its slots are now.
+    present: Option<u64>,
+}
+
+/// The slots of one BAR: their shared state and their pieces (offset, size, slot, hva).
+#[derive(Clone)]
+pub struct Slots {
+    ctl: Arc<Mutex<SlotCtl>>,
+    pieces: Vec<(u64, u64, u32, u64)>,
+    /// Keeps the host mappings alive as long as anyone can still create a slot over them.
+    _mappings: Arc<Vec<MappedPiece>>,
+}
+
+impl Slots {
+    pub fn new(mapped: Arc<Vec<MappedPiece>>) -> Self {
+        Slots {
+            ctl: Arc::default(),
+            pieces: mapped
+                .iter()
+                .map(|p| (p.offset, p.size, p.slot, p.host.addr()))
+                .collect(),
+            _mappings: mapped,
+        }
     }
 
-    /// Installs the BAR at `base`; on failure, whatever was installed is removed again.
-    pub fn install(&mut self, vm: &VmFd, bus: &Bus, base: u64) -> Result<(), String> {
-        self.uninstall(vm, bus);
-        // Recorded first, so that `uninstall` undoes a partial install.
+    #[cfg(test)]
+    fn state(&self) -> SlotCtl {
+        *self.ctl.lock()
+    }
+
+    /// Marks `at` as where the slots belong (the caller then runs `build`, on any thread).
+    fn want(&self, at: u64) {
+        self.ctl.lock().wanted = Some(at);
+    }
+
+    /// Creates the slots at `at` if the BAR still wants them there and they are not there
+    /// yet; on a failure, the ones created are deleted again (the BAR keeps answering through
+    /// its trap). Ok(true) when it created them.
+    pub fn build(&self, kvm: &dyn SlotSetter, at: u64) -> Result<bool, String> {
+        let mut ctl = self.ctl.lock();
+        if ctl.wanted != Some(at) || ctl.present.is_some() {
+            return Ok(false);
+        }
+        for (i, &(offset, size, slot, hva)) in self.pieces.iter().enumerate() {
+            let gpa = at + offset;
+            if let Err(e) = kvm.set_slot(slot, gpa, size, hva) {
+                for &(offset, _, slot, hva) in &self.pieces[..i] {
+                    let _ = kvm.set_slot(slot, at + offset, 0, hva);
+                }
+                return Err(format!("slot {slot} at {gpa:#x}: {e}"));
+            }
+        }
+        ctl.present = Some(at);
+        Ok(true)
+    }
+
+    /// Deletes the slots (waiting for a builder that is creating them) and wants none.
+    fn remove(&self, kvm: &dyn SlotSetter, bar: usize) {
+        let mut ctl = self.ctl.lock();
+        ctl.wanted = None;
+        if let Some(at) = ctl.present.take() {
+            for &(offset, _, slot, hva) in &self.pieces {
+                if let Err(e) = kvm.set_slot(slot, at + offset, 0, hva) {
+                    log::error!("BAR {bar}: removing slot {slot}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// One BAR's pieces, installable at any guest address: one trap over the whole BAR on the
+/// MMIO bus, and KVM slots over the mapped pieces (an access a slot covers never exits, so the
+/// trap answers the rest, and the mapped pieces too while their slots are being built).
+pub struct BarPlan {
+    pub index: usize,
+    pub space: BarSpace,
+    pub mapped: Arc<Vec<MappedPiece>>,
+    pub trap: Arc<Mutex<BarTrap>>,
+    pub installed: Option<u64>,
+    /// The trap's counters, read without its lock.
+    pub counters: Arc<BarCounters>,
+    /// Made at the first install, once every mapped piece is known.
+    slots: Option<Slots>,
+}
+
+impl BarPlan {
+    pub fn new(
+        index: usize,
+        space: BarSpace,
+        trap: Arc<Mutex<BarTrap>>,
+        counters: Arc<BarCounters>,
+    ) -> Self {
+        BarPlan {
+            index,
+            space,
+            mapped: Arc::default(),
+            trap,
+            installed: None,
+            counters,
+            slots: None,
+        }
+    }
+
+    /// Adds a mapped piece; refused (given back) once the plan has been installed.
+    pub fn add_mapped(&mut self, piece: MappedPiece) -> Result<(), MappedPiece> {
+        match (&self.slots, Arc::get_mut(&mut self.mapped)) {
+            (None, Some(v)) => {
+                v.push(piece);
+                Ok(())
+            }
+            _ => Err(piece),
+        }
+    }
+
+    /// Installs the BAR at `base`: the trap at once, the slots by a builder thread (on this
+    /// thread if none can be started). On failure, whatever was installed is removed again.
+    pub fn install(
+        &mut self,
+        kvm: &Arc<dyn SlotSetter>,
+        bus: &Bus,
+        base: u64,
+    ) -> Result<(), String> {
+        self.uninstall(kvm.as_ref(), bus);
         self.installed = Some(base);
-        let result = self.install_pieces(vm, bus, base);
-        if result.is_err() {
-            self.uninstall(vm, bus);
-        }
-        result
-    }
-
-    fn install_pieces(&mut self, vm: &VmFd, bus: &Bus, base: u64) -> Result<(), String> {
-        for p in &self.mapped {
-            Self::set_slot(vm, p, base + p.offset, p.size)
-                .map_err(|e| format!("slot {} at {:#x}: {e}", p.slot, base + p.offset))?;
-        }
         self.trap.lock().bar_base = base;
-        for &(off, len) in &self.trap_runs {
-            bus.insert(self.trap.clone(), base + off, len)
-                .map_err(|e| format!("trap at {:#x}: {e}", base + off))?;
+        if let Err(e) = bus.insert(self.trap.clone(), base, self.space.size) {
+            self.uninstall(kvm.as_ref(), bus);
+            return Err(format!("trap at {base:#x}: {e}"));
+        }
+        if self.mapped.is_empty() {
+            return Ok(());
+        }
+        let mapped = self.mapped.clone();
+        let slots = self.slots.get_or_insert_with(|| Slots::new(mapped)).clone();
+        slots.want(base);
+        let (k, index) = (kvm.clone(), self.index);
+        let build = move || {
+            let started = std::time::Instant::now();
+            match slots.build(k.as_ref(), base) {
+                Ok(true) => log::info!(
+                    "BAR {index}: slots at {base:#x} built in {} us",
+                    started.elapsed().as_micros()
+                ),
+                Ok(false) => {}
+                Err(e) => log::error!("BAR {index}: {e}; the BAR is answered by its trap"),
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("bar{}-slots", self.index))
+            .spawn(build.clone());
+        if spawned.is_err() {
+            build();
         }
         Ok(())
     }
 
-    /// Removes the BAR's slots and trap ranges (deleting a slot that was never set is a
-    /// harmless no-op for KVM; removing a bus range that is not ours is refused by address).
-    pub fn uninstall(&mut self, vm: &VmFd, bus: &Bus) {
+    /// Removes the BAR's slots and its trap (removing a bus range that is not ours is refused
+    /// by address).
+    pub fn uninstall(&mut self, kvm: &dyn SlotSetter, bus: &Bus) {
         let Some(base) = self.installed.take() else {
             return;
         };
-        for p in &self.mapped {
-            if let Err(e) = Self::set_slot(vm, p, base + p.offset, 0) {
-                log::error!("BAR {}: removing slot {}: {e}", self.index, p.slot);
+        if let Some(slots) = &self.slots {
+            slots.remove(kvm, self.index);
+        }
+        if let Some((range, dev)) = bus.resolve(base) {
+            // Only our own trap: a partial install may have failed on someone else's.
+            if range.base == base && std::ptr::addr_eq(Arc::as_ptr(&dev), Arc::as_ptr(&self.trap)) {
+                let _ = bus.remove(base);
             }
         }
-        for &(off, _) in &self.trap_runs {
-            if let Some((range, dev)) = bus.resolve(base + off) {
-                // Only our own trap: a partial install may have failed on someone else's.
-                if range.base == base + off
-                    && std::ptr::addr_eq(Arc::as_ptr(&dev), Arc::as_ptr(&self.trap))
-                {
-                    let _ = bus.remove(base + off);
-                }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records slot calls; refuses slot numbers in `refuse`.
+    #[derive(Default)]
+    struct FakeKvm {
+        calls: Mutex<Vec<(u32, u64, u64)>>,
+        refuse: Vec<u32>,
+    }
+
+    impl SlotSetter for FakeKvm {
+        fn set_slot(
+            &self,
+            slot: u32,
+            gpa: u64,
+            size: u64,
+            _hva: u64,
+        ) -> Result<(), kvm_ioctls::Error> {
+            if size > 0 && self.refuse.contains(&slot) {
+                return Err(kvm_ioctls::Error::new(libc::EEXIST));
             }
+            self.calls.lock().push((slot, gpa, size));
+            Ok(())
         }
+    }
+
+    fn slots(pieces: &[(u64, u64, u32)]) -> Slots {
+        Slots {
+            ctl: Arc::default(),
+            pieces: pieces
+                .iter()
+                .map(|&(o, s, n)| (o, s, n, 0x7f00_0000_0000 + o))
+                .collect(),
+            _mappings: Arc::new(Vec::new()),
+        }
+    }
+
+    const AT: u64 = 0x80_0000_0000;
+
+    #[test]
+    fn a_builder_creates_the_slots_where_the_bar_is_wanted() {
+        let k = FakeKvm::default();
+        let s = slots(&[(0, 0x1000, 5), (0x2000, 0x1000, 6)]);
+        s.want(AT);
+        assert_eq!(s.build(&k, AT), Ok(true));
+        assert_eq!(
+            k.calls.lock().as_slice(),
+            &[(5, AT, 0x1000), (6, AT + 0x2000, 0x1000)]
+        );
+        assert_eq!(s.build(&k, AT), Ok(false), "built once");
+        assert_eq!(s.state().present, Some(AT));
+    }
+
+    #[test]
+    fn a_builder_late_for_a_moved_or_removed_bar_does_nothing() {
+        let k = FakeKvm::default();
+        let s = slots(&[(0, 0x1000, 5)]);
+        s.want(AT);
+        s.remove(&k, 2);
+        assert_eq!(s.build(&k, AT), Ok(false));
+        s.want(AT * 2);
+        assert_eq!(s.build(&k, AT), Ok(false), "wanted elsewhere now");
+        assert!(k.calls.lock().is_empty());
+    }
+
+    #[test]
+    fn remove_deletes_what_was_built() {
+        let k = FakeKvm::default();
+        let s = slots(&[(0, 0x1000, 5)]);
+        s.want(AT);
+        s.build(&k, AT).unwrap();
+        s.remove(&k, 2);
+        assert_eq!(k.calls.lock().last(), Some(&(5, AT, 0)));
+        assert_eq!(s.state(), SlotCtl::default());
+    }
+
+    #[test]
+    fn a_refused_slot_undoes_the_others() {
+        let k = FakeKvm {
+            refuse: vec![6],
+            ..FakeKvm::default()
+        };
+        let s = slots(&[(0, 0x1000, 5), (0x2000, 0x1000, 6)]);
+        s.want(AT);
+        assert!(s.build(&k, AT).unwrap_err().contains("slot 6"));
+        assert_eq!(k.calls.lock().as_slice(), &[(5, AT, 0x1000), (5, AT, 0)]);
+        assert_eq!(s.state().present, None);
     }
 }

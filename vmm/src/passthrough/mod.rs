@@ -29,8 +29,8 @@ use parking_lot::Mutex;
 use devices::Bus;
 use kvm_ioctls::VmFd;
 use pci::vfio::{
-    probe_bars, BarCounters, FunctionInfo, InterruptCaps, Interrupts, Limits, PassthroughConfig,
-    PieceKind, ProbeError, RegionInfo, RegionIo, SharedInterrupts,
+    placement, probe_bars, BarCounters, FunctionInfo, InterruptCaps, Interrupts, Limits,
+    PassthroughConfig, PieceKind, Placement, ProbeError, RegionInfo, RegionIo, SharedInterrupts,
 };
 use pci::PciDevice;
 use vfio::{Containers, DeviceIrqs, HostMapping, OnRequest, RequestWatcher, WatchError};
@@ -123,6 +123,11 @@ pub struct PassthroughVm {
 }
 
 impl PassthroughVm {
+    /// The VM as BAR plans set their KVM slots.
+    fn kvm_slots(&self) -> Arc<dyn bar::SlotSetter> {
+        self.vm.clone()
+    }
+
     /// KVM memory slots in use, RAM included.
     pub fn memory_slots_in_use(&self) -> u32 {
         self.slots.lock().in_use()
@@ -165,38 +170,41 @@ impl PassthroughDevice {
         out
     }
 
-    /// Makes the installed slots and traps match what the guest's registers say: BARs whose
-    /// decoding is off are removed, moved BARs are reinstalled at their new address.
+    /// Makes the installed slots and traps follow the guest's registers
+    /// (`pci::vfio::placement`): a BAR whose decoding is off stays parked where it is until
+    /// the guest moves it, so the toggles of a Linux probe never re-create a slot.
     fn reconcile(&mut self) {
         let Some(live) = &mut self.live else {
             return;
         };
-        let wanted = live.config.decoding_bars();
+        let states = live.config.bar_states();
         for plan in &mut live.bars {
-            let want = wanted
-                .iter()
-                .find(|(i, _, _)| *i == plan.index)
-                .map(|(_, _, a)| *a);
-            if plan.installed == want {
+            let Some((_, _, state)) = states.iter().find(|(i, _, _)| *i == plan.index) else {
                 continue;
-            }
-            plan.uninstall(&self.vm.vm, &self.vm.mmio_bus);
-            if let Some(base) = want {
-                if let Err(e) = plan.install(&self.vm.vm, &self.vm.mmio_bus, base) {
-                    // An address the guest chose that collides with something else: the BAR
-                    // stays unmapped (reads all-ones), as a real device would not respond.
-                    log::error!(
-                        "{}: BAR {} at {base:#x}: {e}",
-                        self.path.display(),
-                        plan.index
-                    );
+            };
+            let started = std::time::Instant::now();
+            match placement(plan.installed, *state) {
+                Placement::Keep => continue,
+                Placement::Remove => plan.uninstall(self.vm.vm.as_ref(), &self.vm.mmio_bus),
+                Placement::Install(base) => {
+                    if let Err(e) = plan.install(&self.vm.kvm_slots(), &self.vm.mmio_bus, base) {
+                        // An address the guest chose that collides with something else: the
+                        // BAR stays unmapped (reads all-ones), as a real device would not
+                        // respond.
+                        log::error!(
+                            "{}: BAR {} at {base:#x}: {e}",
+                            self.path.display(),
+                            plan.index
+                        );
+                    }
                 }
             }
             log::info!(
-                "{}: BAR {} now at {:?}",
+                "{}: BAR {} now at {:?} ({} us)",
                 self.path.display(),
                 plan.index,
-                plan.installed
+                plan.installed,
+                started.elapsed().as_micros()
             );
         }
     }
@@ -270,9 +278,9 @@ fn close(vm: &PassthroughVm, device: Host) {
 /// mappings are unmapped as the plans drop (after their KVM slots are gone).
 fn release_bars(vm: &PassthroughVm, bars: Vec<BarPlan>) {
     for mut plan in bars {
-        plan.uninstall(&vm.vm, &vm.mmio_bus);
+        plan.uninstall(vm.vm.as_ref(), &vm.mmio_bus);
         let mut s = vm.slots.lock();
-        for p in &plan.mapped {
+        for p in plan.mapped.iter() {
             s.release(p.slot);
         }
         drop(s);
@@ -433,20 +441,13 @@ fn build_bars(
                 .map(|_| interrupts.clone()),
             counters.clone(),
         )));
-        built.plans.push(BarPlan {
-            index: this,
-            space: BarSpace {
-                segment: segment.id,
-                window,
-                base,
-                size: layout.bar_size,
-            },
-            mapped: Vec::new(),
-            trap,
-            trap_runs: bar::trap_runs(layout),
-            installed: None,
-            counters,
-        });
+        let space = BarSpace {
+            segment: segment.id,
+            window,
+            base,
+            size: layout.bar_size,
+        };
+        built.plans.push(BarPlan::new(this, space, trap, counters));
         let Some(plan) = built.plans.last_mut() else {
             continue;
         };
@@ -488,15 +489,23 @@ fn build_bars(
                             bar: this,
                             error,
                         })?;
-                plan.mapped.push(MappedPiece {
+                let piece = MappedPiece {
                     offset: piece.offset,
                     size: piece.size,
                     host,
                     slot,
-                });
+                };
+                if let Err(piece) = plan.add_mapped(piece) {
+                    // Not installed yet, so never: but the slot number must not leak.
+                    ctx.slots.lock().release(piece.slot);
+                    return Err(VfioSetupError::Config(format!(
+                        "{}: BAR {this}: plan sealed before its pieces were added",
+                        path.display()
+                    )));
+                }
             }
         }
-        plan.install(&ctx.vm, &ctx.mmio_bus, base)
+        plan.install(&ctx.kvm_slots(), &ctx.mmio_bus, base)
             .map_err(|e| VfioSetupError::Config(format!("{}: BAR {this}: {e}", path.display())))?;
         log::info!(
             "{}: BAR {this}: region {:#x} bytes -> {:#x}-byte BAR at {base:#x}: {:?}",
