@@ -16,7 +16,7 @@ pub mod msix;
 pub mod probe;
 
 pub use config::{DeviceConfig, PassthroughConfig};
-pub use counters::{AccessKind, BarCounters};
+pub use counters::{AccessKind, BarCounters, ConfigCounter};
 pub use dispatch::{split_access, AccessPart, RegionIo};
 pub use interrupts::{
     InterruptCaps, Interrupts, IrqKind, IrqSink, IrqUpdate, MsiMessage, SharedInterrupts,

@@ -29,8 +29,8 @@ use parking_lot::Mutex;
 use devices::Bus;
 use kvm_ioctls::VmFd;
 use pci::vfio::{
-    probe_bars, BarCounters, FunctionInfo, InterruptCaps, Interrupts, Limits, PassthroughConfig,
-    PieceKind, ProbeError, RegionInfo, RegionIo, SharedInterrupts,
+    probe_bars, BarCounters, ConfigCounter, FunctionInfo, InterruptCaps, Interrupts, Limits,
+    PassthroughConfig, PieceKind, ProbeError, RegionInfo, RegionIo, SharedInterrupts,
 };
 use pci::PciDevice;
 use vfio::{Containers, DeviceIrqs, HostMapping, OnRequest, RequestWatcher, WatchError};
@@ -136,6 +136,8 @@ struct AssignedResources {
     request: Option<RequestWatcher>,
     config: PassthroughConfig,
     bars: Vec<BarPlan>,
+    /// The guest's config-space register accesses (`config` in `counters`).
+    config_accesses: ConfigCounter,
     interrupts: SharedInterrupts,
     device: Host,
 }
@@ -153,14 +155,15 @@ impl PassthroughDevice {
         &self.path
     }
 
-    /// Every trapped access this device served, per BAR and kind (`barN.padding`, ...);
-    /// nothing once unplugged.
+    /// Every trapped access this device served, per BAR and kind (`barN.padding`, ...), and
+    /// its config-space register accesses (`config`); nothing once unplugged.
     pub fn counters(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
         if let Some(live) = &self.live {
             for plan in &live.bars {
                 plan.counters.report(plan.index, &mut out);
             }
+            live.config_accesses.report(&mut out);
         }
         out
     }
@@ -242,6 +245,7 @@ impl PassthroughDevice {
             request,
             config,
             bars,
+            config_accesses: _,
             interrupts,
             device,
         } = live;
@@ -293,7 +297,10 @@ fn release_bars(vm: &PassthroughVm, bars: Vec<BarPlan>) {
 impl PciDevice for PassthroughDevice {
     fn read_config_register(&mut self, reg_idx: usize) -> u32 {
         match &mut self.live {
-            Some(live) => live.config.read_config_register(reg_idx),
+            Some(live) => {
+                live.config_accesses.count();
+                live.config.read_config_register(reg_idx)
+            }
             None => 0xffff_ffff,
         }
     }
@@ -301,6 +308,7 @@ impl PciDevice for PassthroughDevice {
     fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
         // Moves are applied here: this device owns its slots.
         if let Some(live) = &mut self.live {
+            live.config_accesses.count();
             live.config.write_config_register(reg_idx, offset, data);
         }
         self.reconcile();
@@ -361,6 +369,7 @@ pub fn assign(
                 request: None,
                 config,
                 bars: built.plans,
+                config_accesses: ConfigCounter::default(),
                 interrupts,
                 device,
             }),
