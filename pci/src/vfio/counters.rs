@@ -1,5 +1,6 @@
-//! Counts of the BAR accesses a process serves: every guest access that traps into ghvmm, and
-//! every region access a vfio-user server answers. They are what proves that a copy into a
+//! Counts of the accesses a process serves: every guest BAR access that traps into ghvmm and
+//! every guest config-space register access it answers, and every region access a vfio-user
+//! server answers. They are what proves that a copy into a
 //! mapped BAR reaches neither process (it moves no counter) while one padding read moves one
 //! counter by exactly one. Atomics, so that counting takes no lock on the access path.
 
@@ -69,6 +70,30 @@ impl BarCounters {
     }
 }
 
+/// The key of `ConfigCounter` in a report.
+pub const CONFIG_KEY: &str = "config";
+
+/// A function's config-space register accesses, reads and writes alike. One per function,
+/// not per BAR: a config access belongs to no BAR. A guest that only copies into a mapped
+/// BAR makes none, so it belongs in the "nothing moved" proof as much as the BARs' counters.
+#[derive(Debug, Default)]
+pub struct ConfigCounter(AtomicU64);
+
+impl ConfigCounter {
+    pub fn count(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Adds `config` to `out`, zero included.
+    pub fn report(&self, out: &mut BTreeMap<String, u64>) {
+        out.insert(CONFIG_KEY.to_string(), self.get());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +147,37 @@ mod tests {
         assert_eq!(out["bar2.forwarded"], 0);
         assert_eq!(out["bar2.msix"], 1);
         assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn config_accesses_are_one_counter_beside_the_bars() {
+        let c = ConfigCounter::default();
+        let mut out = BTreeMap::new();
+        c.report(&mut out);
+        assert_eq!(out[CONFIG_KEY], 0, "reported before any access");
+        c.count();
+        c.count();
+        let bar = BarCounters::default();
+        bar.count(AccessKind::Forwarded);
+        bar.report(0, &mut out);
+        c.report(&mut out);
+        assert_eq!(out["config"], 2);
+        assert_eq!(out["bar0.forwarded"], 1);
+        assert_eq!(out.len(), 4);
+    }
+
+    #[test]
+    fn counting_from_many_threads_loses_nothing() {
+        let c = std::sync::Arc::new(ConfigCounter::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| c.count()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(c.get(), 4000);
     }
 }

@@ -17,7 +17,7 @@ pub mod placement;
 pub mod probe;
 
 pub use config::{DeviceConfig, PassthroughConfig};
-pub use counters::{AccessKind, BarCounters};
+pub use counters::{AccessKind, BarCounters, ConfigCounter};
 pub use dispatch::{split_access, AccessPart, RegionIo};
 pub use interrupts::{
     InterruptCaps, Interrupts, IrqKind, IrqSink, IrqUpdate, MsiMessage, SharedInterrupts,

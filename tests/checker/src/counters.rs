@@ -6,7 +6,13 @@
 //!   PREFIX in the JSON object in FILE (ghvmm's `vm.counters`, keyed by device ID, or the
 //!   server's flat `counters {...}` object when no ID is given). Prints the sum; exit 1 when
 //!   the file holds no such object.
+//! - `checker counters-delta BEFORE AFTER [ID]`: every counter (of device ID, or of the flat
+//!   object) that differs between the two files, as `key +N` (or `key -N`) joined by `, `
+//!   in key order, or `none`: what moved between two gates, every kind and BAR at once, so
+//!   that a check can want exactly `none` or exactly one `barN.padding +1`. A counter in only
+//!   one file counts as 0 in the other. Exit 1 when a file holds no such object.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 
 /// Guest RAM below this address is at the same offset in the memfd (vmm/src/memory).
@@ -87,6 +93,57 @@ pub fn counters_sum(args: &[String]) -> i32 {
     }
 }
 
+pub fn counters_delta(args: &[String]) -> i32 {
+    let (before, after, id) = match args {
+        [b, a] => (b, a, None),
+        [b, a, id] => (b, a, Some(id.as_str())),
+        _ => {
+            eprintln!("usage: checker counters-delta BEFORE AFTER [ID]");
+            return 2;
+        }
+    };
+    let read = |file: &String| {
+        std::fs::read_to_string(file)
+            .map_err(|e| e.to_string())
+            .and_then(|t| counters(&t, id))
+            .map_err(|e| format!("checker counters-delta: {file}: {e}"))
+    };
+    match read(before).and_then(|b| Ok((b, read(after)?))) {
+        Ok((b, a)) => {
+            println!("{}", delta(&b, &a));
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+/// The counters that differ from `before` to `after` (`key +N`, `key -N`), or `none`.
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> String {
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let moved: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| {
+            let (b, a) = (
+                before.get(k).copied().unwrap_or(0),
+                after.get(k).copied().unwrap_or(0),
+            );
+            match a.cmp(&b) {
+                std::cmp::Ordering::Equal => None,
+                std::cmp::Ordering::Greater => Some(format!("{k} +{}", a - b)),
+                std::cmp::Ordering::Less => Some(format!("{k} -{}", b - a)),
+            }
+        })
+        .collect();
+    if moved.is_empty() {
+        "none".into()
+    } else {
+        moved.join(", ")
+    }
+}
+
 /// A JSON value as far as counters go: unsigned numbers, objects, and strings, booleans or
 /// null (kept as `Other`, so that a field beside the counters does not break the sum).
 /// Arrays and escapes are refused.
@@ -99,15 +156,40 @@ enum Value {
 
 /// The sum of the counters under `prefix` in the top-level object (or in its member `id`).
 fn sum(text: &str, prefix: &str, id: Option<&str>) -> Result<u64, String> {
+    let mut n = 0u64;
+    for (key, v) in members(text, id)?
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+    {
+        n += v.ok_or_else(|| format!("{key} is not a number"))?;
+    }
+    Ok(n)
+}
+
+/// Every member of the object as a counter; one that is not a number (a corrupt counter, or
+/// an unknown field) is an error rather than a silent 0.
+fn counters(text: &str, id: Option<&str>) -> Result<BTreeMap<String, u64>, String> {
+    members(text, id)?
+        .into_iter()
+        .map(|(k, v)| match v {
+            Some(n) => Ok((k, n)),
+            None => Err(format!("{k} is not a number")),
+        })
+        .collect()
+}
+
+/// The members of the top-level object (or of its member `id`), each with its value when it
+/// is a number.
+fn members(text: &str, id: Option<&str>) -> Result<Vec<(String, Option<u64>)>, String> {
     let start = text.find('{').ok_or("no JSON object")?;
     let mut p = Parser {
         s: &text.as_bytes()[start..],
         at: 0,
     };
     let top = p.value()?;
-    let object = match (&top, id) {
+    let object = match (top, id) {
         (Value::Object(members), Some(id)) => members
-            .iter()
+            .into_iter()
             .find(|(k, _)| k == id)
             .map(|(_, v)| v)
             .ok_or_else(|| format!("no member {id:?}"))?,
@@ -116,14 +198,13 @@ fn sum(text: &str, prefix: &str, id: Option<&str>) -> Result<u64, String> {
     let Value::Object(members) = object else {
         return Err("not an object".into());
     };
-    let mut n = 0u64;
-    for (key, v) in members.iter().filter(|(k, _)| k.starts_with(prefix)) {
-        match v {
-            Value::Number(x) => n += x,
-            _ => return Err(format!("{key} is not a number")),
-        }
-    }
-    Ok(n)
+    Ok(members
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::Number(n) => (k, Some(n)),
+            _ => (k, None),
+        })
+        .collect())
 }
 
 struct Parser<'a> {
@@ -254,6 +335,41 @@ mod tests {
             Ok(2)
         );
         assert!(sum(r#"{"bar2.x":[1]}"#, "bar2.", None).is_err());
+    }
+
+    #[test]
+    fn deltas_name_every_counter_that_moved() {
+        let at = |text: &str| counters(text, Some("gpu0")).unwrap();
+        let g1 = at(r#"{"gpu0": {"bar2.padding": 3, "bar0.forwarded": 4, "config": 9}}"#);
+        assert_eq!(delta(&g1, &g1), "none");
+        let g2 = at(r#"{"gpu0": {"bar2.padding": 4, "bar0.forwarded": 4, "config": 9}}"#);
+        assert_eq!(delta(&g1, &g2), "bar2.padding +1");
+        let g3 = at(
+            r#"{"gpu0": {"bar2.padding": 4, "bar0.forwarded": 2, "config": 12, "bar4.msix": 1}}"#,
+        );
+        assert_eq!(
+            delta(&g2, &g3),
+            "bar0.forwarded -2, bar4.msix +1, config +3"
+        );
+        // A counter that vanished went down to 0.
+        let g4 = at(r#"{"gpu0": {"bar2.padding": 4, "bar0.forwarded": 4}}"#);
+        assert_eq!(delta(&g2, &g4), "config -9");
+        let server = |t: &str| counters(t, None).unwrap();
+        assert_eq!(
+            delta(
+                &server(r#"counters {"bar2.padding":0,"bar2.forwarded":7}"#),
+                &server(r#"counters {"bar2.padding":1,"bar2.forwarded":7}"#)
+            ),
+            "bar2.padding +1"
+        );
+    }
+
+    #[test]
+    fn a_delta_refuses_what_is_not_a_counter() {
+        assert!(counters(r#"{"gpu0": {"bar2.padding": "3"}}"#, Some("gpu0")).is_err());
+        assert!(counters(r#"{"gpu0": {"bar2.padding": 3}}"#, Some("gpu1")).is_err());
+        assert!(counters("error: connection refused", None).is_err());
+        assert!(counters(r#"{"gpu0": {"x": {"y": 1}}}"#, Some("gpu0")).is_err());
     }
 
     #[test]

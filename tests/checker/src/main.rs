@@ -4,7 +4,7 @@
 //! bench (`checker time-to-marker ...`), names kernel addresses (`checker resolve ...`),
 //! sends raw API requests (`checker http ...`), floods the API socket (`checker flood ...`),
 //! opens the guest's gates by writing its RAM (`checker poke-ram ...`) and adds up access
-//! counters (`checker counters-sum ...`).
+//! counters (`checker counters-sum ...`) or lists what moved (`checker counters-delta ...`).
 //!
 //! Output protocol (one line each, parsed by tests/rig):
 //!   `@@INIT`                               first thing after start
@@ -50,6 +50,7 @@ fn main() {
         Some("flood") => std::process::exit(flood::main(&args[2..])),
         Some("poke-ram") => std::process::exit(counters::poke_ram(&args[2..])),
         Some("counters-sum") => std::process::exit(counters::counters_sum(&args[2..])),
+        Some("counters-delta") => std::process::exit(counters::counters_delta(&args[2..])),
         _ => {}
     }
     if std::process::id() != 1 {

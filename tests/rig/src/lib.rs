@@ -14,6 +14,7 @@ pub mod cpio;
 mod demo;
 mod e2e;
 pub mod fault_scenarios;
+pub mod gates;
 pub mod gh_scenarios;
 pub mod hotplug_scenarios;
 pub mod iasl;

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::gates::{gate_counter_checks_call, gated, gated_boot, padding_read, GATE_HELPERS};
 use crate::l3::L3;
 use crate::protocol::Outcome;
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
@@ -98,7 +99,22 @@ fn short_len(len: u64) -> String {
     }
 }
 
-/// The GPU-like device scenarios for `modes` x `lengths`.
+/// What L2 and the gated guest report in a `vfio-gh-*` scenario besides `GH_DEVICE_CHECKS`
+/// (`counted_gh_scenario`).
+pub const GH_GATE_CHECKS: &[&str] = &[
+    "counter-gates",
+    "gh-copy",
+    "gh-gate",
+    "copy-no-access",
+    "padding-read-counted",
+];
+
+/// The GPU-like device's BAR (ivshmem's BAR2).
+const GH_BAR: usize = 2;
+
+/// The GPU-like device scenarios for `modes` x `lengths`. A length with padding (below its
+/// power of two) gets the counted gates (`counted_gh_scenario`); a power-of-two length has no
+/// padding read to count, and keeps the plain boot.
 pub fn gh_device_scenarios(modes: &[&'static str], lengths: &[u64]) -> Vec<Scenario> {
     let mut v = Vec::new();
     for &mode in modes {
@@ -121,15 +137,48 @@ pub fn gh_device_scenarios(modes: &[&'static str], lengths: &[u64]) -> Vec<Scena
                     "ghvmm.vfio=gh ghvmm.gh_mode={mode} ghvmm.gh_len={len}"
                 ))
                 .vmm_args("--device path=$IVSHMEM,id=gpu0");
-            v.push(Scenario {
+            let plain = Scenario {
                 setup: bind_variant(mode, len, ""),
                 expect: [L3_CHECKS, GH_DEVICE_CHECKS].concat(),
                 host_checks: Some(Box::new(|s, d, _| gh_file_checks(s, d))),
                 ..Scenario::boot(name, about, l3)
+            };
+            v.push(if len < len.max(4096).next_power_of_two() {
+                counted_gh_scenario(plain, mode, len)
+            } else {
+                plain
             });
         }
     }
     v
+}
+
+/// `plain` with the counted gates (crate::gates): ghvmm runs with shared memory and its API,
+/// the guest stops before and after its copy into the mapped range and after one padding
+/// read, and L2 checks that the copy moved no counter of the device (`copy-no-access`) and
+/// the padding read exactly one, by one (`padding-read-counted`: ghvmm's padding under VMM
+/// pads, its forwarded count under kernel pads, where the kernel answers).
+fn counted_gh_scenario(plain: Scenario, mode: &str, len: u64) -> Scenario {
+    let Some(l3) = plain.l3.clone() else {
+        return plain;
+    };
+    let l3 = gated(l3);
+    let script = format!(
+        "{GATE_HELPERS}{setup}{boot}{checks}",
+        setup = plain.setup,
+        boot = gated_boot(&l3, "counter-gates"),
+        checks = gate_counter_checks_call("", "gpu0", &padding_read(GH_BAR, mode == "vmm_pads")),
+    );
+    let expect = [plain.expect.as_slice(), GH_GATE_CHECKS].concat();
+    Scenario {
+        setup: script,
+        // The boot is in `setup`: the length for the host-file check comes from here.
+        l3: None,
+        expect,
+        host_checks: Some(Box::new(move |_, d, _| gh_file_checks_for(d, len))),
+        timeout: std::time::Duration::from_secs(300),
+        ..plain
+    }
 }
 
 /// The host file holds the guest's patterns, and nothing the guest wrote into the padding;
@@ -333,6 +382,58 @@ mod tests {
         assert!(v[3].script().contains("mode=kernel_pads length=41955328"));
         assert!(v[3].script().contains("--device path=$IVSHMEM,id=gpu0"));
         assert_eq!(gh_patterns(48 << 20)[2].0, (48 << 20) - 16);
+    }
+
+    #[test]
+    fn gh_scenarios_with_padding_are_gated_and_count() {
+        for s in gh_device_scenarios(&GH_MODES, &GH_LENGTHS) {
+            let sh = s.script();
+            assert!(s.l3.is_none(), "{}: the boot is in the script", s.name);
+            assert_eq!(sh.matches("/bin/ghvmm --kernel").count(), 1, "{}", s.name);
+            assert!(sh.contains(",shared=on "), "{}", s.name);
+            assert!(sh.contains("ghvmm.gate=1"), "{}", s.name);
+            assert!(
+                sh.contains("--api-socket path=/tmp/api.sock --device path=$IVSHMEM,id=gpu0"),
+                "{}",
+                s.name
+            );
+            let want = if s.name.starts_with("vfio-gh-vmm") {
+                "bar2.padding +1"
+            } else {
+                "bar2.forwarded +1"
+            };
+            assert!(
+                sh.ends_with(&format!(
+                    "gate_counter_checks \"\" ghvmm /tmp/gc \"gpu0\" \"{want}\"\n"
+                )),
+                "{}",
+                s.name
+            );
+            let body = sh
+                .strip_prefix(GATE_HELPERS)
+                .expect("the helpers come first");
+            let mut reported: Vec<String> = crate::gates::counter_checks("").into();
+            for word in body.split("l2_check ").skip(1) {
+                reported.push(word.split_whitespace().next().unwrap().to_string());
+            }
+            reported.push("counter-gates".into());
+            for name in &reported {
+                assert!(s.expect.contains(&name.as_str()), "{}: {name}", s.name);
+            }
+            for c in GH_GATE_CHECKS.iter().chain(GH_DEVICE_CHECKS) {
+                assert!(s.expect.contains(c), "{}: {c}", s.name);
+            }
+            let parsed = std::process::Command::new("sh")
+                .args(["-n", "-c", &sh])
+                .output()
+                .unwrap();
+            assert!(parsed.status.success(), "{}", s.name);
+        }
+        // No padding, nothing to count: the plain boot.
+        let pow2 = gh_device_scenarios(&["vmm_pads"], &[32 << 20]).remove(0);
+        assert!(pow2.l3.is_some());
+        assert!(!pow2.script().contains("ghvmm.gate=1"));
+        assert!(!pow2.expect.contains(&"copy-no-access"));
     }
 
     #[test]

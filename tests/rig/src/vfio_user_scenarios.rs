@@ -3,8 +3,9 @@
 //! `add-user-device`), with its guest RAM in a shared memfd. The GPU-like test device gets the
 //! `vfio-gh-*` checks, and proof that a copy into its mapped range reaches neither process
 //! while one padding read reaches each exactly once: the guest stops at gates
-//! (tests/checker/src/gate.rs) where L2 reads both processes' access counters.
+//! (tests/checker/src/gate.rs) where L2 reads both processes' access counters (`gates`).
 
+use crate::gates::{gate_counter_checks_call, gated, gated_boot, padding_read, GATE_HELPERS};
 use crate::gh_scenarios::{numa_checks, NumaExpect, NUMA_CHECKS};
 use crate::hotplug_scenarios::{cycles_script, start_api_guest, CYCLES, CYCLE_CHECKS};
 use crate::l3::L3;
@@ -21,8 +22,8 @@ const NIC_SOCKET: &str = "/tmp/nic.sock";
 const VU_LEN: u64 = GH_LENGTHS[1];
 const _: () = assert!(!VU_LEN.is_multiple_of(2 << 20));
 
-/// Shell functions of every vfio-user scenario (defined at the top of its /scenario.sh,
-/// beside tests/l2/init's `start_l3`, `wait_marker`, `l2_check`...).
+/// Shell functions of every vfio-user scenario (defined at the top of its /scenario.sh after
+/// `gates::GATE_HELPERS`, beside tests/l2/init's `start_l3`, `wait_marker`, `l2_check`...).
 ///
 /// - `vu_start DEVICE SOCKET [ARGS...]`: ghvmm-vfio-user serves DEVICE (a sysfs path) on
 ///   SOCKET in the background, its stdout and stderr in `$VU_LOG`, its pid in `$vupid`;
@@ -30,12 +31,7 @@ const _: () = assert!(!VU_LEN.is_multiple_of(2 << 20));
 ///   mode 0600).
 /// - `vu_counters FILE`: sends the server SIGUSR1 and waits (10 s at most) for a new
 ///   `counters {...}` line in its log; the object goes to FILE. Fails when none came.
-/// - `vu_gate P [count]`: waits for the guest at gate P (`@@GATE P <gpa> wait`); with
-///   `count`, first puts ghvmm's `vm.counters` in /tmp/gcP.json and the server's counters in
-///   /tmp/scP.json; then opens the gate (`checker poke-ram`). Sets `$gate_err` on failure.
-/// - `vu_counter_checks ID`: from the gate files, for ghvmm (device ID's `bar2.*`) and for
-///   the server (`bar2.*`): `copy-no-access-*` (the sums at gates 1 and 2 are equal) and
-///   `padding-read-counted-*` (the sum at gate 3 is one more than at gate 2).
+///   `gate_open` calls it at a counted gate while the server runs.
 /// - `vu_resources N`: fds and maps lines of ghvmm (`$l3pid`) and of the server, in
 ///   /tmp/resN, their maps in /tmp/mapsN.{ghvmm,server}.
 /// - `vu_stop`: SIGTERM to the server; it must exit 0 and remove its socket (`vu-server-stop`);
@@ -73,31 +69,6 @@ vu_counters() {
     done
     grep 'counters {.*}' $VU_LOG | tail -n 1 | sed 's/^.*counters {/{/' > $1
 }
-vu_gate() {
-    wait_marker "@@GATE $1 0x[0-9a-f]* wait" 240 || { gate_err="the guest never reached gate $1"; return 1; }
-    vu_gpa=$(grep -o "@@GATE $1 0x[0-9a-f]* wait" /tmp/l3.out | tail -n 1 | cut -d' ' -f3)
-    if [ -n "$2" ]; then
-        $R counters > /tmp/gc$1.json 2>&1
-        vu_counters /tmp/sc$1.json
-    fi
-    /bin/checker poke-ram $l3pid $vu_gpa $1 2> /tmp/poke.err || { gate_err="gate $1 at $vu_gpa: $(cat /tmp/poke.err)"; return 1; }
-}
-vu_counter_checks() {
-    for vu_who in ghvmm server; do
-        if [ $vu_who = ghvmm ]; then vu_f=/tmp/gc; vu_id=$1; else vu_f=/tmp/sc; vu_id=; fi
-        for p in 1 2 3; do
-            l2_say "@@L2LOG $vu_who counters at gate $p: $(tr -d '\n' < $vu_f$p.json 2>/dev/null | head -c 400)"
-        done
-        vu_ok=1
-        s1=$(/bin/checker counters-sum ${vu_f}1.json bar2. $vu_id 2>&1) || vu_ok=0
-        s2=$(/bin/checker counters-sum ${vu_f}2.json bar2. $vu_id 2>&1) || vu_ok=0
-        s3=$(/bin/checker counters-sum ${vu_f}3.json bar2. $vu_id 2>&1) || vu_ok=0
-        [ $vu_ok = 1 ] && [ "$s1" = "$s2" ]
-        l2_check copy-no-access-$vu_who $? "$vu_who's bar2 accesses: $s1 before the copy, $s2 after it (want no change)"
-        [ $vu_ok = 1 ] && [ $((s3 - s2)) = 1 ]
-        l2_check padding-read-counted-$vu_who $? "$vu_who's bar2 accesses: $s2 before the padding read, $s3 after it (want one more)"
-    done
-}
 vu_resources() {
     cp /proc/$l3pid/maps /tmp/maps$1.ghvmm 2>/dev/null
     cp /proc/$vupid/maps /tmp/maps$1.server 2>/dev/null
@@ -130,6 +101,11 @@ const COUNTER_CHECKS: &[&str] = &[
     "padding-read-counted-server",
 ];
 
+/// Every helper a vfio-user scenario's script starts with.
+fn helpers() -> String {
+    format!("{GATE_HELPERS}{HELPERS}")
+}
+
 /// `--user-device` for the GPU-like device's socket, as id gpu0.
 fn user_device() -> String {
     format!("--user-device socket={GPU_SOCKET},id=gpu0")
@@ -160,12 +136,10 @@ fn gh_scenario(mode: &'static str) -> Scenario {
         )
         .into_boxed_str(),
     );
-    let l3 = shared_guest(
-        &format!(
-            "ghvmm.vfio=gh ghvmm.gh_mode={mode} ghvmm.gh_len={len} ghvmm.gate=1 {NO_ACPI_DUMP}"
-        ),
-        &format!("--api-socket path=/tmp/api.sock {}", user_device()),
-    );
+    let l3 = gated(shared_guest(
+        &format!("ghvmm.vfio=gh ghvmm.gh_mode={mode} ghvmm.gh_len={len} {NO_ACPI_DUMP}"),
+        &user_device(),
+    ));
     let mut expect = [L3_CHECKS, GH_DEVICE_CHECKS, SERVER_CHECKS, COUNTER_CHECKS].concat();
     // A user device without shared guest memory is refused at start (once is enough).
     let refused = if mode == "vmm_pads" {
@@ -177,21 +151,22 @@ fn gh_scenario(mode: &'static str) -> Scenario {
     } else {
         String::new()
     };
+    // ghvmm forwards the padding read to the server (its BAR is the server's power-of-two
+    // region); the server answers it under VMM pads and forwards it to the kernel otherwise.
     let script = format!(
-        "{HELPERS}{bind}\
+        "{helpers}{bind}\
          vu_start $IVSHMEM {GPU_SOCKET}\n\
          {refused}\
-         start_l3 {cmd}\n\
-         R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
-         gate_err=\n\
-         vu_gate 1 count && vu_gate 2 count && vu_gate 3 count\n\
-         l2_check vu-gates $? \"$gate_err\"\n\
-         finish_l3 120\n\
-         l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n\
-         vu_counter_checks gpu0\n\
+         {boot}\
+         {ghvmm_checks}\
+         {server_checks}\
          vu_stop\n",
+        helpers = helpers(),
         bind = bind_variant(mode, len, ""),
-        cmd = l3.command(),
+        boot = gated_boot(&l3, "vu-gates"),
+        ghvmm_checks = gate_counter_checks_call("-ghvmm", "gpu0", &padding_read(2, false)),
+        server_checks =
+            gate_counter_checks_call("-server", "", &padding_read(2, mode == "vmm_pads")),
     );
     let about = if mode == "vmm_pads" {
         "the GPU-like device (VMM pads) through ghvmm-vfio-user and --user-device: vfio-gh checks, a copy into the mapped range reaches neither process, one padding read reaches each once"
@@ -227,12 +202,12 @@ fn kill_scenario() -> Scenario {
     );
     let ends = "grep -cE 'the client went away|the connection ended' $VU_LOG";
     let script = format!(
-        "{HELPERS}{bind}\
+        "{helpers}{bind}\
          vu_start $IVSHMEM {GPU_SOCKET}\n\
          fds0=$(ls /proc/$vupid/fd | wc -l)\n\
          start_l3 {first}\n\
          gate_err=\n\
-         vu_gate 1 && vu_gate 2 && {{ wait_marker '@@GATE 3 0x[0-9a-f]* wait' 240 || gate_err='the guest never reached gate 3'; }}\n\
+         gate_open 1 && gate_open 2 && {{ wait_marker '@@GATE 3 0x[0-9a-f]* wait' 240 || gate_err='the guest never reached gate 3'; }}\n\
          [ -z \"$gate_err\" ]\n\
          l2_check vu-kill-in-use $? \"$gate_err\"\n\
          live=$(grep -c ' /memfd:ghvmm-ram' /proc/$vupid/maps)\n\
@@ -258,6 +233,7 @@ fn kill_scenario() -> Scenario {
          l2_check vu-kill-reset $? \"the server's clean-up: $(grep -E 'reset after|DMA unmap of|disabling interrupt' $VU_LOG | head -n 2 | tr '\\n' ' ')\"\n\
          {second}\
          vu_stop\n",
+        helpers = helpers(),
         bind = bind_variant(mode, len, ""),
         first = first.command(),
         second = second.script(),
@@ -298,7 +274,7 @@ fn hotplug_scenario() -> Scenario {
         "--gh slots=1 --api-socket path=/tmp/api.sock",
     );
     let script = format!(
-        "{HELPERS}{bind}\
+        "{helpers}{bind}\
          vu_start $IVSHMEM {GPU_SOCKET}\n\
          {start}\
          {cycles}\
@@ -312,6 +288,7 @@ fn hotplug_scenario() -> Scenario {
          finish_l3 120\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n\
          vu_stop\n",
+        helpers = helpers(),
         bind = bind_variant(mode, len, ""),
         start = start_api_guest(&l3.command()),
         cycles = cycles_script(
@@ -357,10 +334,11 @@ fn nic_scenario() -> Scenario {
         &format!("--user-device socket={NIC_SOCKET},id=nic0"),
     );
     let script = format!(
-        "{HELPERS}{nic}\
+        "{helpers}{nic}\
          vu_start $NIC {NIC_SOCKET}\n\
          {boot}\
          vu_stop\n",
+        helpers = helpers(),
         nic = nic_setup(),
         boot = l3.script(),
     );
@@ -418,7 +396,7 @@ mod tests {
             assert!(boots >= 1, "{}", s.name);
             assert_eq!(sh.matches(",shared=on ").count(), boots, "{}", s.name);
             // Only the server opens the device (HELPERS' `--device` is the server's option).
-            let body = sh.strip_prefix(HELPERS).unwrap();
+            let body = sh.strip_prefix(&helpers()).unwrap();
             assert!(!body.contains("--device path="), "{}", s.name);
             assert!(sh.contains("vu_start $"), "{}", s.name);
             assert!(sh.ends_with("vu_stop\n"), "{}", s.name);
@@ -454,13 +432,17 @@ mod tests {
     fn every_l2_check_is_expected() {
         for s in all() {
             let sh = s.script();
-            let body = sh.strip_prefix(HELPERS).expect("the helpers come first");
+            let body = sh.strip_prefix(&helpers()).expect("the helpers come first");
             let mut reported: Vec<String> = SERVER_CHECKS.iter().map(|c| c.to_string()).collect();
             for word in body.split("l2_check ").skip(1) {
                 reported.push(word.split_whitespace().next().unwrap().to_string());
             }
-            if body.contains("vu_counter_checks gpu0") {
-                reported.extend(COUNTER_CHECKS[3..].iter().map(|c| c.to_string()));
+            for call in body.split("gate_counter_checks ").skip(1) {
+                let suffix = call.split_whitespace().next().unwrap().trim_matches('"');
+                reported.extend(crate::gates::counter_checks(suffix));
+            }
+            if body.contains("gates_counted ") {
+                reported.push("vu-gates".into());
             }
             for name in &reported {
                 assert!(

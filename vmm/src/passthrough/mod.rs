@@ -29,8 +29,9 @@ use parking_lot::Mutex;
 use devices::Bus;
 use kvm_ioctls::VmFd;
 use pci::vfio::{
-    placement, probe_bars, BarCounters, FunctionInfo, InterruptCaps, Interrupts, Limits,
-    PassthroughConfig, PieceKind, Placement, ProbeError, RegionInfo, RegionIo, SharedInterrupts,
+    placement, probe_bars, BarCounters, ConfigCounter, FunctionInfo, InterruptCaps, Interrupts,
+    Limits, PassthroughConfig, PieceKind, Placement, ProbeError, RegionInfo, RegionIo,
+    SharedInterrupts,
 };
 use pci::PciDevice;
 use vfio::{Containers, DeviceIrqs, HostMapping, OnRequest, RequestWatcher, WatchError};
@@ -141,6 +142,8 @@ struct AssignedResources {
     request: Option<RequestWatcher>,
     config: PassthroughConfig,
     bars: Vec<BarPlan>,
+    /// The guest's config-space register accesses (`config` in `counters`).
+    config_accesses: ConfigCounter,
     interrupts: SharedInterrupts,
     device: Host,
 }
@@ -158,14 +161,15 @@ impl PassthroughDevice {
         &self.path
     }
 
-    /// Every trapped access this device served, per BAR and kind (`barN.padding`, ...);
-    /// nothing once unplugged.
+    /// Every trapped access this device served, per BAR and kind (`barN.padding`, ...), and
+    /// its config-space register accesses (`config`); nothing once unplugged.
     pub fn counters(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
         if let Some(live) = &self.live {
             for plan in &live.bars {
                 plan.counters.report(plan.index, &mut out);
             }
+            live.config_accesses.report(&mut out);
         }
         out
     }
@@ -250,6 +254,7 @@ impl PassthroughDevice {
             request,
             config,
             bars,
+            config_accesses: _,
             interrupts,
             device,
         } = live;
@@ -301,7 +306,10 @@ fn release_bars(vm: &PassthroughVm, bars: Vec<BarPlan>) {
 impl PciDevice for PassthroughDevice {
     fn read_config_register(&mut self, reg_idx: usize) -> u32 {
         match &mut self.live {
-            Some(live) => live.config.read_config_register(reg_idx),
+            Some(live) => {
+                live.config_accesses.count();
+                live.config.read_config_register(reg_idx)
+            }
             None => 0xffff_ffff,
         }
     }
@@ -309,6 +317,7 @@ impl PciDevice for PassthroughDevice {
     fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
         // Moves are applied here: this device owns its slots.
         if let Some(live) = &mut self.live {
+            live.config_accesses.count();
             live.config.write_config_register(reg_idx, offset, data);
         }
         self.reconcile();
@@ -369,6 +378,7 @@ pub fn assign(
                 request: None,
                 config,
                 bars: built.plans,
+                config_accesses: ConfigCounter::default(),
                 interrupts,
                 device,
             }),
