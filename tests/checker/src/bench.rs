@@ -1,14 +1,18 @@
 //! `ghvmm.mode=bench-gh`: measurements on the GPU-like device for `cargo xtask bench`.
-//! Results are `@@BENCH <label> <value>` lines; `@@COPY-START`/`@@COPY-END` bracket the copy
-//! into the BAR so L2 can read KVM's MMIO exit counter around it.
+//! Results are `@@BENCH <label> <value>` lines. Gates (tests/checker/src/gate.rs) stop the
+//! guest before and after the timed copy into the BAR and after the timed padding reads, so
+//! that L2 reads the VMM's access counters at exact points: the copy must move none, the
+//! padding reads exactly `PROBES`.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::vfio::{find, Mapping};
 
 const COPY: usize = 32 << 20;
 const ROUNDS: usize = 4;
+/// Padding reads timed (and counted: the rig's bench expects exactly this many,
+/// tests/rig/src/bench.rs `PADDING_READS`).
 const PROBES: usize = 2000;
 /// An address inside the 32-bit PCI window where nothing is mapped (docs/platform.md).
 const EMPTY_MMIO: u64 = 0xd800_0000;
@@ -60,20 +64,41 @@ pub fn gh(len: u64) {
         line("@@LOG bench: device memory smaller than the copy");
         return;
     }
+    let gate = match crate::gate::Gate::new() {
+        Ok(g) => g,
+        Err(e) => {
+            line(&format!("@@LOG bench: no gate page: {e}"));
+            return;
+        }
+    };
     let src: Vec<u8> = (0..COPY).map(|i| i as u8).collect();
     let mut ram = vec![0u8; COPY];
     // Warm both destinations so first-touch faults are not measured.
     copy_us(ram.as_mut_ptr(), &src);
     copy_us(bar.as_ptr(), &src);
-    line("@@COPY-START");
-    std::thread::sleep(Duration::from_secs(2));
-    let bar_us = copy_us(bar.as_ptr(), &src);
-    line("@@COPY-END");
-    std::thread::sleep(Duration::from_secs(2));
+    let passed = gate.pass(1).and_then(|()| {
+        let bar_us = copy_us(bar.as_ptr(), &src);
+        gate.pass(2).map(|()| bar_us)
+    });
+    let bar_us = match passed {
+        Ok(us) => us,
+        Err(e) => {
+            line(&format!("@@LOG bench: {e}"));
+            return;
+        }
+    };
     let ram_us = copy_us(ram.as_mut_ptr(), &src);
     std::hint::black_box(&ram);
+    // Neither the RAM copy nor the empty address is the device's: between gates 2 and 3 the
+    // device's counters move by exactly the PROBES padding reads.
+    let pad_ns = read_ns(&bar, len);
+    let empty_ns = read_ns(&empty, 0);
+    if let Err(e) = gate.pass(3) {
+        line(&format!("@@LOG bench: {e}"));
+        return;
+    }
     line(&format!("@@BENCH gh-bar-copy-us {bar_us}"));
     line(&format!("@@BENCH gh-ram-copy-us {ram_us}"));
-    line(&format!("@@BENCH gh-pad-read-ns {}", read_ns(&bar, len)));
-    line(&format!("@@BENCH gh-empty-read-ns {}", read_ns(&empty, 0)));
+    line(&format!("@@BENCH gh-pad-read-ns {pad_ns}"));
+    line(&format!("@@BENCH gh-empty-read-ns {empty_ns}"));
 }
