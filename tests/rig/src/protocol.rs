@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 pub enum Outcome {
     Pass,
     Fail(String),
+    /// Nothing to check in this configuration (the reason); never counted as passed.
+    Skip(String),
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +67,7 @@ impl Transcript {
                 let outcome = match verdict {
                     "PASS" => Outcome::Pass,
                     "FAIL" => Outcome::Fail(reason.to_string()),
+                    "SKIP" => Outcome::Skip(reason.to_string()),
                     _ => {
                         self.malformed.push(line.to_string());
                         return;
@@ -161,6 +164,14 @@ mod tests {
         );
         assert_eq!(t.checks[2], ("vmm-exit".into(), Outcome::Pass));
         assert_eq!(t.malformed.len(), 1);
+        t.feed("@@CHECK gh-straddle SKIP no padding: 0x4000000\n");
+        assert_eq!(
+            t.checks[3],
+            (
+                "gh-straddle".into(),
+                Outcome::Skip("no padding: 0x4000000".into())
+            )
+        );
     }
 
     #[test]
