@@ -16,8 +16,8 @@ use crate::{boot_l2, iasl, images, prepare, report, scenario_dir, CheckResult, P
 /// One attempt at a scenario.
 struct Attempt {
     results: Vec<CheckResult>,
-    /// Full names of the checks the host computed from what the guest left (retry::verdict).
-    host_checks: Vec<String>,
+    /// Full names of the checks L2 and the host made about the guest (retry::verdict).
+    derived: Vec<String>,
 }
 
 /// Runs one scenario and returns its results (never an Err for a guest-side failure).
@@ -63,7 +63,11 @@ fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Attempt> {
         Vec::new()
     };
     let mut reported = t.checks.clone();
-    let mut host_names = Vec::new();
+    let mut host_names: Vec<String> = t
+        .l2_checks
+        .iter()
+        .map(|n| format!("{}/{n}", s.name))
+        .collect();
     if let Some(host_checks) = &s.host_checks {
         let host = host_checks(s, &dir, &t);
         host_names.extend(host.iter().map(|(n, _)| format!("{}/{n}", s.name)));
@@ -117,7 +121,7 @@ fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Attempt> {
     }
     Ok(Attempt {
         results,
-        host_checks: host_names,
+        derived: host_names,
     })
 }
 
@@ -258,11 +262,8 @@ fn run_with_retries(prep: &Prepared, s: &Scenario) -> Result<(Vec<CheckResult>, 
     loop {
         record.attempts += 1;
         let attempt = record.attempts;
-        let Attempt {
-            results,
-            host_checks,
-        } = run_scenario(prep, s)?;
-        let verdict = retry::verdict(&results, &host_checks);
+        let Attempt { results, derived } = run_scenario(prep, s)?;
+        let verdict = retry::verdict(&results, &derived);
         if verdict == Verdict::Passed {
             record.passed = true;
             return Ok((results, record));

@@ -15,6 +15,8 @@ pub enum Outcome {
 pub struct Transcript {
     /// Check name -> outcome, in the order first reported.
     pub checks: Vec<(String, Outcome)>,
+    /// The names of the checks L2 reported (`@@L2CHECK`), in `checks` too.
+    pub l2_checks: Vec<String>,
     /// ACPI file name -> bytes, with the length and sum the guest announced.
     pub acpi: BTreeMap<String, Vec<u8>>,
     pub acpi_end: BTreeMap<String, (usize, u64)>,
@@ -73,6 +75,9 @@ impl Transcript {
                         return;
                     }
                 };
+                if kind == "L2CHECK" {
+                    self.l2_checks.push(a.to_string());
+                }
                 self.checks.push((a.to_string(), outcome));
             }
             "ACPI" => match decode_hex(rest) {
@@ -164,6 +169,7 @@ mod tests {
         );
         assert_eq!(t.checks[2], ("vmm-exit".into(), Outcome::Pass));
         assert_eq!(t.malformed.len(), 1);
+        assert_eq!(t.l2_checks, ["vmm-exit", "vmm-exit"]);
         t.feed("@@CHECK gh-straddle SKIP no padding: 0x4000000\n");
         assert_eq!(
             t.checks[3],

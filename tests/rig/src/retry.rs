@@ -51,11 +51,12 @@ fn short(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
-/// The verdict on one attempt. `host_checks` are the full names of the checks the host
-/// computed from what the guest left behind (its files, its facts): when the run ended early
-/// they compare an unfinished state, so their failures then count as missing results too; in
-/// a complete run they are results like any other.
-pub fn verdict(results: &[CheckResult], host_checks: &[String]) -> Verdict {
+/// The verdict on one attempt. `derived` are the full names of the checks made about the
+/// guest from outside: by L2 (markers it waited for, API calls to the VMM) and by the host
+/// (the guest's files and facts). When the run ended early they judge an unfinished guest or
+/// a VMM that had gone, so their failures then count as missing results too; in a complete
+/// run they are results like any other. The guest's own checks are always results.
+pub fn verdict(results: &[CheckResult], derived: &[String]) -> Verdict {
     let failures: Vec<(&str, &str)> = results
         .iter()
         .filter_map(|r| match &r.outcome {
@@ -66,13 +67,14 @@ pub fn verdict(results: &[CheckResult], host_checks: &[String]) -> Verdict {
     if failures.is_empty() {
         return Verdict::Passed;
     }
-    let is_host = |name: &str| host_checks.iter().any(|h| h == name);
+    let is_derived = |name: &str| derived.iter().any(|h| h == name);
     let ended_early = failures
         .iter()
-        .any(|(name, why)| !is_host(name) && is_missing_result(short(name), why));
-    // A host check compares what an unfinished guest left when the run ended early.
-    let no_result =
-        |name: &str, why: &str| is_missing_result(short(name), why) || ended_early && is_host(name);
+        .any(|(name, why)| !is_derived(name) && is_missing_result(short(name), why));
+    // A derived check judges what an unfinished guest left when the run ended early.
+    let no_result = |name: &str, why: &str| {
+        is_missing_result(short(name), why) || ended_early && is_derived(name)
+    };
     if failures.iter().any(|(name, why)| !no_result(name, why)) {
         Verdict::WrongValue
     } else {
@@ -307,6 +309,24 @@ mod tests {
         // A host check that never got a result does not make the others unfinished.
         assert_eq!(
             verdict(&[silent("host-file"), fail("gh-bar", "BAR2 at 0")], &host),
+            Verdict::WrongValue
+        );
+        // L2 waited in vain for a guest that had triple-faulted (ghvmm exited 1).
+        let l2 = vec!["s/hotplug-arrive".to_string()];
+        let waited = fail("hotplug-arrive", "the guest never saw the device");
+        let exit1 = fail("vmm-exit", "ghvmm: exit code 1 (expected exit code 0)");
+        assert_eq!(
+            verdict(&[waited.clone(), exit1.clone(), silent("gh-data")], &l2),
+            Verdict::NoResult
+        );
+        // The same L2 check with a VMM that ended well is a result.
+        assert_eq!(
+            verdict(&[waited.clone(), r("vmm-exit", Outcome::Pass)], &l2),
+            Verdict::WrongValue
+        );
+        // And a guest's wrong value stays final whatever else failed.
+        assert_eq!(
+            verdict(&[waited, exit1, fail("gh-data", "read back 00")], &l2),
             Verdict::WrongValue
         );
     }
