@@ -21,6 +21,13 @@ pub fn report(name: &str, result: Result<(), String>) {
     let _ = std::io::stdout().flush();
 }
 
+/// A check with nothing to test in this configuration: reported so, never as a PASS. The rig
+/// accepts a skip only where the scenario's configuration explains it (e2e.rs).
+pub fn skip(name: &str, why: &str) {
+    println!("@@CHECK {name} SKIP {}", why.replace('\n', " "));
+    let _ = std::io::stdout().flush();
+}
+
 fn mount(source: &str, target: &str, fstype: &str) {
     let _ = std::fs::create_dir_all(target);
     let (Ok(s), Ok(t), Ok(f)) = (

@@ -14,22 +14,24 @@ pub const AFTER: &[u8; 16] = b"fault-after--eio";
 /// Written through the mapped part at 0 after the failure (must land).
 pub const MAPPED: &[u8; 16] = b"fault-mapped-ok!";
 
-/// Reads 8 bytes at a time: one trapped access, so one region call, per read.
-fn read16(m: &BarView, off: u64) -> [u8; 16] {
-    let lo = m.read_width(off, 8).to_le_bytes();
-    let hi = m.read_width(off + 8, 8).to_le_bytes();
+/// Reads 8 bytes at a time: one trapped access, so one region call, per read. A mapping
+/// that fails is an error, never the 0xff a failed region gives.
+fn read16(m: &BarView, off: u64) -> Result<[u8; 16], String> {
+    let lo = m.read_width(off, 8)?.to_le_bytes();
+    let hi = m.read_width(off + 8, 8)?.to_le_bytes();
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&lo);
     out[8..].copy_from_slice(&hi);
-    out
+    Ok(out)
 }
 
-fn write16(m: &BarView, off: u64, data: &[u8; 16]) {
+fn write16(m: &BarView, off: u64, data: &[u8; 16]) -> Result<(), String> {
     for half in 0..2 {
         let mut v = [0u8; 8];
         v.copy_from_slice(&data[half * 8..half * 8 + 8]);
-        m.write_width(off + half as u64 * 8, 8, u64::from_le_bytes(v));
+        m.write_width(off + half as u64 * 8, 8, u64::from_le_bytes(v))?;
     }
+    Ok(())
 }
 
 /// Waits until everything written to the console has been sent, and a little more for the
@@ -65,69 +67,77 @@ pub fn failing_region(len: u64, map: u64, fail_after: u64) {
     };
     let (x, y) = (map + 4096, map + 8192);
     // Four region calls: two writes, two reads.
-    write16(&m, x, BEFORE);
-    let got = read16(&m, x);
     report(
         "fault-before",
-        if &got == BEFORE {
-            Ok(())
-        } else {
-            Err(format!(
-                "read back {got:02x?} through the region before any failure"
-            ))
-        },
+        write16(&m, x, BEFORE)
+            .and_then(|()| read16(&m, x))
+            .and_then(|got| {
+                if &got == BEFORE {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "read back {got:02x?} through the region before any failure"
+                    ))
+                }
+            }),
     );
     // The failure below makes ghvmm log an error on the same console: let this line leave
     // the UART first, so the log line cannot land inside it.
     quiet_console();
     // Keep reading until the device fails; then every read must give 0xff.
     let limit = fail_after + 64;
-    let mut failed_at = None;
-    for i in 0..limit {
-        if m.read_width(x, 8) == u64::MAX {
-            failed_at = Some(i);
-            break;
-        }
-    }
     report(
         "fault-eio-read",
-        match failed_at {
-            None => Err(format!(
-                "{limit} reads after fail_after={fail_after}, none read 0xff"
-            )),
-            Some(_) => {
-                let later: Vec<u64> = (0..32).map(|_| m.read_width(x, 8)).collect();
-                if later.iter().all(|v| *v == u64::MAX) {
-                    Ok(())
-                } else {
-                    Err(format!("after the failure, reads gave {later:x?}"))
+        (|| {
+            let mut failed = false;
+            for _ in 0..limit {
+                if m.read_width(x, 8)? == u64::MAX {
+                    failed = true;
+                    break;
                 }
             }
-        },
+            if !failed {
+                return Err(format!(
+                    "{limit} reads after fail_after={fail_after}, none read 0xff"
+                ));
+            }
+            let later = (0..32)
+                .map(|_| m.read_width(x, 8))
+                .collect::<Result<Vec<u64>, String>>()?;
+            if later.iter().all(|v| *v == u64::MAX) {
+                Ok(())
+            } else {
+                Err(format!("after the failure, reads gave {later:x?}"))
+            }
+        })(),
     );
-    write16(&m, y, AFTER);
-    let got = read16(&m, y);
     report(
         "fault-eio-write",
-        if got == [0xff; 16] {
-            Ok(())
-        } else {
-            Err(format!(
-                "after a write to the failed region it reads {got:02x?}"
-            ))
-        },
+        write16(&m, y, AFTER)
+            .and_then(|()| read16(&m, y))
+            .and_then(|got| {
+                if got == [0xff; 16] {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "after a write to the failed region it reads {got:02x?}"
+                    ))
+                }
+            }),
     );
     // The mapped part never goes through the region's read/write.
-    m.write(0, MAPPED);
-    let got = m.read(0, 16);
     report(
         "fault-mapped",
-        if got == MAPPED {
-            Ok(())
-        } else {
-            Err(format!(
-                "the mapped part reads {got:02x?} after the region failed"
-            ))
-        },
+        m.write(0, MAPPED)
+            .and_then(|()| m.read(0, 16))
+            .and_then(|got| {
+                if got == MAPPED {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the mapped part reads {got:02x?} after the region failed"
+                    ))
+                }
+            }),
     );
 }

@@ -10,6 +10,7 @@
 //!   `@@INIT`                               first thing after start
 //!   `@@CHECK <name> PASS`                  a check passed
 //!   `@@CHECK <name> FAIL <reason>`         a check failed
+//!   `@@CHECK <name> SKIP <reason>`         nothing to check in this configuration
 //!   `@@ACPI <file> <hex>`                  a chunk of one ACPI table
 //!   `@@ACPIEND <file> <len> <sum>`         end of that table: length and byte sum
 //!   `@@FACT <key> <value...>`              something seen, compared by the rig (numa.rs)

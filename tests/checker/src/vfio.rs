@@ -213,23 +213,23 @@ impl BarView {
         Ok(out)
     }
 
-    pub fn write(&self, off: u64, data: &[u8]) {
-        let _ = self.with(off, data.len(), |m, at| m.write(at, data));
+    // Every access returns the mapping's failure rather than a stand-in value: all-ones
+    // would equal the padding the kernel gives, and an empty read could match nothing.
+
+    pub fn write(&self, off: u64, data: &[u8]) -> Result<(), String> {
+        self.with(off, data.len(), |m, at| m.write(at, data))
     }
 
-    /// Bytes at `off`; empty if they cannot be mapped (the caller's comparison fails).
-    pub fn read(&self, off: u64, len: usize) -> Vec<u8> {
+    pub fn read(&self, off: u64, len: usize) -> Result<Vec<u8>, String> {
         self.with(off, len, |m, at| m.read(at, len))
-            .unwrap_or_default()
     }
 
-    pub fn read_width(&self, off: u64, width: usize) -> u64 {
+    pub fn read_width(&self, off: u64, width: usize) -> Result<u64, String> {
         self.with(off, width, |m, at| m.read_width(at, width))
-            .unwrap_or(u64::MAX)
     }
 
-    pub fn write_width(&self, off: u64, width: usize, value: u64) {
-        let _ = self.with(off, width, |m, at| m.write_width(at, width, value));
+    pub fn write_width(&self, off: u64, width: usize, value: u64) -> Result<(), String> {
+        self.with(off, width, |m, at| m.write_width(at, width, value))
     }
 
     /// Writes `word(off)` at every 8-byte offset of `[0, len)` (`len` a multiple of 8), then
@@ -445,5 +445,56 @@ pub fn bar_moves() {
             report("vfio-decode-off", Err(e.clone()));
             report("vfio-bar-move", Err(e));
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A BAR view of a file of `size` bytes in the temp directory, filled with `fill`.
+    pub(crate) fn file_bar(tag: &str, size: u64, fill: u8) -> (PathBuf, BarView) {
+        let dir = std::env::temp_dir().join(format!("checker-bar-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resource2"), vec![fill; size as usize]).unwrap();
+        let bar = BarView::open(&dir, 2, size).unwrap();
+        (dir, bar)
+    }
+
+    /// A view whose every mapping fails, as when sysfs refuses the mmap.
+    pub(crate) fn unmappable_bar(size: u64) -> BarView {
+        BarView {
+            path: PathBuf::from("/nonexistent/resource2"),
+            size,
+            windows: Default::default(),
+        }
+    }
+
+    #[test]
+    fn accesses_go_through_the_mapping() {
+        let (dir, bar) = file_bar("rw", 8192, 0);
+        bar.write(4090, b"straddle").unwrap();
+        assert_eq!(bar.read(4090, 8).unwrap(), b"straddle");
+        bar.write_width(16, 8, 0x1122_3344_5566_7788).unwrap();
+        assert_eq!(bar.read_width(16, 4).unwrap(), 0x5566_7788);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_failed_mapping_is_an_error_not_all_ones() {
+        assert!(BarView::open(Path::new("/nonexistent"), 2, 8192).is_err());
+        let bar = unmappable_bar(8192);
+        let err = bar.read_width(4096, 4).unwrap_err();
+        assert!(err.contains("open /nonexistent/resource2"), "{err}");
+        assert!(bar.read(0, 16).is_err());
+        assert!(bar.write(0, b"x").is_err());
+        assert!(bar.write_width(0, 8, 0).is_err());
+        // Outside the BAR: refused before any mapping.
+        let (dir, bar) = file_bar("out", 4096, 0);
+        assert!(bar
+            .read_width(4094, 4)
+            .unwrap_err()
+            .contains("outside the BAR"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

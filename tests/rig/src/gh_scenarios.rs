@@ -80,9 +80,22 @@ pub struct GiEntry {
     pub enabled: bool,
 }
 
-/// Every Generic Initiator entry (type 5) of an SRAT, or why the table is malformed.
+/// A Memory Affinity structure as read from an SRAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemEntry {
+    pub domain: u32,
+    pub base: u64,
+    pub len: u64,
+    pub enabled: bool,
+}
+
+/// SRAT structure types (ACPI 6.5, 5.2.16) and their lengths.
+const SRAT_MEMORY: (u8, usize) = (1, 40);
+const SRAT_GENERIC_INITIATOR: (u8, usize) = (5, 32);
+
+/// Every structure of an SRAT as (type, bytes), or why the table is malformed.
 /// Independent of ghvmm's own builder on purpose: this is the test's reading of the spec.
-pub fn srat_generic_initiators(srat: &[u8]) -> Result<Vec<GiEntry>, String> {
+fn srat_structures(srat: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
     const HEADER: usize = 36 + 12; // SDT header, then reserved u32 + u64
     if srat.get(0..4) != Some(b"SRAT") {
         return Err("not an SRAT".into());
@@ -108,27 +121,153 @@ pub fn srat_generic_initiators(srat: &[u8]) -> Result<Vec<GiEntry>, String> {
             .get(at..at + size)
             .filter(|_| size >= 2)
             .ok_or_else(|| format!("structure at {at} of length {size} overruns the table"))?;
-        if kind == 5 {
-            if size != 32 {
-                return Err(format!(
-                    "Generic Initiator at {at} has length {size}, not 32"
-                ));
+        for (name, (k, want)) in [
+            ("Memory Affinity", SRAT_MEMORY),
+            ("Generic Initiator", SRAT_GENERIC_INITIATOR),
+        ] {
+            if kind == k && size != want {
+                return Err(format!("{name} at {at} has length {size}, not {want}"));
             }
-            let u32_at =
-                |o: usize| u32::from_le_bytes([body[o], body[o + 1], body[o + 2], body[o + 3]]);
-            out.push(GiEntry {
-                handle_type: body[3],
-                domain: u32_at(4),
-                segment: u16::from_le_bytes([body[8], body[9]]),
-                bus: body[10],
-                devfn: body[11],
-                enabled: u32_at(24) & 1 != 0,
-            });
         }
+        out.push((kind, body));
         at += size;
     }
     Ok(out)
 }
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+/// Every Generic Initiator entry (type 5) of an SRAT, or why the table is malformed.
+pub fn srat_generic_initiators(srat: &[u8]) -> Result<Vec<GiEntry>, String> {
+    Ok(srat_structures(srat)?
+        .into_iter()
+        .filter(|(k, _)| *k == SRAT_GENERIC_INITIATOR.0)
+        .map(|(_, body)| GiEntry {
+            handle_type: body[3],
+            domain: u32_at(body, 4),
+            segment: u16::from_le_bytes([body[8], body[9]]),
+            bus: body[10],
+            devfn: body[11],
+            enabled: u32_at(body, 24) & 1 != 0,
+        })
+        .collect())
+}
+
+/// Every Memory Affinity entry (type 1) of an SRAT, or why the table is malformed.
+pub fn srat_memory(srat: &[u8]) -> Result<Vec<MemEntry>, String> {
+    let u64_at = |b: &[u8], o: usize| u64::from(u32_at(b, o)) | u64::from(u32_at(b, o + 4)) << 32;
+    Ok(srat_structures(srat)?
+        .into_iter()
+        .filter(|(k, _)| *k == SRAT_MEMORY.0)
+        .map(|(_, body)| MemEntry {
+            domain: u32_at(body, 2),
+            base: u64_at(body, 8),
+            len: u64_at(body, 16),
+            enabled: u32_at(body, 28) & 1 != 0,
+        })
+        .collect())
+}
+
+/// Where the guest's RAM of `bytes` lies (docs/platform.md): from 0 up to 3 GiB, the rest
+/// from 4 GiB, as (base, length).
+pub fn guest_ram_ranges(bytes: u64) -> Vec<(u64, u64)> {
+    const HOLE_START: u64 = 3 << 30;
+    const HIGH_START: u64 = 4 << 30;
+    let low = bytes.min(HOLE_START);
+    let mut v = vec![(0, low)];
+    if bytes > low {
+        v.push((HIGH_START, bytes - low));
+    }
+    v
+}
+
+/// "512M", "1G" (the rig's L3 memory sizes) in bytes.
+pub fn size_bytes(s: &str) -> Option<u64> {
+    let (num, shift) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 10),
+        b'M' => (&s[..s.len() - 1], 20),
+        b'G' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    num.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// The SRAT's Memory Affinity entries cover exactly the guest's RAM (`ram` bytes, laid out as
+/// `guest_ram_ranges`), all of it in the nodes `e` gives memory and none in the others.
+pub fn compare_srat_memory(e: &NumaExpect, ram: u64, dir: &Path) -> Outcome {
+    let entries = match std::fs::read(dir.join("acpi").join("SRAT.dat")) {
+        Ok(b) => match srat_memory(&b) {
+            Ok(v) => v,
+            Err(err) => return Outcome::Fail(format!("SRAT: {err}")),
+        },
+        Err(err) => return Outcome::Fail(format!("the guest sent no SRAT: {err}")),
+    };
+    let mut bad = Vec::new();
+    for m in &entries {
+        let node = e.nodes.get(m.domain as usize);
+        if !m.enabled || !node.is_some_and(|n| n.memory) {
+            bad.push(format!(
+                "entry {:#x}+{:#x} in domain {} (enabled {}), which should have no memory",
+                m.base, m.len, m.domain, m.enabled
+            ));
+        }
+    }
+    for (i, n) in e.nodes.iter().enumerate() {
+        if n.memory && !entries.iter().any(|m| m.domain as usize == i) {
+            bad.push(format!("no memory entry for node {i}"));
+        }
+    }
+    // Adjacent entries join: only the union has to match the layout.
+    let mut covered: Vec<(u64, u64)> = entries
+        .iter()
+        .filter(|m| m.enabled)
+        .map(|m| (m.base, m.len))
+        .collect();
+    covered.sort_unstable();
+    let mut union: Vec<(u64, u64)> = Vec::new();
+    for (base, len) in covered {
+        match union.last_mut() {
+            Some((b, l)) if *b + *l > base => {
+                bad.push(format!("entries overlap at {base:#x}"));
+            }
+            Some((b, l)) if *b + *l == base => *l += len,
+            _ => union.push((base, len)),
+        }
+    }
+    let want = guest_ram_ranges(ram);
+    if union != want {
+        let show = |v: &[(u64, u64)]| {
+            v.iter()
+                .map(|(b, l)| format!("{b:#x}+{l:#x}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        bad.push(format!(
+            "memory entries cover {}, the guest's RAM is {}",
+            show(&union),
+            show(&want)
+        ));
+    }
+    if bad.is_empty() {
+        Outcome::Pass
+    } else {
+        Outcome::Fail(bad.join("; "))
+    }
+}
+
+/// `compare_srat_memory` for the scenario's L3 RAM size.
+fn srat_memory_check(e: &NumaExpect, s: &Scenario, dir: &Path) -> (String, Outcome) {
+    let outcome = match s.l3.as_ref().and_then(|l| size_bytes(l.mem)) {
+        Some(ram) => compare_srat_memory(e, ram, dir),
+        None => Outcome::Fail("the scenario has no L3 RAM size to compare with".into()),
+    };
+    (SRAT_MEMORY_CHECK.into(), outcome)
+}
+
+/// The host check of the SRAT's Memory Affinity entries.
+pub const SRAT_MEMORY_CHECK: &str = "srat-memory";
 
 /// "0001:00:00.0" -> (segment, bus, devfn).
 pub fn parse_bdf(s: &str) -> Option<(u16, u8, u8)> {
@@ -357,12 +496,13 @@ fn gh_slot1_scenario() -> Scenario {
             L3_CHECKS,
             GH_DEVICE_CHECKS,
             NUMA_CHECKS,
-            &["gpu-address", "gpu-dsd"],
+            &[SRAT_MEMORY_CHECK, "gpu-address", "gpu-dsd"],
         ]
         .concat(),
         host_checks: Some(Box::new(move |s, dir, t| {
             let mut v = gh_file_checks(s, dir);
             v.extend(numa_checks(&expect, dir, t));
+            v.push(srat_memory_check(&expect, s, dir));
             v.push(("gpu-address".into(), compare_gpu_address("0001:00:00.0", t)));
             v.push(("gpu-dsd".into(), compare_dsd(dir, 1, 8)));
             v
@@ -386,12 +526,16 @@ pub fn numa_checks(e: &NumaExpect, dir: &Path, t: &Transcript) -> Vec<(String, O
     ]
 }
 
-/// A guest whose only extra checks are its NUMA view against `expect`.
+/// A guest whose only extra checks are its NUMA view against `expect`, and the SRAT's memory.
 fn numa_scenario(name: &'static str, about: &'static str, l3: L3, expect: NumaExpect) -> Scenario {
     Scenario {
         acpi: true,
-        expect: [L3_CHECKS, NUMA_CHECKS].concat(),
-        host_checks: Some(Box::new(move |_, dir, t| numa_checks(&expect, dir, t))),
+        expect: [L3_CHECKS, NUMA_CHECKS, &[SRAT_MEMORY_CHECK]].concat(),
+        host_checks: Some(Box::new(move |s, dir, t| {
+            let mut v = numa_checks(&expect, dir, t);
+            v.push(srat_memory_check(&expect, s, dir));
+            v
+        })),
         ..Scenario::boot(name, about, l3.cmdline("ghvmm.numa=report"))
     }
 }
@@ -431,36 +575,48 @@ fn numa_ch_scenario() -> Scenario {
     )
 }
 
-/// `--numa device_id=` for a device on segment 0: its Generic Initiator entry names a
+/// The SLIT of `numa_device_scenario`: values the kernel never picks by default (it fills in
+/// 20 between nodes when there is no SLIT), different in every part of the matrix, so a
+/// lost, default or misplaced distance shows.
+const DEVICE_SLIT: [[u8; 4]; 4] = [
+    [10, 30, 40, 40],
+    [30, 10, 40, 40],
+    [40, 40, 10, 15],
+    [40, 40, 15, 10],
+];
+
+/// `--numa device_id=` for a device on segment 0: its Generic Initiator entries name a
 /// non-zero devfn, so a swapped bus/devfn (QEMU 9.0's bug) cannot pass, which a GPU at 00.0
-/// of its own segment (all zeros) could not show.
+/// of its own segment (all zeros) could not show. Two CPU nodes and two nodes of the device
+/// (as a GPU has several), with `DEVICE_SLIT`: some distances given in both directions,
+/// others only one way (ghvmm mirrors them).
 fn numa_device_scenario() -> Scenario {
     let l3 = L3::new(BOOT_VMM, 2, "512M").vmm_args(
-        "--numa guest_numa_id=0,cpus=0-1 --numa guest_numa_id=1,device_id=shm0 \
+        "--numa 'guest_numa_id=0,cpus=0,distances=[1@30,2@40,3@40]' \
+         --numa 'guest_numa_id=1,cpus=1,distances=[2@40,3@40]' \
+         --numa 'guest_numa_id=2,device_id=shm0,distances=[0@40,3@15]' \
+         --numa guest_numa_id=3,device_id=shm0 \
          --device path=$IVSHMEM,id=shm0",
     );
+    let node = |cpus, memory| NodeExpect { cpus, memory };
     let expect = NumaExpect {
         nodes: vec![
-            NodeExpect {
-                cpus: "0-1",
-                memory: true,
-            },
-            NodeExpect {
-                cpus: "",
-                memory: false,
-            },
+            node("0", true),
+            node("1", false),
+            node("", false),
+            node("", false),
         ],
-        distances: vec![vec![10, 20], vec![20, 10]],
-        generic_initiator: "1",
+        distances: DEVICE_SLIT.iter().map(|r| r.to_vec()).collect(),
+        generic_initiator: "2-3",
         slots: Vec::new(),
-        devices: vec![1],
+        devices: vec![2, 3],
     };
     Scenario {
         setup: bind_ivshmem("vfio-pci"),
-        expect: [L3_CHECKS, &["vfio-bind"], NUMA_CHECKS].concat(),
+        expect: [L3_CHECKS, &["vfio-bind"], NUMA_CHECKS, &[SRAT_MEMORY_CHECK]].concat(),
         ..numa_scenario(
             "gh-numa-device",
-            "--numa device_id= for a passed-through device on segment 0: the GI entry names its devfn",
+            "--numa device_id= for a passed-through device on segment 0 in two nodes: GI entries name its devfn, a SLIT of 30/40/15 in the guest",
             l3,
             expect,
         )
@@ -613,6 +769,147 @@ mod tests {
         };
         assert!(why.contains("no 1af4:1110"), "{why}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An SRAT with these memory entries (domain, base, length, enabled) only.
+    fn srat_mem(entries: &[(u32, u64, u64, bool)]) -> Vec<u8> {
+        let mut t = b"SRAT".to_vec();
+        t.extend([0u8; 44]);
+        for &(domain, base, len, enabled) in entries {
+            let mut m = vec![1u8, 40];
+            m.extend(domain.to_le_bytes());
+            m.extend([0u8; 2]);
+            m.extend(base.to_le_bytes());
+            m.extend(len.to_le_bytes());
+            m.extend([0u8; 4]);
+            m.extend(u32::from(enabled).to_le_bytes());
+            m.extend([0u8; 8]);
+            t.extend(m);
+        }
+        let len = t.len() as u32;
+        t[4..8].copy_from_slice(&len.to_le_bytes());
+        let sum = t.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        t[9] = sum.wrapping_neg();
+        t
+    }
+
+    #[test]
+    fn reads_memory_affinity_entries() {
+        let m = srat_memory(&srat_mem(&[(3, 4 << 30, 1 << 30, true)])).unwrap();
+        assert_eq!(
+            m,
+            [MemEntry {
+                domain: 3,
+                base: 4 << 30,
+                len: 1 << 30,
+                enabled: true
+            }]
+        );
+        // The hand-built SRAT above: one all-zero entry among GI entries.
+        assert_eq!(srat_memory(&srat()).unwrap().len(), 1);
+        let mut t = srat_mem(&[(0, 0, 1, true)]);
+        t[48 + 1] = 32; // a memory entry of the wrong length
+        let sum = t.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        t[9] = t[9].wrapping_sub(sum);
+        assert!(srat_memory(&t).unwrap_err().contains("not 40"));
+    }
+
+    #[test]
+    fn ram_layout_and_sizes() {
+        assert_eq!(guest_ram_ranges(512 << 20), [(0, 512 << 20)]);
+        assert_eq!(guest_ram_ranges(3 << 30), [(0, 3 << 30)]);
+        assert_eq!(
+            guest_ram_ranges(5 << 30),
+            [(0, 3 << 30), (4 << 30, 2 << 30)]
+        );
+        assert_eq!(size_bytes("512M"), Some(512 << 20));
+        assert_eq!(size_bytes("1G"), Some(1 << 30));
+        assert_eq!(size_bytes("4096"), Some(4096));
+        assert_eq!(size_bytes("xM"), None);
+        assert_eq!(size_bytes(""), None);
+        assert_eq!(size_bytes("99999999999G"), None);
+    }
+
+    #[test]
+    fn srat_memory_must_cover_ram_in_the_right_nodes() {
+        let dir = std::env::temp_dir().join(format!("rig-srat-mem-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("acpi")).unwrap();
+        let e = NumaExpect::gh("0-1", 1, 1, 20);
+        let check = |entries: &[(u32, u64, u64, bool)], ram: u64| {
+            std::fs::write(dir.join("acpi/SRAT.dat"), srat_mem(entries)).unwrap();
+            compare_srat_memory(&e, ram, &dir)
+        };
+        let fails_with = |o: Outcome, part: &str| {
+            assert!(
+                matches!(&o, Outcome::Fail(w) if w.contains(part)),
+                "{part}: {o:?}"
+            );
+        };
+        assert_eq!(check(&[(0, 0, 512 << 20, true)], 512 << 20), Outcome::Pass);
+        // Split in two adjacent entries: the union counts.
+        assert_eq!(
+            check(
+                &[
+                    (0, 1 << 20, (512 << 20) - (1 << 20), true),
+                    (0, 0, 1 << 20, true)
+                ],
+                512 << 20
+            ),
+            Outcome::Pass
+        );
+        assert_eq!(
+            check(
+                &[(0, 0, 3 << 30, true), (0, 4 << 30, 1 << 30, true)],
+                4 << 30
+            ),
+            Outcome::Pass
+        );
+        // RAM missing, in the hole, in a node without memory, disabled, overlapping, absent.
+        fails_with(
+            check(&[(0, 0, 256 << 20, true)], 512 << 20),
+            "cover 0x0+0x10000000",
+        );
+        fails_with(
+            check(&[(0, 0, 4 << 30, true)], 4 << 30),
+            "the guest's RAM is",
+        );
+        fails_with(
+            check(
+                &[(0, 0, 256 << 20, true), (1, 256 << 20, 256 << 20, true)],
+                512 << 20,
+            ),
+            "domain 1",
+        );
+        fails_with(
+            check(&[(0, 0, 512 << 20, false)], 512 << 20),
+            "enabled false",
+        );
+        fails_with(
+            check(&[(0, 0, 512 << 20, true), (0, 4096, 4096, true)], 512 << 20),
+            "overlap",
+        );
+        fails_with(
+            check(&[(9, 0, 512 << 20, true)], 512 << 20),
+            "no memory entry for node 0",
+        );
+        fails_with(check(&[], 512 << 20), "no memory entry for node 0");
+        std::fs::remove_file(dir.join("acpi/SRAT.dat")).unwrap();
+        fails_with(compare_srat_memory(&e, 512 << 20, &dir), "no SRAT");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_device_slit_is_not_the_default_and_symmetric() {
+        for (i, row) in DEVICE_SLIT.iter().enumerate() {
+            for (j, d) in row.iter().enumerate() {
+                assert_eq!(*d, DEVICE_SLIT[j][i]);
+                assert!(if i == j {
+                    *d == 10
+                } else {
+                    *d != 20 && *d > 10
+                });
+            }
+        }
     }
 
     #[test]

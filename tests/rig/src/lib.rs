@@ -23,6 +23,7 @@ pub mod l3;
 pub mod modules;
 pub mod protocol;
 pub mod qemu;
+pub mod retry;
 pub mod scale_scenarios;
 pub mod scenario;
 pub mod setup;
@@ -65,19 +66,34 @@ pub struct CheckResult {
     pub outcome: Outcome,
 }
 
-/// Prints PASS/FAIL lines and the closing `N passed, M failed`; true when all passed.
-pub fn report(results: &[CheckResult]) -> bool {
-    let mut failed = 0;
+/// Prints PASS/FAIL/SKIP lines, `notes` (the retries) and the closing `N passed, M failed`
+/// (`, K skipped` when some were); true when none failed.
+pub fn report(results: &[CheckResult], notes: &[String]) -> bool {
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for r in results {
         match &r.outcome {
-            Outcome::Pass => println!("PASS {}", r.name),
+            Outcome::Pass => {
+                passed += 1;
+                println!("PASS {}", r.name);
+            }
             Outcome::Fail(why) => {
                 failed += 1;
                 println!("FAIL {}: {why}", r.name);
             }
+            Outcome::Skip(why) => {
+                skipped += 1;
+                println!("SKIP {}: {why}", r.name);
+            }
         }
     }
-    println!("{} passed, {} failed", results.len() - failed, failed);
+    for n in notes {
+        println!("{n}");
+    }
+    if skipped == 0 {
+        println!("{passed} passed, {failed} failed");
+    } else {
+        println!("{passed} passed, {failed} failed, {skipped} skipped");
+    }
     failed == 0
 }
 

@@ -7,12 +7,16 @@ use std::collections::BTreeMap;
 pub enum Outcome {
     Pass,
     Fail(String),
+    /// Nothing to check in this configuration (the reason); never counted as passed.
+    Skip(String),
 }
 
 #[derive(Debug, Default)]
 pub struct Transcript {
     /// Check name -> outcome, in the order first reported.
     pub checks: Vec<(String, Outcome)>,
+    /// The names of the checks L2 reported (`@@L2CHECK`), in `checks` too.
+    pub l2_checks: Vec<String>,
     /// ACPI file name -> bytes, with the length and sum the guest announced.
     pub acpi: BTreeMap<String, Vec<u8>>,
     pub acpi_end: BTreeMap<String, (usize, u64)>,
@@ -65,11 +69,15 @@ impl Transcript {
                 let outcome = match verdict {
                     "PASS" => Outcome::Pass,
                     "FAIL" => Outcome::Fail(reason.to_string()),
+                    "SKIP" => Outcome::Skip(reason.to_string()),
                     _ => {
                         self.malformed.push(line.to_string());
                         return;
                     }
                 };
+                if kind == "L2CHECK" {
+                    self.l2_checks.push(a.to_string());
+                }
                 self.checks.push((a.to_string(), outcome));
             }
             "ACPI" => match decode_hex(rest) {
@@ -161,6 +169,15 @@ mod tests {
         );
         assert_eq!(t.checks[2], ("vmm-exit".into(), Outcome::Pass));
         assert_eq!(t.malformed.len(), 1);
+        assert_eq!(t.l2_checks, ["vmm-exit", "vmm-exit"]);
+        t.feed("@@CHECK gh-straddle SKIP no padding: 0x4000000\n");
+        assert_eq!(
+            t.checks[3],
+            (
+                "gh-straddle".into(),
+                Outcome::Skip("no padding: 0x4000000".into())
+            )
+        );
     }
 
     #[test]
