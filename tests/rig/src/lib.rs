@@ -16,6 +16,7 @@ mod e2e;
 pub mod fault_scenarios;
 pub mod gh_scenarios;
 pub mod hotplug_scenarios;
+pub mod hugepage;
 pub mod iasl;
 pub mod images;
 pub mod l3;

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::hugepage;
 use crate::l3::L3;
 use crate::protocol::Outcome;
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
@@ -122,9 +123,13 @@ pub fn gh_device_scenarios(modes: &[&'static str], lengths: &[u64]) -> Vec<Scena
                 ))
                 .vmm_args("--device path=$IVSHMEM,id=gpu0");
             v.push(Scenario {
-                setup: bind_variant(mode, len, ""),
-                expect: [L3_CHECKS, GH_DEVICE_CHECKS].concat(),
-                host_checks: Some(Box::new(|s, d, _| gh_file_checks(s, d))),
+                setup: format!("{}{}", hugepage::COLLECT, bind_variant(mode, len, "")),
+                expect: [L3_CHECKS, GH_DEVICE_CHECKS, &[hugepage::CHECK]].concat(),
+                host_checks: Some(Box::new(|s, d, t| {
+                    let mut v = gh_file_checks(s, d);
+                    v.push(hugepage::congruence(t));
+                    v
+                })),
                 ..Scenario::boot(name, about, l3)
             });
         }
