@@ -124,15 +124,14 @@ pub(crate) const KERNEL_RESOURCES: &str = r#"kernel_resources() {
 /// `leak-maps` would compare two zeros that prove nothing), after it (/tmp/kres1) and after
 /// the last (/tmp/kres2).
 fn leak_checks() -> String {
-    let n = CYCLES;
     format!(
         r#"read -r fds0 maps0 rss0 < /tmp/kres0; read -r fdsp mapsp rssp < /tmp/kresp
 read -r fds1 maps1 rss1 < /tmp/kres1; read -r fds2 maps2 rss2 < /tmp/kres2
-l2_say "@@FACT leak-kernel before $fds0 $maps0 $rss0 present1 $fdsp $mapsp $rssp after1 $fds1 $maps1 $rss1 after{n} $fds2 $maps2 $rss2"
+l2_say "@@FACT leak-kernel before $fds0 $maps0 $rss0 present1 $fdsp $mapsp $rssp after1 $fds1 $maps1 $rss1 last $fds2 $maps2 $rss2"
 [ -n "$fds0" ] && [ "$fds0" = "$fds2" ]
-l2_check leak-fds $? "ghvmm has $fds2 open descriptors after {n} cycles, $fds0 before the first ($fds1 after it)"
+l2_check leak-fds $? "ghvmm has $fds2 open descriptors after the last cycle, $fds0 before the first ($fds1 after it)"
 [ -n "$maps0" ] && [ "$maps0" = "$maps2" ] && [ "${{mapsp:-0}}" -gt "$maps0" ]
-l2_check leak-maps $? "ghvmm maps a VFIO device $maps2 times after {n} cycles, $maps0 before the first, $mapsp while it was present, $maps1 after it (want as many after as before, more while present)"
+l2_check leak-maps $? "ghvmm maps a VFIO device $maps2 times after the last cycle, $maps0 before the first, $mapsp while it was present, $maps1 after it (want as many after as before, more while present)"
 [ -n "$rss1" ] && [ -n "$rss2" ] && [ $((rss2 - rss1)) -le {LEAK_RSS_TOLERANCE_KIB} ]
 l2_check leak-rss $? "ghvmm's VmRSS went from $rss1 KiB after the first cycle to $rss2 KiB after the last (tolerance +{LEAK_RSS_TOLERANCE_KIB} KiB; $rss0 KiB before the first)"
 "#
