@@ -6,8 +6,9 @@
 //! Checked: an `Ok` layout's BAR is the smallest power of two holding the region and a page,
 //! within the window; its pieces tile `[0, bar_size)` in order without gaps or overlap;
 //! mapped pieces are page-aligned, inside the region, inside a sparse area (or the whole
-//! region), never on a trapped page, with a host alignment that divides them; they are
-//! exactly the pages that could be mapped; forwarded pieces stay inside the region and padding
+//! region), never on a trapped page; they are exactly the pages that could be mapped; each is
+//! placed modulo the largest of 1 GiB, 2 MiB or the page that fits in it, in phase with its
+//! offset; forwarded pieces stay inside the region and padding
 //! outside it. An `Err` names a real problem of the input. `split_access` parts cover exactly
 //! the access, in order, each inside one piece of the right kind; device accesses never leave
 //! the region; padding reads 0 and its writes reach nothing; past the BAR reads all ones;
@@ -269,8 +270,22 @@ fn check_layout(r: &RegionDesc, limits: &Limits, l: &BarLayout) {
                 assert_eq!(p.size % page, 0, "{l:?}");
                 assert!(end <= r.size, "mapped past the region: {l:?}");
                 assert!(r.mmap, "mapped without the mmap flag");
-                assert_eq!(host_align, host_alignment(p.size));
-                assert!(host_align.is_power_of_two() && p.size % host_align == 0);
+                assert_eq!(host_align, host_alignment(p.size, page));
+                // The largest of 1 GiB, 2 MiB or the page that fits in the piece.
+                let fits = |a: u64| a >= page && a <= p.size;
+                assert!(host_align.is_power_of_two() && host_align >= page);
+                assert!(host_align == page || fits(host_align), "{l:?}");
+                assert!(
+                    [1u64 << 30, 2 << 20]
+                        .into_iter()
+                        .all(|a| a <= host_align || !fits(a)),
+                    "a larger huge page fits: {l:?}"
+                );
+                assert_eq!(
+                    p.host_placement(),
+                    Some((host_align, p.offset % host_align)),
+                    "{l:?}"
+                );
                 mapped.push((p.offset, end));
             }
             PieceKind::Forwarded => assert!(end <= r.size, "forwarded past the region: {l:?}"),

@@ -71,14 +71,21 @@ unsafe impl Send for HostMapping {}
 unsafe impl Sync for HostMapping {}
 
 impl HostMapping {
-    /// Maps `size` bytes of `fd` at `offset`, the host address aligned to `align` (a power of
-    /// two) so the host kernel can back it with huge pfn mappings.
-    pub fn new(fd: RawFd, offset: u64, size: u64, align: u64) -> std::io::Result<Self> {
+    /// Maps `size` bytes of `fd` at `offset` at a host address congruent to `phase` modulo
+    /// `align` (a power of two, `phase < align`): with the guest address of the same bytes
+    /// congruent too, the host kernel and KVM can back the mapping with huge pages however
+    /// odd its length (`pci::vfio::Piece::host_placement`).
+    pub fn new(fd: RawFd, offset: u64, size: u64, align: u64, phase: u64) -> std::io::Result<Self> {
         let len = usize::try_from(size).map_err(|_| std::io::ErrorKind::InvalidInput)?;
         let align = usize::try_from(align)
             .ok()
             .filter(|a| a.is_power_of_two())
             .ok_or(std::io::ErrorKind::InvalidInput)?;
+        let phase = usize::try_from(phase)
+            .ok()
+            .filter(|p| *p < align)
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
+        // Any `align` consecutive addresses hold one with the wanted phase.
         let span = len
             .checked_add(align)
             .ok_or(std::io::ErrorKind::InvalidInput)?;
@@ -98,12 +105,14 @@ impl HostMapping {
             return Err(std::io::Error::last_os_error());
         }
         let start = reserve as usize;
-        let aligned = (start + align - 1) & !(align - 1);
-        // SAFETY: [aligned, aligned + len) lies inside the reservation we own; MAP_FIXED
+        // The first address at or after `start` congruent to `phase`: less than `align`
+        // past it, so `[placed, placed + len)` stays inside the reservation.
+        let placed = start + (phase.wrapping_sub(start) & (align - 1));
+        // SAFETY: [placed, placed + len) lies inside the reservation we own; MAP_FIXED
         // replaces it.
         let addr = unsafe {
             libc::mmap(
-                aligned as *mut libc::c_void,
+                placed as *mut libc::c_void,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED | libc::MAP_FIXED,
@@ -119,10 +128,10 @@ impl HostMapping {
         }
         // SAFETY: trimming the unused parts of our own reservation around the mapping.
         unsafe {
-            if aligned > start {
-                libc::munmap(reserve, aligned - start);
+            if placed > start {
+                libc::munmap(reserve, placed - start);
             }
-            let end = aligned + len;
+            let end = placed + len;
             if start + span > end {
                 libc::munmap(end as *mut libc::c_void, start + span - end);
             }
@@ -152,32 +161,42 @@ mod tests {
     const CHUNK: u64 = 0x1_0000;
 
     #[test]
-    fn a_mapping_starts_at_the_alignment_asked_for_and_shows_the_fd_at_its_offset() {
+    fn a_mapping_starts_at_the_phase_asked_for_and_shows_the_fd_at_its_offset() {
         let file = TempFile::new().unwrap().into_file();
         file.set_len(3 * CHUNK).unwrap();
         file.write_all_at(b"ghvmm", CHUNK).unwrap();
         for align in [CHUNK, 2 << 20, 1 << 30] {
-            let m = HostMapping::new(file.as_raw_fd(), CHUNK, CHUNK, align).unwrap();
-            assert_eq!(m.addr() % align, 0, "aligned to {align:#x}");
-            // SAFETY: `m` maps CHUNK readable bytes at its address for as long as it lives,
-            // and nothing writes them meanwhile.
-            let seen = unsafe { std::slice::from_raw_parts(m.addr() as *const u8, 5) };
-            assert_eq!(seen, b"ghvmm");
+            // Phase 0, a phase that is no multiple of a smaller huge page, and the last one.
+            for phase in [0, 3 * CHUNK, align - CHUNK] {
+                let phase = phase % align;
+                let m = HostMapping::new(file.as_raw_fd(), CHUNK, CHUNK, align, phase).unwrap();
+                assert_eq!(m.addr() % align, phase, "{align:#x}/{phase:#x}");
+                // SAFETY: `m` maps CHUNK readable bytes at its address for as long as it
+                // lives, and nothing writes them meanwhile.
+                let seen = unsafe { std::slice::from_raw_parts(m.addr() as *const u8, 5) };
+                assert_eq!(seen, b"ghvmm");
+            }
         }
     }
 
     #[test]
-    fn an_alignment_that_is_not_a_power_of_two_is_refused() {
+    fn a_placement_that_is_not_a_power_of_two_with_a_phase_below_it_is_refused() {
         let file = TempFile::new().unwrap().into_file();
         file.set_len(CHUNK).unwrap();
-        for align in [0, 3 * CHUNK] {
-            let e = HostMapping::new(file.as_raw_fd(), 0, CHUNK, align)
+        for (align, phase) in [(0, 0), (3 * CHUNK, 0), (CHUNK, CHUNK), (CHUNK, u64::MAX)] {
+            let e = HostMapping::new(file.as_raw_fd(), 0, CHUNK, align, phase)
                 .err()
                 .unwrap();
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
         }
-        // Nothing fits the address space with room to align it.
-        let e = HostMapping::new(file.as_raw_fd(), 0, u64::MAX, CHUNK)
+        // Nothing fits the address space with room to place it.
+        for size in [u64::MAX, u64::MAX - CHUNK + 1] {
+            let e = HostMapping::new(file.as_raw_fd(), 0, size, CHUNK, 0)
+                .err()
+                .unwrap();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        }
+        let e = HostMapping::new(file.as_raw_fd(), u64::MAX, CHUNK, CHUNK, 0)
             .err()
             .unwrap();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);

@@ -42,8 +42,9 @@ pub struct Limits {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PieceKind {
-    /// A KVM memory slot over an mmap of the device fd. `host_align` is the alignment the host
-    /// mapping should get so the host kernel can use huge pfn mappings.
+    /// A KVM memory slot over an mmap of the device fd. `host_align` is the modulus of the
+    /// host mapping's placement (`Piece::host_placement`), chosen so that the host and the
+    /// guest can both use huge pages for it.
     Mapped { host_align: u64 },
     /// Trapped and sent to the device's region read/write.
     Forwarded,
@@ -62,6 +63,22 @@ pub struct Piece {
 impl Piece {
     pub fn end(&self) -> u64 {
         self.offset + self.size
+    }
+
+    /// For a mapped piece, `(align, phase)`: its host mapping must start at an address
+    /// congruent to `phase` modulo `align`. The guest address of the piece is the BAR's base
+    /// (aligned to the BAR's size, a power of two at least `align`, also after the guest moves
+    /// it) plus `offset`, so this is "host virtual ≡ guest physical (mod align)": a huge page
+    /// of the guest then sits on a huge page of the host. The device's own pages are placed
+    /// the same way in the host's physical space, which lets the host kernel's huge pfnmap
+    /// faults apply too.
+    pub fn host_placement(&self) -> Option<(u64, u64)> {
+        match self.kind {
+            PieceKind::Mapped { host_align } if host_align.is_power_of_two() => {
+                Some((host_align, self.offset & (host_align - 1)))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -109,6 +126,7 @@ pub enum LayoutError {
 }
 
 const GIB: u64 = 1 << 30;
+const HUGE_2M: u64 = 2 << 20;
 
 fn align_up(v: u64, a: u64) -> Option<u64> {
     v.checked_add(a - 1).map(|v| v & !(a - 1))
@@ -118,12 +136,15 @@ fn align_down(v: u64, a: u64) -> u64 {
     v & !(a - 1)
 }
 
-/// min(largest power of two dividing `size`, 1 GiB).
-pub fn host_alignment(size: u64) -> u64 {
-    if size == 0 {
-        return 1;
-    }
-    (1u64 << size.trailing_zeros()).min(GIB)
+/// The largest of 1 GiB, 2 MiB or the page size that fits in a mapped piece of `size` bytes
+/// (QEMU's rule). Not the largest power of two dividing `size`: that is one page for a length
+/// such as 96 GiB - 4 KiB and would rule out huge pages on the whole piece, while the kernel
+/// only needs each huge page of the mapping to be congruent, not the mapping's ends.
+pub fn host_alignment(size: u64, page: u64) -> u64 {
+    [GIB, HUGE_2M]
+        .into_iter()
+        .find(|&a| a > page && a <= size)
+        .unwrap_or(page)
 }
 
 /// Subtracts `holes` (sorted, disjoint) from `[start, end)`.
@@ -259,7 +280,7 @@ pub fn bar_layout(r: &RegionDesc, limits: &Limits) -> Result<Option<BarLayout>, 
             offset: s,
             size: e - s,
             kind: PieceKind::Mapped {
-                host_align: host_alignment(e - s),
+                host_align: host_alignment(e - s, page),
             },
         });
         cur = e;
@@ -318,6 +339,17 @@ mod tests {
             .collect()
     }
 
+    /// The placement rule spelt out: the largest huge page size that fits, else a page.
+    fn expected_host_align(size: u64) -> u64 {
+        if size >= GIB {
+            GIB
+        } else if size >= 2 * MIB {
+            2 * MIB
+        } else {
+            PAGE
+        }
+    }
+
     /// Invariants every layout must satisfy.
     fn check(r: &RegionDesc, l: &BarLayout) {
         assert!(l.bar_size.is_power_of_two());
@@ -332,8 +364,9 @@ mod tests {
                     assert_eq!(p.offset % PAGE, 0);
                     assert_eq!(p.size % PAGE, 0);
                     assert!(p.end() <= r.size);
-                    assert!(host_align.is_power_of_two() && host_align <= GIB);
-                    assert_eq!(p.size % host_align, 0);
+                    assert_eq!(host_align, expected_host_align(p.size), "{l:?}");
+                    let (align, phase) = p.host_placement().unwrap();
+                    assert_eq!((align, phase), (host_align, p.offset % host_align));
                     for t in &r.trapped {
                         let (hs, he) = (
                             t.offset / PAGE * PAGE,
@@ -363,12 +396,9 @@ mod tests {
                 (96 * GIB - 2 * MIB, 32 * GIB + 2 * MIB, "pad")
             ]
         );
-        assert_eq!(
-            l.pieces[0].kind,
-            PieceKind::Mapped {
-                host_align: 2 * MIB
-            }
-        );
+        // 1 GiB huge pages although the length is only a multiple of 2 MiB.
+        assert_eq!(l.pieces[0].kind, PieceKind::Mapped { host_align: GIB });
+        assert_eq!(l.pieces[0].host_placement(), Some((GIB, 0)));
     }
 
     #[test]
@@ -468,11 +498,65 @@ mod tests {
     }
 
     #[test]
-    fn host_alignment_is_capped_at_1g() {
-        assert_eq!(host_alignment(96 * GIB), GIB);
-        assert_eq!(host_alignment(3 * PAGE), PAGE);
-        assert_eq!(host_alignment(6 * MIB), 2 * MIB);
-        assert_eq!(host_alignment(0), 1);
+    fn host_alignment_is_the_largest_huge_page_that_fits() {
+        assert_eq!(host_alignment(96 * GIB, PAGE), GIB);
+        // The lengths whose largest power-of-two divisor is one page still get huge pages.
+        assert_eq!(host_alignment(96 * GIB - PAGE, PAGE), GIB);
+        assert_eq!(host_alignment(40 * MIB + 12 * 1024, PAGE), 2 * MIB);
+        assert_eq!(host_alignment(GIB - PAGE, PAGE), 2 * MIB);
+        assert_eq!(host_alignment(2 * MIB - PAGE, PAGE), PAGE);
+        assert_eq!(host_alignment(3 * PAGE, PAGE), PAGE);
+        assert_eq!(host_alignment(u64::MAX, PAGE), GIB);
+        // Degenerate sizes fall back to the page, never to 0 or a non-power of two.
+        assert_eq!(host_alignment(0, PAGE), PAGE);
+        assert_eq!(host_alignment(1, PAGE), PAGE);
+        // A 64 KiB-page host: the page is the floor, 2 MiB and 1 GiB still apply above it.
+        assert_eq!(host_alignment(MIB, 64 * 1024), 64 * 1024);
+        assert_eq!(host_alignment(3 * MIB, 64 * 1024), 2 * MIB);
+    }
+
+    #[test]
+    fn a_96g_minus_4k_piece_gets_1g_placement_and_later_pieces_keep_their_phase() {
+        // vmm-pads with an MSI-X table in the middle: the piece after the hole starts at an
+        // offset that is no multiple of its alignment.
+        let mut r = region(96 * GIB - PAGE);
+        r.trapped = vec![SparseArea {
+            offset: 3 * MIB,
+            size: 0x100,
+        }];
+        let l = bar_layout(&r, &LIMITS).unwrap().unwrap();
+        check(&r, &l);
+        assert_eq!(
+            kinds(&l),
+            vec![
+                (0, 3 * MIB, "map"),
+                (3 * MIB, PAGE, "fwd"),
+                (3 * MIB + PAGE, 96 * GIB - 3 * MIB - 2 * PAGE, "map"),
+                (96 * GIB - PAGE, 32 * GIB + PAGE, "pad"),
+            ]
+        );
+        assert_eq!(l.pieces[0].host_placement(), Some((2 * MIB, 0)));
+        assert_eq!(l.pieces[1].host_placement(), None);
+        assert_eq!(l.pieces[2].host_placement(), Some((GIB, 3 * MIB + PAGE)));
+        assert_eq!(l.pieces[3].host_placement(), None);
+    }
+
+    #[test]
+    fn a_hand_made_piece_with_a_bad_alignment_has_no_placement() {
+        for host_align in [0, 3 * PAGE] {
+            let p = Piece {
+                offset: PAGE,
+                size: PAGE,
+                kind: PieceKind::Mapped { host_align },
+            };
+            assert_eq!(p.host_placement(), None);
+        }
+        let p = Piece {
+            offset: u64::MAX - PAGE + 1,
+            size: PAGE,
+            kind: PieceKind::Mapped { host_align: GIB },
+        };
+        assert_eq!(p.host_placement(), Some((GIB, GIB - PAGE)));
     }
 
     #[test]

@@ -114,6 +114,11 @@ fn check_device(dev: &std::path::Path, mode: &str, len: u64, gate: bool) -> Resu
             Ok(())
         }),
     );
+    // Where the guest put the BAR, for the rig's hugepage-congruence check (the host pairs
+    // it with ghvmm's mappings of the device).
+    if let Ok((start, size, _)) = resource(dev, 2) {
+        println!("@@FACT gh-bar2 {start:#x} {size:#x}");
+    }
     let m = match BarView::open(dev, 2, bar_size) {
         Ok(m) => m,
         Err(e) => {

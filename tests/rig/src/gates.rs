@@ -32,6 +32,7 @@ gate_open() {
         $R counters > /tmp/gc$1.json 2>&1
         if [ -n "$vupid" ]; then vu_counters /tmp/sc$1.json; fi
     fi
+    devmaps_snap $l3pid
     $GATE_CHECKER poke-ram $l3pid $gate_gpa $1 2> /tmp/poke.err || { gate_err="gate $1 at $gate_gpa: $(cat /tmp/poke.err)"; return 1; }
 }
 gates_counted() {

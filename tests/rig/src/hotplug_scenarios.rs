@@ -103,12 +103,49 @@ fn error_checks() -> String {
     .concat()
 }
 
+/// What the kernel says of ghvmm's resources may grow by over the hot-plug cycles: its
+/// resident set after the last cycle against after the first (KiB). Not against before the
+/// first: that add DMA-maps the guest RAM and makes it resident for good (scale_scenarios.rs).
+/// Heap reuse is not exact between cycles (allocator bins, the API thread's buffers), which
+/// a few pages cover; 20 cycles each keeping a 64 KiB buffer or a page table of a touched
+/// mapping would exceed it.
+pub const LEAK_RSS_TOLERANCE_KIB: u64 = 1024;
+
+/// Shell function `kernel_resources PID`: the process's open descriptors (/proc/PID/fd), its
+/// mappings of a VFIO device (lines of /proc/PID/maps naming one) and its VmRSS in KiB, as
+/// three numbers.
+pub(crate) const KERNEL_RESOURCES: &str = r#"kernel_resources() {
+    echo "$(ls /proc/$1/fd | wc -l) $(grep -c vfio-device /proc/$1/maps) $(grep VmRSS /proc/$1/status | tr -dc 0-9)"
+}
+"#;
+
+/// Shell: the `leak-*` checks from `kernel_resources` before the first cycle (/tmp/kres0),
+/// while its device is present (/tmp/kresp: the device's mappings must show there, or
+/// `leak-maps` would compare two zeros that prove nothing), after it (/tmp/kres1) and after
+/// the last (/tmp/kres2).
+fn leak_checks() -> String {
+    format!(
+        r#"read -r fds0 maps0 rss0 < /tmp/kres0; read -r fdsp mapsp rssp < /tmp/kresp
+read -r fds1 maps1 rss1 < /tmp/kres1; read -r fds2 maps2 rss2 < /tmp/kres2
+l2_say "@@FACT leak-kernel before $fds0 $maps0 $rss0 present1 $fdsp $mapsp $rssp after1 $fds1 $maps1 $rss1 last $fds2 $maps2 $rss2"
+[ -n "$fds0" ] && [ "$fds0" = "$fds2" ]
+l2_check leak-fds $? "ghvmm has $fds2 open descriptors after the last cycle, $fds0 before the first ($fds1 after it)"
+[ -n "$maps0" ] && [ "$maps0" = "$maps2" ] && [ "${{mapsp:-0}}" -gt "$maps0" ]
+l2_check leak-maps $? "ghvmm maps a VFIO device $maps2 times after the last cycle, $maps0 before the first, $mapsp while it was present, $maps1 after it (want as many after as before, more while present)"
+[ -n "$rss1" ] && [ -n "$rss2" ] && [ $((rss2 - rss1)) -le {LEAK_RSS_TOLERANCE_KIB} ]
+l2_check leak-rss $? "ghvmm's VmRSS went from $rss1 KiB after the first cycle to $rss2 KiB after the last (tolerance +{LEAK_RSS_TOLERANCE_KIB} KiB; $rss0 KiB before the first)"
+"#
+    )
+}
+
 /// Shell: `CYCLES` hot-plug cycles. Each runs `$R <add>` (which must attach the device with
 /// id gpu0 to GH slot 0; the first answer must name 0001:00:00.0, check `api-add-bdf`), waits
 /// for the guest's `@@HOTPLUG present`, runs `at_second` during the second cycle, removes the
 /// device and waits for `@@HOTPLUG gone`. After the first removal `vm.info` goes to
 /// /tmp/info1.json and `after_first` runs; after the last, /tmp/info2.json. Reports
-/// `api-cycles`, and `hotplug-no-leak`: open fds and KVM memory slots as after the first cycle.
+/// `api-cycles`, `hotplug-no-leak` (ghvmm's own count of open fds and KVM memory slots as
+/// after the first cycle), and the kernel's view, `leak-fds`, `leak-maps` and `leak-rss`
+/// (`leak_checks`).
 pub(crate) fn cycles_script(add: &str, after_first: &str, at_second: &str) -> String {
     let (fds1, slots1, rss1) = (
         json_number("/tmp/info1.json", "open_fds"),
@@ -122,13 +159,15 @@ pub(crate) fn cycles_script(add: &str, after_first: &str, at_second: &str) -> St
     );
     let indent = |sh: &str| sh.replace('\n', "\n             ");
     format!(
-        "i=1; failed=\n\
+        "{KERNEL_RESOURCES}kernel_resources $l3pid > /tmp/kres0\n\
+         i=1; failed=\n\
          while [ $i -le {CYCLES} ] && [ -z \"$failed\" ]; do\n\
            t0=$(cut -d' ' -f1 /proc/uptime)\n\
            out=$($R {add} 2>&1) || {{ failed=\"add $i: $out\"; break; }}\n\
            [ $i = 1 ] && {{ echo \"$out\" | grep -q '\"bdf\": *\"0001:00:00.0\"'; l2_check api-add-bdf $? \"{verb} answered: $out\"; }}\n\
            wait_marker \"@@HOTPLUG present $i \" 120 || {{ failed=\"cycle $i: the guest never saw the device\"; break; }}\n\
            l2_say \"@@L2LOG cycle $i: added at $t0, seen by $(cut -d' ' -f1 /proc/uptime)\"\n\
+           [ $i = 1 ] && kernel_resources $l3pid > /tmp/kresp\n\
            if [ $i = 2 ]; then\n\
              :\n\
              {second}\
@@ -137,6 +176,7 @@ pub(crate) fn cycles_script(add: &str, after_first: &str, at_second: &str) -> St
            wait_marker \"@@HOTPLUG gone $i\" 120 || {{ failed=\"cycle $i: the device never left the guest\"; break; }}\n\
            if [ $i = 1 ]; then\n\
              $R info > /tmp/info1.json\n\
+             kernel_resources $l3pid > /tmp/kres1\n\
              {first}\
            fi\n\
            i=$((i + 1))\n\
@@ -144,13 +184,16 @@ pub(crate) fn cycles_script(add: &str, after_first: &str, at_second: &str) -> St
          [ -z \"$failed\" ]\n\
          l2_check api-cycles $? \"$failed\"\n\
          $R info > /tmp/info2.json\n\
+         kernel_resources $l3pid > /tmp/kres2\n\
          l2_say \"@@L2LOG after cycle 1: fds {fds1} slots {slots1} rss {rss1} KiB; after {CYCLES}: fds {fds2} slots {slots2} rss {rss2} KiB\"\n\
          [ -n \"{fds1}\" ] && [ -n \"{slots1}\" ] && [ \"{fds1}\" = \"{fds2}\" ] && [ \"{slots1}\" = \"{slots2}\" ]\n\
-         l2_check hotplug-no-leak $? \"open fds {fds1} -> {fds2}, KVM memory slots {slots1} -> {slots2} over {n} cycles\"\n",
+         l2_check hotplug-no-leak $? \"open fds {fds1} -> {fds2}, KVM memory slots {slots1} -> {slots2} over {n} cycles\"\n\
+         {leaks}",
         verb = add.split_whitespace().next().unwrap_or(add),
         first = indent(after_first),
         second = indent(at_second),
         n = CYCLES - 1,
+        leaks = leak_checks(),
     )
 }
 
@@ -164,6 +207,9 @@ pub(crate) const CYCLE_CHECKS: &[&str] = &[
     "hotplug-cycles",
     "api-cycles",
     "hotplug-no-leak",
+    "leak-fds",
+    "leak-maps",
+    "leak-rss",
 ];
 
 fn hotplug_gh_scenario() -> Scenario {
@@ -253,6 +299,90 @@ mod tests {
         for check in s.expect.iter().filter(|c| c.starts_with("api-")) {
             assert!(sh.contains(&format!("l2_check {check} ")), "{check}");
         }
+    }
+
+    /// Runs `leak_checks` in the host's sh over the given `kernel_resources` lines (before,
+    /// present, after the first, after the last); returns the checks' lines.
+    fn leaks(kres: [&str; 4]) -> Vec<String> {
+        let dir = std::env::temp_dir().join(format!(
+            "rig-leak-{}-{}",
+            std::process::id(),
+            kres.join("_").replace(' ', ".")
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, line) in ["kres0", "kresp", "kres1", "kres2"].iter().zip(kres) {
+            std::fs::write(dir.join(name), format!("{line}\n")).unwrap();
+        }
+        let script = format!(
+            "l2_say() {{ echo \"$*\"; }}\n\
+             l2_check() {{ if [ \"$2\" = 0 ]; then echo \"$1 PASS\"; else echo \"$1 FAIL $3\"; fi; }}\n{}",
+            leak_checks().replace("/tmp/", &format!("{}/", dir.display()))
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("leak-"))
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn leak_checks_judge_the_kernels_figures() {
+        let ok = ["10 0 1000", "12 1 500000", "10 0 528116", "10 0 528140"];
+        assert_eq!(
+            leaks(ok),
+            ["leak-fds PASS", "leak-maps PASS", "leak-rss PASS"]
+        );
+        let fail = |kres, check: &str| {
+            let out = leaks(kres);
+            assert!(
+                out.iter().any(|l| l.starts_with(&format!("{check} FAIL"))),
+                "{out:?}"
+            );
+        };
+        fail(
+            ["10 0 1000", "12 1 500000", "10 0 528116", "11 0 528140"],
+            "leak-fds",
+        );
+        fail(
+            ["10 0 1000", "12 1 500000", "10 0 528116", "10 1 528140"],
+            "leak-maps",
+        );
+        // Nothing seen while present: the pattern no longer names the device's mappings.
+        fail(
+            ["10 0 1000", "12 0 500000", "10 0 528116", "10 0 528140"],
+            "leak-maps",
+        );
+        fail(
+            ["10 0 1000", "12 1 500000", "10 0 528116", "10 0 529141"],
+            "leak-rss",
+        );
+        // A missing snapshot is a failure, never a pass.
+        fail(
+            ["", "12 1 500000", "10 0 528116", "10 0 528140"],
+            "leak-fds",
+        );
+    }
+
+    #[test]
+    fn kernel_resources_gives_three_numbers() {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{KERNEL_RESOURCES}kernel_resources $$"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let n: Vec<u64> = text
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect();
+        assert_eq!(n.len(), 3, "{text}");
+        assert!(n[0] >= 3 && n[2] > 0, "{text}");
     }
 
     #[test]

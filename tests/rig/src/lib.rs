@@ -17,6 +17,7 @@ pub mod fault_scenarios;
 pub mod gates;
 pub mod gh_scenarios;
 pub mod hotplug_scenarios;
+pub mod hugepage;
 pub mod iasl;
 pub mod images;
 pub mod l3;

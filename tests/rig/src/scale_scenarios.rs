@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use crate::hotplug_scenarios::json_number;
+use crate::hugepage;
 use crate::l3::L3;
 use crate::protocol::Outcome;
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
@@ -82,13 +83,14 @@ fn scale_gh() -> Scenario {
         .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock");
     let rss = |n: u32| json_number(&format!("/tmp/info{n}.json"), "rss_kib");
     let script = format!(
-        "{bind}{start}\
+        "{collect}{bind}{start}\
          failed=\n\
          for i in 1 2; do\n\
            $R info > /tmp/info$((2 * i - 1)).json\n\
            out=$($R add-device path=$IVSHMEM,id=gpu0,gh_slot=0 2>&1) || {{ failed=\"add $i: $out\"; break; }}\n\
            $R info > /tmp/info$((2 * i)).json\n\
            wait_marker \"@@HOTPLUG present $i \" 180 || {{ failed=\"cycle $i: the guest never saw the device\"; break; }}\n\
+           devmaps_snap $l3pid\n\
            out=$($R remove-device gpu0 2>&1) || {{ failed=\"remove $i: $out\"; break; }}\n\
            wait_marker \"@@HOTPLUG gone $i\" 120 || {{ failed=\"cycle $i: the device never left\"; break; }}\n\
          done\n\
@@ -100,6 +102,7 @@ fn scale_gh() -> Scenario {
          l2_check scale-rss $? \"ghvmm's RSS went from $r3 to $r4 KiB when the 128 GiB BAR arrived (goal: +{RSS_GOAL_KIB} KiB at most; first add, with the RAM pinned for DMA: $r1 -> $r2)\"\n\
          finish_l3 120\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
+        collect = hugepage::COLLECT,
         bind = bind_variant("vmm_pads", LEN, ""),
         start = crate::hotplug_scenarios::start_api_guest(&l3.command()),
         r1 = rss(1),
@@ -116,12 +119,17 @@ fn scale_gh() -> Scenario {
         "hotplug-cycles",
         "api-cycles",
         "scale-rss",
+        hugepage::CHECK,
     ]);
     Scenario {
         setup: script,
         l3: None,
         expect,
-        host_checks: Some(Box::new(|_, d, _| file_checks(d, 1))),
+        host_checks: Some(Box::new(|_, d, t| {
+            let mut v = file_checks(d, 1);
+            v.push(hugepage::congruence(t));
+            v
+        })),
         qemu_args: big_hole(),
         ivshmem: vec![BAR],
         timeout: std::time::Duration::from_secs(300),
@@ -144,11 +152,19 @@ fn scale_gh2() -> Scenario {
              --device path=$IVSHMEM1,id=gpu1,gh_slot=1",
         );
     let mut expect = [L3_CHECKS, GH_DEVICE_CHECKS].concat();
-    expect.extend(["vfio-bind1", "gh-count"]);
+    expect.extend(["vfio-bind1", "gh-count", hugepage::CHECK]);
     Scenario {
-        setup: bind_all_variant("kernel_pads", LEN, 2),
+        setup: format!(
+            "{}{}",
+            hugepage::COLLECT,
+            bind_all_variant("kernel_pads", LEN, 2)
+        ),
         expect,
-        host_checks: Some(Box::new(|_, d, _| file_checks(d, 2))),
+        host_checks: Some(Box::new(|_, d, t| {
+            let mut v = file_checks(d, 2);
+            v.push(hugepage::congruence(t));
+            v
+        })),
         qemu_args: big_hole(),
         ivshmem: vec![BAR, BAR],
         timeout: std::time::Duration::from_secs(300),

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::gates::{gate_counter_checks_call, gated, gated_boot, padding_read, GATE_HELPERS};
+use crate::hugepage;
 use crate::l3::L3;
 use crate::protocol::Outcome;
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS};
@@ -138,9 +139,13 @@ pub fn gh_device_scenarios(modes: &[&'static str], lengths: &[u64]) -> Vec<Scena
                 ))
                 .vmm_args("--device path=$IVSHMEM,id=gpu0");
             let plain = Scenario {
-                setup: bind_variant(mode, len, ""),
-                expect: [L3_CHECKS, GH_DEVICE_CHECKS].concat(),
-                host_checks: Some(Box::new(|s, d, _| gh_file_checks(s, d))),
+                setup: format!("{}{}", hugepage::COLLECT, bind_variant(mode, len, "")),
+                expect: [L3_CHECKS, GH_DEVICE_CHECKS, &[hugepage::CHECK]].concat(),
+                host_checks: Some(Box::new(|s, d, t| {
+                    let mut v = gh_file_checks(s, d);
+                    v.push(hugepage::congruence(t));
+                    v
+                })),
                 ..Scenario::boot(name, about, l3)
             };
             v.push(if len < len.max(4096).next_power_of_two() {
@@ -175,7 +180,11 @@ fn counted_gh_scenario(plain: Scenario, mode: &str, len: u64) -> Scenario {
         // The boot is in `setup`: the length for the host-file check comes from here.
         l3: None,
         expect,
-        host_checks: Some(Box::new(move |_, d, _| gh_file_checks_for(d, len))),
+        host_checks: Some(Box::new(move |_, d, t| {
+            let mut v = gh_file_checks_for(d, len);
+            v.push(hugepage::congruence(t));
+            v
+        })),
         timeout: std::time::Duration::from_secs(300),
         ..plain
     }

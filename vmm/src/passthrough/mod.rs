@@ -488,6 +488,8 @@ fn build_bars(
                         .ok_or_else(|| mmap_err(std::io::ErrorKind::InvalidInput.into()))?,
                     piece.size,
                     host_align,
+                    // A bad alignment (none from `bar_layout`) is refused by `HostMapping`.
+                    piece.host_placement().map_or(0, |(_, phase)| phase),
                 )
                 .map_err(mmap_err)?;
                 let slot =
