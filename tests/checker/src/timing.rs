@@ -1,11 +1,19 @@
 //! `checker time-to-marker LABEL MARKER -- CMD ARGS...`: runs CMD, passes its stdout through,
 //! and prints `@@BENCH LABEL <ms>` when a line containing MARKER first appears, measured from
 //! just before CMD starts on L2's monotonic clock. Used by the bench to time VMM start to L3
-//! init for ghvmm and QEMU alike. Exits with CMD's exit code.
+//! init for ghvmm and QEMU alike. Exits with CMD's exit code; CMD still running `LIMIT` after
+//! its start (a guest the nested emulation hung) is killed: exit code `KILLED`, or `NO_RESULT`
+//! when the marker never came (the bench then runs it again, saying so).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long one timed VMM run may take in all; boots take 5-30 s in the rig.
+const LIMIT: Duration = Duration::from_secs(180);
+/// Exit codes: killed at `LIMIT` after the figure was printed / without a figure.
+pub const KILLED: i32 = 124;
+pub const NO_RESULT: i32 = 125;
 
 pub fn main(args: &[String]) -> i32 {
     let (label, marker, cmd) = match args {
@@ -28,6 +36,18 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
+    // The reader blocks on CMD's output; the deadline is kept by a thread that kills CMD.
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(LIMIT).is_err() {
+            // SAFETY: kill(2) on our own child's pid; it is not reaped before this thread is
+            // joined (below), so the pid cannot be reused meanwhile.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
     let mut seen = false;
     if let Some(out) = child.stdout.take() {
         let mut stdout = std::io::stdout();
@@ -40,9 +60,22 @@ pub fn main(args: &[String]) -> i32 {
             let _ = writeln!(stdout, "{text}");
         }
     }
-    match child.wait() {
-        Ok(status) => status.code().unwrap_or(1),
-        Err(_) => 1,
+    let _ = done_tx.send(());
+    let killed = watchdog.join().unwrap_or(false);
+    let status = child.wait();
+    match (killed, seen) {
+        (true, true) => {
+            println!(
+                "@@LOG time-to-marker {label}: killed after {}s (its figure stands)",
+                LIMIT.as_secs()
+            );
+            KILLED
+        }
+        (_, false) => {
+            println!("@@LOG time-to-marker {label}: no {marker} (killed: {killed})");
+            NO_RESULT
+        }
+        (false, true) => status.map_or(1, |s| s.code().unwrap_or(1)),
     }
 }
 
@@ -75,4 +108,26 @@ pub fn to_file(args: &[String]) -> i32 {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(script: &str) -> i32 {
+        let args: Vec<String> = ["t", "@@INIT", "--", "/bin/sh", "-c", script]
+            .map(String::from)
+            .to_vec();
+        main(&args)
+    }
+
+    #[test]
+    fn a_figure_then_the_vmm_exit_code() {
+        assert_eq!(run("echo @@INIT; exit 3"), 3);
+    }
+
+    #[test]
+    fn no_marker_is_no_result() {
+        assert_eq!(run("echo booting; exit 0"), NO_RESULT);
+    }
 }

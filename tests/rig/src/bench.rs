@@ -75,17 +75,29 @@ fn gh_run(prefix: &str, device_args: &str) -> String {
             .vmm_args(&format!("{device_args},id=gpu0")),
     );
     let sum = |n: u32| format!("$(/bin/checker counters-sum /tmp/gc{n}.json \"\" gpu0)");
+    // A run that gives no result (a gate never reached, the guest hung: the watchdog kills it
+    // after GH_RUN_LIMIT_S) is run again, at most GH_RUN_ATTEMPTS times in all, and said so;
+    // the figures of a run that finished are printed whatever they are.
     format!(
-        "rm -f /tmp/gc1.json /tmp/gc2.json /tmp/gc3.json\n\
+        "for attempt in $(seq {GH_RUN_ATTEMPTS}); do\n\
+         rm -f /tmp/gc1.json /tmp/gc2.json /tmp/gc3.json\n\
          {ghvmm} > /tmp/l3.out 2>&1 < /dev/null &\n\
          l3pid=$!\n\
+         ( sleep {GH_RUN_LIMIT_S}; kill -9 $l3pid ) 2>/dev/null &\n\
+         watchdog=$!\n\
          R=\"/bin/ghvmm-remote --api-socket {api}\"\n\
          gate_err=\n\
-         gate_open 1 count && gate_open 2 count && gate_open 3 count || echo \"@@LOG bench {prefix}: $gate_err\"\n\
+         gate_open 1 count && gate_open 2 count && gate_open 3 count\n\
          wait $l3pid\n\
+         kill $watchdog 2>/dev/null; wait $watchdog 2>/dev/null\n\
+         if [ -z \"$gate_err\" ] && grep -q '@@BENCH gh-empty-read-ns' /tmp/l3.out; then\n\
          echo \"@@BENCH {prefix}copy-counted-accesses $(({b} - {a}))\"\n\
          echo \"@@BENCH {prefix}padding-counted-reads $(({c} - {b}))\"\n\
-         grep -a @@BENCH /tmp/l3.out | sed 's/@@BENCH gh-/@@BENCH {prefix}/'\n",
+         grep -a @@BENCH /tmp/l3.out | sed 's/@@BENCH gh-/@@BENCH {prefix}/'\n\
+         break\n\
+         fi\n\
+         echo \"@@L2LOG RETRY bench {prefix}: attempt $attempt of {GH_RUN_ATTEMPTS} gave no result (${{gate_err:-no figures}})\"\n\
+         done\n",
         ghvmm = l3.command(),
         api = crate::gates::API_SOCKET,
         a = sum(1),
@@ -93,6 +105,10 @@ fn gh_run(prefix: &str, device_args: &str) -> String {
         c = sum(3),
     )
 }
+
+/// Attempts and time limit of one bench-gh run.
+const GH_RUN_ATTEMPTS: u32 = 3;
+const GH_RUN_LIMIT_S: u32 = 300;
 
 /// The scale L2's second ivshmem device and the real length the variant driver gives it: the
 /// small side of the hot-add and first-KVM_RUN comparisons.
@@ -201,12 +217,21 @@ fn scale_script() -> String {
     scale_bind() + &first_run_script() + &scale_hotplug_script()
 }
 
+/// Attempts of one timed boot.
+const BOOT_ATTEMPTS: u32 = 3;
+
 fn boot_script() -> String {
     let mut s = String::new();
     for _ in 0..ROUNDS {
         for (label, vmm, kernel) in VARIANTS {
+            // Exit code 125: the boot gave no figure (the guest hung or died before its init,
+            // killed at the checker's limit); run it again, at most BOOT_ATTEMPTS times.
             s.push_str(&format!(
-                "/bin/checker time-to-marker {label} @@INIT -- {}\n",
+                "for attempt in $(seq {BOOT_ATTEMPTS}); do\n\
+                 /bin/checker time-to-marker {label} @@INIT -- {}\n\
+                 [ $? = 125 ] || break\n\
+                 echo \"@@L2LOG RETRY bench {label}: attempt $attempt of {BOOT_ATTEMPTS} gave no result\"\n\
+                 done\n",
                 command(vmm, kernel)
             ));
         }
@@ -327,6 +352,25 @@ impl Part {
 
 type Figures = serde_json::Map<String, serde_json::Value>;
 
+/// The runs L2 made again inside one bench L2 because they gave no result (`@@L2LOG RETRY
+/// bench ...` lines), printed and kept in results.json: a retry is never silent.
+fn in_run_retries(log: &Path) -> Vec<String> {
+    let text = std::fs::read(log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let retries: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            l.split_once("@@L2LOG RETRY bench ")
+                .map(|(_, r)| r.trim().to_string())
+        })
+        .collect();
+    for r in &retries {
+        println!("RETRY bench {r}");
+    }
+    retries
+}
+
 /// How often an L2 run of the bench is made at most when it gives no result.
 const L2_ATTEMPTS: u32 = 3;
 
@@ -428,6 +472,7 @@ fn devices(prep: &crate::Prepared, dir: &Path) -> Result<Figures> {
         crate::DEFAULT_IVSHMEM,
         Duration::from_secs(1800),
     )?;
+    let retries = in_run_retries(&log);
     let boot: Vec<Series> = VARIANTS
         .iter()
         .map(|(label, _, _)| Series::of(&t, label).complete(ROUNDS, &log))
@@ -525,6 +570,7 @@ fn devices(prep: &crate::Prepared, dir: &Path) -> Result<Figures> {
         "boot_to_init_ms": all(&boot.iter().collect::<Vec<_>>()),
         "gh_device": all(&[&bar, &ram, &exits, &pad, &empty, &pads]),
         "gh_device_bytes": GH_LEN,
+        "devices_retried_runs": retries,
         "vfio_user": all(&[&user_bar, &user_exits, &user_pad, &user_pads]),
         "devices_ratios": {
             "boot_same_bzimage": same_bz,
@@ -551,6 +597,7 @@ fn scale(prep: &crate::Prepared, dir: &Path) -> Result<Figures> {
         &[crate::scale_scenarios::BAR, SMALL_IVSHMEM],
         Duration::from_secs(1200),
     )?;
+    let retries = in_run_retries(&log);
     let series = |label| Series::of(&st, label).complete(ROUNDS, &log);
     let first_run: Vec<Series> = first_run_variants()
         .iter()
@@ -598,6 +645,7 @@ fn scale(prep: &crate::Prepared, dir: &Path) -> Result<Figures> {
         "first_kvm_run_us": all(&first_run.iter().collect::<Vec<_>>()),
         "hot_add_ms": all(&[&small_add, &large_add]),
         "rss_kib": { "no_device": none, "without_bar": without, "with_bar": with, "delta": rss_delta },
+        "scale_retried_runs": retries,
         "scale_bytes": {
             "real": crate::scale_scenarios::LEN,
             "bar": crate::scale_scenarios::BAR,
