@@ -108,7 +108,7 @@ fn gh_run(prefix: &str, device_args: &str) -> String {
 
 /// Attempts and time limit of one bench-gh run.
 const GH_RUN_ATTEMPTS: u32 = 3;
-const GH_RUN_LIMIT_S: u32 = 300;
+const GH_RUN_LIMIT_S: u32 = 240;
 
 /// The scale L2's second ivshmem device and the real length the variant driver gives it: the
 /// small side of the hot-add and first-KVM_RUN comparisons.
@@ -371,6 +371,10 @@ fn in_run_retries(log: &Path) -> Vec<String> {
     retries
 }
 
+/// A bench L2 silent this long is hung (every step prints within a few minutes: the longest
+/// waits are the checker's 180 s boot limit and the gates' 240 s).
+const SILENCE: Duration = Duration::from_secs(420);
+
 /// How often an L2 run of the bench is made at most when it gives no result.
 const L2_ATTEMPTS: u32 = 3;
 
@@ -388,8 +392,16 @@ fn boot_bench_l2(
 ) -> Result<crate::protocol::Transcript> {
     let mut attempt = 1;
     loop {
-        let (t, finished, _) =
-            crate::boot_l2(prep, dir, overlays, qemu_args, ivshmem, timeout, false)?;
+        let (t, finished, _) = crate::boot_l2_with(
+            prep,
+            dir,
+            overlays,
+            qemu_args,
+            ivshmem,
+            timeout,
+            false,
+            Some(SILENCE),
+        )?;
         if finished && t.l2_done {
             return Ok(t);
         }
@@ -397,7 +409,7 @@ fn boot_bench_l2(
         let why = if finished {
             "L2 stopped before its script ended"
         } else {
-            "timed out"
+            "timed out, or silent for 7 minutes"
         };
         if attempt == L2_ATTEMPTS {
             bail!(

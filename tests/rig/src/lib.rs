@@ -127,6 +127,21 @@ pub fn boot_l2(
     timeout: Duration,
     echo: bool,
 ) -> Result<(Transcript, bool, Duration)> {
+    boot_l2_with(prep, dir, overlays, qemu_args, ivshmem, timeout, echo, None)
+}
+
+/// `boot_l2`, ending the run as unfinished when the console is silent for `silence`.
+#[allow(clippy::too_many_arguments)]
+pub fn boot_l2_with(
+    prep: &Prepared,
+    dir: &Path,
+    overlays: &[Vec<u8>],
+    qemu_args: &[String],
+    ivshmem: &[u64],
+    timeout: Duration,
+    echo: bool,
+    silence: Option<Duration>,
+) -> Result<(Transcript, bool, Duration)> {
     std::fs::create_dir_all(dir)?;
     let initrd = dir.join("initrd.cpio");
     let mut image = prep.base.clone();
@@ -151,6 +166,7 @@ pub fn boot_l2(
         registers: dir.join("registers.txt"),
         memory: "2G",
         extra: qemu_args.to_vec(),
+        silence,
     };
     let mut t = Transcript::default();
     let start = Instant::now();

@@ -36,6 +36,9 @@ pub struct L2 {
     pub memory: &'static str,
     /// More QEMU arguments (a scenario's extra devices).
     pub extra: Vec<String>,
+    /// Ends the run as unfinished when the console stays silent this long (a silent L2
+    /// hang), before the overall timeout; None: only the timeout.
+    pub silence: Option<Duration>,
 }
 
 impl L2 {
@@ -122,7 +125,10 @@ impl L2 {
         let deadline = Instant::now() + timeout;
         let mut finished = true;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            if let Some(quiet) = self.silence {
+                left = left.min(quiet);
+            }
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     let _ = writeln!(log, "{line}");
