@@ -96,7 +96,7 @@ fn gh_run(prefix: &str, device_args: &str) -> String {
          grep -a @@BENCH /tmp/l3.out | sed 's/@@BENCH gh-/@@BENCH {prefix}/'\n\
          break\n\
          fi\n\
-         echo \"@@L2LOG RETRY bench {prefix}: attempt $attempt of {GH_RUN_ATTEMPTS} gave no result (${{gate_err:-no figures}})\"\n\
+         echo \"@@L2LOG RETRY bench {prefix}: attempt $attempt of {GH_RUN_ATTEMPTS} gave no result (${{gate_err:-no figures}}; the VMM's last words: $(grep -a -v '^@@ACPI' /tmp/l3.out | tail -n 2 | tr '\\n' ' ' | head -c 300))\"\n\
          done\n",
         ghvmm = l3.command(),
         api = crate::gates::API_SOCKET,
