@@ -1,7 +1,14 @@
 //! One BAR of a passed-through function in the guest: KVM memory slots over host mappings of
-//! the device fd for the mappable pieces, and one trap device on the MMIO bus for the rest
-//! (forwarded to the device, ghvmm's padding, the emulated MSI-X table). They are installed,
-//! moved and removed together.
+//! the device fd for the mappable pieces, and one trap device on the MMIO bus over the whole
+//! BAR, which answers what no slot covers (forwarded to the device, ghvmm's padding, the
+//! emulated MSI-X table). They are installed, moved and removed together.
+//!
+//! The slots are created at the guest's first access to a mapped piece, not when the BAR is
+//! installed: creating a KVM slot costs time linear in its size on x86 (Debian's kernel zeroes
+//! 2 bytes of write-tracking state per 4 KiB page: 48 MiB for a 96 GiB BAR, 150-340 ms in the
+//! rig's L2), which would otherwise be paid at every boot and hot add, and compete with the
+//! guest's probe for the CPU. The vCPU that first touches the memory builds them (once per
+//! install) and is answered through the host mapping; from then on nothing exits.
 
 use std::sync::Arc;
 
@@ -29,6 +36,8 @@ pub struct BarTrap {
     /// Every access this trap serves, by kind.
     counters: Arc<BarCounters>,
     reported: bool,
+    /// The BAR's slots and the VM to create them in, once the BAR has mapped pieces.
+    lazy: Option<(Slots, Arc<dyn SlotSetter>)>,
 }
 
 impl BarTrap {
@@ -48,7 +57,32 @@ impl BarTrap {
             interrupts,
             counters,
             reported: false,
+            lazy: None,
         }
+    }
+
+    /// An access of `len` bytes at BAR offset `at` that lies in a mapped piece: the slots are
+    /// built if they are not (the first touch of the memory) and the piece's host address of
+    /// `at` returned, for this one access to go through the mapping. None otherwise (the
+    /// access is dispatched as usual).
+    fn first_touch(&self, at: u64, len: usize) -> Option<u64> {
+        let (slots, kvm) = self.lazy.as_ref()?;
+        let hva = slots.hva(at, len as u64)?;
+        let started = std::time::Instant::now();
+        match slots.build(kvm.as_ref(), self.bar_base) {
+            Ok(true) => log::info!(
+                "BAR {}: slots at {:#x} built at the first access ({} us)",
+                self.bar,
+                self.bar_base,
+                started.elapsed().as_micros()
+            ),
+            Ok(false) => {}
+            Err(e) => log::error!(
+                "BAR {}: {e}; the mapped memory is answered by the trap",
+                self.bar
+            ),
+        }
+        Some(hva)
     }
 
     fn report(&mut self, errors: Vec<dispatch::DeviceError>) {
@@ -79,6 +113,12 @@ impl BusDevice for BarTrap {
         }
         self.counters
             .count(AccessKind::of(&self.layout, at, data.len()));
+        if let Some(hva) = self.first_touch(at, data.len()) {
+            // SAFETY: `hva` lies with `data.len()` bytes inside a live host mapping of this
+            // BAR (`Slots::hva` checked it; `Slots` keeps the mappings alive).
+            unsafe { mapped_read(hva, data) };
+            return;
+        }
         let errors = dispatch::read(&self.layout, &self.region, at, data);
         self.report(errors);
     }
@@ -94,8 +134,65 @@ impl BusDevice for BarTrap {
         }
         self.counters
             .count(AccessKind::of(&self.layout, at, data.len()));
+        if let Some(hva) = self.first_touch(at, data.len()) {
+            // SAFETY: as in `read`.
+            unsafe { mapped_write(hva, data) };
+            return;
+        }
         let errors = dispatch::write(&self.layout, &self.region, at, data);
         self.report(errors);
+    }
+}
+
+/// Reads `data.len()` bytes of device memory at host address `hva` as one access of that
+/// width when it is 2, 4 or 8 bytes and aligned (device memory may care), byte by byte
+/// otherwise.
+///
+/// # Safety
+/// `hva..hva + data.len()` must be mapped and readable.
+unsafe fn mapped_read(hva: u64, data: &mut [u8]) {
+    let p = hva as *const u8;
+    let aligned = hva.is_multiple_of(data.len().max(1) as u64);
+    // SAFETY: the caller's contract; the reads are volatile so each is one device access.
+    unsafe {
+        match (data.len(), aligned) {
+            (2, true) => data.copy_from_slice(&p.cast::<u16>().read_volatile().to_ne_bytes()),
+            (4, true) => data.copy_from_slice(&p.cast::<u32>().read_volatile().to_ne_bytes()),
+            (8, true) => data.copy_from_slice(&p.cast::<u64>().read_volatile().to_ne_bytes()),
+            _ => {
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = p.add(i).read_volatile();
+                }
+            }
+        }
+    }
+}
+
+/// The write counterpart of `mapped_read`.
+///
+/// # Safety
+/// `hva..hva + data.len()` must be mapped and writable.
+unsafe fn mapped_write(hva: u64, data: &[u8]) {
+    let p = hva as *mut u8;
+    let aligned = hva.is_multiple_of(data.len().max(1) as u64);
+    // SAFETY: the caller's contract; the writes are volatile so each is one device access.
+    unsafe {
+        match (data.len(), aligned) {
+            (2, true) => p
+                .cast::<u16>()
+                .write_volatile(u16::from_ne_bytes([data[0], data[1]])),
+            (4, true) => p
+                .cast::<u32>()
+                .write_volatile(u32::from_ne_bytes([data[0], data[1], data[2], data[3]])),
+            (8, true) => p.cast::<u64>().write_volatile(u64::from_ne_bytes([
+                data[0], data[1], data[2], data[3], data[4], data[5], data[6], data[7],
+            ])),
+            _ => {
+                for (i, b) in data.iter().enumerate() {
+                    p.add(i).write_volatile(*b);
+                }
+            }
+        }
     }
 }
 
@@ -138,17 +235,17 @@ impl SlotSetter for VmFd {
     }
 }
 
-/// Where a BAR's slots should be and where they are. Creating a KVM slot costs time linear in
-/// its size on x86 (Debian's kernel zeroes 2 bytes of write-tracking state per 4 KiB page:
-/// 48 MiB for a 96 GiB BAR), so a builder thread creates them while the guest goes on, the
-/// whole BAR answering through its trap meanwhile. Whoever moves or removes the BAR takes the
-/// same lock, so a builder never installs at an address the BAR has left.
+/// Where a BAR's slots should be and where they are (module doc: they are built at the first
+/// access). Whoever moves or removes the BAR takes the same lock, so a build never installs at
+/// an address the BAR has left.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SlotCtl {
     /// The BAR's guest address while it should have slots.
     wanted: Option<u64>,
     /// Where its slots are now.
     present: Option<u64>,
+    /// Where KVM refused them: not tried again until the BAR is installed anew.
+    refused: Option<u64>,
 }
 
 /// The slots of one BAR: their shared state and their pieces (offset, size, slot, hva).
@@ -177,17 +274,28 @@ impl Slots {
         *self.ctl.lock()
     }
 
-    /// Marks `at` as where the slots belong (the caller then runs `build`, on any thread).
+    /// Marks `at` as where the slots belong (built at the first access).
     fn want(&self, at: u64) {
-        self.ctl.lock().wanted = Some(at);
+        let mut ctl = self.ctl.lock();
+        ctl.wanted = Some(at);
+        ctl.refused = None;
+    }
+
+    /// The host address of BAR offset `at` when `len` bytes from there lie inside one mapped
+    /// piece; None otherwise.
+    fn hva(&self, at: u64, len: u64) -> Option<u64> {
+        self.pieces.iter().find_map(|&(offset, size, _, hva)| {
+            let rel = at.checked_sub(offset)?;
+            (rel.checked_add(len)? <= size).then(|| hva + rel)
+        })
     }
 
     /// Creates the slots at `at` if the BAR still wants them there and they are not there
     /// yet; on a failure, the ones created are deleted again (the BAR keeps answering through
-    /// its trap). Ok(true) when it created them.
+    /// its trap) and `at` is not tried again. Ok(true) when it created them.
     pub fn build(&self, kvm: &dyn SlotSetter, at: u64) -> Result<bool, String> {
         let mut ctl = self.ctl.lock();
-        if ctl.wanted != Some(at) || ctl.present.is_some() {
+        if ctl.wanted != Some(at) || ctl.present.is_some() || ctl.refused == Some(at) {
             return Ok(false);
         }
         for (i, &(offset, size, slot, hva)) in self.pieces.iter().enumerate() {
@@ -196,6 +304,7 @@ impl Slots {
                 for &(offset, _, slot, hva) in &self.pieces[..i] {
                     let _ = kvm.set_slot(slot, at + offset, 0, hva);
                 }
+                ctl.refused = Some(at);
                 return Err(format!("slot {slot} at {gpa:#x}: {e}"));
             }
         }
@@ -219,7 +328,7 @@ impl Slots {
 
 /// One BAR's pieces, installable at any guest address: one trap over the whole BAR on the
 /// MMIO bus, and KVM slots over the mapped pieces (an access a slot covers never exits, so the
-/// trap answers the rest, and the mapped pieces too while their slots are being built).
+/// trap answers the rest, and the first access to a mapped piece, which builds the slots).
 pub struct BarPlan {
     pub index: usize,
     pub space: BarSpace,
@@ -261,8 +370,8 @@ impl BarPlan {
         }
     }
 
-    /// Installs the BAR at `base`: the trap at once, the slots by a builder thread (on this
-    /// thread if none can be started). On failure, whatever was installed is removed again.
+    /// Installs the BAR at `base`: the trap now, the slots at the guest's first access to a
+    /// mapped piece. On failure, whatever was installed is removed again.
     pub fn install(
         &mut self,
         kvm: &Arc<dyn SlotSetter>,
@@ -282,24 +391,7 @@ impl BarPlan {
         let mapped = self.mapped.clone();
         let slots = self.slots.get_or_insert_with(|| Slots::new(mapped)).clone();
         slots.want(base);
-        let (k, index) = (kvm.clone(), self.index);
-        let build = move || {
-            let started = std::time::Instant::now();
-            match slots.build(k.as_ref(), base) {
-                Ok(true) => log::info!(
-                    "BAR {index}: slots at {base:#x} built in {} us",
-                    started.elapsed().as_micros()
-                ),
-                Ok(false) => {}
-                Err(e) => log::error!("BAR {index}: {e}; the BAR is answered by its trap"),
-            }
-        };
-        let spawned = std::thread::Builder::new()
-            .name(format!("bar{}-slots", self.index))
-            .spawn(build.clone());
-        if spawned.is_err() {
-            build();
-        }
+        self.trap.lock().lazy = Some((slots, kvm.clone()));
         Ok(())
     }
 
@@ -385,6 +477,52 @@ mod tests {
         s.want(AT * 2);
         assert_eq!(s.build(&k, AT), Ok(false), "wanted elsewhere now");
         assert!(k.calls.lock().is_empty());
+    }
+
+    #[test]
+    fn a_refused_address_is_not_tried_again_until_the_bar_is_reinstalled() {
+        let k = FakeKvm {
+            refuse: vec![5],
+            ..FakeKvm::default()
+        };
+        let s = slots(&[(0, 0x1000, 5)]);
+        s.want(AT);
+        assert!(s.build(&k, AT).is_err());
+        assert_eq!(s.build(&k, AT), Ok(false), "not at every access");
+        s.want(AT);
+        assert!(s.build(&k, AT).is_err(), "a new install tries again");
+    }
+
+    #[test]
+    fn only_accesses_inside_one_mapped_piece_have_a_host_address() {
+        let s = slots(&[(0, 0x1000, 5), (0x2000, 0x1000, 6)]);
+        let base = 0x7f00_0000_0000;
+        assert_eq!(s.hva(0, 8), Some(base));
+        assert_eq!(s.hva(0xff8, 8), Some(base + 0xff8));
+        assert_eq!(s.hva(0xffc, 8), None, "straddles the end of the piece");
+        assert_eq!(s.hva(0x1000, 4), None, "not mapped");
+        assert_eq!(s.hva(0x2004, 4), Some(base + 0x2004));
+        assert_eq!(s.hva(u64::MAX, 8), None);
+    }
+
+    #[test]
+    fn mapped_accesses_have_the_access_width() {
+        let mut mem = [0u8; 16];
+        let hva = mem.as_mut_ptr() as u64;
+        // SAFETY: `mem` is ours and 16 bytes long.
+        unsafe {
+            mapped_write(hva + 8, &0x1122_3344_5566_7788u64.to_ne_bytes());
+            mapped_write(hva + 1, &[0xab, 0xcd]);
+        }
+        let mut v = [0u8; 8];
+        let mut w = [0u8; 2];
+        // SAFETY: as above.
+        unsafe {
+            mapped_read(hva + 8, &mut v);
+            mapped_read(hva + 1, &mut w);
+        }
+        assert_eq!(u64::from_ne_bytes(v), 0x1122_3344_5566_7788);
+        assert_eq!(w, [0xab, 0xcd]);
     }
 
     #[test]
