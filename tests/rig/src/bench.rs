@@ -441,7 +441,15 @@ fn all(v: &[&Series]) -> serde_json::Value {
 pub fn run(root: &Path, part: Part) -> Result<()> {
     let prep = crate::prepare(root)?;
     let dir = prep.paths.target().join("bench");
-    let mut json = Figures::new();
+    // A run of one part replaces that part's figures and keeps the other's (each part says
+    // when it ran, in seconds since the epoch).
+    let mut json: Figures = std::fs::read(dir.join("results.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     json.insert("rounds".into(), ROUNDS.into());
     json.insert(
         "guest".into(),
@@ -453,9 +461,11 @@ pub fn run(root: &Path, part: Part) -> Result<()> {
     );
     if part != Part::Scale {
         json.extend(devices(&prep, &dir)?);
+        json.insert("devices_run_at".into(), now.into());
     }
     if part != Part::Devices {
         json.extend(scale(&prep, &dir)?);
+        json.insert("scale_run_at".into(), now.into());
     }
     std::fs::create_dir_all(&dir)?;
     std::fs::write(

@@ -229,8 +229,8 @@ impl SlotSetter for VmFd {
             userspace_addr: hva,
         };
         // SAFETY: `hva` is a host mapping of `size` bytes owned by a BarPlan's `mapped`, which
-        // outlives the slot: `Slots::remove` deletes it (size 0) before the plan drops, and a
-        // builder thread holds its own reference to the mappings while it creates slots.
+        // outlives the slot: `Slots::remove` deletes it (size 0) before the plan drops, and the
+        // trap that builds slots holds its own reference to the mappings (`Slots`).
         unsafe { self.set_user_memory_region(desc) }
     }
 }
@@ -312,7 +312,7 @@ impl Slots {
         Ok(true)
     }
 
-    /// Deletes the slots (waiting for a builder that is creating them) and wants none.
+    /// Deletes the slots (waiting for a vCPU that is building them) and wants none.
     fn remove(&self, kvm: &dyn SlotSetter, bar: usize) {
         let mut ctl = self.ctl.lock();
         ctl.wanted = None;
@@ -454,7 +454,7 @@ mod tests {
     const AT: u64 = 0x80_0000_0000;
 
     #[test]
-    fn a_builder_creates_the_slots_where_the_bar_is_wanted() {
+    fn a_build_creates_the_slots_where_the_bar_is_wanted() {
         let k = FakeKvm::default();
         let s = slots(&[(0, 0x1000, 5), (0x2000, 0x1000, 6)]);
         s.want(AT);
@@ -468,7 +468,7 @@ mod tests {
     }
 
     #[test]
-    fn a_builder_late_for_a_moved_or_removed_bar_does_nothing() {
+    fn a_build_late_for_a_moved_or_removed_bar_does_nothing() {
         let k = FakeKvm::default();
         let s = slots(&[(0, 0x1000, 5)]);
         s.want(AT);
