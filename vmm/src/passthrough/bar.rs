@@ -22,7 +22,8 @@ use pci::vfio::{AccessKind, BarCounters, BarLayout, SharedInterrupts};
 use vfio::HostMapping;
 
 use super::host::Region;
-use crate::memory::bar_allocator::Window;
+use crate::memory::bar_allocator::{BarAllocator, Window};
+use crate::memory::memslots::MemSlots;
 
 /// The trapped parts of one BAR on the MMIO bus.
 pub struct BarTrap {
@@ -246,6 +247,10 @@ pub struct SlotCtl {
     present: Option<u64>,
     /// Where KVM refused them: not tried again until the BAR is installed anew.
     refused: Option<u64>,
+    /// KVM failed to delete one of them (it can, with ENOMEM): that slot may still show the
+    /// host mapping to the guest, so the mapping, the slot numbers and the BAR's guest space
+    /// stay reserved for good (`give_back`) and no slot is built again.
+    kept: bool,
 }
 
 /// The slots of one BAR: their shared state and their pieces (offset, size, slot, hva).
@@ -295,16 +300,18 @@ impl Slots {
     /// its trap) and `at` is not tried again. Ok(true) when it created them.
     pub fn build(&self, kvm: &dyn SlotSetter, at: u64) -> Result<bool, String> {
         let mut ctl = self.ctl.lock();
-        if ctl.wanted != Some(at) || ctl.present.is_some() || ctl.refused == Some(at) {
+        if ctl.wanted != Some(at) || ctl.present.is_some() || ctl.refused == Some(at) || ctl.kept {
             return Ok(false);
         }
         for (i, &(offset, size, slot, hva)) in self.pieces.iter().enumerate() {
             let gpa = at + offset;
             if let Err(e) = kvm.set_slot(slot, gpa, size, hva) {
-                for &(offset, _, slot, hva) in &self.pieces[..i] {
-                    let _ = kvm.set_slot(slot, at + offset, 0, hva);
-                }
                 ctl.refused = Some(at);
+                let undone = Self::delete(kvm, &self.pieces[..i], at);
+                if let Err(kept) = &undone {
+                    ctl.kept = true;
+                    return Err(format!("slot {slot} at {gpa:#x}: {e}; undoing: {kept}"));
+                }
                 return Err(format!("slot {slot} at {gpa:#x}: {e}"));
             }
         }
@@ -312,17 +319,77 @@ impl Slots {
         Ok(true)
     }
 
-    /// Deletes the slots (waiting for a vCPU that is building them) and wants none.
+    /// Deletes the slots (waiting for a vCPU that is building them) and wants none. When KVM
+    /// keeps one, the BAR's resources stay reserved (`kept`) and this says so once.
     fn remove(&self, kvm: &dyn SlotSetter, bar: usize) {
         let mut ctl = self.ctl.lock();
         ctl.wanted = None;
         if let Some(at) = ctl.present.take() {
-            for &(offset, _, slot, hva) in &self.pieces {
-                if let Err(e) = kvm.set_slot(slot, at + offset, 0, hva) {
-                    log::error!("BAR {bar}: removing slot {slot}: {e}");
-                }
+            if let Err(e) = Self::delete(kvm, &self.pieces, at) {
+                ctl.kept = true;
+                log::error!(
+                    "BAR {bar}: KVM kept {e}; its host mapping, slot numbers and guest address \
+                     space stay reserved until ghvmm exits"
+                );
             }
         }
+    }
+
+    /// Deletes the slots of `pieces` at `at`, every one even when one fails; the error names
+    /// the ones KVM kept.
+    fn delete(
+        kvm: &dyn SlotSetter,
+        pieces: &[(u64, u64, u32, u64)],
+        at: u64,
+    ) -> Result<(), String> {
+        let kept: Vec<String> = pieces
+            .iter()
+            .filter_map(|&(offset, _, slot, hva)| {
+                let e = kvm.set_slot(slot, at + offset, 0, hva).err()?;
+                Some(format!("slot {slot} ({e})"))
+            })
+            .collect();
+        if kept.is_empty() {
+            Ok(())
+        } else {
+            Err(kept.join(", "))
+        }
+    }
+
+    /// Whether KVM failed to delete one of the slots.
+    pub fn kept(&self) -> bool {
+        self.ctl.lock().kept
+    }
+}
+
+/// Gives a BAR's slot numbers and guest address space back, and lets its host mappings go
+/// when the caller drops the last reference, unless KVM kept one of its slots (`kept`):
+/// then a slot may still point at the mappings, and reusing the address behind it, the slot
+/// number or the guest range would show whatever comes there next to the guest. Everything
+/// stays reserved instead, leaked until ghvmm exits.
+pub fn give_back(
+    index: usize,
+    kept: bool,
+    mapped: &Arc<Vec<MappedPiece>>,
+    space: BarSpace,
+    slots: &Mutex<MemSlots>,
+    allocator: &Mutex<BarAllocator>,
+) {
+    if kept {
+        // Never unmapped: the count this clone holds is never given back.
+        std::mem::forget(mapped.clone());
+        return;
+    }
+    let mut s = slots.lock();
+    for p in mapped.iter() {
+        s.release(p.slot);
+    }
+    drop(s);
+    if let Err(e) = allocator
+        .lock()
+        .free(space.segment, space.window, space.base, space.size)
+    {
+        log::error!("BAR {index}: giving back its guest address space: {e}");
     }
 }
 
@@ -395,6 +462,11 @@ impl BarPlan {
         Ok(())
     }
 
+    /// Whether KVM kept one of the BAR's slots when asked to delete it (`Slots::kept`).
+    pub fn kvm_kept_slots(&self) -> bool {
+        self.slots.as_ref().is_some_and(Slots::kept)
+    }
+
     /// Removes the BAR's slots and its trap (removing a bus range that is not ours is refused
     /// by address).
     pub fn uninstall(&mut self, kvm: &dyn SlotSetter, bus: &Bus) {
@@ -417,11 +489,13 @@ impl BarPlan {
 mod tests {
     use super::*;
 
-    /// Records slot calls; refuses slot numbers in `refuse`.
+    /// Records slot calls; refuses to create the slot numbers in `refuse` and to delete
+    /// those in `keep` (KVM's ENOMEM).
     #[derive(Default)]
     struct FakeKvm {
         calls: Mutex<Vec<(u32, u64, u64)>>,
         refuse: Vec<u32>,
+        keep: Vec<u32>,
     }
 
     impl SlotSetter for FakeKvm {
@@ -434,6 +508,9 @@ mod tests {
         ) -> Result<(), kvm_ioctls::Error> {
             if size > 0 && self.refuse.contains(&slot) {
                 return Err(kvm_ioctls::Error::new(libc::EEXIST));
+            }
+            if size == 0 && self.keep.contains(&slot) {
+                return Err(kvm_ioctls::Error::new(libc::ENOMEM));
             }
             self.calls.lock().push((slot, gpa, size));
             Ok(())
@@ -547,5 +624,107 @@ mod tests {
         assert!(s.build(&k, AT).unwrap_err().contains("slot 6"));
         assert_eq!(k.calls.lock().as_slice(), &[(5, AT, 0x1000), (5, AT, 0)]);
         assert_eq!(s.state().present, None);
+    }
+
+    /// One mapped page of a memfd in slot `slot`, as a BAR's mapped piece.
+    fn one_piece(slot: u32) -> Arc<Vec<MappedPiece>> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: a NUL-terminated literal; the call returns a new fd or -1.
+        let fd = unsafe { libc::memfd_create(c"bar-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.set_len(0x1000).unwrap();
+        let host = HostMapping::new(file.as_raw_fd(), 0, 0x1000, 0x1000, 0).unwrap();
+        Arc::new(vec![MappedPiece {
+            offset: 0,
+            size: 0x1000,
+            host,
+            slot,
+        }])
+    }
+
+    /// Builds a BAR's slot, removes it through `kvm` and gives the BAR back: returns whether
+    /// the mapping is still alive, the slots in use, and whether the BAR's space was still
+    /// allocated.
+    fn remove_and_give_back(kvm: &FakeKvm) -> (bool, u32, bool) {
+        use crate::memory::layout::{Layout, GIB};
+        let slots = Mutex::new(MemSlots::new(2, 16));
+        let mut allocator = BarAllocator::new(&Layout::new(GIB, None, 40).unwrap()).unwrap();
+        let base = allocator.allocate(0, Window::Mmio64, 0x1000).unwrap();
+        let allocator = Mutex::new(allocator);
+        let space = BarSpace {
+            segment: 0,
+            window: Window::Mmio64,
+            base,
+            size: 0x1000,
+        };
+        let mapped = one_piece(slots.lock().allocate().unwrap());
+        let alive = Arc::downgrade(&mapped);
+        let s = Slots::new(mapped.clone());
+        s.want(base);
+        assert_eq!(s.build(kvm, base), Ok(true));
+        s.remove(kvm, 0);
+        give_back(0, s.kept(), &mapped, space, &slots, &allocator);
+        drop((s, mapped));
+        let in_use = slots.lock().in_use();
+        let still_allocated = allocator
+            .lock()
+            .free(0, Window::Mmio64, base, 0x1000)
+            .is_ok();
+        (alive.upgrade().is_some(), in_use, still_allocated)
+    }
+
+    #[test]
+    fn a_slot_kvm_keeps_keeps_its_mapping_slot_number_and_bar_space() {
+        let kvm = FakeKvm {
+            keep: vec![2],
+            ..FakeKvm::default()
+        };
+        let (mapped, in_use, allocated) = remove_and_give_back(&kvm);
+        assert_eq!(
+            (mapped, in_use, allocated),
+            (true, 3, true),
+            "(mapping alive, slots in use, BAR space taken) after KVM kept the slot"
+        );
+    }
+
+    #[test]
+    fn a_deleted_slot_gives_everything_back() {
+        let (mapped, in_use, allocated) = remove_and_give_back(&FakeKvm::default());
+        assert_eq!((mapped, in_use, allocated), (false, 2, false));
+    }
+
+    #[test]
+    fn a_kept_slot_is_never_built_again() {
+        let k = FakeKvm {
+            keep: vec![5],
+            ..FakeKvm::default()
+        };
+        let s = slots(&[(0, 0x1000, 5)]);
+        s.want(AT);
+        s.build(&k, AT).unwrap();
+        s.remove(&k, 2);
+        assert!(s.kept());
+        s.want(AT * 2);
+        assert_eq!(
+            s.build(&k, AT * 2),
+            Ok(false),
+            "the old slot may still be there"
+        );
+    }
+
+    #[test]
+    fn a_failed_undo_of_a_partial_build_keeps_the_slots() {
+        let k = FakeKvm {
+            refuse: vec![6],
+            keep: vec![5],
+            ..FakeKvm::default()
+        };
+        let s = slots(&[(0, 0x1000, 5), (0x2000, 0x1000, 6)]);
+        s.want(AT);
+        let e = s.build(&k, AT).unwrap_err();
+        assert!(e.contains("undoing: slot 5"), "{e}");
+        assert!(s.kept());
     }
 }

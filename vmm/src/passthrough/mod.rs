@@ -280,26 +280,19 @@ fn close(vm: &PassthroughVm, device: Host) {
 }
 
 /// Uninstalls BARs, then gives back their slot numbers and guest address space; the host
-/// mappings are unmapped as the plans drop (after their KVM slots are gone).
+/// mappings are unmapped as the plans drop (after their KVM slots are gone). A BAR whose slot
+/// KVM kept keeps all of it (`bar::give_back`).
 fn release_bars(vm: &PassthroughVm, bars: Vec<BarPlan>) {
     for mut plan in bars {
         plan.uninstall(vm.vm.as_ref(), &vm.mmio_bus);
-        let mut s = vm.slots.lock();
-        for p in plan.mapped.iter() {
-            s.release(p.slot);
-        }
-        drop(s);
-        let sp = plan.space;
-        if let Err(e) = vm
-            .allocator
-            .lock()
-            .free(sp.segment, sp.window, sp.base, sp.size)
-        {
-            log::error!(
-                "BAR {}: giving back its guest address space: {e}",
-                plan.index
-            );
-        }
+        bar::give_back(
+            plan.index,
+            plan.kvm_kept_slots(),
+            &plan.mapped,
+            plan.space,
+            &vm.slots,
+            &vm.allocator,
+        );
     }
 }
 
