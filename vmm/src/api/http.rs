@@ -22,6 +22,10 @@ pub struct Limits {
     /// oldest one still waiting for its request (which is answered 503), or is answered 503
     /// itself when all are running a request (see server.rs).
     pub max_connections: usize,
+    /// Hot-plug requests (add and remove) running at once: a removal may wait a minute for
+    /// the guest, so beyond this they are answered 503 at once, and the other connections
+    /// stay free for `vm.info`, `vm.shutdown` and the like.
+    pub max_hotplug: usize,
 }
 
 impl Default for Limits {
@@ -32,6 +36,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             max_connections: 64,
+            max_hotplug: 16,
         }
     }
 }

@@ -34,6 +34,23 @@ const ENDPOINTS: &[(&str, &str, Endpoint)] = &[
     ("vm.shutdown", "PUT", Endpoint::VmShutdown),
 ];
 
+/// Whether the request adds or removes a device: those can wait for the guest (up to the
+/// eject timeout), so the server caps how many run at once (`Limits::max_hotplug`).
+pub fn is_hotplug(req: &Request) -> bool {
+    let endpoint = req
+        .path
+        .strip_prefix(PREFIX)
+        .and_then(|name| ENDPOINTS.iter().find(|(n, _, _)| *n == name));
+    matches!(
+        endpoint,
+        Some((
+            _,
+            _,
+            Endpoint::VmAddDevice | Endpoint::VmAddUserDevice | Endpoint::VmRemoveDevice
+        ))
+    )
+}
+
 pub fn handle(req: &Request, vm: &dyn VmControl) -> Response {
     let Some(&(name, method, endpoint)) = req
         .path

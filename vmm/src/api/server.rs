@@ -10,12 +10,18 @@
 //! cannot keep it out. Only when all connections are running a request is a new one refused
 //! with 503. Out of descriptors, the accept thread still answers 503, through a descriptor
 //! it holds in reserve for that, rather than leaving clients queued unanswered.
+//!
+//! Hot-plug requests may wait up to a minute for the guest's eject: at most
+//! `Limits::max_hotplug` run at once, and one beyond that is answered 503 at once, so they
+//! never take every connection and `vm.info`, `vm.shutdown` or `vmm.ping` always get an
+//! answer.
 
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -50,8 +56,33 @@ const EVICTED: &str =
 const NO_FDS: &str = "ghvmm is out of file descriptors; try again";
 const NO_THREAD: &str = "ghvmm cannot start a thread for this connection; try again";
 
+/// Hot-plug requests running now, against `Limits::max_hotplug`.
+#[derive(Default)]
+struct HotplugRunning(AtomicUsize);
+
+/// One running hot-plug request; its place is given back when this drops.
+struct HotplugTurn<'a>(&'a HotplugRunning);
+
+impl HotplugRunning {
+    fn take(&self, max: usize) -> Option<HotplugTurn<'_>> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| HotplugTurn(self))
+    }
+}
+
+impl Drop for HotplugTurn<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn accept_loop(listener: UnixListener, vm: Arc<dyn VmControl>, limits: Arc<Limits>) {
     let conns = Arc::new(Conns::new(limits.max_connections));
+    let hotplug = Arc::new(HotplugRunning::default());
     let mut reserve = Reserve::new(&listener);
     let mut accept_failed = Throttle::default();
     let mut full = Throttle::default();
@@ -109,10 +140,10 @@ fn accept_loop(listener: UnixListener, vm: Arc<dyn VmControl>, limits: Arc<Limit
         };
         let conn = Arc::new(Conn { guard, stream });
         let theirs = Arc::clone(&conn);
-        let (vm, limits) = (Arc::clone(&vm), Arc::clone(&limits));
+        let (vm, limits, hotplug) = (Arc::clone(&vm), Arc::clone(&limits), Arc::clone(&hotplug));
         let spawned = thread::Builder::new()
             .name("ghvmm-api-conn".into())
-            .spawn(move || serve_connection(&theirs, &*vm, &limits));
+            .spawn(move || serve_connection(&theirs, &*vm, &limits, &hotplug));
         if let Err(e) = spawned {
             // The thread's reference went with the closure: this is the last one.
             no_thread.warn(format_args!(
@@ -375,7 +406,7 @@ fn send_now(fd: RawFd, r: &Response) {
     };
 }
 
-fn serve_connection(conn: &Conn, vm: &dyn VmControl, limits: &Limits) {
+fn serve_connection(conn: &Conn, vm: &dyn VmControl, limits: &Limits, hotplug: &HotplugRunning) {
     let stream = &conn.stream;
     let mut reader = DeadlineReader::new(stream, limits.request_timeout);
     let request = match read_request(&mut reader, limits) {
@@ -392,10 +423,22 @@ fn serve_connection(conn: &Conn, vm: &dyn VmControl, limits: &Limits) {
     }
     let response = match request {
         Ok(req) => {
+            let turn = routes::is_hotplug(&req)
+                .then(|| hotplug.take(limits.max_hotplug).ok_or(()))
+                .transpose();
             // A panic in the VM's handler must not take the API down with it; the client
             // gets a 500 and the panic message is on stderr already.
-            let r = catch_unwind(AssertUnwindSafe(|| routes::handle(&req, vm)))
-                .unwrap_or_else(|_| Response::text(500, "internal error (see ghvmm's log)"));
+            let r = match turn {
+                Ok(_turn) => catch_unwind(AssertUnwindSafe(|| routes::handle(&req, vm)))
+                    .unwrap_or_else(|_| Response::text(500, "internal error (see ghvmm's log)")),
+                Err(()) => Response::text(
+                    503,
+                    &format!(
+                        "too many hot-plug requests (at most {} at once); try again",
+                        limits.max_hotplug
+                    ),
+                ),
+            };
             log::debug!("API {} {}: {}", req.method, req.path, r.status);
             r
         }
@@ -455,6 +498,9 @@ mod tests {
 
     use super::*;
     use crate::api::routes::tests::FakeVm;
+
+    /// The tests that count the process's connection threads run one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
 
     struct TempDir(PathBuf);
 
@@ -662,6 +708,7 @@ mod tests {
     /// and descriptors are back to what they were.
     #[test]
     fn flood_then_well_formed_requests() {
+        let _serial = SERIAL.lock();
         let started = Instant::now();
         let dir = temp_dir("flood");
         let socket = dir.0.join("api.sock");
@@ -811,5 +858,99 @@ mod tests {
             settled.1 .0
         );
         eprintln!("flood test took {:?}", started.elapsed());
+    }
+
+    /// `FakeVm`, but every removal waits until `release` (a guest that never ejects).
+    #[derive(Default)]
+    struct StuckRemovals {
+        inner: FakeVm,
+        released: Mutex<bool>,
+        wake: parking_lot::Condvar,
+        waiting: AtomicUsize,
+    }
+
+    impl StuckRemovals {
+        fn release(&self) {
+            *self.released.lock() = true;
+            self.wake.notify_all();
+        }
+    }
+
+    impl VmControl for StuckRemovals {
+        fn info(&self) -> crate::api::VmInfo {
+            self.inner.info()
+        }
+        fn add_device(
+            &self,
+            req: crate::api::AddDevice,
+        ) -> Result<crate::api::PciDeviceInfo, crate::api::ApiError> {
+            self.inner.add_device(req)
+        }
+        fn counters(&self) -> crate::api::Counters {
+            self.inner.counters()
+        }
+        fn remove_device(&self, id: &str) -> Result<(), crate::api::ApiError> {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let mut released = self.released.lock();
+            while !*released {
+                self.wake.wait(&mut released);
+            }
+            drop(released);
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.inner.remove_device(id)
+        }
+        fn power_button(&self) -> Result<(), crate::api::ApiError> {
+            self.inner.power_button()
+        }
+        fn shutdown_vm(&self) -> Result<(), crate::api::ApiError> {
+            self.inner.shutdown_vm()
+        }
+        fn shutdown_vmm(&self) -> Result<(), crate::api::ApiError> {
+            self.inner.shutdown_vmm()
+        }
+    }
+
+    /// 64 removals the guest never answers, one per connection the server has: only
+    /// `max_hotplug` of them wait, the others are told 503 at once, and `vm.info`,
+    /// `vmm.ping` and `vm.shutdown` are still answered while they wait.
+    #[test]
+    fn pending_removals_leave_room_for_every_other_request() {
+        let _serial = SERIAL.lock();
+        let dir = temp_dir("stuck");
+        let socket = dir.0.join("api.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let vm = Arc::new(StuckRemovals::default());
+        let limits = Limits::default();
+        let (conns, max_hotplug) = (limits.max_connections, limits.max_hotplug);
+        spawn_with(listener, vm.clone(), limits).unwrap();
+        let removals: Vec<_> = (0..conns)
+            .map(|_| {
+                let socket = socket.clone();
+                thread::spawn(move || send(&socket, &put("vm.remove-device", br#"{"id":"gpu0"}"#)))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vm.waiting.load(Ordering::SeqCst) < max_hotplug.min(conns) {
+            assert!(Instant::now() < deadline, "the removals did not arrive");
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Let the refused ones be answered and their connections close.
+        thread::sleep(Duration::from_millis(300));
+        for endpoint in ["vm.info", "vmm.ping", "vm.info"] {
+            let took = get_ok(&socket, endpoint);
+            assert!(took < Duration::from_secs(2), "{endpoint}: {took:?}");
+        }
+        assert_eq!(send(&socket, &put("vm.shutdown", b"")), Some(204));
+        assert!(vm.waiting.load(Ordering::SeqCst) <= max_hotplug);
+
+        vm.release();
+        let statuses: Vec<Option<u16>> = removals.into_iter().map(|t| t.join().unwrap()).collect();
+        let ok = statuses.iter().filter(|s| **s == Some(204)).count();
+        let refused = statuses.iter().filter(|s| **s == Some(503)).count();
+        assert_eq!(
+            (ok, refused),
+            (max_hotplug, conns - max_hotplug),
+            "{statuses:?}"
+        );
     }
 }

@@ -44,6 +44,9 @@ impl<D> Attached<D> {
 /// The attached devices in attach order. Bounded by the VM's PCI slots.
 pub(super) struct Registry<D> {
     list: Vec<Attached<D>>,
+    /// The attachments a removal is waiting on (for the guest's eject); at most one removal
+    /// per attachment. Bounded by `list`: only attached devices are marked.
+    removing: Vec<Token>,
     next_auto_id: u32,
     next_token: u64,
 }
@@ -52,6 +55,7 @@ impl<D> Default for Registry<D> {
     fn default() -> Self {
         Registry {
             list: Vec::new(),
+            removing: Vec::new(),
             next_auto_id: 0,
             next_token: 0,
         }
@@ -110,6 +114,19 @@ impl<D> Registry<D> {
 
     fn by_id(&self, id: &str) -> Option<&Attached<D>> {
         self.by(|a| a.id == id)
+    }
+
+    /// Marks attachment `token` as being removed; false if a removal of it already runs.
+    pub fn start_removing(&mut self, token: Token) -> bool {
+        if self.removing.contains(&token) {
+            return false;
+        }
+        self.removing.push(token);
+        true
+    }
+
+    pub fn end_removing(&mut self, token: Token) {
+        self.removing.retain(|t| *t != token);
     }
 
     pub fn take(&mut self, token: Token) -> Option<Attached<D>> {

@@ -1,12 +1,13 @@
 //! `Hotplug`: attaching a device at boot, adding and removing one through the API, and
 //! giving one back to the host, one operation at a time and with nothing half-done left
-//! behind when a step fails.
+//! behind when a step fails. A removal does not hold the operation lock while it waits for
+//! the guest's eject: a guest that never ejects must not stall every other add and remove.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use acpi::PciAddress;
@@ -24,9 +25,11 @@ pub struct Hotplug<B: Backend = VmResources> {
     /// Its own lock, not `ops`: listing the devices must not wait for a removal that waits
     /// for the guest.
     attached: Mutex<Registry<B::Device>>,
-    /// One attach or removal at a time: they check and change the device list, the segments
-    /// and the controller together.
+    /// One attach or removal step at a time: they check and change the device list, the
+    /// segments and the controller together. Not held while a removal waits for the guest.
     ops: Mutex<()>,
+    /// Signalled (with `attached`) when a removal ends, for a give-back waiting its turn.
+    removal_ended: Condvar,
     eject_timeout: Duration,
     /// Itself, for the request watchers' callbacks (a weak reference: the devices it holds
     /// hold them).
@@ -47,6 +50,7 @@ impl<B: Backend> Hotplug<B> {
             backend,
             attached: Mutex::new(Registry::default()),
             ops: Mutex::new(()),
+            removal_ended: Condvar::new(),
             eject_timeout,
             this: this.clone(),
         })
@@ -102,13 +106,16 @@ impl<B: Backend> Hotplug<B> {
     }
 
     /// Hot unplug: asks the guest to eject the device, waits up to the eject timeout for its
-    /// `_EJ0`, then detaches it. On a timeout the device stays, and the guest may still eject
-    /// it later (a second remove finds it gone from the guest at once).
+    /// `_EJ0` (without the operation lock, so other adds and removes go on meanwhile), then
+    /// detaches it. On a timeout the device stays, and the guest may still eject it later (a
+    /// second remove finds it gone from the guest at once). A second remove of the device
+    /// while one waits is refused (`RemovalPending`).
     pub fn hot_remove(&self, id: &str) -> Result<(), HotplugError> {
-        let _ops = self.ops.lock();
-        let mut removal = self
-            .removal(|a| a.id == id)
-            .ok_or_else(|| HotplugError::UnknownId(id.to_string()))?;
+        let mut removal = match self.start_removal(|a| a.id == id, false) {
+            Start::Started(removal) => removal,
+            Start::NotAttached => return Err(HotplugError::UnknownId(id.to_string())),
+            Start::Pending(id) => return Err(HotplugError::RemovalPending(id)),
+        };
         removal.request_eject().map_err(HotplugError::Notify)?;
         if !removal.wait_ejected(self.eject_timeout) {
             return Err(HotplugError::EjectTimeout {
@@ -116,7 +123,7 @@ impl<B: Backend> Hotplug<B> {
                 secs: self.eject_timeout.as_secs(),
             });
         }
-        if self.detach_locked(removal.token) {
+        if removal.detach_now() {
             Ok(())
         } else {
             Err(HotplugError::UnknownId(id.to_string()))
@@ -126,12 +133,15 @@ impl<B: Backend> Hotplug<B> {
     /// The host wants the device of attachment `token` back (VFIO's request interrupt): it is
     /// removed as by `hot_remove`, and detached even if the guest does not eject it within
     /// the eject timeout (a surprise removal), so that the host's unbind completes. Runs on
-    /// a thread of its own, started by the device's request watcher.
+    /// a thread of its own, started by the device's request watcher; a removal of the device
+    /// already waiting for the guest is waited for first.
     fn give_back(&self, token: Token) {
-        let _ops = self.ops.lock();
-        let Some(mut removal) = self.removal(|a| a.token == token) else {
-            log::info!("a device the host asked back was removed meanwhile");
-            return;
+        let mut removal = match self.start_removal(|a| a.token == token, true) {
+            Start::Started(removal) => removal,
+            Start::NotAttached | Start::Pending(_) => {
+                log::info!("a device the host asked back was removed meanwhile");
+                return;
+            }
         };
         let (id, path) = (removal.id.clone(), removal.path.display().to_string());
         match give_back(&mut removal, self.eject_timeout) {
@@ -249,18 +259,49 @@ impl<B: Backend> Hotplug<B> {
         true
     }
 
-    /// The removal of the first attached device that `which` picks.
-    fn removal(&self, which: impl Fn(&Attached<B::Device>) -> bool) -> Option<Removal<'_, B>> {
-        let registry = self.registry();
-        let a = registry.by(which)?;
-        Some(Removal {
-            hotplug: self,
-            id: a.id.clone(),
-            path: a.path.clone(),
-            token: a.token,
-            address: a.address,
-        })
+    /// Starts the removal of the first attached device that `which` picks, marking it as
+    /// being removed until the `Removal` drops. When a removal of it already runs:
+    /// `wait_turn` waits for that one to end (and looks again), otherwise `Pending`.
+    fn start_removal(
+        &self,
+        which: impl Fn(&Attached<B::Device>) -> bool,
+        wait_turn: bool,
+    ) -> Start<'_, B> {
+        let mut registry = self.registry();
+        loop {
+            let Some(a) = registry.by(&which) else {
+                return Start::NotAttached;
+            };
+            let (token, id) = (a.token, a.id.clone());
+            if registry.start_removing(token) {
+                let a = registry
+                    .by(|a| a.token == token)
+                    .map(|a| (a.path.clone(), a.address));
+                let Some((path, address)) = a else {
+                    return Start::NotAttached;
+                };
+                return Start::Started(Removal {
+                    hotplug: self,
+                    id,
+                    path,
+                    token,
+                    address,
+                });
+            }
+            if !wait_turn {
+                return Start::Pending(id);
+            }
+            self.removal_ended.wait(&mut registry);
+        }
     }
+}
+
+/// What `start_removal` found.
+enum Start<'a, B: Backend> {
+    Started(Removal<'a, B>),
+    NotAttached,
+    /// Another removal of the device (its id) is waiting for the guest.
+    Pending(String),
 }
 
 impl Hotplug<VmResources> {
@@ -272,7 +313,9 @@ impl Hotplug<VmResources> {
 
 /// One attached device on its way out of the guest: `EjectSteps` on the VM's hot plug
 /// controller. It names the device by its attachment's token and holds nothing of the
-/// device list between steps, so the wait for the guest need not hold the operation lock.
+/// device list between steps; each step but the wait takes the operation lock for itself, so
+/// the wait for the guest holds no lock. The device stays marked as being removed until
+/// this drops.
 struct Removal<'a, B: Backend> {
     hotplug: &'a Hotplug<B>,
     id: String,
@@ -281,8 +324,24 @@ struct Removal<'a, B: Backend> {
     address: PciAddress,
 }
 
+impl<B: Backend> Removal<'_, B> {
+    /// Detaches the device; false if it is no longer attached.
+    fn detach_now(&self) -> bool {
+        let _ops = self.hotplug.ops.lock();
+        self.hotplug.detach_locked(self.token)
+    }
+}
+
+impl<B: Backend> Drop for Removal<'_, B> {
+    fn drop(&mut self) {
+        self.hotplug.registry().end_removing(self.token);
+        self.hotplug.removal_ended.notify_all();
+    }
+}
+
 impl<B: Backend> EjectSteps for Removal<'_, B> {
     fn request_eject(&mut self) -> Result<(), String> {
+        let _ops = self.hotplug.ops.lock();
         let a = self.address;
         self.hotplug.backend.ejects().forget(a.segment, a.device);
         self.hotplug.backend.announce_removal(a.segment, a.device)
@@ -297,7 +356,7 @@ impl<B: Backend> EjectSteps for Removal<'_, B> {
     }
 
     fn detach(&mut self) {
-        if !self.hotplug.detach_locked(self.token) {
+        if !self.detach_now() {
             let e = HotplugError::UnknownId(self.id.clone());
             log::error!("device '{}': {e}", self.id);
         }
@@ -306,6 +365,7 @@ impl<B: Backend> EjectSteps for Removal<'_, B> {
     fn notify_gone(&mut self) -> Result<(), String> {
         // The slot is empty now: the eject request makes Linux's acpiphp drop what it still
         // has there (`removal`); its `_EJ0` afterwards finds nothing to wait for it.
+        let _ops = self.hotplug.ops.lock();
         let a = self.address;
         self.hotplug.backend.announce_removal(a.segment, a.device)
     }

@@ -10,7 +10,8 @@
 //! - `attached`: the attached devices, their ids (`_vfio<N>` when none is given) and tokens;
 //! - `ejects`: the slots the guest ejected (`Ejects`), bounded whatever the guest writes;
 //! - `removal`: the host's give-back policy (`give_back` over `EjectSteps`);
-//! - `manager`: `Hotplug`, which applies all of it under one operation lock;
+//! - `manager`: `Hotplug`, which applies all of it under one operation lock, released while a
+//!   removal waits for the guest;
 //! - `backend` and `vm_resources`: the `Backend` trait and the VM's implementation of it.
 //!
 //! The host can ask for a device back (its VFIO driver is being unbound): each device's
@@ -56,6 +57,8 @@ pub enum HotplugError {
     DuplicatePath(PathBuf),
     #[error("no device with id '{0}'")]
     UnknownId(String),
+    #[error("device '{0}' is already being removed (waiting for the guest to eject it)")]
+    RemovalPending(String),
     #[error("gh_slot needs the GH profile (--gh)")]
     NoGhProfile,
     #[error("GH slot {slot} does not exist (the VM has {slots})")]

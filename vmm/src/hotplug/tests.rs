@@ -662,3 +662,49 @@ fn a_late_host_request_never_removes_a_newer_device_with_the_same_id() {
     assert!(vm.attached().is_empty());
     assert_eq!(fake.live(), 0);
 }
+
+#[test]
+fn a_removal_waiting_for_the_guest_blocks_no_other_add_or_remove() {
+    let fake = FakeVm::new(0);
+    // Long enough that a test waiting for it would stand out.
+    let vm: Vm = Hotplug::new(fake.clone(), Duration::from_secs(30));
+    add(&vm, "/stuck", Some("stuck"), Placement::Segment0).unwrap();
+    add(&vm, "/b", Some("b"), Placement::Segment0).unwrap();
+    fake.state().guest_ejects = false;
+    let waiting = {
+        let vm = vm.clone();
+        std::thread::spawn(move || vm.hot_remove("stuck"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fake.calls().iter().any(|c| c == "removal 0:1") {
+        assert!(Instant::now() < deadline, "the removal did not start");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    // While it waits: another add, and another removal the guest ejects, go through at once.
+    let started = Instant::now();
+    add(&vm, "/c", Some("c"), Placement::Segment0).unwrap();
+    fake.state().guest_ejects = true;
+    vm.hot_remove("b").unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A second removal of the waiting device is refused at once.
+    let again = vm.hot_remove("stuck").unwrap_err();
+    assert!(
+        matches!(&again, HotplugError::RemovalPending(id) if id == "stuck"),
+        "{again}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The guest ejects it at last: the waiting removal completes.
+    fake.ejects.record(0, 1);
+    waiting.join().unwrap().unwrap();
+    assert_eq!(ids(&vm), ["c"]);
+}

@@ -27,6 +27,8 @@ pub fn status(e: &HotplugError) -> u16 {
     match e {
         P::DuplicateId(_) | P::DuplicatePath(_) | P::SlotTaken(_) => 409,
         P::UnknownId(_) => 404,
+        // Another removal of the device waits for the guest: this one would only wait too.
+        P::RemovalPending(_) => 409,
         P::NoGhProfile | P::NoSuchSlot { .. } | P::NoSuchSegment(_) => 400,
         // The VM is full: no slot, no BAR space, no KVM memory slot left.
         P::NoFreeGhSlot | P::NoPciSlot { .. } => 409,
@@ -162,6 +164,7 @@ mod tests {
     fn statuses() {
         assert_eq!(status(&HotplugError::UnknownId("x".into())), 404);
         assert_eq!(status(&HotplugError::SlotTaken(0)), 409);
+        assert_eq!(status(&HotplugError::RemovalPending("x".into())), 409);
         assert_eq!(status(&HotplugError::NoGhProfile), 400);
         assert_eq!(
             status(&HotplugError::EjectTimeout {
