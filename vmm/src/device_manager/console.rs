@@ -13,10 +13,15 @@ use parking_lot::Mutex;
 
 use devices::Serial;
 
+use crate::vm::exit::ExitState;
+use crate::vm::threads::spawn_guarded;
+
 const STDIN: libc::c_int = 0;
 
 pub struct StdinForwarder {
     serial: Arc<Mutex<Serial>>,
+    /// Ended with a fault if the input thread panics.
+    exit: Arc<ExitState>,
 }
 
 /// Restores the terminal settings saved before raw mode.
@@ -51,8 +56,8 @@ fn enter_raw_mode() -> std::io::Result<RawModeGuard> {
 }
 
 impl StdinForwarder {
-    pub fn new(serial: Arc<Mutex<Serial>>) -> Self {
-        StdinForwarder { serial }
+    pub fn new(serial: Arc<Mutex<Serial>>, exit: Arc<ExitState>) -> Self {
+        StdinForwarder { serial, exit }
     }
 
     /// Starts forwarding if stdin is a terminal; returns the guard that restores it.
@@ -68,9 +73,7 @@ impl StdinForwarder {
             }
         };
         let serial = self.serial;
-        let spawned = std::thread::Builder::new()
-            .name("stdin".into())
-            .spawn(move || forward(serial));
+        let spawned = spawn_guarded("stdin", self.exit, move || forward(serial));
         match spawned {
             Ok(_) => Some(guard),
             Err(e) => {

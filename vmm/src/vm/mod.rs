@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod exit;
+pub mod threads;
 pub mod vcpu;
 pub mod vcpu_dump;
 
@@ -186,7 +187,7 @@ impl Vm {
             .context("spawning a vCPU thread")?;
             threads.lock().push(handle);
         }
-        crate::vm::vcpu_dump::spawn_listener(threads)
+        crate::vm::vcpu_dump::spawn_listener(threads, exit.clone())
             .context("spawning the register-dump thread")?;
         Ok(Vm {
             hotplug,
@@ -203,7 +204,7 @@ impl Vm {
     }
 
     pub fn stdin_forwarder(&self) -> StdinForwarder {
-        StdinForwarder::new(self.devices.serial.clone())
+        StdinForwarder::new(self.devices.serial.clone(), self.exit.clone())
     }
 }
 

@@ -21,13 +21,12 @@ const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 
 pub fn spawn(mut ctx: VcpuContext) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("vcpu{}", ctx.index))
-        .spawn(move || {
-            if let Err(reason) = run(&mut ctx) {
-                ctx.exit.request(reason);
-            }
-        })
+    let (name, exit) = (format!("vcpu{}", ctx.index), ctx.exit.clone());
+    crate::vm::threads::spawn_guarded(&name, exit, move || {
+        if let Err(reason) = run(&mut ctx) {
+            ctx.exit.request(reason);
+        }
+    })
 }
 
 /// Runs until the VM must stop; returns why (unless another thread already decided).
