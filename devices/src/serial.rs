@@ -21,6 +21,8 @@ impl Trigger for IrqFdTrigger {
 
 /// COM1. The guest's output goes to `out` byte by byte as the UART transmits it; vm-superio
 /// flushes `out` after every byte, so a console reader sees prompts and partial lines live.
+/// `out` is written by a vCPU under this device's lock, so it must not block: ghvmm gives it
+/// a bounded queue that a thread of its own writes out (vmm's `console_out`).
 pub struct Serial {
     uart: vm_superio::Serial<IrqFdTrigger, NoEvents, Box<dyn Write + Send>>,
 }

@@ -2,10 +2,12 @@
 
 pub mod acpi_tables;
 pub mod console;
+pub mod console_out;
 pub mod irq_routing;
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -18,6 +20,7 @@ use pci::{HostBridge, PciSegment};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::{SerialConfig, VmConfig};
+use crate::device_manager::console_out::ConsoleOut;
 use crate::hotplug::Ejects;
 use crate::memory::bar_allocator::BarAllocator;
 use crate::memory::layout::*;
@@ -29,6 +32,8 @@ pub enum DeviceError {
     EventFd(std::io::Error),
     #[error("KVM refused irqfd for GSI {gsi}: {error}")]
     Irqfd { gsi: u32, error: kvm_ioctls::Error },
+    #[error("cannot start the console output thread: {0}")]
+    ConsoleOut(std::io::Error),
     #[error("cannot open serial output file {path}: {error}")]
     SerialFile {
         path: std::path::PathBuf,
@@ -51,6 +56,8 @@ pub struct DeviceManager {
     pub pio_bus: Arc<Bus>,
     pub mmio_bus: Arc<Bus>,
     pub serial: Arc<Mutex<Serial>>,
+    /// The guest's console output on its way out (none with `--serial off`).
+    pub console_out: Option<ConsoleOut>,
     pub ged: Arc<Mutex<Ged>>,
     /// Segment 0 first (host bridge at 00:00.0, config ports and ECAM), then one per extra
     /// segment of the layout (ECAM only, no device at 00:00.0: a GPU slot).
@@ -88,17 +95,31 @@ impl DeviceManager {
         let pio_bus = Arc::new(Bus::new());
         let mmio_bus = Arc::new(Bus::new());
 
-        let out: Box<dyn Write + Send> = match &cfg.serial {
-            SerialConfig::Tty => Box::new(std::io::stdout()),
-            SerialConfig::Off => Box::new(std::io::sink()),
-            SerialConfig::File(path) => {
-                Box::new(
-                    File::create(path).map_err(|source| DeviceError::SerialFile {
-                        path: path.clone(),
-                        error: source,
-                    })?,
-                )
+        let output: Option<Box<dyn Write + Send>> = match &cfg.serial {
+            // A descriptor of its own for the console thread: std's stdout has a lock, which
+            // a stalled write would hold, and the exit's flush of stdout would wait on.
+            SerialConfig::Tty => Some(Box::new(File::from(
+                std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(DeviceError::ConsoleOut)?,
+            ))),
+            SerialConfig::Off => None,
+            SerialConfig::File(path) => Some(Box::new(File::create(path).map_err(|source| {
+                DeviceError::SerialFile {
+                    path: path.clone(),
+                    error: source,
+                }
+            })?)),
+        };
+        let (console_out, out): (_, Box<dyn Write + Send>) = match output {
+            Some(output) => {
+                let (console, queue) =
+                    ConsoleOut::start(output, console_out::QUEUE_BYTES, exit.clone())
+                        .map_err(DeviceError::ConsoleOut)?;
+                (Some(console), Box::new(queue))
             }
+            None => (None, Box::new(std::io::sink())),
         };
         let serial = Arc::new(Mutex::new(Serial::new(irqfd(vm, COM1_IRQ)?, out)));
         bus_insert(&pio_bus, "COM1", serial.clone(), u64::from(COM1_PORT), 8)?;
@@ -163,6 +184,7 @@ impl DeviceManager {
             pio_bus,
             mmio_bus,
             serial,
+            console_out,
             ged,
             pci_segments,
             pci_hotplug,

@@ -246,7 +246,9 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         None
     };
     let reason = vm.wait();
-    vm.devices.serial.lock().flush();
+    if let Some(console) = &vm.devices.console_out {
+        console.drain(crate::device_manager::console_out::DRAIN_TIMEOUT);
+    }
     drop(console);
     // The socket file is ours (we created it); an inherited fd's file is not.
     if let Some(p) = socket_path {
