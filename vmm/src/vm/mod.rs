@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod exit;
+pub mod pio;
 pub mod threads;
 pub mod vcpu;
 pub mod vcpu_dump;

@@ -1,4 +1,5 @@
-//! One thread per vCPU: `KVM_RUN` and dispatch of trapped port I/O and MMIO to the buses.
+//! One thread per vCPU: `KVM_RUN` and dispatch of trapped port I/O (element by element, `pio`)
+//! and MMIO to the buses.
 //! Interrupts never come through here: devices signal irqfds straight into KVM.
 
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use devices::Bus;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::vm::exit::{ExitReason, ExitState};
+use crate::vm::pio;
 
 pub struct VcpuContext {
     pub index: u8,
@@ -39,21 +41,11 @@ fn run(ctx: &mut VcpuContext) -> Result<(), ExitReason> {
             return Ok(());
         }
         crate::vm::vcpu_dump::maybe_dump(index, &ctx.fd, &mut dumps_seen);
+        // A port exit's element size is read after the match, once `run`'s borrow ends.
+        let mut port_exit = None;
         match ctx.fd.run() {
-            Ok(VcpuExit::IoIn(port, data)) => {
-                if ctx.pio.read(u64::from(port), data).is_err() {
-                    log::debug!(
-                        "vCPU {index}: unhandled port read {port:#x} ({} bytes)",
-                        data.len()
-                    );
-                    data.fill(0xff);
-                }
-            }
-            Ok(VcpuExit::IoOut(port, data)) => {
-                if ctx.pio.write(u64::from(port), data).is_err() {
-                    log::debug!("vCPU {index}: unhandled port write {port:#x} {data:x?}");
-                }
-            }
+            Ok(VcpuExit::IoIn(port, _)) => port_exit = Some((port, pio::Direction::In)),
+            Ok(VcpuExit::IoOut(port, _)) => port_exit = Some((port, pio::Direction::Out)),
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 if ctx.mmio.read(addr, data).is_err() {
                     log::debug!(
@@ -93,6 +85,10 @@ fn run(ctx: &mut VcpuContext) -> Result<(), ExitReason> {
             Ok(other) => return Err(fault(format!("unexpected exit {other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => return Err(fault(format!("KVM_RUN failed: {e}"))),
+        }
+        if let Some((port, direction)) = port_exit {
+            let (size, data) = pio::exit_data(&mut ctx.fd);
+            pio::dispatch(&ctx.pio, port, size, data, direction);
         }
     }
 }
