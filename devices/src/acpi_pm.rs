@@ -37,7 +37,10 @@ impl BusDevice for AcpiPmDevice {
                 (self.on_exit)(VmExitRequest::PowerOff)
             }
             RESET if v == RESET_VALUE => (self.on_exit)(VmExitRequest::Reset),
-            _ => log::debug!("ACPI PM: ignored write {v:#x} at offset {offset}"),
+            _ => crate::log_limited_here!(
+                log::Level::Debug,
+                "ACPI PM: ignored write {v:#x} at offset {offset}"
+            ),
         }
     }
 }

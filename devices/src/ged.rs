@@ -53,7 +53,10 @@ impl BusDevice for Ged {
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        log::debug!("GED: ignored write {data:x?} at offset {offset}");
+        crate::log_limited_here!(
+            log::Level::Debug,
+            "GED: ignored write {data:x?} at offset {offset}"
+        );
     }
 }
 

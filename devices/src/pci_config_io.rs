@@ -64,7 +64,11 @@ impl BusDevice for PciConfigIo {
             match <[u8; 4]>::try_from(data) {
                 // Bits 30:24 are reserved and the two low bits select a byte, not a register.
                 Ok(d) if offset == 0 => self.address = u32::from_le_bytes(d) & ADDRESS_MASK,
-                _ => log::debug!("PCI config: ignored {}-byte write at {offset}", data.len()),
+                _ => crate::log_limited_here!(
+                    log::Level::Debug,
+                    "PCI config: ignored {}-byte write at {offset}",
+                    data.len()
+                ),
             }
             return;
         }

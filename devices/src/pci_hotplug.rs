@@ -122,7 +122,10 @@ impl PciHotplug {
             PSEG => self.selected = value,
             B0EJ => {
                 let Some((segment, p)) = self.selected() else {
-                    log::debug!("PCI hot plug: eject {value:#x} on no segment, ignored");
+                    crate::log_limited_here!(
+                        log::Level::Debug,
+                        "PCI hot plug: eject {value:#x} on no segment, ignored"
+                    );
                     return;
                 };
                 // The guest has let go: a removal request it has not read is answered.
@@ -133,7 +136,10 @@ impl PciHotplug {
                     }
                 }
             }
-            _ => log::debug!("PCI hot plug: ignored write {value:#x} at offset {offset:#x}"),
+            _ => crate::log_limited_here!(
+                log::Level::Debug,
+                "PCI hot plug: ignored write {value:#x} at offset {offset:#x}"
+            ),
         }
     }
 }
@@ -153,7 +159,10 @@ impl BusDevice for PciHotplug {
             Ok(d) if offset & (regs::WIDTH - 1) == 0 => {
                 self.write_register(offset, u32::from_le_bytes(d))
             }
-            _ => log::debug!("PCI hot plug: ignored write {data:x?} at offset {offset:#x}"),
+            _ => crate::log_limited_here!(
+                log::Level::Debug,
+                "PCI hot plug: ignored write {data:x?} at offset {offset:#x}"
+            ),
         }
     }
 }

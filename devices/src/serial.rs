@@ -40,7 +40,9 @@ impl Serial {
         let room = self.uart.fifo_capacity();
         let take = bytes.len().min(room);
         if take < bytes.len() {
-            log::debug!(
+            // A guest that never reads its input makes this line at every key press.
+            crate::log_limited_here!(
+                log::Level::Debug,
                 "serial: receive FIFO full, dropped {} bytes",
                 bytes.len() - take
             );
@@ -71,7 +73,10 @@ impl BusDevice for Serial {
         if let (Ok(off), Some(&v)) = (u8::try_from(offset), data.first()) {
             if off < 8 {
                 if let Err(e) = self.uart.write(off, v) {
-                    log::debug!("serial: write to offset {off}: {e:?}");
+                    crate::log_limited_here!(
+                        log::Level::Debug,
+                        "serial: write to offset {off}: {e:?}"
+                    );
                 }
             }
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use devices::{Bus, BusDevice};
+use devices::{log_limited, Bus, BusDevice, LogLimit};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use pci::vfio::dispatch;
@@ -39,6 +39,9 @@ pub struct BarTrap {
     reported: bool,
     /// The BAR's slots and the VM to create them in, once the BAR has mapped pieces.
     lazy: Option<(Slots, Arc<dyn SlotSetter>)>,
+    /// The guest moves the BAR and touches it again as often as it likes: the lines that
+    /// follow are rate-limited.
+    log_limit: LogLimit,
 }
 
 impl BarTrap {
@@ -59,6 +62,7 @@ impl BarTrap {
             counters,
             reported: false,
             lazy: None,
+            log_limit: LogLimit::new(),
         }
     }
 
@@ -71,14 +75,18 @@ impl BarTrap {
         let hva = slots.hva(at, len as u64)?;
         let started = std::time::Instant::now();
         match slots.build(kvm.as_ref(), self.bar_base) {
-            Ok(true) => log::info!(
+            Ok(true) => log_limited!(
+                self.log_limit,
+                log::Level::Info,
                 "BAR {}: slots at {:#x} built at the first access ({} us)",
                 self.bar,
                 self.bar_base,
                 started.elapsed().as_micros()
             ),
             Ok(false) => {}
-            Err(e) => log::error!(
+            Err(e) => log_limited!(
+                self.log_limit,
+                log::Level::Error,
                 "BAR {}: {e}; the mapped memory is answered by the trap",
                 self.bar
             ),

@@ -9,6 +9,7 @@
 //! unmask (KVM checks for a pending event on registration), which is the spec's "pending"
 //! behaviour.
 
+use devices::{log_limited, LogLimit};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -39,6 +40,9 @@ pub struct VfioIrqSink {
     device: Arc<dyn DeviceIrqs>,
     routing: Arc<GsiRouting>,
     active: HashMap<IrqKind, Vec<Vector>>,
+    /// The guest enables, disables and programs interrupts as often as it likes: its lines
+    /// are rate-limited.
+    log_limit: LogLimit,
 }
 
 impl VfioIrqSink {
@@ -48,6 +52,7 @@ impl VfioIrqSink {
             device,
             routing,
             active: HashMap::new(),
+            log_limit: LogLimit::new(),
         }
     }
 
@@ -81,7 +86,12 @@ impl VfioIrqSink {
         if let Err(e) = self.device.enable(host(kind), &fds) {
             return fail(&mut made, format!("VFIO_DEVICE_SET_IRQS: {e}"));
         }
-        log::info!("{}: {kind:?} enabled with {vectors} vectors", self.name);
+        log_limited!(
+            self.log_limit,
+            log::Level::Info,
+            "{}: {kind:?} enabled with {vectors} vectors",
+            self.name
+        );
         self.active.insert(kind, made);
         Ok(())
     }
@@ -96,7 +106,12 @@ impl VfioIrqSink {
             }
             let _ = self.routing.release(v.gsi);
         }
-        log::info!("{}: {kind:?} disabled", self.name);
+        log_limited!(
+            self.log_limit,
+            log::Level::Info,
+            "{}: {kind:?} disabled",
+            self.name
+        );
         self.device
             .disable(host(kind))
             .map_err(|e| format!("VFIO_DEVICE_SET_IRQS: {e}"))
@@ -166,7 +181,12 @@ impl IrqSink for VfioIrqSink {
             // The guest asked for something the host cannot do: like a device whose
             // interrupt never arrives, the guest driver times out; ghvmm keeps running.
             if let Err(e) = self.apply_one(u) {
-                log::error!("{}: {u:?}: {e}", self.name);
+                log_limited!(
+                    self.log_limit,
+                    log::Level::Error,
+                    "{}: {u:?}: {e}",
+                    self.name
+                );
             }
         }
     }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use devices::Bus;
+use devices::{log_limited, Bus, LogLimit};
 use kvm_ioctls::VmFd;
 use pci::vfio::{
     placement, probe_bars, BarCounters, ConfigCounter, FunctionInfo, InterruptCaps, Interrupts,
@@ -154,6 +154,8 @@ pub struct PassthroughDevice {
     vm: Arc<PassthroughVm>,
     /// None once unplugged: a vCPU that still holds the function reads all-ones.
     live: Option<AssignedResources>,
+    /// The guest moves BARs as often as it likes: the lines that follow are rate-limited.
+    log_limit: LogLimit,
 }
 
 impl PassthroughDevice {
@@ -195,7 +197,9 @@ impl PassthroughDevice {
                         // An address the guest chose that collides with something else: the
                         // BAR stays unmapped (reads all-ones), as a real device would not
                         // respond.
-                        log::error!(
+                        log_limited!(
+                            self.log_limit,
+                            log::Level::Error,
                             "{}: BAR {} at {base:#x}: {e}",
                             self.path.display(),
                             plan.index
@@ -203,7 +207,9 @@ impl PassthroughDevice {
                     }
                 }
             }
-            log::info!(
+            log_limited!(
+                self.log_limit,
+                log::Level::Info,
                 "{}: BAR {} now at {:?} ({} us)",
                 self.path.display(),
                 plan.index,
@@ -367,6 +373,7 @@ pub fn assign(
         Ok(config) => Ok(Arc::new(Mutex::new(PassthroughDevice {
             path: path.into(),
             vm: ctx.clone(),
+            log_limit: LogLimit::new(),
             live: Some(AssignedResources {
                 request: None,
                 config,

@@ -42,13 +42,20 @@ pub fn dispatch(bus: &Bus, port: u16, size: usize, data: &mut [u8], direction: D
         match direction {
             Direction::In => {
                 if bus.read(u64::from(port), element).is_err() {
-                    log::debug!("unhandled port read {port:#x} ({} bytes)", element.len());
+                    devices::log_limited_here!(
+                        log::Level::Debug,
+                        "unhandled port read {port:#x} ({} bytes)",
+                        element.len()
+                    );
                     element.fill(0xff);
                 }
             }
             Direction::Out => {
                 if bus.write(u64::from(port), element).is_err() {
-                    log::debug!("unhandled port write {port:#x} {element:x?}");
+                    devices::log_limited_here!(
+                        log::Level::Debug,
+                        "unhandled port write {port:#x} {element:x?}"
+                    );
                 }
             }
         }

@@ -48,7 +48,8 @@ fn run(ctx: &mut VcpuContext) -> Result<(), ExitReason> {
             Ok(VcpuExit::IoOut(port, _)) => port_exit = Some((port, pio::Direction::Out)),
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 if ctx.mmio.read(addr, data).is_err() {
-                    log::debug!(
+                    devices::log_limited_here!(
+                        log::Level::Debug,
                         "vCPU {index}: unhandled MMIO read {addr:#x} ({} bytes)",
                         data.len()
                     );
@@ -57,7 +58,10 @@ fn run(ctx: &mut VcpuContext) -> Result<(), ExitReason> {
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 if ctx.mmio.write(addr, data).is_err() {
-                    log::debug!("vCPU {index}: unhandled MMIO write {addr:#x} {data:x?}");
+                    devices::log_limited_here!(
+                        log::Level::Debug,
+                        "vCPU {index}: unhandled MMIO write {addr:#x} {data:x?}"
+                    );
                 }
             }
             // With the in-kernel irqchip KVM handles HLT itself; a stray one is harmless.
