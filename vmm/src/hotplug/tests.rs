@@ -708,3 +708,35 @@ fn a_removal_waiting_for_the_guest_blocks_no_other_add_or_remove() {
     waiting.join().unwrap().unwrap();
     assert_eq!(ids(&vm), ["c"]);
 }
+
+#[test]
+fn a_host_request_during_a_pending_removal_waits_for_it() {
+    let fake = FakeVm::new(0);
+    let vm: Vm = Hotplug::new(fake.clone(), Duration::from_secs(30));
+    add(&vm, "/a", Some("gpu0"), Placement::Segment0).unwrap();
+    fake.state().guest_ejects = false;
+    fake.calls();
+    let api = {
+        let vm = vm.clone();
+        std::thread::spawn(move || vm.hot_remove("gpu0"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fake.calls().iter().any(|c| c == "removal 0:1") {
+        assert!(Instant::now() < deadline, "the removal did not start");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let host = {
+        let (vm, fake) = (vm.clone(), fake.clone());
+        std::thread::spawn(move || host_asks(&vm, || fake.host_asks("/a")))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(fake.calls().is_empty(), "the give-back waits its turn");
+
+    // The guest ejects: the API's removal detaches the device, and the give-back finds it
+    // gone.
+    fake.ejects.record(0, 1);
+    api.join().unwrap().unwrap();
+    host.join().unwrap();
+    assert_eq!(fake.calls(), strings(&["unplug 0:1", "teardown /a"]));
+    assert!(vm.attached().is_empty());
+}
