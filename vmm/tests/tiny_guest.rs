@@ -119,6 +119,45 @@ fn serial_output_then_acpi_poweroff_exits_0() {
 }
 
 #[test]
+fn rep_outsb_prints_every_byte() {
+    // lea rsi, [rip + 21] (the message after the code); mov dx, 0x3f8; mov ecx, 5;
+    // rep outsb: one port exit carrying five 1-byte elements.
+    let mut code = vec![0x48, 0x8d, 0x35, 21, 0, 0, 0];
+    code.extend([0x66, 0xba, 0xf8, 0x03]);
+    code.extend([0xb9, 5, 0, 0, 0]);
+    code.extend([0xf3, 0x6e]);
+    code.extend(outb(0x600, S5));
+    code.extend(HALT_FOREVER);
+    code.extend(b"hello");
+    let o = run_code("rep_outsb.bin", &code, &[]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello");
+}
+
+#[test]
+fn rep_insb_reads_the_port_once_per_byte() {
+    // KVM reads ahead for `rep insb`: one port exit asks for all four bytes. Each must be a
+    // 1-byte read of COM1's line status register (0x60: transmitter empty); as one 4-byte
+    // read it would run past COM1's ports and read all ones.
+    // lea rdi, [rip + 39] (the buffer after the code); mov dx, 0x3fd; mov ecx, 4; rep insb;
+    // lea rsi, [rip + 21] (the buffer); mov dx, 0x3f8; mov ecx, 4; rep outsb.
+    let mut code = vec![0x48, 0x8d, 0x3d, 39, 0, 0, 0];
+    code.extend([0x66, 0xba, 0xfd, 0x03]);
+    code.extend([0xb9, 4, 0, 0, 0]);
+    code.extend([0xf3, 0x6c]);
+    code.extend([0x48, 0x8d, 0x35, 21, 0, 0, 0]);
+    code.extend([0x66, 0xba, 0xf8, 0x03]);
+    code.extend([0xb9, 4, 0, 0, 0]);
+    code.extend([0xf3, 0x6e]);
+    code.extend(outb(0x600, S5));
+    code.extend(HALT_FOREVER);
+    code.extend([0u8; 4]);
+    let o = run_code("rep_insb.bin", &code, &[]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(o.stdout, [0x60; 4]);
+}
+
+#[test]
 fn pvh_elf_kernel_boots_in_32_bit_mode() {
     let mut code = print("pvh\n");
     // In 32-bit mode EBX holds the hvm_start_info address; print its magic's low byte
