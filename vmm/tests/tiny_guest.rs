@@ -158,6 +158,40 @@ fn rep_insb_reads_the_port_once_per_byte() {
 }
 
 #[test]
+fn a_stdout_nobody_reads_does_not_stop_the_guest() {
+    // mov ecx, 100000; mov dx, 0x3f8; mov al, 'x'; 1: out dx, al; dec ecx; jnz 1b: more
+    // than a pipe holds (64 KiB).
+    let mut code = vec![0xb9, 0xa0, 0x86, 0x01, 0x00];
+    code.extend([0x66, 0xba, 0xf8, 0x03, 0xb0, b'x']);
+    code.extend([0xee, 0xff, 0xc9, 0x75, 0xfb]);
+    code.extend(outb(0x600, S5));
+    code.extend(HALT_FOREVER);
+    let k = kernel_file("flood.bin", &code);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ghvmm"))
+        .args(["--kernel", k.to_str().unwrap(), "--memory", "size=64M"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ghvmm");
+    // Nobody reads stdout: the guest still powers off, and ghvmm exits after at most its
+    // drain time.
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let status = status.expect("ghvmm still running after 30 s with its stdout stalled");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
 fn pvh_elf_kernel_boots_in_32_bit_mode() {
     let mut code = print("pvh\n");
     // In 32-bit mode EBX holds the hvm_start_info address; print its magic's low byte
