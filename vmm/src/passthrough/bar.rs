@@ -257,7 +257,7 @@ pub struct SlotCtl {
     refused: Option<u64>,
     /// KVM failed to delete one of them (it can, with ENOMEM): that slot may still show the
     /// host mapping to the guest, so the mapping, the slot numbers and the BAR's guest space
-    /// stay reserved for good (`give_back`) and no slot is built again.
+    /// stay reserved for good (`release`) and no slot is built again.
     kept: bool,
 }
 
@@ -375,7 +375,7 @@ impl Slots {
 /// then a slot may still point at the mappings, and reusing the address behind it, the slot
 /// number or the guest range would show whatever comes there next to the guest. Everything
 /// stays reserved instead, leaked until ghvmm exits.
-pub fn give_back(
+pub fn release(
     index: usize,
     kept: bool,
     mapped: &Arc<Vec<MappedPiece>>,
@@ -655,7 +655,7 @@ mod tests {
     /// Builds a BAR's slot, removes it through `kvm` and gives the BAR back: returns whether
     /// the mapping is still alive, the slots in use, and whether the BAR's space was still
     /// allocated.
-    fn remove_and_give_back(kvm: &FakeKvm) -> (bool, u32, bool) {
+    fn remove_and_release(kvm: &FakeKvm) -> (bool, u32, bool) {
         use crate::memory::layout::{Layout, GIB};
         let slots = Mutex::new(MemSlots::new(2, 16));
         let mut allocator = BarAllocator::new(&Layout::new(GIB, None, 40).unwrap()).unwrap();
@@ -673,7 +673,7 @@ mod tests {
         s.want(base);
         assert_eq!(s.build(kvm, base), Ok(true));
         s.remove(kvm, 0);
-        give_back(0, s.kept(), &mapped, space, &slots, &allocator);
+        release(0, s.kept(), &mapped, space, &slots, &allocator);
         drop((s, mapped));
         let in_use = slots.lock().in_use();
         let still_allocated = allocator
@@ -689,7 +689,7 @@ mod tests {
             keep: vec![2],
             ..FakeKvm::default()
         };
-        let (mapped, in_use, allocated) = remove_and_give_back(&kvm);
+        let (mapped, in_use, allocated) = remove_and_release(&kvm);
         assert_eq!(
             (mapped, in_use, allocated),
             (true, 3, true),
@@ -699,7 +699,7 @@ mod tests {
 
     #[test]
     fn a_deleted_slot_gives_everything_back() {
-        let (mapped, in_use, allocated) = remove_and_give_back(&FakeKvm::default());
+        let (mapped, in_use, allocated) = remove_and_release(&FakeKvm::default());
         assert_eq!((mapped, in_use, allocated), (false, 2, false));
     }
 

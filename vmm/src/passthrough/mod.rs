@@ -287,11 +287,11 @@ fn close(vm: &PassthroughVm, device: Host) {
 
 /// Uninstalls BARs, then gives back their slot numbers and guest address space; the host
 /// mappings are unmapped as the plans drop (after their KVM slots are gone). A BAR whose slot
-/// KVM kept keeps all of it (`bar::give_back`).
+/// KVM kept keeps all of it (`bar::release`).
 fn release_bars(vm: &PassthroughVm, bars: Vec<BarPlan>) {
     for mut plan in bars {
         plan.uninstall(vm.vm.as_ref(), &vm.mmio_bus);
-        bar::give_back(
+        bar::release(
             plan.index,
             plan.kvm_kept_slots(),
             &plan.mapped,
