@@ -32,11 +32,9 @@
 //! Forking vfio-ioctls or re-implementing its container/group code was the other option; the
 //! stand-in keeps the dependency as it is for the price of a few lines.
 
-use std::fs::DirBuilder;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -48,6 +46,7 @@ use parking_lot::Mutex;
 use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
 use vfio_ioctls::{VfioContainer, VfioDevice};
 
+use crate::private_dir::private_dir;
 use crate::Error;
 
 // vfio-ioctls' own reset ignores the ioctl's result; a caller answering for the reset (a
@@ -92,29 +91,6 @@ fn bases() -> Vec<PathBuf> {
     roots.push(std::env::temp_dir());
     let name = format!("ghvmm-{}-vfio", std::process::id());
     roots.into_iter().map(|r| r.join(&name)).collect()
-}
-
-/// Creates `dir` with mode 0700, or accepts it if it exists and is a private directory of
-/// ours (not a symlink, our uid, no group/other access): in a shared temporary directory
-/// another user could have made the name first.
-fn private_dir(dir: &Path) -> io::Result<()> {
-    match DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let m = std::fs::symlink_metadata(dir)?;
-            // SAFETY: as above.
-            let uid = unsafe { libc::geteuid() };
-            if m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{} exists and is not a private directory", dir.display()),
-                ))
-            }
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// A stand-in for a device's sysfs directory: `<base>/<n>/<name>/iommu_group ->
@@ -324,6 +300,7 @@ impl Drop for Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
     use vmm_sys_util::tempdir::TempDir;
 
     /// A fake sysfs device directory `<tmp>/sys/<bdf>` whose iommu_group names `group`.

@@ -20,6 +20,7 @@ mod device;
 mod dma;
 mod error;
 mod irq;
+mod private_dir;
 mod region;
 mod request;
 
@@ -28,6 +29,7 @@ pub use device::Device;
 pub use dma::DmaRegion;
 pub use error::Error;
 pub use irq::{DeviceIrqs, IrqError, IrqKind};
+pub use private_dir::{fresh_private_dir, private_dir};
 pub use region::{FdRegion, HostMapping};
 pub use request::{OnRequest, RequestWatcher, WatchError};
 // The vfio-ioctls types this API shows (a `Device` derefs to its `VfioDevice`), from the one

@@ -217,14 +217,12 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         .as_ref()
         .map(|a| {
             // The error names the option and the path itself.
-            crate::api::bind(a)
-                .map_err(anyhow::Error::from)
-                .map(|l| (a, l))
+            crate::api::bind_owned(a).map_err(anyhow::Error::from)
         })
         .transpose()?;
     let vm = Vm::start(cfg)?;
-    let socket_path = match api {
-        Some((a, listener)) => {
+    let socket_file = match api {
+        Some((listener, file)) => {
             let control = Arc::new(crate::vm::control::Control {
                 config: cfg.clone(),
                 hotplug: vm.hotplug.clone(),
@@ -232,10 +230,7 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
                 exit: vm.exit.clone(),
             });
             crate::api::spawn(listener, control).context("starting the API thread")?;
-            match a {
-                crate::config::ApiSocketConfig::Path(p) => Some(p.clone()),
-                crate::config::ApiSocketConfig::Fd(_) => None,
-            }
+            file
         }
         None => None,
     };
@@ -247,9 +242,9 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     let reason = vm.wait();
     vm.devices.serial.lock().flush();
     drop(console);
-    // The socket file is ours (we created it); an inherited fd's file is not.
-    if let Some(p) = socket_path {
-        let _ = std::fs::remove_file(p);
+    // Only the socket file ghvmm made, and only if the path still names it.
+    if let Some(file) = socket_file {
+        file.remove();
     }
     std::mem::forget(vm);
     Ok(reason)
