@@ -191,6 +191,7 @@ fn ping_ok(socket: &Path) {
 fn remote(socket: &Path, command: RemoteCommand) -> Result<String, RemoteError> {
     client::run(&RemoteCli {
         api_socket: socket.to_path_buf(),
+        timeout: None,
         command,
     })
 }
