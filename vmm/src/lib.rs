@@ -8,6 +8,7 @@ pub mod arch;
 pub mod config;
 pub mod device_manager;
 pub mod hotplug;
+pub mod logging;
 pub mod memory;
 pub mod passthrough;
 pub mod vm;
