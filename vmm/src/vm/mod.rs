@@ -211,6 +211,11 @@ impl Vm {
 /// be inside `KVM_RUN`, so the VM is deliberately not torn down here (unmapping guest memory
 /// under a running vCPU would only produce spurious faults); process exit releases it all.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
+    // Before anything opens descriptors: every enabled MSI-X vector holds one.
+    match crate::fd_limit::raise() {
+        Ok((before, after)) => log::info!("open file limit: {after} (was {before})"),
+        Err(e) => log::warn!("cannot raise the open file limit: {e}"),
+    }
     // The socket first: a path that cannot be bound must not cost a VM set-up.
     let api = cfg
         .api_socket
