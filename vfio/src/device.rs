@@ -47,6 +47,7 @@ use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
 use vfio_ioctls::{VfioContainer, VfioDevice};
 
 use crate::private_dir::private_dir;
+use crate::region_info::{self, RegionInfo};
 use crate::Error;
 
 // vfio-ioctls' own reset ignores the ioctl's result; a caller answering for the reset (a
@@ -190,17 +191,26 @@ pub struct Device {
 }
 
 impl Device {
-    /// The (offset, size) areas of region `index`'s sparse-mmap capability, as the kernel
-    /// reported them at open; None when the region has no such capability.
+    /// Region `index`'s info, asked of the kernel now and its capability chain walked
+    /// within bounds (`region_info`).
+    pub fn region_info(&self, index: u32) -> io::Result<RegionInfo> {
+        region_info::read(self, index)
+    }
+
+    /// The (offset, size) areas of region `index`'s sparse-mmap capability; None when the
+    /// region has no such capability. Region info whose capability chain is malformed
+    /// leaves no area to map (the region is still reached through read/write).
     pub fn sparse_areas(&self, index: u32) -> Option<Vec<(u64, u64)>> {
-        self.get_region_caps(index)
-            .into_iter()
-            .find_map(|c| match c {
-                vfio_ioctls::VfioRegionInfoCap::SparseMmap(s) => {
-                    Some(s.areas.iter().map(|a| (a.offset, a.size)).collect())
-                }
-                _ => None,
-            })
+        match self.region_info(index) {
+            Ok(info) => info.sparse,
+            Err(e) => {
+                log::warn!(
+                    "{}: region {index}: {e}; none of it is mapped",
+                    self.path.display()
+                );
+                Some(Vec::new())
+            }
+        }
     }
 
     /// Opens the device at `sysfs` in `container` through a stand-in path (see the module

@@ -22,6 +22,7 @@ mod error;
 mod irq;
 mod private_dir;
 mod region;
+pub mod region_info;
 mod request;
 
 pub use container::Containers;
