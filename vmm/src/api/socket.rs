@@ -344,6 +344,26 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_others_may_write_to_needs_the_sticky_bit() {
+        let d = temp_dir("shared");
+        let shared = d.join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, Permissions::from_mode(0o777)).unwrap();
+        let e = bind_at(&shared.join("api.sock")).unwrap_err().to_string();
+        assert!(
+            e.contains("writable by other users and has no sticky bit"),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read_dir(&shared).unwrap().count(),
+            0,
+            "nothing made there"
+        );
+        fs::set_permissions(&shared, Permissions::from_mode(0o1777)).unwrap();
+        let _l = bind_at(&shared.join("api.sock")).unwrap();
+    }
+
+    #[test]
     fn inherited_fd() {
         let d = temp_dir("fd");
         let l = UnixListener::bind(d.join("s")).unwrap();
