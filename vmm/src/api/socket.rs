@@ -263,6 +263,8 @@ mod tests {
         let d = std::env::temp_dir().join(format!("ghvmm-sock-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
+        // Not group-writable whatever the umask: the socket's directory must not be.
+        fs::set_permissions(&d, Permissions::from_mode(0o755)).unwrap();
         TempDir(d)
     }
 
@@ -308,6 +310,7 @@ mod tests {
         // A long directory is fine as long as the whole path fits.
         let deep = d.join("d".repeat(99 - d.as_os_str().len()));
         fs::create_dir(&deep).unwrap();
+        fs::set_permissions(&deep, Permissions::from_mode(0o755)).unwrap();
         let p = deep.join("s.sock");
         assert!(p.as_os_str().len() <= MAX_SOCKET_PATH);
         let _l = bind_at(&p).unwrap();
