@@ -5,7 +5,8 @@
 //! vfio-ioctls 0.10 is used for the container/group/device set-up and region info. Its
 //! `region_read`/`region_write` only log errors and it has no mmap helper, so `region` does
 //! pread/pwrite and mmap on the device fd itself; its reset drops the ioctl's result, so
-//! `Device::reset` does the ioctl itself.
+//! `Device::reset` does the ioctl itself; its walk of a region's capability chain is unbounded,
+//! so `region_info` reads region info (and the sparse areas) itself.
 //!
 //! `container` holds the one type1 container and guest RAM's DMA mappings in it; `device`
 //! opens the device so that closing it never depends on sysfs (vfio-ioctls' close panics
