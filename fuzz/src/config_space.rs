@@ -452,7 +452,15 @@ impl Harness {
             writes: Vec::new(),
         })));
         let caps = pci::vfio::config::exposed_capabilities(&dev);
-        let irq_caps = InterruptCaps::from_device(&caps, &dev);
+        let mut irq_caps = InterruptCaps::from_device(&caps, &dev);
+        let function = FakeFunction {
+            config: &dev,
+            regions: d.bars.iter().map(|b| (bar_number(b), b)).collect(),
+        };
+        // As `assign`: MSI-X whose table or PBA is in no BAR ghvmm offers is hidden.
+        if pci::vfio::check_msix_placement(&function, &irq_caps.msix_ranges()).is_err() {
+            irq_caps.hide_msix();
+        }
         let sink = Arc::new(Mutex::new(SinkState {
             msi_max: irq_caps.msi().map_or(0, |m| m.max_vectors()),
             msix_vectors: irq_caps.msix().map_or(0, |m| m.vectors()),
@@ -461,10 +469,6 @@ impl Harness {
         let msix = irq_caps.msix_ranges();
         let irq = Interrupts::new(irq_caps, Box::new(CheckingSink(sink.clone()))).shared();
 
-        let function = FakeFunction {
-            config: &dev,
-            regions: d.bars.iter().map(|b| (bar_number(b), b)).collect(),
-        };
         // A refused device fails the assignment, as in the VMM.
         let probe = probe_bars(&function, &msix, &LIMITS).ok()?;
         let mut next32 = MMIO32_BASE;
@@ -749,6 +753,19 @@ impl Harness {
             ptr = (header >> 8) & 0xff;
         }
         assert_eq!(ptr, 0, "capability list does not end: {caps:?}");
+        // An MSI-X capability the guest sees has its table and PBA in BARs the guest sees:
+        // otherwise its programming would reach nothing.
+        if self.cfg.capability(CAP_MSIX).is_some() {
+            let ranges = self.irq.lock().caps().msix_ranges();
+            assert!(
+                self.table_bar.is_some(),
+                "MSI-X exposed, its table in no guest BAR: {ranges:?}"
+            );
+            assert!(
+                ranges.iter().all(|r| self.bars.contains_key(&r.bar)),
+                "MSI-X exposed, its PBA in no guest BAR: {ranges:?}"
+            );
+        }
     }
 
     // -----------------------------------------------------------------------------------------

@@ -25,9 +25,9 @@ use std::sync::Arc;
 
 use pci::vfio::config::{exposed_capabilities, read_bytes};
 use pci::vfio::{
-    dispatch, probe_bars, AccessKind, BarCounters, BarLayout, FunctionInfo, InterruptCaps,
-    Interrupts, IrqSink, IrqUpdate, Limits, PassthroughConfig, PieceKind, ProbeError, RegionInfo,
-    RegionIo, SharedInterrupts,
+    check_msix_placement, dispatch, probe_bars, AccessKind, BarCounters, BarLayout, FunctionInfo,
+    InterruptCaps, Interrupts, IrqSink, IrqUpdate, Limits, PassthroughConfig, PieceKind,
+    ProbeError, RegionInfo, RegionIo, SharedInterrupts,
 };
 use pci::PciDevice;
 use vfio_bindings::bindings::vfio::{
@@ -184,7 +184,11 @@ impl<H: HostDevice> Backend<H> {
             index: CONFIG_REGION,
         };
         let caps = exposed_capabilities(&cfg);
-        let irq_caps = InterruptCaps::from_device(&caps, &cfg);
+        let mut irq_caps = InterruptCaps::from_device(&caps, &cfg);
+        if let Err(e) = check_msix_placement(&Function(host.as_ref()), &irq_caps.msix_ranges()) {
+            log::warn!("{path}: {e}; MSI-X is hidden from the client");
+            irq_caps.hide_msix();
+        }
         let probe = probe_bars(&Function(host.as_ref()), &irq_caps.msix_ranges(), &LIMITS)
             .map_err(|error| match error {
                 ProbeError::Layout(error) => SetupError::Layout {

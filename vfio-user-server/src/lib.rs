@@ -15,6 +15,7 @@ pub mod backend;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod host;
+pub mod logging;
 pub mod options;
 pub mod serve;
 pub mod socket;

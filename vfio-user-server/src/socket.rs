@@ -2,9 +2,8 @@
 //! directory, restricted, then renamed into place, so no other user can connect in between),
 //! never in place of something that is not a socket, and removed when the server exits.
 
-use std::fs::DirBuilder;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -78,10 +77,8 @@ pub fn bind(path: &Path) -> Result<(UnixListener, Socket), SocketError> {
         name.to_string_lossy(),
         std::process::id()
     ));
-    DirBuilder::new()
-        .mode(0o700)
-        .create(&staging)
-        .map_err(io_err(&staging))?;
+    // 0700, in a parent nobody else can swap it in.
+    vfio::fresh_private_dir(&staging).map_err(io_err(&staging))?;
     let result = (|| {
         let temp = staging.join("s");
         let listener = UnixListener::bind(&temp).map_err(io_err(&temp))?;

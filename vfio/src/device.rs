@@ -32,11 +32,9 @@
 //! Forking vfio-ioctls or re-implementing its container/group code was the other option; the
 //! stand-in keeps the dependency as it is for the price of a few lines.
 
-use std::fs::DirBuilder;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -48,6 +46,8 @@ use parking_lot::Mutex;
 use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
 use vfio_ioctls::{VfioContainer, VfioDevice};
 
+use crate::private_dir::private_dir;
+use crate::region_info::{self, RegionInfo};
 use crate::Error;
 
 // vfio-ioctls' own reset ignores the ioctl's result; a caller answering for the reset (a
@@ -92,29 +92,6 @@ fn bases() -> Vec<PathBuf> {
     roots.push(std::env::temp_dir());
     let name = format!("ghvmm-{}-vfio", std::process::id());
     roots.into_iter().map(|r| r.join(&name)).collect()
-}
-
-/// Creates `dir` with mode 0700, or accepts it if it exists and is a private directory of
-/// ours (not a symlink, our uid, no group/other access): in a shared temporary directory
-/// another user could have made the name first.
-fn private_dir(dir: &Path) -> io::Result<()> {
-    match DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let m = std::fs::symlink_metadata(dir)?;
-            // SAFETY: as above.
-            let uid = unsafe { libc::geteuid() };
-            if m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{} exists and is not a private directory", dir.display()),
-                ))
-            }
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// A stand-in for a device's sysfs directory: `<base>/<n>/<name>/iommu_group ->
@@ -214,17 +191,26 @@ pub struct Device {
 }
 
 impl Device {
-    /// The (offset, size) areas of region `index`'s sparse-mmap capability, as the kernel
-    /// reported them at open; None when the region has no such capability.
+    /// Region `index`'s info, asked of the kernel now and its capability chain walked
+    /// within bounds (`region_info`).
+    pub fn region_info(&self, index: u32) -> io::Result<RegionInfo> {
+        region_info::read(self, index)
+    }
+
+    /// The (offset, size) areas of region `index`'s sparse-mmap capability; None when the
+    /// region has no such capability. Region info whose capability chain is malformed
+    /// leaves no area to map (the region is still reached through read/write).
     pub fn sparse_areas(&self, index: u32) -> Option<Vec<(u64, u64)>> {
-        self.get_region_caps(index)
-            .into_iter()
-            .find_map(|c| match c {
-                vfio_ioctls::VfioRegionInfoCap::SparseMmap(s) => {
-                    Some(s.areas.iter().map(|a| (a.offset, a.size)).collect())
-                }
-                _ => None,
-            })
+        match self.region_info(index) {
+            Ok(info) => info.sparse,
+            Err(e) => {
+                log::warn!(
+                    "{}: region {index}: {e}; none of it is mapped",
+                    self.path.display()
+                );
+                Some(Vec::new())
+            }
+        }
     }
 
     /// Opens the device at `sysfs` in `container` through a stand-in path (see the module
@@ -324,6 +310,7 @@ impl Drop for Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
     use vmm_sys_util::tempdir::TempDir;
 
     /// A fake sysfs device directory `<tmp>/sys/<bdf>` whose iommu_group names `group`.

@@ -5,7 +5,8 @@
 //! vfio-ioctls 0.10 is used for the container/group/device set-up and region info. Its
 //! `region_read`/`region_write` only log errors and it has no mmap helper, so `region` does
 //! pread/pwrite and mmap on the device fd itself; its reset drops the ioctl's result, so
-//! `Device::reset` does the ioctl itself.
+//! `Device::reset` does the ioctl itself; its walk of a region's capability chain is unbounded,
+//! so `region_info` reads region info (and the sparse areas) itself.
 //!
 //! `container` holds the one type1 container and guest RAM's DMA mappings in it; `device`
 //! opens the device so that closing it never depends on sysfs (vfio-ioctls' close panics
@@ -20,7 +21,9 @@ mod device;
 mod dma;
 mod error;
 mod irq;
+mod private_dir;
 mod region;
+pub mod region_info;
 mod request;
 
 pub use container::Containers;
@@ -28,6 +31,7 @@ pub use device::Device;
 pub use dma::DmaRegion;
 pub use error::Error;
 pub use irq::{DeviceIrqs, IrqError, IrqKind};
+pub use private_dir::{fresh_private_dir, private_dir};
 pub use region::{FdRegion, HostMapping};
 pub use request::{OnRequest, RequestWatcher, WatchError};
 // The vfio-ioctls types this API shows (a `Device` derefs to its `VfioDevice`), from the one

@@ -34,9 +34,7 @@ fn main() -> ExitCode {
         2 => "debug",
         _ => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
-        .init();
+    vmm::logging::init(level);
 
     let cfg = match cli.into_config() {
         Ok(cfg) => cfg,

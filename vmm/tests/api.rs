@@ -107,6 +107,8 @@ impl TempDir {
         let d = std::env::temp_dir().join(format!("ghvmm-api-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
+        // Not group-writable whatever the umask: the socket's directory must not be.
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         TempDir(d)
     }
 }
@@ -191,6 +193,7 @@ fn ping_ok(socket: &Path) {
 fn remote(socket: &Path, command: RemoteCommand) -> Result<String, RemoteError> {
     client::run(&RemoteCli {
         api_socket: socket.to_path_buf(),
+        timeout: None,
         command,
     })
 }

@@ -73,6 +73,8 @@ fn out_of_descriptors() {
     let dir = std::env::temp_dir().join(format!("ghvmm-api-fds-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    // Not group-writable whatever the umask: the socket's directory must not be.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let socket: PathBuf = dir.join("api.sock");
     let listener = api::bind(&ApiSocketConfig::Path(socket.clone())).unwrap();
     api::spawn_with(listener, Arc::new(NoVm), Limits::default()).unwrap();

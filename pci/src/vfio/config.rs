@@ -101,6 +101,28 @@ pub fn exposed_capabilities(dev: &dyn DeviceConfig) -> Vec<Capability> {
     kept
 }
 
+/// `caps` without an MSI or MSI-X capability that `interrupts` does not emulate (hidden
+/// because its table is misplaced, or unreadable), relinked: listed but not emulated, the
+/// guest's programming would reach nothing.
+fn emulated_only(caps: Vec<Capability>, interrupts: &SharedInterrupts) -> Vec<Capability> {
+    let (msi, msix) = {
+        let i = interrupts.lock();
+        (i.caps().msi().is_some(), i.caps().msix().is_some())
+    };
+    let mut kept: Vec<Capability> = caps
+        .into_iter()
+        .filter(|c| match c.id {
+            CAP_MSI => msi,
+            CAP_MSIX => msix,
+            _ => true,
+        })
+        .collect();
+    for i in 0..kept.len() {
+        kept[i].next = kept.get(i + 1).map_or(0, |c| c.offset);
+    }
+    kept
+}
+
 impl PassthroughConfig {
     /// `bars`: the guest BARs (index, spec, initial guest address), from the BAR layouts;
     /// `interrupts`: the emulated MSI/MSI-X capabilities (shared with the BAR trap that
@@ -125,7 +147,7 @@ impl PassthroughConfig {
             };
         }
         emulated.write(COMMAND_REG, 0, &decode.to_le_bytes());
-        let caps = exposed_capabilities(dev.as_ref());
+        let caps = emulated_only(exposed_capabilities(dev.as_ref()), &interrupts);
         Ok(PassthroughConfig {
             dev,
             emulated,
@@ -515,6 +537,50 @@ mod tests {
         // A register outside the interrupt capabilities still goes to the device.
         c.write_config_register(0x44 / 4, 0, &[3, 0]);
         assert_eq!(dev.1.lock().as_slice(), &[(0x44, vec![3, 0])]);
+    }
+
+    #[test]
+    fn msix_whose_table_cannot_be_trapped_is_unlinked() {
+        use crate::vfio::probe::{check_msix_placement, FunctionInfo, RegionInfo};
+        /// BAR 0 an I/O BAR, BAR 2 64-bit memory of 128 GiB, as `device` has them.
+        struct Bars<'a>(&'a Fake);
+        impl FunctionInfo for Bars<'_> {
+            fn read_config(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+                self.0.read(offset, data)
+            }
+            fn bar_region(&self, bar: usize) -> Option<RegionInfo> {
+                let size = match bar {
+                    0 => 256,
+                    2 => 128 << 30,
+                    _ => return None,
+                };
+                Some(RegionInfo {
+                    size,
+                    ..Default::default()
+                })
+            }
+        }
+        let dev = device();
+        {
+            let mut b = dev.0.lock();
+            b[0x10..0x14].copy_from_slice(&1u32.to_le_bytes()); // BAR 0: I/O
+            b[0x18..0x1c].copy_from_slice(&0xcu32.to_le_bytes()); // BAR 2: 64-bit
+            b[0x62..0x64].copy_from_slice(&3u16.to_le_bytes()); // 4 vectors
+            b[0x64..0x68].copy_from_slice(&0u32.to_le_bytes()); // table in BAR 0
+            b[0x68..0x6c].copy_from_slice(&0x1002u32.to_le_bytes()); // PBA in BAR 2
+        }
+        let caps = exposed_capabilities(&dev);
+        let mut irq_caps = InterruptCaps::from_device(&caps, &dev);
+        let e = check_msix_placement(&Bars(&dev), &irq_caps.msix_ranges()).unwrap_err();
+        assert_eq!(e.to_string(), "the MSI-X table is in BAR 0, an I/O BAR");
+        irq_caps.hide_msix();
+        let irq = Interrupts::new(irq_caps, Box::new(Recorder::default())).shared();
+        let mut c = PassthroughConfig::new(Box::new(dev.clone()), &[], irq).unwrap();
+        let ids: Vec<u8> = c.capabilities().iter().map(|c| c.id).collect();
+        assert_eq!(ids, [CAP_PM, CAP_PCIE]);
+        // The guest's walk: PM -> PCIe, the MSI-X capability never seen.
+        assert_eq!((c.read_config_register(0x40 / 4) >> 8) & 0xff, 0x70);
+        assert_eq!((c.read_config_register(0x70 / 4) >> 8) & 0xff, 0);
     }
 
     #[test]

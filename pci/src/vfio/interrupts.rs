@@ -79,6 +79,12 @@ impl InterruptCaps {
         out
     }
 
+    /// Drops MSI-X (`check_msix_placement` refused where it lives): `PassthroughConfig` then
+    /// unlinks the capability from the guest's list.
+    pub fn hide_msix(&mut self) {
+        self.msix = None;
+    }
+
     pub fn msix(&self) -> Option<&MsixState> {
         self.msix.as_ref().map(|(_, s)| s)
     }

@@ -26,4 +26,7 @@ pub use layout::{
     bar_layout, BarLayout, LayoutError, Limits, Piece, PieceKind, RegionDesc, SparseArea,
 };
 pub use placement::{placement, BarState, Placement};
-pub use probe::{probe_bars, FunctionInfo, Probe, ProbeError, ProbedBar, RegionInfo};
+pub use probe::{
+    check_msix_placement, probe_bars, FunctionInfo, MsixPlacementError, Probe, ProbeError,
+    ProbedBar, RegionInfo,
+};

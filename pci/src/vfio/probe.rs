@@ -81,6 +81,85 @@ pub enum ProbeError {
     Layout(#[from] LayoutError),
 }
 
+/// Why the MSI-X table or PBA cannot be emulated where the capability puts it. ghvmm then
+/// hides the MSI-X capability from the guest (its driver falls back to MSI): listed but not
+/// emulated, the guest's table writes would go nowhere and its interrupts never come.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MsixPlacementError {
+    #[error("the MSI-X {what} is in BAR {bar}, which does not exist")]
+    NoSuchBar { what: &'static str, bar: usize },
+    #[error("the MSI-X {what} is in BAR {bar}, an I/O BAR")]
+    IoBar { what: &'static str, bar: usize },
+    #[error("the MSI-X {what} is in BAR {bar}, which is not implemented")]
+    Unimplemented { what: &'static str, bar: usize },
+    #[error(
+        "the MSI-X {what} at {offset:#x}+{size:#x} lies outside BAR {bar} ({region:#x} bytes)"
+    )]
+    Outside {
+        what: &'static str,
+        bar: usize,
+        offset: u64,
+        size: u64,
+        region: u64,
+    },
+    #[error("the MSI-X {what} is in BAR {bar}, whose register cannot be read")]
+    Unreadable { what: &'static str, bar: usize },
+}
+
+/// Checks that the MSI-X table and PBA (`InterruptCaps::msix_ranges`: table first) each lie
+/// inside a memory BAR that `probe_bars` offers: a BAR register of its own (not the upper
+/// half of a 64-bit BAR, not I/O), a region behind it, and the range inside that region.
+pub fn check_msix_placement(
+    dev: &dyn FunctionInfo,
+    ranges: &[BarRange],
+) -> Result<(), MsixPlacementError> {
+    for (i, r) in ranges.iter().enumerate() {
+        let what = if i == 0 { "table" } else { "PBA" };
+        let bar = r.bar;
+        if bar >= NUM_BARS {
+            return Err(MsixPlacementError::NoSuchBar { what, bar });
+        }
+        // Walk the registers as `probe_bars` does to tell a BAR's own register from the
+        // upper half of the 64-bit BAR before it.
+        let mut start = 0;
+        let reg = loop {
+            let mut reg = [0u8; REG_BYTES as usize];
+            dev.read_config(bar_offset(start), &mut reg)
+                .map_err(|_| MsixPlacementError::Unreadable { what, bar })?;
+            let reg = u32::from_le_bytes(reg);
+            let is_64bit = reg & BAR_IO_SPACE == 0 && reg & BAR_MEM_TYPE_MASK == BAR_MEM_TYPE_64;
+            if start == bar {
+                break reg;
+            }
+            start += if is_64bit { 2 } else { 1 };
+            if start > bar {
+                return Err(MsixPlacementError::Unimplemented { what, bar });
+            }
+        };
+        if reg & BAR_IO_SPACE != 0 {
+            return Err(MsixPlacementError::IoBar { what, bar });
+        }
+        let is_64bit = reg & BAR_MEM_TYPE_MASK == BAR_MEM_TYPE_64;
+        if is_64bit && bar + 1 >= NUM_BARS {
+            return Err(MsixPlacementError::Unimplemented { what, bar });
+        }
+        let region = dev.bar_region(bar).map_or(0, |info| info.size);
+        if region == 0 {
+            return Err(MsixPlacementError::Unimplemented { what, bar });
+        }
+        if r.offset.checked_add(r.size).is_none_or(|end| end > region) {
+            return Err(MsixPlacementError::Outside {
+                what,
+                bar,
+                offset: r.offset,
+                size: r.size,
+                region,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Probes every BAR of `dev` and lays out its memory BARs within `limits`; `trapped` are the
 /// byte ranges (the MSI-X table and PBA) that must never be mapped. BARs without a region are
 /// left out; the first BAR the rules refuse refuses the whole function, so that a device is
@@ -250,6 +329,66 @@ mod tests {
         assert_eq!(gpu.layout.pieces[1].kind, PieceKind::Forwarded);
         // The upper halves are never asked about.
         assert_eq!(*f.asked.borrow(), [0, 1, 2, 4]);
+    }
+
+    #[test]
+    fn msix_in_a_bar_ghvmm_cannot_trap_is_reported() {
+        let f = Fake::default()
+            .bar(0, MEM64, MIB)
+            .bar(2, IO, 256)
+            .bar(4, MEM32, 16 * 1024);
+        let at = |bar: usize, offset: u64, size: u64| {
+            let table = BarRange { bar, offset, size };
+            let pba = BarRange {
+                bar: 0,
+                offset: 0x1000,
+                size: 8,
+            };
+            check_msix_placement(&f, &[table, pba])
+        };
+        assert_eq!(at(0, 0, 0x800), Ok(()));
+        assert_eq!(at(4, 0x3000, 0x1000), Ok(()));
+        let err = |bar, offset, size| at(bar, offset, size).unwrap_err().to_string();
+        assert_eq!(
+            err(1, 0, 16),
+            "the MSI-X table is in BAR 1, which is not implemented"
+        );
+        assert_eq!(err(2, 0, 16), "the MSI-X table is in BAR 2, an I/O BAR");
+        assert_eq!(
+            err(3, 0, 16),
+            "the MSI-X table is in BAR 3, which is not implemented"
+        );
+        assert_eq!(
+            err(5, 0, 16),
+            "the MSI-X table is in BAR 5, which is not implemented"
+        );
+        assert_eq!(
+            err(6, 0, 16),
+            "the MSI-X table is in BAR 6, which does not exist"
+        );
+        assert_eq!(
+            err(4, 0x3ff0, 0x20),
+            "the MSI-X table at 0x3ff0+0x20 lies outside BAR 4 (0x4000 bytes)"
+        );
+        assert!(at(4, u64::MAX, 2).is_err());
+        let pba_in_io = [
+            BarRange {
+                bar: 0,
+                offset: 0,
+                size: 16,
+            },
+            BarRange {
+                bar: 2,
+                offset: 0,
+                size: 8,
+            },
+        ];
+        assert_eq!(
+            check_msix_placement(&f, &pba_in_io)
+                .unwrap_err()
+                .to_string(),
+            "the MSI-X PBA is in BAR 2, an I/O BAR"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,11 @@ pub struct RemoteCli {
     /// The socket ghvmm was started with (--api-socket).
     #[arg(long, value_name = "PATH")]
     pub api_socket: PathBuf,
+    /// Give up after SECS (1-86400), connecting included. Default: 60 s; 300 s for
+    /// add-device and add-user-device, 120 s for remove-device (60 s plus the time ghvmm
+    /// gives the guest to eject).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
+    pub timeout: Option<u64>,
     #[command(subcommand)]
     pub command: RemoteCommand,
 }
@@ -66,6 +72,8 @@ pub enum RemoteError {
     Connect { path: PathBuf, source: io::Error },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    #[error("no complete answer from {} within {secs} s (see --timeout)", path.display())]
+    Timeout { path: PathBuf, secs: u64 },
     #[error("malformed response: {0}")]
     BadResponse(String),
     /// The server's status and its one-line message.
@@ -90,6 +98,17 @@ pub struct ApiResponse {
 
 /// Responses larger than this are not from ghvmm.
 const MAX_RESPONSE: u64 = 16 << 20;
+
+/// `--timeout`'s upper bound: a day.
+const MAX_TIMEOUT_SECS: u64 = 86_400;
+/// How long most requests may take: ghvmm answers them at once.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Adding a device opens it and, for the first VFIO device, pins all guest RAM for DMA,
+/// which takes longer the more RAM the guest has.
+const ADD_TIMEOUT: Duration = Duration::from_secs(300);
+/// A removal waits for the guest's eject up to `EJECT_TIMEOUT`, then tears the device down.
+const REMOVE_TIMEOUT: Duration =
+    Duration::from_secs(DEFAULT_TIMEOUT.as_secs() + crate::hotplug::EJECT_TIMEOUT.as_secs());
 
 impl RemoteCommand {
     pub fn request(&self) -> Result<ApiRequest, RemoteError> {
@@ -131,6 +150,20 @@ impl RemoteCommand {
     }
 }
 
+impl RemoteCli {
+    /// How long the whole request may take: `--timeout`, or the command's default.
+    pub fn deadline(&self) -> Duration {
+        if let Some(secs) = self.timeout {
+            return Duration::from_secs(secs);
+        }
+        match self.command {
+            RemoteCommand::AddDevice { .. } | RemoteCommand::AddUserDevice { .. } => ADD_TIMEOUT,
+            RemoteCommand::RemoveDevice { .. } => REMOVE_TIMEOUT,
+            _ => DEFAULT_TIMEOUT,
+        }
+    }
+}
+
 /// The option parser's message without its `--device: ` (or `--user-device: `) prefix.
 fn device_error(verb: &'static str, e: crate::config::ConfigError) -> RemoteError {
     let msg = e.to_string();
@@ -150,7 +183,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 /// empty for a 204. A non-2xx status is an error.
 pub fn run(cli: &RemoteCli) -> Result<String, RemoteError> {
     let req = cli.command.request()?;
-    let resp = send(&cli.api_socket, &req, None)?;
+    let resp = send(&cli.api_socket, &req, Some(cli.deadline()))?;
     if !(200..300).contains(&resp.status) {
         return Err(RemoteError::Server {
             status: resp.status,
@@ -167,31 +200,98 @@ fn one_line(s: &str) -> String {
         .collect()
 }
 
+/// JSON pretty-printed; anything else (not ghvmm's, or a proxy's page) as one line with its
+/// control characters escaped, so a server cannot write to the terminal.
 fn pretty(body: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(body) {
-        Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_else(|_| body.to_string()),
-        Err(_) => body.trim_end().to_string(),
+        Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_else(|_| escaped(body.trim_end())),
+        Err(_) => escaped(body.trim_end()),
     }
 }
 
-/// Sends one request on a new connection and reads the whole response. `timeout` bounds
-/// each read and write; `None` waits as long as the server takes (adding a GPU can take a
-/// while).
+fn escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Connects, giving up at `deadline`. A connect to a Unix socket whose backlog is full
+/// blocks; it is left to finish (or not) on its own thread, which the process's exit ends.
+fn connect(socket: &Path, deadline: Option<Instant>) -> io::Result<UnixStream> {
+    let Some(deadline) = deadline else {
+        return UnixStream::connect(socket);
+    };
+    let (tx, rx) = mpsc::channel();
+    let path = socket.to_path_buf();
+    std::thread::Builder::new()
+        .name("connect".into())
+        .spawn(move || {
+            let _ = tx.send(UnixStream::connect(path));
+        })?;
+    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// What is left until `deadline`, as a socket timeout; an error once it has passed.
+fn left(deadline: Option<Instant>) -> io::Result<Option<Duration>> {
+    match deadline {
+        None => Ok(None),
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(t) if !t.is_zero() => Ok(Some(t)),
+            _ => Err(io::ErrorKind::TimedOut.into()),
+        },
+    }
+}
+
+/// Sends one request on a new connection and reads the whole response. `timeout` bounds the
+/// whole exchange, connecting included; `None` waits as long as the server takes.
 pub fn send(
     socket: &Path,
     req: &ApiRequest,
     timeout: Option<Duration>,
 ) -> Result<ApiResponse, RemoteError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| RemoteError::Connect {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let timed_out = || RemoteError::Timeout {
         path: socket.to_path_buf(),
-        source,
-    })?;
-    let io_err = |source| RemoteError::Io {
-        path: socket.to_path_buf(),
-        source,
+        secs: timeout.map_or(0, |t| t.as_secs()),
     };
-    stream.set_read_timeout(timeout).map_err(io_err)?;
-    stream.set_write_timeout(timeout).map_err(io_err)?;
+    let is_timeout = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        )
+    };
+    let mut stream = connect(socket, deadline).map_err(|source| {
+        if is_timeout(&source) {
+            timed_out()
+        } else {
+            RemoteError::Connect {
+                path: socket.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    let io_err = |source: io::Error| {
+        if is_timeout(&source) {
+            timed_out()
+        } else {
+            RemoteError::Io {
+                path: socket.to_path_buf(),
+                source,
+            }
+        }
+    };
+    stream
+        .set_write_timeout(left(deadline).map_err(io_err)?)
+        .map_err(io_err)?;
     let mut raw = format!(
         "{} /api/v1/{} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nConnection: close\r\n",
         req.method, req.endpoint
@@ -208,8 +308,10 @@ pub fn send(
     // answer is still there to read, so a failed write is only reported if reading fails.
     let written = stream.write_all(raw.as_bytes());
     let mut buf = Vec::new();
-    match (&mut stream).take(MAX_RESPONSE).read_to_end(&mut buf) {
-        Ok(_) => {}
+    match read_all(&mut stream, &mut buf, deadline) {
+        Ok(()) => {}
+        // Whatever came, the server did not finish its answer in time.
+        Err(e) if is_timeout(&e) => return Err(timed_out()),
         Err(e) if buf.is_empty() => return Err(io_err(written.err().unwrap_or(e))),
         // A reset after a complete response is no loss.
         Err(_) => {}
@@ -221,6 +323,30 @@ pub fn send(
         });
     }
     parse_response(&buf)
+}
+
+/// Reads until the server closes, at most `MAX_RESPONSE` bytes, each read bounded by what is
+/// left until `deadline` (so a server trickling bytes cannot keep the client forever).
+fn read_all(
+    stream: &mut UnixStream,
+    buf: &mut Vec<u8>,
+    deadline: Option<Instant>,
+) -> io::Result<()> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        stream.set_read_timeout(left(deadline)?)?;
+        let room = MAX_RESPONSE.saturating_sub(buf.len() as u64);
+        let want = chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(());
+        }
+        match stream.read(&mut chunk[..want]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn parse_response(buf: &[u8]) -> Result<ApiResponse, RemoteError> {
@@ -347,6 +473,60 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_never_answers_times_out() {
+        let dir = std::env::temp_dir().join(format!("ghvmm-remote-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        // Accepts, reads nothing, answers nothing.
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let c = cli(&[
+            "--api-socket",
+            path.to_str().unwrap(),
+            "--timeout",
+            "1",
+            "ping",
+        ])
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(run(&c).map_err(|e| e.to_string()));
+        });
+        let e = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("ghvmm-remote did not give up on a silent server")
+            .unwrap_err();
+        assert!(e.contains("within 1 s (see --timeout)"), "{e}");
+        let req = RemoteCommand::Ping.request().unwrap();
+        let e = send(&path, &req, Some(Duration::from_millis(200))).unwrap_err();
+        assert!(matches!(e, RemoteError::Timeout { .. }), "{e}");
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn deadlines_default_per_command_and_timeout_is_bounded() {
+        let s = ["--api-socket", "/s"];
+        let deadline = |args: &[&str]| {
+            let all: Vec<&str> = s.iter().chain(args).copied().collect();
+            cli(&all).map(|c| c.deadline().as_secs())
+        };
+        assert_eq!(deadline(&["ping"]).unwrap(), 60);
+        assert_eq!(deadline(&["remove-device", "gpu0"]).unwrap(), 120);
+        assert_eq!(deadline(&["add-device", "path=/p"]).unwrap(), 300);
+        assert_eq!(
+            deadline(&["--timeout", "5", "add-device", "path=/p"]).unwrap(),
+            5
+        );
+        assert_eq!(deadline(&["--timeout", "86400", "info"]).unwrap(), 86_400);
+        for bad in ["0", "86401", "x"] {
+            let e = deadline(&["--timeout", bad, "ping"]).unwrap_err();
+            assert!(arg_error_line(&e).contains("--timeout"), "{bad}");
+        }
+        assert!(deadline(&["--timeout", "-1", "ping"]).is_err());
+    }
+
+    #[test]
     fn clap_shape_is_valid() {
         use clap::CommandFactory;
         RemoteCli::command().debug_assert();
@@ -402,6 +582,11 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
         assert_eq!(pretty(r#"{"a":1}"#), "{\n  \"a\": 1\n}");
         assert_eq!(pretty("text\n"), "text");
+        assert_eq!(
+            pretty("<html>\r\n\x1b[2Jowned\n\tmore\n"),
+            "<html>\\r\\n\\u{1b}[2Jowned\\n\\tmore"
+        );
+        assert_eq!(pretty("\"a\nb\""), "\"a\\nb\"");
         assert_eq!(one_line("a\nb\r\nc"), "a b  c");
     }
 }

@@ -23,7 +23,7 @@ use crate::config::{DeviceSource, GhSlotRequest};
 pub use body::AddDeviceBody;
 pub use http::Limits;
 pub use server::{spawn, spawn_with};
-pub use socket::bind;
+pub use socket::{bind, bind_owned, SocketFile};
 
 /// What the API asks of the VM. Calls arrive on the API's connection threads, never on a vCPU
 /// thread, and several may run at once (one per client connection).

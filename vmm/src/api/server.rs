@@ -514,6 +514,8 @@ mod tests {
         let d = std::env::temp_dir().join(format!("ghvmm-srv-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
+        // Not group-writable whatever the umask: the socket's directory must not be.
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         TempDir(d)
     }
 

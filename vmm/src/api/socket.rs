@@ -8,10 +8,10 @@
 //! no other user can reach it, set to 0600 there, and then hard-linked to the target path,
 //! which fails rather than replaces if something appeared there meanwhile.
 
-use std::fs::{self, DirBuilder, Permissions};
+use std::fs::{self, Permissions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,23 +21,61 @@ use crate::config::ApiSocketConfig;
 /// The listening socket for `api::spawn`. With `Fd`, the descriptor becomes the listener's:
 /// call this once per descriptor. Errors name the socket and are one line.
 pub fn bind(cfg: &ApiSocketConfig) -> io::Result<UnixListener> {
+    bind_owned(cfg).map(|(listener, _)| listener)
+}
+
+/// The socket file ghvmm made at `--api-socket path=`, to remove at exit.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    /// (dev, ino) of the socket ghvmm bound: the path may meanwhile name something else (an
+    /// operator started another ghvmm on it after removing ours, say), which is not ours to
+    /// remove.
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the path if it is still the socket ghvmm bound; says what it did otherwise.
+    pub fn remove(&self) {
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.id => {
+                if let Err(e) = fs::remove_file(&self.path) {
+                    log::warn!("cannot remove the API socket {}: {e}", self.path.display());
+                }
+            }
+            Ok(_) => log::warn!(
+                "{} is no longer ghvmm's API socket; left in place",
+                self.path.display()
+            ),
+            Err(_) => {}
+        }
+    }
+}
+
+/// As `bind`, and for a path, the socket file to remove at exit (an inherited descriptor's
+/// file is not ghvmm's).
+pub fn bind_owned(cfg: &ApiSocketConfig) -> io::Result<(UnixListener, Option<SocketFile>)> {
     match cfg {
-        ApiSocketConfig::Path(path) => bind_path(path).map_err(|e| {
+        ApiSocketConfig::Path(path) => bind_path(path).map(|(l, f)| (l, Some(f))).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("--api-socket path={}: {e}", path.display()),
             )
         }),
-        ApiSocketConfig::Fd(fd) => {
-            from_fd(*fd).map_err(|e| io::Error::new(e.kind(), format!("--api-socket fd={fd}: {e}")))
-        }
+        ApiSocketConfig::Fd(fd) => from_fd(*fd)
+            .map(|l| (l, None))
+            .map_err(|e| io::Error::new(e.kind(), format!("--api-socket fd={fd}: {e}"))),
     }
 }
 
 /// sun_path's size less its terminating NUL: clients could not connect to a longer path.
 const MAX_SOCKET_PATH: usize = 107;
 
-fn bind_path(path: &Path) -> io::Result<UnixListener> {
+fn bind_path(path: &Path) -> io::Result<(UnixListener, SocketFile)> {
     if path.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -58,6 +96,8 @@ fn bind_path(path: &Path) -> io::Result<UnixListener> {
     // directory's path is, and always names the directory we created.
     let listener = UnixListener::bind(format!("/proc/self/fd/{}/s", private.handle.as_raw_fd()))?;
     fs::set_permissions(&tmp, Permissions::from_mode(0o600))?;
+    // The link below shares this inode; read here, nobody else can have changed the name.
+    let meta = fs::symlink_metadata(&tmp)?;
     fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
         io::ErrorKind::AlreadyExists => io::Error::new(
             e.kind(),
@@ -68,7 +108,11 @@ fn bind_path(path: &Path) -> io::Result<UnixListener> {
         ),
         _ => e,
     })?;
-    Ok(listener)
+    let file = SocketFile {
+        path: path.to_path_buf(),
+        id: (meta.dev(), meta.ino()),
+    };
+    Ok((listener, file))
 }
 
 /// Refuses a path that is not a socket or whose socket has a live server; removes a socket
@@ -111,8 +155,9 @@ impl PrivateDir {
         loop {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let dir = parent.join(format!(".ghvmm-{}-{n}", std::process::id()));
-            // The mode is applied at mkdir (less the umask, which only removes bits).
-            match DirBuilder::new().mode(0o700).create(&dir) {
+            // The mode is applied at mkdir (less the umask, which only removes bits); a parent
+            // others could swap it in is refused.
+            match vfio::fresh_private_dir(&dir) {
                 Ok(()) => {
                     return match fs::File::open(&dir) {
                         Ok(handle) => Ok(PrivateDir { path: dir, handle }),
@@ -218,6 +263,8 @@ mod tests {
         let d = std::env::temp_dir().join(format!("ghvmm-sock-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
+        // Not group-writable whatever the umask: the socket's directory must not be.
+        fs::set_permissions(&d, Permissions::from_mode(0o755)).unwrap();
         TempDir(d)
     }
 
@@ -263,6 +310,7 @@ mod tests {
         // A long directory is fine as long as the whole path fits.
         let deep = d.join("d".repeat(99 - d.as_os_str().len()));
         fs::create_dir(&deep).unwrap();
+        fs::set_permissions(&deep, Permissions::from_mode(0o755)).unwrap();
         let p = deep.join("s.sock");
         assert!(p.as_os_str().len() <= MAX_SOCKET_PATH);
         let _l = bind_at(&p).unwrap();
@@ -270,6 +318,52 @@ mod tests {
         fs::remove_dir_all(&deep).unwrap();
         // Nothing was left behind.
         assert_eq!(fs::read_dir(&*d).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn only_our_own_socket_is_removed_at_exit() {
+        let d = temp_dir("owner");
+        let p = d.join("api.sock");
+        let (l, file) = bind_owned(&ApiSocketConfig::Path(p.clone())).unwrap();
+        let file = file.unwrap();
+        assert_eq!(file.path(), p);
+        // Someone removes ours and serves another socket at the same path.
+        fs::remove_file(&p).unwrap();
+        let other = UnixListener::bind(&p).unwrap();
+        file.remove();
+        assert!(fs::symlink_metadata(&p).is_ok(), "the other socket stays");
+        UnixStream::connect(&p).unwrap();
+        drop(other);
+        fs::remove_file(&p).unwrap();
+        drop(l);
+        // Ours is removed, once; removing again is harmless.
+        let (_l, file) = bind_owned(&ApiSocketConfig::Path(p.clone())).unwrap();
+        let file = file.unwrap();
+        file.remove();
+        assert!(fs::symlink_metadata(&p).is_err());
+        file.remove();
+        let fd = UnixListener::bind(d.join("s")).unwrap().into_raw_fd();
+        assert!(bind_owned(&ApiSocketConfig::Fd(fd)).unwrap().1.is_none());
+    }
+
+    #[test]
+    fn a_directory_others_may_write_to_needs_the_sticky_bit() {
+        let d = temp_dir("shared");
+        let shared = d.join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, Permissions::from_mode(0o777)).unwrap();
+        let e = bind_at(&shared.join("api.sock")).unwrap_err().to_string();
+        assert!(
+            e.contains("writable by other users and has no sticky bit"),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read_dir(&shared).unwrap().count(),
+            0,
+            "nothing made there"
+        );
+        fs::set_permissions(&shared, Permissions::from_mode(0o1777)).unwrap();
+        let _l = bind_at(&shared.join("api.sock")).unwrap();
     }
 
     #[test]

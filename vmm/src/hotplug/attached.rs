@@ -1,6 +1,7 @@
 //! The attached devices: ids (given, or `_vfio<N>` as Cloud Hypervisor names them), paths,
 //! addresses and the token of each attachment.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use acpi::PciAddress;
@@ -23,9 +24,35 @@ pub struct AttachedDevice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Token(u64);
 
+/// What a device path resolves to, recorded at attach: two spellings of one device (a
+/// symlink, `..`, a hard link to a vfio-user socket, a bind mount) are the same key, and a
+/// symlink re-pointed later does not change what an attached device was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum DeviceKey {
+    /// (dev, ino) of what the path resolves to (stat follows every symlink).
+    Inode(u64, u64),
+    /// A path that cannot be resolved now (it will fail to open): compared as spelled,
+    /// made absolute and normalised.
+    Path(PathBuf),
+}
+
+impl DeviceKey {
+    pub fn of(path: &Path) -> Self {
+        match std::fs::metadata(path) {
+            Ok(m) => DeviceKey::Inode(m.dev(), m.ino()),
+            Err(_) => DeviceKey::Path(
+                std::path::absolute(path)
+                    .map(|p| p.components().collect())
+                    .unwrap_or_else(|_| path.to_path_buf()),
+            ),
+        }
+    }
+}
+
 pub(super) struct Attached<D> {
     pub id: String,
     pub path: PathBuf,
+    pub key: DeviceKey,
     pub address: PciAddress,
     pub device: D,
     pub token: Token,
@@ -63,20 +90,20 @@ impl<D> Default for Registry<D> {
 }
 
 impl<D> Registry<D> {
-    /// Refuses an id that is attached, or a path whose device is.
-    pub fn check_new(&self, id: Option<&str>, path: &Path) -> Result<(), HotplugError> {
+    /// Refuses an id that is attached, or a path whose device is; returns the path's key,
+    /// for the `Attached` it becomes.
+    pub fn check_new(&self, id: Option<&str>, path: &Path) -> Result<DeviceKey, HotplugError> {
         if let Some(id) = id {
             if self.by_id(id).is_some() {
                 return Err(HotplugError::DuplicateId(id.to_string()));
             }
         }
         // The same function twice would share one VFIO device fd's state.
-        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        let wanted = canon(path);
-        if self.list.iter().any(|a| canon(&a.path) == wanted) {
+        let key = DeviceKey::of(path);
+        if self.list.iter().any(|a| a.key == key) {
             return Err(HotplugError::DuplicatePath(path.to_path_buf()));
         }
-        Ok(())
+        Ok(key)
     }
 
     /// Whether GH slot k (00.0 of segment k+1) has a device.
@@ -152,6 +179,7 @@ mod tests {
         reg.push(Attached {
             id: id.into(),
             path: path.into(),
+            key: DeviceKey::of(Path::new(path)),
             address: PciAddress {
                 segment,
                 bus: 0,
@@ -189,6 +217,38 @@ mod tests {
         assert_eq!(reg.take(t).map(|a| a.id), Some("gpu0".to_string()));
         assert!(reg.take(t).is_none());
         assert!(reg.check_new(Some("gpu0"), Path::new("/a")).is_ok());
+    }
+
+    #[test]
+    fn another_spelling_of_an_attached_device_is_the_same_device() {
+        let tmp = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let t = tmp.as_path();
+        let s = |p: &Path| p.to_str().unwrap().to_string();
+        std::fs::create_dir_all(t.join("devices/0000:01:00.0")).unwrap();
+        std::fs::create_dir_all(t.join("devices/0000:02:00.0")).unwrap();
+        std::fs::create_dir(t.join("bus")).unwrap();
+        let link = t.join("bus/gpu");
+        std::os::unix::fs::symlink(t.join("devices/0000:01:00.0"), &link).unwrap();
+        let mut reg = Registry::<()>::default();
+        attached(&mut reg, "gpu0", &s(&link), 0, 1);
+        let dup = |reg: &Registry<()>, p: &Path| {
+            matches!(reg.check_new(None, p), Err(HotplugError::DuplicatePath(_)))
+        };
+        assert!(dup(&reg, &t.join("devices/0000:01:00.0")));
+        assert!(dup(&reg, &t.join("bus/../devices/./0000:01:00.0")));
+        // The link now names another device: the attached one is still the first.
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(t.join("devices/0000:02:00.0"), &link).unwrap();
+        assert!(dup(&reg, &t.join("devices/0000:01:00.0")));
+        // Two names of one vfio-user socket (a hard link).
+        std::fs::write(t.join("gpu.sock"), b"").unwrap();
+        std::fs::hard_link(t.join("gpu.sock"), t.join("other.sock")).unwrap();
+        attached(&mut reg, "gpu1", &s(&t.join("gpu.sock")), 0, 2);
+        assert!(dup(&reg, &t.join("other.sock")));
+        // Paths that do not resolve compare as spelled, normalised.
+        attached(&mut reg, "gpu2", "/nonexistent/x", 0, 3);
+        assert!(dup(&reg, Path::new("/nonexistent/./x")));
+        assert!(!dup(&reg, Path::new("/nonexistent/y")));
     }
 
     #[test]

@@ -206,12 +206,13 @@ impl<B: Backend> Hotplug<B> {
         placement: Placement,
     ) -> Result<Placed, HotplugError> {
         let path = source.path();
-        let target = {
+        let (key, target) = {
             let registry = self.registry();
-            registry.check_new(id.as_deref(), path)?;
-            placement::resolve(placement, self.backend.gh_slots(), |k| {
+            let key = registry.check_new(id.as_deref(), path)?;
+            let target = placement::resolve(placement, self.backend.gh_slots(), |k| {
                 registry.gh_slot_taken(k)
-            })?
+            })?;
+            (key, target)
         };
         let segment = target.segment;
         let device = self.backend.assign(source, segment)?;
@@ -238,6 +239,7 @@ impl<B: Backend> Hotplug<B> {
         self.registry().push(Attached {
             id: id.clone(),
             path: path.to_path_buf(),
+            key,
             address,
             device,
             token,

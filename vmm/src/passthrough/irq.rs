@@ -18,6 +18,7 @@ use vfio::DeviceIrqs;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device_manager::irq_routing::GsiRouting;
+use crate::fd_limit::{check_room, FdBudget, ProcessFds};
 
 /// The same two kinds, as the vfio crate names them (it does not depend on pci).
 fn host(kind: IrqKind) -> vfio::IrqKind {
@@ -43,6 +44,8 @@ pub struct VfioIrqSink {
     /// The guest enables, disables and programs interrupts as often as it likes: its lines
     /// are rate-limited.
     log_limit: LogLimit,
+    /// Checked before an enable takes a descriptor per vector.
+    fds: Arc<dyn FdBudget>,
 }
 
 impl VfioIrqSink {
@@ -53,13 +56,22 @@ impl VfioIrqSink {
             routing,
             active: HashMap::new(),
             log_limit: LogLimit::new(),
+            fds: Arc::new(ProcessFds),
         }
+    }
+
+    /// The same sink counting descriptors with `fds` instead of the process's own.
+    #[cfg(test)]
+    pub fn with_fd_budget(mut self, fds: Arc<dyn FdBudget>) -> Self {
+        self.fds = fds;
+        self
     }
 
     fn enable(&mut self, kind: IrqKind, vectors: u16) -> Result<(), String> {
         if self.active.contains_key(&kind) {
             self.disable(kind)?;
         }
+        check_room(self.fds.as_ref(), u64::from(vectors)).map_err(|e| e.to_string())?;
         let mut made: Vec<Vector> = Vec::new();
         let fail = |made: &mut Vec<Vector>, why: String| {
             for v in made.drain(..) {
@@ -347,6 +359,32 @@ mod tests {
         assert!(kvm.irqfds.lock().is_empty());
         assert!(msi_routes(&kvm).is_empty());
         assert_eq!(s.routing.allocate().unwrap(), 24, "GSIs were released");
+    }
+
+    #[test]
+    fn an_enable_that_would_leave_too_few_descriptors_is_refused() {
+        struct Free(u64);
+        impl FdBudget for Free {
+            fn free(&self) -> std::io::Result<u64> {
+                Ok(self.0)
+            }
+        }
+        let (s, kvm, dev) = sink(false);
+        let mut s = s.with_fd_budget(Arc::new(Free(crate::fd_limit::SPARE + 1)));
+        s.apply(vec![IrqUpdate::Enable {
+            kind: IrqKind::Msix,
+            vectors: 2,
+        }]);
+        assert!(s.active.is_empty(), "nothing enabled");
+        assert!(dev.calls.lock().is_empty(), "VFIO was not asked");
+        assert!(kvm.irqfds.lock().is_empty());
+        assert_eq!(s.routing.allocate().unwrap(), 24, "no GSI taken");
+        // One vector fits.
+        s.apply(vec![IrqUpdate::Enable {
+            kind: IrqKind::Msix,
+            vectors: 1,
+        }]);
+        assert_eq!(s.active[&IrqKind::Msix].len(), 1);
     }
 
     #[test]

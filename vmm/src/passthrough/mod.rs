@@ -346,7 +346,19 @@ pub fn assign(
     };
     let config = device.region(VFIO_PCI_CONFIG_REGION_INDEX);
     let caps = pci::vfio::config::exposed_capabilities(&config);
-    let irq_caps = InterruptCaps::from_device(&caps, &config);
+    let mut irq_caps = InterruptCaps::from_device(&caps, &config);
+    let function = Function {
+        device: &device,
+        config: &config,
+    };
+    if let Err(e) = pci::vfio::check_msix_placement(&function, &irq_caps.msix_ranges()) {
+        log::warn!(
+            "{}: {e}; MSI-X is hidden from the guest (its driver can still use MSI if the \
+             device has it)",
+            path.display()
+        );
+        irq_caps.hide_msix();
+    }
     let sink = irq::VfioIrqSink::new(
         path.display().to_string(),
         device.irqs(),

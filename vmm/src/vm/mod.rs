@@ -213,20 +213,23 @@ impl Vm {
 /// be inside `KVM_RUN`, so the VM is deliberately not torn down here (unmapping guest memory
 /// under a running vCPU would only produce spurious faults); process exit releases it all.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
+    // Before anything opens descriptors: every enabled MSI-X vector holds one.
+    match crate::fd_limit::raise() {
+        Ok((before, after)) => log::info!("open file limit: {after} (was {before})"),
+        Err(e) => log::warn!("cannot raise the open file limit: {e}"),
+    }
     // The socket first: a path that cannot be bound must not cost a VM set-up.
     let api = cfg
         .api_socket
         .as_ref()
         .map(|a| {
             // The error names the option and the path itself.
-            crate::api::bind(a)
-                .map_err(anyhow::Error::from)
-                .map(|l| (a, l))
+            crate::api::bind_owned(a).map_err(anyhow::Error::from)
         })
         .transpose()?;
     let vm = Vm::start(cfg)?;
-    let socket_path = match api {
-        Some((a, listener)) => {
+    let socket_file = match api {
+        Some((listener, file)) => {
             let control = Arc::new(crate::vm::control::Control {
                 config: cfg.clone(),
                 hotplug: vm.hotplug.clone(),
@@ -234,10 +237,7 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
                 exit: vm.exit.clone(),
             });
             crate::api::spawn(listener, control).context("starting the API thread")?;
-            match a {
-                crate::config::ApiSocketConfig::Path(p) => Some(p.clone()),
-                crate::config::ApiSocketConfig::Fd(_) => None,
-            }
+            file
         }
         None => None,
     };
@@ -251,9 +251,9 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         console.drain(crate::device_manager::console_out::DRAIN_TIMEOUT);
     }
     drop(console);
-    // The socket file is ours (we created it); an inherited fd's file is not.
-    if let Some(p) = socket_path {
-        let _ = std::fs::remove_file(p);
+    // Only the socket file ghvmm made, and only if the path still names it.
+    if let Some(file) = socket_file {
+        file.remove();
     }
     std::mem::forget(vm);
     Ok(reason)
