@@ -10,4 +10,5 @@ pub mod device_manager;
 pub mod hotplug;
 pub mod memory;
 pub mod passthrough;
+pub mod seccomp;
 pub mod vm;

@@ -70,7 +70,10 @@ impl StdinForwarder {
         let serial = self.serial;
         let spawned = std::thread::Builder::new()
             .name("stdin".into())
-            .spawn(move || forward(serial));
+            .spawn(move || {
+                crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Stdin);
+                forward(serial)
+            });
         match spawned {
             Ok(_) => Some(guard),
             Err(e) => {

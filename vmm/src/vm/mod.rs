@@ -211,6 +211,8 @@ impl Vm {
 /// be inside `KVM_RUN`, so the VM is deliberately not torn down here (unmapping guest memory
 /// under a running vCPU would only produce spurious faults); process exit releases it all.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
+    // Compiled before anything is opened: a filter that cannot be built fails the start.
+    crate::seccomp::init(cfg.seccomp)?;
     // The socket first: a path that cannot be bound must not cost a VM set-up.
     let api = cfg
         .api_socket
@@ -244,6 +246,8 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     } else {
         None
     };
+    // Every thread is started; from here the main thread only waits and cleans up.
+    crate::seccomp::enter(crate::seccomp::ThreadKind::Main)?;
     let reason = vm.wait();
     vm.devices.serial.lock().flush();
     drop(console);

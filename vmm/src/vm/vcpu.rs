@@ -24,6 +24,10 @@ pub fn spawn(mut ctx: VcpuContext) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("vcpu{}", ctx.index))
         .spawn(move || {
+            if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::Vcpu) {
+                ctx.exit.request(ExitReason::Fault(e.to_string()));
+                return;
+            }
             if let Err(reason) = run(&mut ctx) {
                 ctx.exit.request(reason);
             }

@@ -38,25 +38,32 @@ pub fn install() -> std::io::Result<()> {
 pub fn spawn_listener(vcpus: Arc<Mutex<Vec<JoinHandle<()>>>>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("regdump".into())
-        .spawn(move || loop {
-            // SAFETY: a zeroed sigset is valid input for sigemptyset/sigaddset.
-            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` and `sig` are valid for the calls' duration.
-            let rc = unsafe {
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, libc::SIGUSR1);
-                libc::sigwait(&set, &mut sig)
-            };
-            if rc != 0 {
-                return;
-            }
-            GENERATION.fetch_add(1, Ordering::SeqCst);
-            for h in vcpus.lock().iter() {
-                let _ = h.kill(kick_signal());
-            }
+        .spawn(move || {
+            crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::RegDump);
+            listen(&vcpus)
         })
         .map(|_| ())
+}
+
+fn listen(vcpus: &Mutex<Vec<JoinHandle<()>>>) {
+    loop {
+        // SAFETY: a zeroed sigset is valid input for sigemptyset/sigaddset.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` and `sig` are valid for the calls' duration.
+        let rc = unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::sigwait(&set, &mut sig)
+        };
+        if rc != 0 {
+            return;
+        }
+        GENERATION.fetch_add(1, Ordering::SeqCst);
+        for h in vcpus.lock().iter() {
+            let _ = h.kill(kick_signal());
+        }
+    }
 }
 
 /// Called by a vCPU thread between KVM_RUNs: prints its registers once per request.
