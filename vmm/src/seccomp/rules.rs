@@ -96,7 +96,8 @@ const DEVICE_FILES: &[i64] = &[
 const API: &[i64] = &[libc::SYS_accept4, libc::SYS_accept];
 
 /// The vCPU's guest accesses: forwarded BAR accesses (pread/pwrite on the device fd), the
-/// vfio-user socket, eventfd writes, MSI enable (eventfds, fd counting through /proc/self/fd).
+/// vfio-user socket, eventfd writes, MSI enable (eventfds, fd counting through /proc/self/fd,
+/// whose opendir fstats the directory).
 const VCPU: &[i64] = &[
     libc::SYS_read,
     libc::SYS_pread64,
@@ -108,6 +109,8 @@ const VCPU: &[i64] = &[
     libc::SYS_eventfd2,
     libc::SYS_openat,
     libc::SYS_getdents64,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
     libc::SYS_close,
     libc::SYS_prlimit64,
     libc::SYS_dup,
