@@ -87,6 +87,8 @@ const DEVICE_FILES: &[i64] = &[
     libc::SYS_recvmsg,
     libc::SYS_sendto,
     libc::SYS_recvfrom,
+    // vfio_user's client sends its VERSION message with write_vectored.
+    libc::SYS_writev,
     libc::SYS_setsockopt,
     libc::SYS_getsockopt,
     libc::SYS_shutdown,
@@ -106,6 +108,7 @@ const VCPU: &[i64] = &[
     libc::SYS_recvmsg,
     libc::SYS_sendto,
     libc::SYS_recvfrom,
+    libc::SYS_writev,
     libc::SYS_eventfd2,
     libc::SYS_openat,
     libc::SYS_getdents64,

@@ -31,6 +31,12 @@ fn kinds_differ_where_they_should() {
     assert!(api.contains_key(&libc::SYS_accept4));
     // The vCPU's ioctls are restricted to a list, one rule per request.
     assert_eq!(vcpu[&libc::SYS_ioctl].len(), ioctls::vcpu().len());
+    // A vfio-user device hot-added through the API: its client writes VERSION with writev
+    // (the rig's vfio-user-hotplug died of SIGSYS on ghvmm-api-conn without it).
+    for kind in [ThreadKind::Api, ThreadKind::Hotplug, ThreadKind::Vcpu] {
+        let r = rules::rules(kind).unwrap();
+        assert!(r.contains_key(&libc::SYS_writev), "{kind:?}");
+    }
     // A thread that starts threads allows what installing the child's filter takes.
     for kind in [
         ThreadKind::Api,
