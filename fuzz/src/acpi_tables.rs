@@ -525,6 +525,7 @@ fn vm_config(v: &VmInput) -> VmConfig {
             bar_space: 1u64 << (30 + g.bar_space_log2 % 12),
         }),
         api_socket: None,
+        seccomp: Default::default(),
     }
 }
 

@@ -28,6 +28,10 @@ use crate::irq::{DeviceIrqs, IrqError};
 /// removal started (false: it is called again at the host's next request).
 pub type OnRequest = Box<dyn FnMut() -> bool + Send>;
 
+/// Called first on the watcher thread, before it polls: where the VMM installs the thread's
+/// seccomp filter (this crate knows nothing of the VMM's filters).
+pub type OnStart = Box<dyn FnOnce() + Send>;
+
 /// Why a request watcher did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -58,6 +62,16 @@ impl RequestWatcher {
         device: Arc<dyn DeviceIrqs>,
         on_request: OnRequest,
     ) -> Result<Option<Self>, WatchError> {
+        Self::start_with(name, device, on_request, Box::new(|| {}))
+    }
+
+    /// `start`, with `on_start` run first on the watcher thread.
+    pub fn start_with(
+        name: String,
+        device: Arc<dyn DeviceIrqs>,
+        on_request: OnRequest,
+        on_start: OnStart,
+    ) -> Result<Option<Self>, WatchError> {
         if !device.has_request_irq() {
             return Ok(None);
         }
@@ -72,7 +86,10 @@ impl RequestWatcher {
             .name("ghvmm-vfio-req".into())
             .spawn({
                 let (name, stop, signals) = (name.clone(), stop.clone(), signals.clone());
-                move || watch(&name, &req, &stop, &signals, on_request)
+                move || {
+                    on_start();
+                    watch(&name, &req, &stop, &signals, on_request)
+                }
             });
         match spawned {
             Ok(thread) => Ok(Some(RequestWatcher {
@@ -309,6 +326,23 @@ mod tests {
             1,
             "nothing holds the device any more"
         );
+    }
+
+    #[test]
+    fn on_start_runs_first_on_the_watcher_thread() {
+        let dev = FakeDevice::with_request();
+        let (f, _, _alive) = counter(true);
+        let seen = Arc::new(parking_lot::Mutex::new(None));
+        let on_start: OnStart = Box::new({
+            let seen = seen.clone();
+            move || *seen.lock() = std::thread::current().name().map(String::from)
+        });
+        let w = RequestWatcher::start_with("dev".into(), dev.clone(), f, on_start)
+            .unwrap()
+            .expect("the device has a request interrupt");
+        wait_until("on_start", || seen.lock().is_some());
+        assert_eq!(seen.lock().as_deref(), Some("ghvmm-vfio-req"));
+        drop(w);
     }
 
     #[test]

@@ -12,4 +12,5 @@ pub mod hotplug;
 pub mod logging;
 pub mod memory;
 pub mod passthrough;
+pub mod seccomp;
 pub mod vm;

@@ -189,4 +189,38 @@ gate_counter_checks -x ghvmm f gpu0 "bar2.padding +1" | grep L2CHECK
              @@L2CHECK padding-read-counted-x FAIL ghvmm's counters moved by one padding read: bar2.padding +1, config +1 (want exactly bar2.padding +1)\n"
         );
     }
+
+    /// tests/l2/init's `seccomp_report` over a stand-in dmesg: one failing check per thread
+    /// name and syscall number however often the kernel logged it; PASS when it logged none.
+    #[test]
+    fn seccomp_violations_are_failing_l2_checks() {
+        let line = |comm: &str, nr: u32| {
+            format!(
+                "[   12.5] audit: type=1326 audit(1796575852.825:1): auid=4294967295 uid=0 \
+                 gid=0 ses=4294967295 pid=77 comm=\"{comm}\" exe=\"/bin/ghvmm\" sig=0 \
+                 arch=c000003e syscall={nr} compat=0 ip=0x7f846e007829 code=0x7ffc0000"
+            )
+        };
+        let lines = [
+            line("vcpu0", 16),
+            "[   12.6] audit: type=1400 something else".to_string(),
+            line("ghvmm-api", 41),
+            line("vcpu0", 16),
+        ];
+        let stub = |lines: &[String]| {
+            let quoted: Vec<String> = lines.iter().map(|l| format!("'{l}'")).collect();
+            format!(
+                "dmesg() {{ printf '%s\\n' {}; }}\nseccomp_report",
+                quoted.join(" ")
+            )
+        };
+        assert_eq!(
+            run_shell("seccomp", &stub(&lines)),
+            "@@L2CHECK seccomp FAIL ghvmm-api:41\n@@L2CHECK seccomp FAIL vcpu0:16\n"
+        );
+        assert_eq!(
+            run_shell("seccomp-none", &stub(&lines[1..2])),
+            "@@L2CHECK seccomp PASS\n"
+        );
+    }
 }

@@ -47,7 +47,11 @@ pub fn spawn_with(
     let limits = Arc::new(limits);
     thread::Builder::new()
         .name("ghvmm-api".into())
-        .spawn(move || accept_loop(listener, vm, limits))
+        .spawn(move || {
+            // Connection threads start from this one and keep its filter.
+            crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Api);
+            accept_loop(listener, vm, limits)
+        })
 }
 
 const FULL: &str = "too many API connections; try again";

@@ -9,6 +9,7 @@ use crate::config::{
     parse_console, ApiSocketConfig, ConfigError, CpusConfig, DeviceConfig, GhConfig, MemoryConfig,
     NumaConfig, PlatformConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE,
 };
+use crate::seccomp::SeccompMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +71,10 @@ pub struct Cli {
     /// vm.remove-device, ...) on this Unix socket, created with mode 0600 (docs/api.md).
     #[arg(long, value_name = "path=PATH|fd=N")]
     pub api_socket: Option<String>,
+    /// Seccomp filters per thread: true (a syscall outside a thread's list kills ghvmm),
+    /// log (allowed, and the kernel logs it), false (none).
+    #[arg(long, value_name = "true|false|log", default_value = "true")]
+    pub seccomp: SeccompMode,
     /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr.
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,
@@ -132,6 +137,7 @@ impl Cli {
                 .as_deref()
                 .map(ApiSocketConfig::parse)
                 .transpose()?,
+            seccomp: self.seccomp,
         };
         if !self.user_device.is_empty() && !cfg.memory.shared {
             return Err(CliError::UserDeviceNeedsSharedMemory);
@@ -224,6 +230,21 @@ mod tests {
         let c = parse(&["--kernel", "/k"]).unwrap();
         assert_eq!((c.cpus.boot, c.memory.size), (1, 512 << 20));
         assert_eq!(c.serial, SerialConfig::Tty);
+        assert_eq!(c.seccomp, SeccompMode::Kill);
+    }
+
+    #[test]
+    fn seccomp_takes_cloud_hypervisors_values() {
+        for (arg, want) in [
+            ("true", SeccompMode::Kill),
+            ("log", SeccompMode::Log),
+            ("false", SeccompMode::Off),
+        ] {
+            let c = parse(&["--kernel", "/k", "--seccomp", arg]).unwrap();
+            assert_eq!(c.seccomp, want, "{arg}");
+        }
+        let e = parse(&["--kernel", "/k", "--seccomp", "on"]).unwrap_err();
+        assert!(e.contains("--seccomp"), "{e}");
     }
 
     #[test]

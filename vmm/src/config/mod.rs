@@ -761,6 +761,8 @@ pub struct VmConfig {
     pub gh: Option<GhConfig>,
     /// `--api-socket`: where the REST API listens, if anywhere.
     pub api_socket: Option<ApiSocketConfig>,
+    /// `--seccomp`: the per-thread syscall filters.
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";

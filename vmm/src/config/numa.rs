@@ -428,6 +428,7 @@ mod tests {
             numa: numa.iter().map(|n| NumaConfig::parse(n).unwrap()).collect(),
             gh: gh.map(|g| GhConfig::parse(g).unwrap()),
             api_socket: None,
+            seccomp: Default::default(),
         }
     }
 

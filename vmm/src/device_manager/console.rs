@@ -73,7 +73,10 @@ impl StdinForwarder {
             }
         };
         let serial = self.serial;
-        let spawned = spawn_guarded("stdin", self.exit, move || forward(serial));
+        let spawned = spawn_guarded("stdin", self.exit, move || {
+            crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Stdin);
+            forward(serial)
+        });
         match spawned {
             Ok(_) => Some(guard),
             Err(e) => {

@@ -171,6 +171,7 @@ impl<B: Backend> Hotplug<B> {
             let spawned = std::thread::Builder::new()
                 .name("ghvmm-giveback".into())
                 .spawn(move || {
+                    crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Hotplug);
                     if let Some(hotplug) = this.upgrade() {
                         hotplug.give_back(token);
                     }

@@ -237,7 +237,14 @@ impl PassthroughDevice {
             return Ok(false);
         };
         let device: Arc<dyn DeviceIrqs> = device.clone();
-        let watcher = RequestWatcher::start(self.path.display().to_string(), device, on_request)?;
+        let on_start: vfio::OnStart =
+            Box::new(|| crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::VfioRequest));
+        let watcher = RequestWatcher::start_with(
+            self.path.display().to_string(),
+            device,
+            on_request,
+            on_start,
+        )?;
         let watching = watcher.is_some();
         live.request = watcher;
         Ok(watching)

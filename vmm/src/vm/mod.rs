@@ -218,6 +218,8 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         Ok((before, after)) => log::info!("open file limit: {after} (was {before})"),
         Err(e) => log::warn!("cannot raise the open file limit: {e}"),
     }
+    // Compiled before anything is opened: a filter that cannot be built fails the start.
+    crate::seccomp::init(cfg.seccomp)?;
     // The socket first: a path that cannot be bound must not cost a VM set-up.
     let api = cfg
         .api_socket
@@ -246,6 +248,8 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     } else {
         None
     };
+    // Every thread is started; from here the main thread only waits and cleans up.
+    crate::seccomp::enter(crate::seccomp::ThreadKind::Main)?;
     let reason = vm.wait();
     if let Some(console) = &vm.devices.console_out {
         console.drain(crate::device_manager::console_out::DRAIN_TIMEOUT);

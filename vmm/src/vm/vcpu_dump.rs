@@ -39,7 +39,15 @@ pub fn spawn_listener(
     vcpus: Arc<Mutex<Vec<JoinHandle<()>>>>,
     exit: Arc<crate::vm::exit::ExitState>,
 ) -> std::io::Result<()> {
-    crate::vm::threads::spawn_guarded("regdump", exit, move || loop {
+    crate::vm::threads::spawn_guarded("regdump", exit, move || {
+        crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::RegDump);
+        listen(&vcpus)
+    })
+    .map(|_| ())
+}
+
+fn listen(vcpus: &Mutex<Vec<JoinHandle<()>>>) {
+    loop {
         // SAFETY: a zeroed sigset is valid input for sigemptyset/sigaddset.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
         let mut sig: libc::c_int = 0;
@@ -56,8 +64,7 @@ pub fn spawn_listener(
         for h in vcpus.lock().iter() {
             let _ = h.kill(kick_signal());
         }
-    })
-    .map(|_| ())
+    }
 }
 
 /// Called by a vCPU thread between KVM_RUNs: prints its registers once per request.
