@@ -83,11 +83,16 @@ fn bus_insert(
         })
 }
 
+/// Where a guest's request to stop the VM goes (the ACPI PM and i8042 devices call it).
+pub type OnExit = Arc<dyn Fn(VmExitRequest) + Send + Sync>;
+
+fn exit_callback(on_exit: &OnExit) -> devices::ExitCallback {
+    let on_exit = on_exit.clone();
+    Box::new(move |req| on_exit(req))
+}
+
 impl DeviceManager {
     pub fn new(vm: &VmFd, cfg: &VmConfig, layout: &Layout, exit: Arc<ExitState>) -> Result<Self> {
-        let pio_bus = Arc::new(Bus::new());
-        let mmio_bus = Arc::new(Bus::new());
-
         let out: Box<dyn Write + Send> = match &cfg.serial {
             SerialConfig::Tty => Box::new(std::io::stdout()),
             SerialConfig::Off => Box::new(std::io::sink()),
@@ -100,18 +105,46 @@ impl DeviceManager {
                 )
             }
         };
-        let serial = Arc::new(Mutex::new(Serial::new(irqfd(vm, COM1_IRQ)?, out)));
+        let on_exit: OnExit = Arc::new(move |req| {
+            exit.request(match req {
+                VmExitRequest::PowerOff => ExitReason::PowerOff,
+                VmExitRequest::Reset => ExitReason::Reset,
+            })
+        });
+        Self::build(layout, out, |gsi| irqfd(vm, gsi), on_exit)
+    }
+
+    /// The same device set on the same buses, with no VM: each interrupt is an eventfd that
+    /// no irqfd listens to. For driving the guest-facing devices outside a VM (the `guest_bus`
+    /// fuzz target), so that what is driven is what `new` builds.
+    pub fn without_kvm(
+        layout: &Layout,
+        serial_out: Box<dyn Write + Send>,
+        on_exit: OnExit,
+    ) -> Result<Self> {
+        Self::build(
+            layout,
+            serial_out,
+            |_gsi| EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd),
+            on_exit,
+        )
+    }
+
+    /// Builds every trap device and places it on its bus; `interrupt(gsi)` gives the eventfd
+    /// a device signals to interrupt the guest on that GSI.
+    fn build(
+        layout: &Layout,
+        serial_out: Box<dyn Write + Send>,
+        mut interrupt: impl FnMut(u32) -> Result<EventFd>,
+        on_exit: OnExit,
+    ) -> Result<Self> {
+        let pio_bus = Arc::new(Bus::new());
+        let mmio_bus = Arc::new(Bus::new());
+
+        let serial = Arc::new(Mutex::new(Serial::new(interrupt(COM1_IRQ)?, serial_out)));
         bus_insert(&pio_bus, "COM1", serial.clone(), u64::from(COM1_PORT), 8)?;
 
-        let on_exit = |exit: Arc<ExitState>| -> devices::ExitCallback {
-            Box::new(move |req| {
-                exit.request(match req {
-                    VmExitRequest::PowerOff => ExitReason::PowerOff,
-                    VmExitRequest::Reset => ExitReason::Reset,
-                })
-            })
-        };
-        let pm = Arc::new(Mutex::new(AcpiPmDevice::new(on_exit(exit.clone()))));
+        let pm = Arc::new(Mutex::new(AcpiPmDevice::new(exit_callback(&on_exit))));
         bus_insert(
             &pio_bus,
             "ACPI PM registers",
@@ -119,10 +152,10 @@ impl DeviceManager {
             u64::from(ACPI_PM_PORT),
             3,
         )?;
-        let i8042 = Arc::new(Mutex::new(I8042::new(on_exit(exit))));
+        let i8042 = Arc::new(Mutex::new(I8042::new(exit_callback(&on_exit))));
         bus_insert(&pio_bus, "i8042", i8042, u64::from(I8042_PORT), 5)?;
 
-        let ged = Arc::new(Mutex::new(Ged::new(irqfd(vm, GED_IRQ)?)));
+        let ged = Arc::new(Mutex::new(Ged::new(interrupt(GED_IRQ)?)));
         bus_insert(&mmio_bus, "ACPI GED", ged.clone(), GED_ADDR, GED_SIZE)?;
 
         let mut pci_segments = Vec::new();
