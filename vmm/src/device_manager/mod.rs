@@ -204,3 +204,39 @@ impl DeviceManager {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::layout::{ExtraSegments, GIB, MIB};
+
+    /// The device set without a VM is the whole set: every device on its bus, one ECAM per
+    /// segment, and the guest's power-off reaching the callback.
+    #[test]
+    fn without_kvm_builds_every_device_on_its_bus() {
+        let extra = ExtraSegments {
+            count: 2,
+            mmio64_size: 64 * GIB,
+        };
+        let layout = Layout::with_segments(512 * MIB, None, extra, 46).unwrap();
+        let exits = Arc::new(Mutex::new(Vec::new()));
+        let seen = exits.clone();
+        let on_exit: OnExit = Arc::new(move |r| seen.lock().push(r));
+        let dm = DeviceManager::without_kvm(&layout, Box::new(std::io::sink()), on_exit).unwrap();
+        assert_eq!(dm.pio_bus.len(), 4, "COM1, ACPI PM, i8042, config ports");
+        assert_eq!(
+            dm.mmio_bus.len(),
+            2 + 3,
+            "GED, hot plug, one ECAM per segment"
+        );
+        assert_eq!(dm.pci_segments.len(), 3);
+        const S5_SLP_EN: u8 = (5 << 2) | (1 << 5);
+        dm.pio_bus
+            .write(u64::from(ACPI_PM_PORT), &[S5_SLP_EN])
+            .unwrap();
+        assert_eq!(*exits.lock(), [VmExitRequest::PowerOff]);
+        let mut ids = [0u8; 4];
+        dm.mmio_bus.read(layout.segments[0].ecam, &mut ids).unwrap();
+        assert_eq!(u32::from_le_bytes(ids), 0x0d57_8086, "the host bridge");
+    }
+}
