@@ -40,7 +40,7 @@ const MAX_WIDTH: u8 = 8;
 /// GH slots (extra PCI segments) at most.
 const MAX_GH_SLOTS: u8 = 4;
 /// Guest accesses per pass at most, repeats included, so that one input stays quick.
-const MAX_ACCESSES_PER_PASS: usize = 4096;
+const MAX_ACCESSES_PER_PASS: usize = 1024;
 const WARM_UP_PASSES: usize = 2;
 const MEASURED_PASSES: usize = 2;
 /// How many bytes the heap may grow over the measured passes.
@@ -77,8 +77,12 @@ const I8042_LEN: u64 = 5;
 const CONFIG_IO_LEN: u64 = 8;
 const HOTPLUG_LEN: u64 = 16;
 const REG: u64 = 4;
-/// ECAM bytes per function.
+/// ECAM bytes per function, per device (8 functions), and of a type-0 header.
 const FUNCTION_SPACE: u64 = 0x1000;
+const DEVICE_SPACE: u64 = 8 * FUNCTION_SPACE;
+const HEADER: u64 = 0x40;
+/// The bytes at the start of each device that the last checks read at every offset.
+const SWEEP: u64 = 16;
 
 #[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Space {
@@ -508,27 +512,22 @@ impl Rig {
         }
     }
 
-    /// Every register of every device reads (ECAM: all of 00.0 and each function's first
-    /// register), at every width that fits, and answers what the model says; the host
-    /// bridge's ids through both mechanisms; then the ejects the VMM holds.
+    /// Every register of every device reads at every width and answers what the model
+    /// says: the first `SWEEP` and the last `MAX_WIDTH` bytes of each device, and in ECAM
+    /// the header of 00.0 and function 0 of each device. Then the host bridge's ids through
+    /// both mechanisms and the ejects the VMM holds.
     fn read_everything(&mut self) {
         let map = self.map.clone();
         for r in &map {
-            // ECAM: every register of 00.0 and the first one of each other function; every
-            // width on the first two registers.
-            let offsets: Vec<u64> = match r.kind {
-                Kind::Ecam(_) => (0..FUNCTION_SPACE)
-                    .step_by(REG as usize)
-                    .chain((FUNCTION_SPACE..r.len).step_by(FUNCTION_SPACE as usize))
-                    .collect(),
-                _ => (0..r.len).collect(),
-            };
+            let mut offsets: Vec<u64> = (0..r.len.min(SWEEP))
+                .chain(r.len.saturating_sub(u64::from(MAX_WIDTH))..r.len)
+                .collect();
+            if let Kind::Ecam(_) = r.kind {
+                offsets.extend((SWEEP..HEADER).step_by(REG as usize));
+                offsets.extend((0..r.len).step_by(DEVICE_SPACE as usize));
+            }
             for offset in offsets {
-                let widths: &[usize] = match r.kind {
-                    Kind::Ecam(_) if offset >= 2 * REG => &[4],
-                    _ => &[1, 2, 4, 8],
-                };
-                for &width in widths {
+                for width in [1, 2, 4, 8] {
                     if r.holds(r.base + offset, width) {
                         self.access(r.space, r.base + offset, width, None);
                     }
