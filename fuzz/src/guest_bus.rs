@@ -773,16 +773,15 @@ fn power() -> Vec<Step> {
     ]
 }
 
-/// Every width at the first and last bytes of every device and across their ends, plus
-/// addresses nothing owns and the ends of both address spaces.
+/// Every width at byte 15 of every device (across the end of the small ones), plus
+/// addresses nothing owns and the ends of both address spaces. Under 4 KiB, libFuzzer's
+/// `-max_len` for the target.
 fn hostile_widths() -> Vec<Step> {
     let mut steps = Vec::new();
     for device in 0..7 {
         for width in 0..=MAX_WIDTH {
-            for offset in [0, 1, 3, 15] {
-                steps.push(rd(device, offset, width));
-                steps.push(wr(device, offset, width, u64::MAX));
-            }
+            steps.push(rd(device, 15, width));
+            steps.push(wr(device, 15, width, u64::MAX));
         }
     }
     for (space, a) in [
@@ -794,7 +793,7 @@ fn hostile_widths() -> Vec<Step> {
         (Space::Mmio, u64::MAX - 3),
         (Space::Mmio, PCI_HOTPLUG_ADDR - 2),
     ] {
-        for width in [1, 2, 4, 8] {
+        for width in [1, 8] {
             steps.push(Step::Guest(Access {
                 at: At::Raw(space, a),
                 width,
@@ -845,7 +844,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 mod tests {
     #[test]
     fn seeds_hold_the_invariants() {
-        for (_, bytes) in super::seeds() {
+        for (name, bytes) in super::seeds() {
+            assert!(
+                bytes.len() <= 4096,
+                "{name}: longer than libFuzzer's -max_len"
+            );
             super::run(&crate::seed::decode(&bytes).unwrap());
         }
     }
