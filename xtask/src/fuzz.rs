@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, usize)] = &[
     ("cli", 1024),
     ("acpi_tables", 4096),
     ("vfio_user_backend", 4096),
+    ("guest_bus", 4096),
 ];
 
 pub const DEFAULT_SECONDS: u64 = 60;

@@ -90,11 +90,16 @@ fn bus_insert(
         })
 }
 
+/// Where a guest's request to stop the VM goes (the ACPI PM and i8042 devices call it).
+pub type OnExit = Arc<dyn Fn(VmExitRequest) + Send + Sync>;
+
+fn exit_callback(on_exit: &OnExit) -> devices::ExitCallback {
+    let on_exit = on_exit.clone();
+    Box::new(move |req| on_exit(req))
+}
+
 impl DeviceManager {
     pub fn new(vm: &VmFd, cfg: &VmConfig, layout: &Layout, exit: Arc<ExitState>) -> Result<Self> {
-        let pio_bus = Arc::new(Bus::new());
-        let mmio_bus = Arc::new(Bus::new());
-
         let output: Option<Box<dyn Write + Send>> = match &cfg.serial {
             // A descriptor of its own for the console thread: std's stdout has a lock, which
             // a stalled write would hold, and the exit's flush of stdout would wait on.
@@ -121,18 +126,48 @@ impl DeviceManager {
             }
             None => (None, Box::new(std::io::sink())),
         };
-        let serial = Arc::new(Mutex::new(Serial::new(irqfd(vm, COM1_IRQ)?, out)));
+        let on_exit: OnExit = Arc::new(move |req| {
+            exit.request(match req {
+                VmExitRequest::PowerOff => ExitReason::PowerOff,
+                VmExitRequest::Reset => ExitReason::Reset,
+            })
+        });
+        let mut devices = Self::build(layout, out, |gsi| irqfd(vm, gsi), on_exit)?;
+        devices.console_out = console_out;
+        Ok(devices)
+    }
+
+    /// The same device set on the same buses, with no VM: each interrupt is an eventfd that
+    /// no irqfd listens to. For driving the guest-facing devices outside a VM (the `guest_bus`
+    /// fuzz target), so that what is driven is what `new` builds.
+    pub fn without_kvm(
+        layout: &Layout,
+        serial_out: Box<dyn Write + Send>,
+        on_exit: OnExit,
+    ) -> Result<Self> {
+        Self::build(
+            layout,
+            serial_out,
+            |_gsi| EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd),
+            on_exit,
+        )
+    }
+
+    /// Builds every trap device and places it on its bus; `interrupt(gsi)` gives the eventfd
+    /// a device signals to interrupt the guest on that GSI.
+    fn build(
+        layout: &Layout,
+        serial_out: Box<dyn Write + Send>,
+        mut interrupt: impl FnMut(u32) -> Result<EventFd>,
+        on_exit: OnExit,
+    ) -> Result<Self> {
+        let pio_bus = Arc::new(Bus::new());
+        let mmio_bus = Arc::new(Bus::new());
+
+        let serial = Arc::new(Mutex::new(Serial::new(interrupt(COM1_IRQ)?, serial_out)));
         bus_insert(&pio_bus, "COM1", serial.clone(), u64::from(COM1_PORT), 8)?;
 
-        let on_exit = |exit: Arc<ExitState>| -> devices::ExitCallback {
-            Box::new(move |req| {
-                exit.request(match req {
-                    VmExitRequest::PowerOff => ExitReason::PowerOff,
-                    VmExitRequest::Reset => ExitReason::Reset,
-                })
-            })
-        };
-        let pm = Arc::new(Mutex::new(AcpiPmDevice::new(on_exit(exit.clone()))));
+        let pm = Arc::new(Mutex::new(AcpiPmDevice::new(exit_callback(&on_exit))));
         bus_insert(
             &pio_bus,
             "ACPI PM registers",
@@ -140,10 +175,10 @@ impl DeviceManager {
             u64::from(ACPI_PM_PORT),
             3,
         )?;
-        let i8042 = Arc::new(Mutex::new(I8042::new(on_exit(exit))));
+        let i8042 = Arc::new(Mutex::new(I8042::new(exit_callback(&on_exit))));
         bus_insert(&pio_bus, "i8042", i8042, u64::from(I8042_PORT), 5)?;
 
-        let ged = Arc::new(Mutex::new(Ged::new(irqfd(vm, GED_IRQ)?)));
+        let ged = Arc::new(Mutex::new(Ged::new(interrupt(GED_IRQ)?)));
         bus_insert(&mmio_bus, "ACPI GED", ged.clone(), GED_ADDR, GED_SIZE)?;
 
         let mut pci_segments = Vec::new();
@@ -184,12 +219,49 @@ impl DeviceManager {
             pio_bus,
             mmio_bus,
             serial,
-            console_out,
+            // `new` starts the console thread; without a VM nothing is started.
+            console_out: None,
             ged,
             pci_segments,
             pci_hotplug,
             ejects,
             bar_allocator: Arc::new(Mutex::new(BarAllocator::new(layout)?)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::layout::{ExtraSegments, GIB, MIB};
+
+    /// The device set without a VM is the whole set: every device on its bus, one ECAM per
+    /// segment, and the guest's power-off reaching the callback.
+    #[test]
+    fn without_kvm_builds_every_device_on_its_bus() {
+        let extra = ExtraSegments {
+            count: 2,
+            mmio64_size: 64 * GIB,
+        };
+        let layout = Layout::with_segments(512 * MIB, None, extra, 46).unwrap();
+        let exits = Arc::new(Mutex::new(Vec::new()));
+        let seen = exits.clone();
+        let on_exit: OnExit = Arc::new(move |r| seen.lock().push(r));
+        let dm = DeviceManager::without_kvm(&layout, Box::new(std::io::sink()), on_exit).unwrap();
+        assert_eq!(dm.pio_bus.len(), 4, "COM1, ACPI PM, i8042, config ports");
+        assert_eq!(
+            dm.mmio_bus.len(),
+            2 + 3,
+            "GED, hot plug, one ECAM per segment"
+        );
+        assert_eq!(dm.pci_segments.len(), 3);
+        const S5_SLP_EN: u8 = (5 << 2) | (1 << 5);
+        dm.pio_bus
+            .write(u64::from(ACPI_PM_PORT), &[S5_SLP_EN])
+            .unwrap();
+        assert_eq!(*exits.lock(), [VmExitRequest::PowerOff]);
+        let mut ids = [0u8; 4];
+        dm.mmio_bus.read(layout.segments[0].ecam, &mut ids).unwrap();
+        assert_eq!(u32::from_le_bytes(ids), 0x0d57_8086, "the host bridge");
     }
 }

@@ -1,5 +1,8 @@
-//! `Hotplug`'s policy against a fake VM side: real PCI segments and eject state, a guest that
-//! ejects at once or never, and faults injected where the VM side can fail.
+//! `Hotplug`'s policy against a fake VM side: real PCI segments and eject state, the VM's real
+//! BAR allocator, KVM memory slot numbers and MMIO bus (each fake device holds two BARs, a
+//! slot and a trap for each, as a passed-through device does), a guest that ejects at once
+//! or never, and faults injected where the VM side can fail. `interleavings` runs random
+//! sequences of all of it against a model.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +15,12 @@ use pci::{HostBridge, PciDevice, PciSegment};
 
 use super::*;
 use crate::config::DeviceSource;
+use crate::memory::bar_allocator::{BarAllocator, Window};
+use crate::memory::layout::{ExtraSegments, Layout, GIB, MIB};
+use crate::memory::memslots::MemSlots;
 use crate::passthrough::VfioSetupError;
+
+mod interleavings;
 
 fn vfio(path: &str) -> DeviceSource {
     DeviceSource::Vfio(PathBuf::from(path))
@@ -21,10 +29,116 @@ fn vfio(path: &str) -> DeviceSource {
 /// The eject timeout of the tests: the fake guest ejects at once or never.
 const TIMEOUT: Duration = Duration::from_millis(50);
 
+/// The BARs each fake device gets: a 32-bit register BAR and a 64-bit memory BAR.
+const FAKE_BARS: [(Window, u64); 2] = [(Window::Mmio32, MIB), (Window::Mmio64, GIB)];
+/// KVM memory slots the fake's guest RAM takes (slot numbers below this).
+const RAM_SLOTS: u32 = 2;
+/// KVM_CAP_NR_MEMSLOTS of the fake.
+const KVM_SLOTS: u32 = 512;
+
+/// What an assigned fake device holds of the VM until its teardown.
+struct Held {
+    segment: u16,
+    /// (window, base, size) of each BAR, the KVM slot of each and the trap (its base) of each.
+    bars: Vec<(Window, u64, u64)>,
+    kvm_slots: Vec<u32>,
+    traps: Vec<u64>,
+}
+
 /// A function the fake assigned.
 struct FakeFunction {
     path: PathBuf,
     torn_down: bool,
+    held: Option<Held>,
+}
+
+/// A BAR's trap on the MMIO bus.
+struct Trap;
+
+impl devices::BusDevice for Trap {
+    fn read(&mut self, _: u64, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _: u64, _: u64, _: &[u8]) {}
+}
+
+/// The VM's resources a passed-through device takes: BAR space, KVM memory slots, the MMIO
+/// bus, and every misuse of them the fake saw.
+struct Resources {
+    bars: BarAllocator,
+    kvm_slots: MemSlots,
+    /// The slots handed out, to tell a double release (`MemSlots` ignores one).
+    kvm_slots_out: std::collections::BTreeSet<u32>,
+    mmio_bus: devices::Bus,
+    misuse: Vec<String>,
+}
+
+impl Resources {
+    fn new(gh_slots: u16) -> Self {
+        let extra = ExtraSegments {
+            count: gh_slots,
+            mmio64_size: 64 * GIB,
+        };
+        let layout = Layout::with_segments(512 * MIB, Some(128 * GIB), extra, 46).unwrap();
+        Resources {
+            bars: BarAllocator::new(&layout).unwrap(),
+            kvm_slots: MemSlots::new(RAM_SLOTS, KVM_SLOTS),
+            kvm_slots_out: Default::default(),
+            mmio_bus: devices::Bus::new(),
+            misuse: Vec::new(),
+        }
+    }
+
+    /// Takes what a device needs in `segment`, or nothing.
+    fn take(&mut self, segment: u16) -> Result<Held, String> {
+        let mut held = Held {
+            segment,
+            bars: Vec::new(),
+            kvm_slots: Vec::new(),
+            traps: Vec::new(),
+        };
+        for (window, size) in FAKE_BARS {
+            let step = self
+                .bars
+                .allocate(segment, window, size)
+                .map_err(|e| e.to_string())
+                .and_then(|base| {
+                    held.bars.push((window, base, size));
+                    let slot = self.kvm_slots.allocate().map_err(|e| e.to_string())?;
+                    self.kvm_slots_out.insert(slot);
+                    held.kvm_slots.push(slot);
+                    self.mmio_bus
+                        .insert(Arc::new(Mutex::new(Trap)), base, size)
+                        .map_err(|e| e.to_string())?;
+                    held.traps.push(base);
+                    Ok(())
+                });
+            if let Err(e) = step {
+                self.give_back(held);
+                return Err(e);
+            }
+        }
+        Ok(held)
+    }
+
+    fn give_back(&mut self, held: Held) {
+        for &base in &held.traps {
+            if self.mmio_bus.remove(base).is_err() {
+                self.misuse.push(format!("trap at {base:#x} removed twice"));
+            }
+        }
+        for &(window, base, size) in &held.bars {
+            if let Err(e) = self.bars.free(held.segment, window, base, size) {
+                self.misuse.push(format!("BAR freed twice: {e}"));
+            }
+        }
+        for &slot in &held.kvm_slots {
+            if !self.kvm_slots_out.remove(&slot) {
+                self.misuse.push(format!("KVM slot {slot} released twice"));
+            }
+            self.kvm_slots.release(slot);
+        }
+    }
 }
 
 impl PciDevice for FakeFunction {
@@ -57,6 +171,7 @@ struct FakeVm {
     segments: Vec<Mutex<PciSegment>>,
     ejects: Ejects,
     state: Mutex<State>,
+    resources: Mutex<Resources>,
 }
 
 impl FakeVm {
@@ -77,6 +192,7 @@ impl FakeVm {
                 guest_ejects: true,
                 ..State::default()
             }),
+            resources: Mutex::new(Resources::new(gh_slots)),
         })
     }
 
@@ -171,9 +287,15 @@ impl Backend for Arc<FakeVm> {
         if state.fail_assign {
             return Err(VfioSetupError::Config(fault("assign")).into());
         }
+        let held = self
+            .resources
+            .lock()
+            .take(segment)
+            .map_err(VfioSetupError::Config)?;
         let device = Arc::new(Mutex::new(FakeFunction {
             path: path.to_path_buf(),
             torn_down: false,
+            held: Some(held),
         }));
         state.assigned.push(device.clone());
         Ok(device)
@@ -193,15 +315,22 @@ impl Backend for Arc<FakeVm> {
     }
 
     fn unplug(&self, segment: u16, slot: u8) {
-        let _ = self.segments[usize::from(segment)]
+        let removed = self.segments[usize::from(segment)]
             .lock()
             .remove_device(slot);
+        if removed.is_err() || (segment, slot) == (0, 0) {
+            let misuse = format!("unplug of {segment}:{slot}, which holds no device of ours");
+            self.resources.lock().misuse.push(misuse);
+        }
         self.call(format!("unplug {segment}:{slot}"));
     }
 
     fn teardown(&self, device: &FakeDevice) {
         let mut d = device.lock();
         d.torn_down = true;
+        if let Some(held) = d.held.take() {
+            self.resources.lock().give_back(held);
+        }
         self.call(format!("teardown {}", d.path.display()));
     }
 
