@@ -89,6 +89,8 @@ fn kind(e: &HotplugError) -> &'static str {
         HotplugError::NoPciSlot { .. } => "NoPciSlot",
         HotplugError::Notify(_) => "Notify",
         HotplugError::EjectTimeout { .. } => "EjectTimeout",
+        // Operations here run one at a time: a removal is never pending beside another.
+        HotplugError::RemovalPending(_) => "RemovalPending",
     }
 }
 
