@@ -33,6 +33,18 @@ fn controller() -> Result<Mapping, String> {
     devmem_public(HOTPLUG_BASE, 4096).map_err(|e| format!("the hot plug controller: {e}"))
 }
 
+/// One 32-bit write of a whole register (`writel`): volatile, so a loop of the same value
+/// stays that many writes. `reg` is one of the register offsets above.
+fn writel(regs: &Mapping, reg: u64, value: u32) {
+    // SAFETY: `reg` is a 4-byte aligned register offset inside the mapped page.
+    unsafe {
+        regs.as_ptr()
+            .add(reg as usize)
+            .cast::<u32>()
+            .write_volatile(value)
+    };
+}
+
 /// `ghvmm.vfio=eject-flood`: reports `eject-flood` (the controller mapped, both gates
 /// opened) and then follows one hot-plug cycle (removal only: the device is there at boot).
 pub fn eject_flood(writes: u64, bdf: &str) {
@@ -50,10 +62,10 @@ fn flood(writes: u64) -> Result<(), String> {
     gate.pass(1)?;
     // The device's own segment: every write also "ejects" the slot the device is in, which
     // the next real removal must not take for the guest's answer.
-    regs.write_width(PSEG, 4, u64::from(GH_SEGMENT));
+    writel(&regs, PSEG, GH_SEGMENT);
     let start = Instant::now();
     for _ in 0..writes {
-        regs.write_width(B0EJ, 4, u64::from(u32::MAX));
+        writel(&regs, B0EJ, u32::MAX);
     }
     let ms = start.elapsed().as_millis();
     gate.pass(2)?;

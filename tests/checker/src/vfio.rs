@@ -135,7 +135,10 @@ impl Mapping {
         // SAFETY: callers keep off + width inside the mapping; x86 allows any alignment, and
         // a single instruction of that width is what the guest's padding test is about.
         unsafe {
-            let p = self.ptr.add(off as usize);
+            // Through black_box (a compiler barrier): each call is one access, never merged
+            // with, answered from or dropped for another one to the same address (a read
+            // after a write to padding must reach the device, not the compiler's copy).
+            let p = std::hint::black_box(self.ptr.add(off as usize));
             match width {
                 1 => u64::from(p.read_volatile()),
                 2 => u64::from((p as *const u16).read_unaligned()),
@@ -148,7 +151,7 @@ impl Mapping {
     pub fn write_width(&self, off: u64, width: usize, value: u64) {
         // SAFETY: as read_width.
         unsafe {
-            let p = self.ptr.add(off as usize);
+            let p = std::hint::black_box(self.ptr.add(off as usize));
             match width {
                 1 => p.write_volatile(value as u8),
                 2 => (p as *mut u16).write_unaligned(value as u16),
