@@ -26,6 +26,9 @@ const PSEG: u64 = 0xc;
 /// The segment of GH slot 0, where the scenarios put the device (its bit 0 is the slot).
 const GH_SEGMENT: u32 = 1;
 
+/// Every this many eject writes the guest says how far it is.
+const FLOOD_PROGRESS: u64 = 100_000;
+
 /// How long the guest waits for the device to arrive or leave.
 const DEVICE_LIMIT: Duration = Duration::from_secs(120);
 
@@ -64,8 +67,15 @@ fn flood(writes: u64) -> Result<(), String> {
     // the next real removal must not take for the guest's answer.
     writel(&regs, PSEG, GH_SEGMENT);
     let start = Instant::now();
-    for _ in 0..writes {
+    for n in 1..=writes {
         writel(&regs, B0EJ, u32::MAX);
+        // Progress for whoever reads the console: the flood takes minutes under nesting.
+        if n % FLOOD_PROGRESS == 0 {
+            println!(
+                "@@LOG eject-flood: {n} writes in {} ms",
+                start.elapsed().as_millis()
+            );
+        }
     }
     let ms = start.elapsed().as_millis();
     gate.pass(2)?;

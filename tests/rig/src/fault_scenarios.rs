@@ -279,8 +279,9 @@ fn api_flood_scenario() -> Scenario {
 /// fault-eject-flood: writes of all ones to the eject register, with no removal pending.
 pub const EJECT_FLOOD_WRITES: u64 = 1_000_000;
 /// How long L2 waits for the guest at the gate after the flood: each write is an exit
-/// through both KVMs, about 100-200 us under nested TCG.
-const EJECT_FLOOD_WAIT_S: u32 = 900;
+/// through both KVMs, about 100 us under nested TCG on an idle host and over 600 us on a
+/// host shared with other rigs (docs/testing.md).
+const EJECT_FLOOD_WAIT_S: u32 = 1800;
 /// What ghvmm's VmRSS may grow by over the flood (KiB): a few pages of allocator or stack
 /// noise; a leak of even 1 byte per write would be about 1 MiB.
 pub const EJECT_FLOOD_RSS_TOLERANCE_KIB: u64 = 256;
@@ -343,7 +344,7 @@ fn eject_flood_scenario() -> Scenario {
         setup: script,
         l3: None,
         expect,
-        timeout: std::time::Duration::from_secs(u64::from(EJECT_FLOOD_WAIT_S) + 300),
+        timeout: std::time::Duration::from_secs(u64::from(EJECT_FLOOD_WAIT_S) + 600),
         ..Scenario::boot(
             "fault-eject-flood",
             "the guest writes all ones to the hot plug eject register a million times: ghvmm's fds, mappings and VmRSS (from /proc) stay flat, the API answers, the device can still be removed",
@@ -411,14 +412,14 @@ mod tests {
         assert!(sh.contains("ghvmm.vfio=eject-flood ghvmm.flood=1000000 "));
         assert!(sh.contains("--memory size=512M,shared=on "));
         let gates = sh
-            .find("figures_at_gate 1 240 /tmp/flood0 && figures_at_gate 2 900 /tmp/flood1\n")
+            .find("figures_at_gate 1 240 /tmp/flood0 && figures_at_gate 2 1800 /tmp/flood1\n")
             .unwrap();
         let start = sh.find("start_l3 ").unwrap();
         assert!(start < gates && !sh[start..gates].contains("$R "));
         for check in s.expect.iter().filter(|c| c.starts_with("eject-flood-")) {
             assert!(sh.contains(&format!("l2_check {check} ")), "{check}");
         }
-        assert!(s.timeout.as_secs() > 900);
+        assert!(s.timeout.as_secs() > 1800);
     }
 
     #[test]
