@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::checks::report;
 use crate::gate::Gate;
-use crate::vfio::{devmem_public, find, BarView, Mapping};
+use crate::vfio::{devmem_shared_type, find, BarView, Mapping};
 
 /// ghvmm's PCI hot plug controller (docs/platform.md) and its registers
 /// (`acpi::hotplug::regs`): 32-bit, accessed whole.
@@ -33,7 +33,7 @@ const FLOOD_PROGRESS: u64 = 100_000;
 const DEVICE_LIMIT: Duration = Duration::from_secs(120);
 
 fn controller() -> Result<Mapping, String> {
-    devmem_public(HOTPLUG_BASE, 4096).map_err(|e| format!("the hot plug controller: {e}"))
+    devmem_shared_type(HOTPLUG_BASE, 4096).map_err(|e| format!("the hot plug controller: {e}"))
 }
 
 /// One 32-bit write of a whole register (`writel`): volatile, so a loop of the same value

@@ -22,7 +22,8 @@ pub fn flat_checks(
     rss_tolerance_kib: u64,
 ) -> String {
     format!(
-        r#"read -r ff0 fm0 fv0 fr0 < {before}; read -r ff1 fm1 fv1 fr1 < {after}
+        r#"ff0= fm0= fv0= fr0= ff1= fm1= fv1= fr1=
+read -r ff0 fm0 fv0 fr0 < {before}; read -r ff1 fm1 fv1 fr1 < {after}
 l2_say "@@FACT {prefix}-figures fds $ff0 $ff1 maps $fm0 $fm1 vfio-maps $fv0 $fv1 rss-kib $fr0 $fr1"
 [ -n "$ff0" ] && [ "$ff0" = "$ff1" ]
 l2_check {prefix}-fds $? "ghvmm has $ff1 open descriptors {what}, $ff0 before"
@@ -113,6 +114,40 @@ mod tests {
         assert_eq!(
             f,
             ["x-rss FAIL ghvmm's VmRSS went from 528000 KiB to 528257 KiB after (tolerance +256 KiB)"]
+        );
+        // A reading that was never taken fails every check, even after another comparison
+        // set the same shell variables.
+        let dir = std::env::temp_dir().join(format!("rig-flat-missing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a"), "12 140 4 528000\n").unwrap();
+        let a = dir.join("a").display().to_string();
+        let missing = dir.join("missing").display().to_string();
+        let script = format!(
+            "l2_say() {{ :; }}\n\
+             l2_check() {{ if [ \"$2\" = 0 ]; then echo \"$1 PASS\"; else echo \"$1 FAIL\"; fi; }}\n{}{}",
+            flat_checks("x", "after", &a, &a, 256),
+            flat_checks("y", "after", &a, &missing, 256)
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "x-fds PASS",
+                "x-maps PASS",
+                "x-rss PASS",
+                "y-fds FAIL",
+                "y-maps FAIL",
+                "y-rss FAIL"
+            ]
         );
         // A missing reading fails every check.
         assert_eq!(

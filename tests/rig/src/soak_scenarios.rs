@@ -55,8 +55,9 @@ fn soak_hotplug_scenario() -> Scenario {
          l2_check soak-cycles $? \"$failed\"\n\
          proc_figures $l3pid > /tmp/soakn\n\
          gate_err=\n\
-         out=$({add} 2>&1) && figures_at_gate 1 240 /tmp/soaka && figures_at_gate 2 {hammer_wait} /tmp/soakb\n\
-         l2_check soak-hammer-gates $? \"add-device: $out; $gate_err\"\n\
+         out=$({add} 2>&1) || gate_err=\"add-device: $(echo \"$out\" | tr '\\n' ' ')\"\n\
+         [ -z \"$gate_err\" ] && figures_at_gate 1 240 /tmp/soaka && figures_at_gate 2 {hammer_wait} /tmp/soakb\n\
+         l2_check soak-hammer-gates $? \"$gate_err\"\n\
          out=\n\
          wait_marker '@@HOTPLUG present {last} ' 120 && out=$($R remove-device gpu0 2>&1) && wait_marker '@@HOTPLUG gone {last}' 120\n\
          l2_check soak-final-remove $? \"the final removal: $out\"\n\
@@ -144,7 +145,7 @@ mod tests {
         assert!(sh.contains("while [ $i -le 100 ]"));
         let cycles = sh.find("proc_figures $l3pid > /tmp/soakn").unwrap();
         let gates = sh
-            .find("figures_at_gate 1 240 /tmp/soaka && figures_at_gate 2 780 /tmp/soakb")
+            .find("&& figures_at_gate 1 240 /tmp/soaka && figures_at_gate 2 780 /tmp/soakb")
             .unwrap();
         let last = sh.find("wait_marker '@@HOTPLUG present 101 '").unwrap();
         assert!(cycles < gates && gates < last);
