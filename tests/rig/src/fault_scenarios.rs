@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::flat::{flat_checks, FIGURES_AT_GATE, PROC_FIGURES};
+use crate::flat::{flat_checks, FIGURES_AT_GATE, PROC_FIGURES, THP_OFF};
 use crate::gates::{API_SOCKET, GATE_HELPERS};
 use crate::l3::L3;
 use crate::protocol::Outcome;
@@ -303,7 +303,7 @@ fn eject_flood_scenario() -> Scenario {
         ))
         .shared_memory();
     let script = format!(
-        "{GATE_HELPERS}{PROC_FIGURES}{FIGURES_AT_GATE}{bind}\
+        "{GATE_HELPERS}{PROC_FIGURES}{FIGURES_AT_GATE}{THP_OFF}{bind}\
          start_l3 {cmd}\n\
          R=\"/bin/ghvmm-remote --api-socket {API_SOCKET}\"\n\
          gate_err=\n\

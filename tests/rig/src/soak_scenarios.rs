@@ -2,7 +2,7 @@
 //! in the default suite (they take many minutes): `cargo xtask e2e` runs them only when a
 //! filter contains `soak` (scenario::select).
 
-use crate::flat::{flat_checks, FIGURES_AT_GATE, PROC_FIGURES};
+use crate::flat::{flat_checks, FIGURES_AT_GATE, PROC_FIGURES, THP_OFF};
 use crate::gates::{API_SOCKET, GATE_HELPERS};
 use crate::hotplug_scenarios::start_api_guest;
 use crate::l3::L3;
@@ -28,7 +28,7 @@ const LEN: u64 = GH_LENGTHS[1];
 /// the device added once more; `SOAK_HAMMER_S` seconds of the guest's padding and register
 /// accesses between two gates (tests/checker/src/stress.rs); a final removal. L2 reads
 /// ghvmm's descriptors, mappings and VmRSS from /proc after the first cycle, after the last,
-/// at both gates and after the final removal.
+/// at both gates and after the final removal (at gate 3, before the guest powers off).
 fn soak_hotplug_scenario() -> Scenario {
     let last = SOAK_CYCLES + 1;
     let l3 = L3::new(BOOT_VMM, 2, "512M")
@@ -40,7 +40,7 @@ fn soak_hotplug_scenario() -> Scenario {
         .shared_memory();
     let add = "$R add-device path=$IVSHMEM,id=gpu0,gh_slot=0";
     let script = format!(
-        "{GATE_HELPERS}{PROC_FIGURES}{FIGURES_AT_GATE}{bind}{start}\
+        "{GATE_HELPERS}{PROC_FIGURES}{FIGURES_AT_GATE}{THP_OFF}{bind}{start}\
          i=1; failed=\n\
          while [ $i -le {SOAK_CYCLES} ] && [ -z \"$failed\" ]; do\n\
            out=$({add} 2>&1) || {{ failed=\"add $i: $out\"; break; }}\n\
@@ -61,7 +61,7 @@ fn soak_hotplug_scenario() -> Scenario {
          out=\n\
          wait_marker '@@HOTPLUG present {last} ' 120 && out=$($R remove-device gpu0 2>&1) && wait_marker '@@HOTPLUG gone {last}' 120\n\
          l2_check soak-final-remove $? \"the final removal: $out\"\n\
-         proc_figures $l3pid > /tmp/soakf\n\
+         figures_at_gate 3 120 /tmp/soakf\n\
          {cycles_flat}{hammer_flat}{final_flat}\
          finish_l3 120\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
@@ -148,7 +148,10 @@ mod tests {
             .find("&& figures_at_gate 1 240 /tmp/soaka && figures_at_gate 2 780 /tmp/soakb")
             .unwrap();
         let last = sh.find("wait_marker '@@HOTPLUG present 101 '").unwrap();
-        assert!(cycles < gates && gates < last);
+        let final_reading = sh.find("figures_at_gate 3 120 /tmp/soakf").unwrap();
+        assert!(cycles < gates && gates < last && last < final_reading);
+        let thp = sh.find(crate::flat::THP_OFF).unwrap();
+        assert!(thp < sh.find("start_l3 ").unwrap());
         // The guest reports these three itself.
         let guest = ["soak-padding", "soak-hotplug-regs", "soak-final-depart"];
         for check in s
