@@ -51,17 +51,26 @@ fn writel(regs: &Mapping, reg: u64, value: u32) {
 /// `ghvmm.vfio=eject-flood`: reports `eject-flood` (the controller mapped, both gates
 /// opened) and then follows one hot-plug cycle (removal only: the device is there at boot).
 pub fn eject_flood(writes: u64, bdf: &str) {
-    report("eject-flood", flood(writes));
+    let gate = match Gate::new() {
+        Ok(g) => g,
+        Err(e) => {
+            report("eject-flood", Err(format!("no gate page: {e}")));
+            return;
+        }
+    };
+    report("eject-flood", flood(&gate, writes));
     crate::hotplug::cycles("", 0, 1, bdf);
+    // Gate 3: L2 opens it once ghvmm has answered the removal. Powering off at once would
+    // end ghvmm before it sends that answer (seen: the client got no answer).
+    report("eject-flood-end", gate.pass(3));
 }
 
-fn flood(writes: u64) -> Result<(), String> {
+fn flood(gate: &Gate, writes: u64) -> Result<(), String> {
     if writes == 0 {
         return Err("no ghvmm.flood= count".into());
     }
     find("0x1af4", "0x1110").ok_or("no 1af4:1110 device at boot")?;
     let regs = controller()?;
-    let gate = Gate::new().map_err(|e| format!("no gate page: {e}"))?;
     gate.pass(1)?;
     // The device's own segment: every write also "ejects" the slot the device is in, which
     // the next real removal must not take for the guest's answer.

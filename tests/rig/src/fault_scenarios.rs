@@ -315,6 +315,9 @@ fn eject_flood_scenario() -> Scenario {
          out=\n\
          wait_marker '@@HOTPLUG present 1 ' 120 && out=$($R remove-device gpu0 2>&1) && wait_marker '@@HOTPLUG gone 1' 120\n\
          l2_check eject-flood-remove $? \"removing the device after the flood: $out\"\n\
+         gate_err=\n\
+         gate_open 3\n\
+         l2_check eject-flood-gate3 $? \"$gate_err\"\n\
          finish_l3 120\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
         bind = bind_variant("vmm_pads", len, ""),
@@ -334,6 +337,8 @@ fn eject_flood_scenario() -> Scenario {
         "eject-flood-gates",
         "eject-flood-ping",
         "eject-flood-remove",
+        "eject-flood-gate3",
+        "eject-flood-end",
         "eject-flood-fds",
         "eject-flood-maps",
         "eject-flood-rss",
@@ -416,7 +421,15 @@ mod tests {
             .unwrap();
         let start = sh.find("start_l3 ").unwrap();
         assert!(start < gates && !sh[start..gates].contains("$R "));
-        for check in s.expect.iter().filter(|c| c.starts_with("eject-flood-")) {
+        // The guest powers off only after L2 has ghvmm's answer to the removal.
+        let removal = sh.find("out=$($R remove-device gpu0 2>&1)").unwrap();
+        let last_gate = sh.find("gate_open 3\n").unwrap();
+        assert!(removal < last_gate && last_gate < sh.find("finish_l3").unwrap());
+        for check in s
+            .expect
+            .iter()
+            .filter(|c| c.starts_with("eject-flood-") && **c != "eject-flood-end")
+        {
             assert!(sh.contains(&format!("l2_check {check} ")), "{check}");
         }
         assert!(s.timeout.as_secs() > 1800);
