@@ -255,6 +255,16 @@ pub fn run_all(expect: &Expectations) {
             expect.cycles.unwrap_or(1),
             &expect.bdf,
         ),
+        Some("eject-flood") => {
+            crate::stress::eject_flood(expect.flood.unwrap_or(0), &expect.bdf);
+        }
+        Some("soak") => crate::stress::soak(
+            &expect.gh_mode,
+            expect.gh_len.unwrap_or(0),
+            expect.cycles.unwrap_or(1),
+            expect.soak_s.unwrap_or(0),
+            &expect.bdf,
+        ),
         _ => {}
     }
     if expect.numa {

@@ -33,6 +33,10 @@ pub struct Expectations {
     /// Stop at gates around the GPU-like device's copy and single padding read so that L2
     /// can read access counters there (`ghvmm.gate=1`, tests/checker/src/gate.rs).
     pub gate: bool,
+    /// Writes of the eject register in `ghvmm.vfio=eject-flood` (`ghvmm.flood=N`).
+    pub flood: Option<u64>,
+    /// Seconds of register hammering in `ghvmm.vfio=soak` (`ghvmm.soak_s=S`).
+    pub soak_s: Option<u64>,
 }
 
 impl Expectations {
@@ -66,6 +70,8 @@ impl Expectations {
                 "bdf" => e.bdf = value.to_string(),
                 "acpi" => e.acpi_dump = value != "off",
                 "gate" => e.gate = value == "1",
+                "flood" => e.flood = value.parse().ok(),
+                "soak_s" => e.soak_s = value.parse().ok(),
                 _ => {}
             }
         }
@@ -106,6 +112,8 @@ mod tests {
         );
         assert!(!Expectations::parse("ghvmm.acpi=off").acpi_dump);
         assert!(!e.gate && Expectations::parse("ghvmm.gate=1").gate);
+        let s = Expectations::parse("ghvmm.flood=1000000 ghvmm.soak_s=180");
+        assert_eq!((s.flood, s.soak_s), (Some(1_000_000), Some(180)));
     }
 
     #[test]

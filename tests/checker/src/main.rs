@@ -34,6 +34,7 @@ mod http;
 mod nic;
 mod numa;
 mod resolve;
+mod stress;
 mod timing;
 mod util;
 mod vfio;

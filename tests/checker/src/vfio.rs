@@ -70,13 +70,18 @@ impl Mapping {
         Self::map(&dev.join(name), 0, len)
     }
 
-    /// Maps `len` bytes of the file at `path` from `offset`, shared, read-write.
+    /// Maps `len` bytes of the file at `path` from `offset`, shared, read-write, uncached.
     fn map(path: &Path, offset: u64, len: usize) -> Result<Self, String> {
+        Self::map_with(path, offset, len, libc::O_SYNC)
+    }
+
+    /// `map` with these open flags besides O_RDWR (O_SYNC asks /dev/mem for uncached).
+    fn map_with(path: &Path, offset: u64, len: usize, flags: i32) -> Result<Self, String> {
         let c =
             std::ffi::CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
         // SAFETY: plain syscalls on a path we own; the mapping is checked before use.
         unsafe {
-            let fd = libc::open(c.as_ptr(), libc::O_RDWR | libc::O_SYNC);
+            let fd = libc::open(c.as_ptr(), libc::O_RDWR | flags);
             if fd < 0 {
                 return Err(format!(
                     "open {}: {}",
@@ -135,7 +140,10 @@ impl Mapping {
         // SAFETY: callers keep off + width inside the mapping; x86 allows any alignment, and
         // a single instruction of that width is what the guest's padding test is about.
         unsafe {
-            let p = self.ptr.add(off as usize);
+            // Through black_box (a compiler barrier): each call is one access, never merged
+            // with, answered from or dropped for another one to the same address (a read
+            // after a write to padding must reach the device, not the compiler's copy).
+            let p = std::hint::black_box(self.ptr.add(off as usize));
             match width {
                 1 => u64::from(p.read_volatile()),
                 2 => u64::from((p as *const u16).read_unaligned()),
@@ -148,7 +156,7 @@ impl Mapping {
     pub fn write_width(&self, off: u64, width: usize, value: u64) {
         // SAFETY: as read_width.
         unsafe {
-            let p = self.ptr.add(off as usize);
+            let p = std::hint::black_box(self.ptr.add(off as usize));
             match width {
                 1 => p.write_volatile(value as u8),
                 2 => (p as *mut u16).write_unaligned(value as u16),
@@ -378,6 +386,16 @@ impl Config {
 /// Maps `len` bytes of physical memory through /dev/mem (for the bench).
 pub fn devmem_public(phys: u64, len: usize) -> Result<Mapping, String> {
     devmem(phys, len)
+}
+
+/// Maps `len` bytes of physical memory through /dev/mem with the cache type the kernel
+/// already uses for it (write-back when nothing maps it). For a page that the guest kernel's
+/// ACPI code maps for an operation region, such as the hot plug controller's once a hot-plug
+/// method ran: it maps it write-back, and PAT then refuses an uncached mapping (mmap fails
+/// with EAGAIN). In a guest the type does not matter for an address no memory backs: every
+/// access exits to the VMM, one instruction at a time.
+pub fn devmem_shared_type(phys: u64, len: usize) -> Result<Mapping, String> {
+    Mapping::map_with(Path::new("/dev/mem"), phys, len, 0)
 }
 
 /// Maps `len` bytes of physical memory through /dev/mem.

@@ -486,7 +486,12 @@ pub fn e2e(root: &Path, args: &E2eArgs) -> Result<bool> {
 
 pub fn list() {
     for s in scenario::all() {
-        println!("{:<22} {}", s.name, s.about);
+        let only = if s.name.starts_with(scenario::SOAK) {
+            " (only when a filter contains \"soak\")"
+        } else {
+            ""
+        };
+        println!("{:<22} {}{only}", s.name, s.about);
     }
 }
 

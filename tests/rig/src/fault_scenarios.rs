@@ -1,9 +1,12 @@
 //! Fault injection (`fault-*`): a device whose region read/write starts failing, ghvmm killed
-//! with SIGKILL while it holds a device, the host taking a device back while the VM runs, and
-//! the API socket flooded. In each, the VM (or the next one) must carry on.
+//! with SIGKILL while it holds a device, the host taking a device back while the VM runs, the
+//! API socket flooded, and the guest flooding the hot plug controller's eject register. In
+//! each, the VM (or the next one) must carry on.
 
 use std::path::Path;
 
+use crate::flat::{flat_checks, FIGURES_AT_GATE, PROC_FIGURES, THP_OFF};
+use crate::gates::{API_SOCKET, GATE_HELPERS};
 use crate::l3::L3;
 use crate::protocol::Outcome;
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS, NO_ACPI_DUMP};
@@ -273,6 +276,88 @@ fn api_flood_scenario() -> Scenario {
     }
 }
 
+/// fault-eject-flood: writes of all ones to the eject register, with no removal pending.
+pub const EJECT_FLOOD_WRITES: u64 = 1_000_000;
+/// How long L2 waits for the guest at the gate after the flood: each write is an exit
+/// through both KVMs, about 100 us under nested TCG on an idle host and over 600 us on a
+/// host shared with other rigs (docs/testing.md).
+const EJECT_FLOOD_WAIT_S: u32 = 1800;
+/// What ghvmm's VmRSS may grow by over the flood (KiB): a few pages of allocator or stack
+/// noise; a leak of even 1 byte per write would be about 1 MiB.
+pub const EJECT_FLOOD_RSS_TOLERANCE_KIB: u64 = 256;
+
+/// fault-eject-flood: with the GPU-like device at boot (GH slot 0, segment 1) and no removal
+/// pending, the guest writes all ones to the hot plug controller's eject register
+/// `EJECT_FLOOD_WRITES` times (tests/checker/src/stress.rs) between two gates; at each L2 reads
+/// ghvmm's descriptors, mappings and VmRSS from /proc. Afterwards the API answers and a real
+/// removal of the device reaches the guest (the flood's stale "ejects" of its slot must not
+/// stand in for the guest's answer).
+fn eject_flood_scenario() -> Scenario {
+    let len = GH_LENGTHS[0];
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline(&format!(
+            "ghvmm.vfio=eject-flood ghvmm.flood={EJECT_FLOOD_WRITES} {NO_ACPI_DUMP}"
+        ))
+        .vmm_args(&format!(
+            "--gh slots=1 --api-socket path={API_SOCKET} --device path=$IVSHMEM,id=gpu0,gh_slot=0"
+        ))
+        .shared_memory();
+    let script = format!(
+        "{GATE_HELPERS}{PROC_FIGURES}{FIGURES_AT_GATE}{THP_OFF}{bind}\
+         start_l3 {cmd}\n\
+         R=\"/bin/ghvmm-remote --api-socket {API_SOCKET}\"\n\
+         gate_err=\n\
+         figures_at_gate 1 240 /tmp/flood0 && figures_at_gate 2 {EJECT_FLOOD_WAIT_S} /tmp/flood1\n\
+         l2_check eject-flood-gates $? \"$gate_err\"\n\
+         {flat}\
+         out=$($R ping 2>&1)\n\
+         l2_check eject-flood-ping $? \"vmm.ping after the flood: $out\"\n\
+         out=\n\
+         wait_marker '@@HOTPLUG present 1 ' 120 && out=$($R remove-device gpu0 2>&1) && wait_marker '@@HOTPLUG gone 1' 120\n\
+         l2_check eject-flood-remove $? \"removing the device after the flood: $out\"\n\
+         gate_err=\n\
+         gate_open 3\n\
+         l2_check eject-flood-gate3 $? \"$gate_err\"\n\
+         finish_l3 120\n\
+         l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
+        bind = bind_variant("vmm_pads", len, ""),
+        cmd = l3.command(),
+        flat = flat_checks(
+            "eject-flood",
+            &format!("after {EJECT_FLOOD_WRITES} eject writes"),
+            "/tmp/flood0",
+            "/tmp/flood1",
+            EJECT_FLOOD_RSS_TOLERANCE_KIB,
+        ),
+    );
+    let mut expect = L3_CHECKS.to_vec();
+    expect.extend([
+        "vfio-bind",
+        "eject-flood",
+        "eject-flood-gates",
+        "eject-flood-ping",
+        "eject-flood-remove",
+        "eject-flood-gate3",
+        "eject-flood-end",
+        "eject-flood-fds",
+        "eject-flood-maps",
+        "eject-flood-rss",
+        "hotplug-depart",
+        "hotplug-cycles",
+    ]);
+    Scenario {
+        setup: script,
+        l3: None,
+        expect,
+        timeout: std::time::Duration::from_secs(u64::from(EJECT_FLOOD_WAIT_S) + 600),
+        ..Scenario::boot(
+            "fault-eject-flood",
+            "the guest writes all ones to the hot plug eject register a million times: ghvmm's fds, mappings and VmRSS (from /proc) stay flat, the API answers, the device can still be removed",
+            l3,
+        )
+    }
+}
+
 /// The fault-injection scenarios, in run order.
 pub fn all() -> Vec<Scenario> {
     [
@@ -280,6 +365,7 @@ pub fn all() -> Vec<Scenario> {
         sigkill_scenario(),
         unbind_scenario(),
         api_flood_scenario(),
+        eject_flood_scenario(),
     ]
     .into_iter()
     .map(Scenario::without_acpi_dump)
@@ -322,6 +408,31 @@ mod tests {
             assert!(boots >= 1, "{}", s.name);
             assert_eq!(sh.matches(NO_ACPI_DUMP).count(), boots, "{}", s.name);
         }
+    }
+
+    #[test]
+    fn eject_flood_reads_the_figures_at_both_gates_without_api_calls_between() {
+        let s = eject_flood_scenario();
+        let sh = s.script();
+        assert!(sh.contains("ghvmm.vfio=eject-flood ghvmm.flood=1000000 "));
+        assert!(sh.contains("--memory size=512M,shared=on "));
+        let gates = sh
+            .find("figures_at_gate 1 240 /tmp/flood0 && figures_at_gate 2 1800 /tmp/flood1\n")
+            .unwrap();
+        let start = sh.find("start_l3 ").unwrap();
+        assert!(start < gates && !sh[start..gates].contains("$R "));
+        // The guest powers off only after L2 has ghvmm's answer to the removal.
+        let removal = sh.find("out=$($R remove-device gpu0 2>&1)").unwrap();
+        let last_gate = sh.find("gate_open 3\n").unwrap();
+        assert!(removal < last_gate && last_gate < sh.find("finish_l3").unwrap());
+        for check in s
+            .expect
+            .iter()
+            .filter(|c| c.starts_with("eject-flood-") && **c != "eject-flood-end")
+        {
+            assert!(sh.contains(&format!("l2_check {check} ")), "{check}");
+        }
+        assert!(s.timeout.as_secs() > 1800);
     }
 
     #[test]

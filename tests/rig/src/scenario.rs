@@ -231,12 +231,21 @@ pub fn all() -> Vec<Scenario> {
     v.extend(crate::vfio_user_scenarios::all());
     v.extend(crate::scale_scenarios::all());
     v.extend(crate::fault_scenarios::all());
+    v.extend(crate::soak_scenarios::all());
     v
 }
 
-/// Scenarios whose name contains any filter (all when no filter is given).
+/// The area of the scenarios that run for many minutes: selected only by a filter that
+/// names it.
+pub const SOAK: &str = "soak";
+
+/// Scenarios whose name contains any filter (all when no filter is given), except that the
+/// soak scenarios need a filter containing `soak`: `cargo xtask e2e` and `cargo xtask test`
+/// leave them out, and so does a filter such as `hotplug` that only happens to match one.
 pub fn select<'a>(all: &'a [Scenario], filters: &[String]) -> Vec<&'a Scenario> {
+    let soak = filters.iter().any(|f| f.contains(SOAK));
     all.iter()
+        .filter(|s| soak || !s.name.starts_with(SOAK))
         .filter(|s| filters.is_empty() || filters.iter().any(|f| s.name.contains(f.as_str())))
         .collect()
 }
@@ -250,7 +259,7 @@ mod tests {
         let all = all();
         for s in &all {
             assert!(
-                ["boot-", "vfio-", "gh-", "hotplug-", "scale-", "fault-", "api-"]
+                ["boot-", "vfio-", "gh-", "hotplug-", "scale-", "fault-", "api-", "soak-"]
                     .iter()
                     .any(|area| s.name.starts_with(area)),
                 "{}",
@@ -263,7 +272,9 @@ mod tests {
     #[test]
     fn filters_by_substring() {
         let all = all();
-        assert_eq!(select(&all, &[]).len(), all.len());
+        let soaks = all.iter().filter(|s| s.name.starts_with("soak-")).count();
+        assert!(soaks > 0);
+        assert_eq!(select(&all, &[]).len(), all.len() - soaks);
         let f = select(&all, &["smp".into(), "bad".into()]);
         let names: Vec<_> = f.iter().map(|s| s.name).collect();
         assert_eq!(
@@ -277,6 +288,48 @@ mod tests {
         );
         assert_eq!(select(&all, &["pvh".into()])[0].name, "boot-pvh");
         assert!(select(&all, &["nothing".into()]).is_empty());
+    }
+
+    /// Every scenario's script, with tests/l2/init's functions, is shell the host's sh can
+    /// parse (busybox's ash in L2 reads the same POSIX syntax).
+    #[test]
+    fn every_script_parses() {
+        let init =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../l2/init")).unwrap();
+        for s in all() {
+            let out = std::process::Command::new("sh")
+                .arg("-n")
+                .arg("-c")
+                .arg(format!("{init}\n{}", s.script()))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                s.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    #[test]
+    fn soak_scenarios_run_only_when_a_filter_says_soak() {
+        let all = all();
+        let names = |filters: &[&str]| -> Vec<&str> {
+            let f: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
+            select(&all, &f).iter().map(|s| s.name).collect()
+        };
+        assert!(!names(&[]).contains(&"soak-hotplug"));
+        assert!(!names(&["hotplug"]).contains(&"soak-hotplug"));
+        assert_eq!(names(&["soak-"]), ["soak-hotplug"]);
+        assert_eq!(
+            names(&["soak-hotplug", "fault-eject"]),
+            ["fault-eject-flood", "soak-hotplug"]
+        );
+        assert!(
+            names(&[]).contains(&"fault-eject-flood"),
+            "in the default suite"
+        );
     }
 
     #[test]
