@@ -41,7 +41,7 @@ fn cargo(root: &PathBuf, args: &[&str]) -> Result<()> {
 
 fn test(root: &PathBuf) -> Result<bool> {
     // First, because unit tests use host tools too (the ACPI tests run iasl).
-    rig::setup::ensure_packages()?;
+    rig::setup::ensure_tools()?;
     cargo(root, &["fmt", "--all", "--", "--check"])?;
     cargo(
         root,

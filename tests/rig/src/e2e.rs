@@ -480,7 +480,8 @@ pub fn e2e(root: &Path, args: &E2eArgs) -> Result<bool> {
     std::fs::create_dir_all(flaky_path.parent().unwrap_or(Path::new(".")))?;
     std::fs::write(&flaky_path, json)
         .with_context(|| format!("writing {}", flaky_path.display()))?;
-    let notes: Vec<String> = retry::retried_line(&records).into_iter().collect();
+    let mut notes = vec![format!("ran on {}", prep.paths.host.describe())];
+    notes.extend(retry::retried_line(&records));
     Ok(report(&results, &notes))
 }
 

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use crate::cache::{cached, Inputs};
 use crate::cpio::Cpio;
 use crate::modules;
-use crate::setup::say;
+use crate::setup::{say, Host};
 
 /// Modules L2 loads at boot (with their dependencies): KVM for ghvmm, VFIO for passthrough,
 /// e1000e for L2's end of the private link in the NIC scenario.
@@ -31,7 +31,7 @@ const L3_MODULES: &[&str] = &["e1000e"];
 
 pub struct Paths {
     pub root: PathBuf,
-    pub abi: String,
+    pub host: Host,
 }
 
 impl Paths {
@@ -39,7 +39,7 @@ impl Paths {
         self.root.join("target")
     }
     pub fn kernel(&self) -> PathBuf {
-        PathBuf::from(format!("/boot/vmlinuz-{}", self.abi))
+        self.host.kernel.image()
     }
     pub fn rig_dir(&self) -> PathBuf {
         self.target().join("rig")
@@ -52,7 +52,7 @@ pub fn variant_driver(p: &Paths) -> Result<Vec<u8>> {
     let src = p.root.join("tests/variant-driver");
     let inputs = Inputs::new()
         .files(&SOURCES.map(|f| src.join(f)))
-        .text("abi", &p.abi);
+        .text("kernel", &p.host.kernel.describe());
     let (ko, from_cache) = cached(&p.rig_dir(), "ghvmm_test_vfio.ko", &inputs, || {
         say("building the test variant driver against the kernel headers");
         let build = p.rig_dir().join("variant-driver");
@@ -60,7 +60,7 @@ pub fn variant_driver(p: &Paths) -> Result<Vec<u8>> {
         for f in SOURCES {
             std::fs::copy(src.join(f), build.join(f)).with_context(|| format!("copying {f}"))?;
         }
-        let headers = format!("/usr/src/linux-headers-{}", p.abi);
+        let headers = p.host.kernel.headers();
         let out = Command::new("make")
             .arg("-C")
             .arg(&headers)
@@ -110,15 +110,23 @@ fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
 }
 
-/// The shared libraries (and the dynamic loader) a binary needs, from ldd.
-pub fn shared_libs(binary: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
+/// The shared libraries (and the dynamic loader) a binary needs, from ldd; `lib_path` is
+/// the LD_LIBRARY_PATH the binary runs with (an unpacked QEMU's).
+pub fn shared_libs(binary: &Path, lib_path: Option<&str>) -> Result<Vec<PathBuf>> {
+    let mut ldd = Command::new("ldd");
+    if let Some(p) = lib_path {
+        ldd.env("LD_LIBRARY_PATH", p);
+    }
+    let out = ldd
         .arg(binary)
         .output()
         .with_context(|| format!("ldd {}", binary.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if text.contains("not a dynamic executable") {
         return Ok(Vec::new());
+    }
+    if let Some(line) = text.lines().find(|l| l.contains("not found")) {
+        bail!("{}: {}", binary.display(), line.trim());
     }
     Ok(text
         .split_whitespace()
@@ -132,20 +140,32 @@ fn read(p: &Path) -> Result<Vec<u8>> {
 }
 
 /// A binary and the files its shared libraries resolve to (cache inputs).
-fn binary_files(src: &Path) -> Result<Vec<PathBuf>> {
+fn binary_files(src: &Path, lib_path: Option<&str>) -> Result<Vec<PathBuf>> {
     let mut v = vec![src.to_path_buf()];
-    for lib in shared_libs(src)? {
+    for lib in shared_libs(src, lib_path)? {
         v.push(std::fs::canonicalize(&lib).unwrap_or(lib));
     }
     Ok(v)
 }
 
-/// Adds a binary at `dest` and its shared libraries at their own paths.
-pub fn add_binary(c: &mut Cpio, src: &Path, dest: &str) -> Result<()> {
+/// Where L2 finds a library: at its own path when that is a system directory, else (a
+/// library of an unpacked package) in the multiarch directory the loader searches.
+fn lib_dest(lib: &Path) -> String {
+    const SYSTEM: [&str; 4] = ["/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/"];
+    let path = lib.to_string_lossy();
+    if SYSTEM.iter().any(|d| path.starts_with(d)) {
+        return path.into_owned();
+    }
+    let name = lib.file_name().map(|n| n.to_string_lossy().into_owned());
+    format!("/usr/lib/x86_64-linux-gnu/{}", name.unwrap_or_default())
+}
+
+/// Adds a binary at `dest` and its shared libraries where L2's loader finds them.
+pub fn add_binary(c: &mut Cpio, src: &Path, dest: &str, lib_path: Option<&str>) -> Result<()> {
     c.file(dest, 0o755, &read(src)?);
-    for lib in shared_libs(src)? {
+    for lib in shared_libs(src, lib_path)? {
         let real = std::fs::canonicalize(&lib).unwrap_or(lib.clone());
-        c.file(&lib.to_string_lossy(), 0o755, &read(&real)?);
+        c.file(&lib_dest(&lib), 0o755, &read(&real)?);
     }
     Ok(())
 }
@@ -163,18 +183,18 @@ fn busybox(c: &mut Cpio) -> Result<()> {
 /// passthrough checks.
 pub fn l3_initramfs(p: &Paths) -> Result<Vec<u8>> {
     let checker = p.target().join("release/checker");
-    let moddir = PathBuf::from(format!("/lib/modules/{}", p.abi));
+    let moddir = p.host.kernel.modules();
     let module_files: Vec<PathBuf> = module_order(&moddir, L3_MODULES)?
         .iter()
         .map(|m| moddir.join(m))
         .collect();
     let inputs = Inputs::new()
-        .files(&binary_files(&checker)?)
+        .files(&binary_files(&checker, None)?)
         .file(Path::new(BUSYBOX))
         .files(&module_files);
     let (bytes, _) = cached(&p.rig_dir(), "l3-initramfs.cpio", &inputs, || {
         let mut c = Cpio::new();
-        add_binary(&mut c, &checker, "init")?;
+        add_binary(&mut c, &checker, "init", None)?;
         c.file("bin/busybox", 0o755, &read(Path::new(BUSYBOX))?);
         for d in ["proc", "sys", "dev", "tmp"] {
             c.dir(d);
@@ -241,7 +261,7 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
     let server = p.target().join("release/ghvmm-vfio-user");
     let checker = p.target().join("release/checker");
     let init = p.root.join("tests/l2/init");
-    let moddir = PathBuf::from(format!("/lib/modules/{}", p.abi));
+    let moddir = p.host.kernel.modules();
     let order = module_order(&moddir, L2_MODULES)?;
     let module_files: Vec<PathBuf> = order.iter().map(|m| moddir.join(m)).collect();
     let inputs = Inputs::new()
@@ -252,10 +272,10 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
             p.rig_dir().join("ghvmm_test_vfio.ko"),
             p.rig_dir().join("l3-initramfs.cpio"),
         ])
-        .files(&binary_files(&ghvmm)?)
-        .files(&binary_files(&remote)?)
-        .files(&binary_files(&server)?)
-        .files(&binary_files(&checker)?)
+        .files(&binary_files(&ghvmm, None)?)
+        .files(&binary_files(&remote, None)?)
+        .files(&binary_files(&server, None)?)
+        .files(&binary_files(&checker, None)?)
         .files(&module_files);
     let (bytes, from_cache) = cached(&p.rig_dir(), "l2-base.cpio", &inputs, || {
         say("building the L2 initramfs (busybox, KVM/VFIO modules, ghvmm, ghvmm-remote and ghvmm-vfio-user, L3 kernel + checker initramfs)");
@@ -265,10 +285,10 @@ pub fn l2_base(p: &Paths) -> Result<Vec<u8>> {
         for d in ["proc", "sys", "dev", "tmp", "l3"] {
             c.dir(d);
         }
-        add_binary(&mut c, &ghvmm, "bin/ghvmm")?;
-        add_binary(&mut c, &remote, "bin/ghvmm-remote")?;
-        add_binary(&mut c, &server, "bin/ghvmm-vfio-user")?;
-        add_binary(&mut c, &checker, "bin/checker")?;
+        add_binary(&mut c, &ghvmm, "bin/ghvmm", None)?;
+        add_binary(&mut c, &remote, "bin/ghvmm-remote", None)?;
+        add_binary(&mut c, &server, "bin/ghvmm-vfio-user", None)?;
+        add_binary(&mut c, &checker, "bin/checker", None)?;
         let mut names = Vec::new();
         for path in &module_files {
             let (file, data) = module(path)?;
@@ -330,29 +350,33 @@ pub fn vmlinux_overlay(p: &Paths) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 /// SeaBIOS and the option ROMs QEMU needs for a direct kernel boot (and PVH), for `-L /qemu`.
-const QEMU_FIRMWARE: [(&str, &str); 4] = [
-    ("/usr/share/seabios/bios-256k.bin", "bios-256k.bin"),
-    ("/usr/share/qemu/kvmvapic.bin", "kvmvapic.bin"),
-    ("/usr/share/qemu/linuxboot_dma.bin", "linuxboot_dma.bin"),
-    ("/usr/share/qemu/pvh.bin", "pvh.bin"),
+const QEMU_FIRMWARE: [&str; 4] = [
+    "bios-256k.bin",
+    "kvmvapic.bin",
+    "linuxboot_dma.bin",
+    "pvh.bin",
 ];
 
 /// QEMU and its firmware in L2, for the bench and for QEMU as the L3 VMM.
 pub fn qemu_overlay(p: &Paths) -> Result<Vec<u8>> {
+    let qemu = &p.host.qemu;
+    let lib_path = qemu.lib_path.as_deref();
     let firmware: Vec<PathBuf> = QEMU_FIRMWARE
         .iter()
-        .map(|(src, _)| std::fs::canonicalize(src).unwrap_or_else(|_| PathBuf::from(src)))
-        .collect();
+        .map(|name| {
+            let f = qemu.firmware_file(name)?;
+            Ok(std::fs::canonicalize(&f).unwrap_or(f))
+        })
+        .collect::<Result<_>>()?;
     let inputs = Inputs::new()
-        .files(&binary_files(Path::new(QEMU))?)
+        .files(&binary_files(&qemu.binary, lib_path)?)
         .files(&firmware);
     let (bytes, _) = cached(&p.rig_dir(), "qemu.cpio", &inputs, || {
         say("adding QEMU and its firmware to L2");
         let mut c = Cpio::new();
-        add_binary(&mut c, Path::new(QEMU), "bin/qemu-system-x86_64")?;
-        for (real, (_, name)) in firmware.iter().zip(QEMU_FIRMWARE) {
+        add_binary(&mut c, &qemu.binary, "bin/qemu-system-x86_64", lib_path)?;
+        for (real, name) in firmware.iter().zip(QEMU_FIRMWARE) {
             c.file(&format!("qemu/{name}"), 0o644, &read(real)?);
         }
         Ok(c.finish())
@@ -370,6 +394,24 @@ pub fn scenario_overlay(script: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unpacked_libraries_land_where_the_loader_looks() {
+        assert_eq!(
+            lib_dest(Path::new("/lib/x86_64-linux-gnu/libc.so.6")),
+            "/lib/x86_64-linux-gnu/libc.so.6"
+        );
+        assert_eq!(
+            lib_dest(Path::new("/lib64/ld-linux-x86-64.so.2")),
+            "/lib64/ld-linux-x86-64.so.2"
+        );
+        assert_eq!(
+            lib_dest(Path::new(
+                "/w/target/rig/qemu/7.2/root/usr/lib/x86_64-linux-gnu/libfdt.so.1"
+            )),
+            "/usr/lib/x86_64-linux-gnu/libfdt.so.1"
+        );
+    }
 
     #[test]
     fn modules_are_decompressed_and_renamed() {

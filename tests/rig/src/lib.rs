@@ -52,11 +52,11 @@ pub struct Prepared {
 }
 
 pub fn prepare(root: &Path) -> Result<Prepared> {
-    let abi = setup::ensure_packages()?;
+    let host = setup::ensure_host(&root.join("target/rig"))?;
     images::cargo_build(root)?;
     let paths = Paths {
         root: root.to_path_buf(),
-        abi,
+        host,
     };
     let base = images::l2_base(&paths)?;
     Ok(Prepared { paths, base })
@@ -158,7 +158,9 @@ pub fn boot_l2_with(
         std::fs::File::create(&path)?.set_len(size)?;
         devices.push((path, size));
     }
+    std::fs::write(dir.join("versions.txt"), prep.paths.host.describe() + "\n")?;
     let l2 = qemu::L2 {
+        qemu: prep.paths.host.qemu.clone(),
         kernel: prep.paths.kernel(),
         initrd,
         ivshmem: devices,

@@ -22,6 +22,7 @@ fn l2_cmdline() -> String {
 }
 
 pub struct L2 {
+    pub qemu: crate::setup::Qemu,
     pub kernel: std::path::PathBuf,
     pub initrd: std::path::PathBuf,
     /// The ivshmem devices: backing file and size (a power of two) of each.
@@ -43,7 +44,7 @@ pub struct L2 {
 
 impl L2 {
     fn command(&self) -> Command {
-        let mut c = Command::new("qemu-system-x86_64");
+        let mut c = self.qemu.command();
         c.args(["-accel", "tcg", "-cpu", "max"])
             .args(["-M", "q35,kernel-irqchip=split"])
             .args([
