@@ -497,6 +497,7 @@ fn vm_config(v: &VmInput) -> VmConfig {
                 cpus,
                 distances,
                 device_id: n.device.map(|d| format!("d{d}")),
+                memory_zones: Vec::new(),
             }
         })
         .collect();
@@ -507,10 +508,7 @@ fn vm_config(v: &VmInput) -> VmConfig {
         cpus: CpusConfig {
             boot: 1 + v.vcpus % MAX_VCPUS,
         },
-        memory: MemoryConfig {
-            size: memory_mib << 20,
-            shared: false,
-        },
+        memory: MemoryConfig::new(memory_mib << 20),
         serial: SerialConfig::Off,
         platform: PlatformConfig {
             mmio64_size: v.mmio64_log2.map(|x| 1u64 << (30 + x % 24)),
@@ -551,7 +549,7 @@ fn run_vm(v: &VmInput) {
         });
     let phys_bits = 32 + v.phys_bits % 21;
     let Ok(layout) =
-        Layout::with_segments(cfg.memory.size, cfg.platform.mmio64_size, extra, phys_bits)
+        Layout::with_segments(cfg.memory.total(), cfg.platform.mmio64_size, extra, phys_bits)
     else {
         return;
     };
@@ -576,6 +574,7 @@ fn run_vm(v: &VmInput) {
     let desc = vmm::device_manager::acpi_tables::platform_desc(
         cfg.cpus.boot,
         &layout,
+        &[cfg.memory.total()],
         topology.as_ref(),
         &placed,
     );
@@ -634,7 +633,7 @@ fn run_vm(v: &VmInput) {
                     _ => 0,
                 })
                 .sum();
-            assert_eq!(ram, cfg.memory.size, "all RAM in the SRAT");
+            assert_eq!(ram, cfg.memory.total(), "all RAM in the SRAT");
             for s in &t.slots {
                 for &node in &s.nodes {
                     assert!(srat.contains(&SratEntry::Initiator(node as u32, s.segment, 0, 0)));

@@ -19,7 +19,7 @@ use vmm::config::numa::{Initiator, Topology};
 use vmm::config::{
     parse_console, parse_cpu_list, parse_distances, parse_id, parse_size, ApiSocketConfig,
     ConfigError, CpusConfig, DeviceConfig, GhConfig, GhSlotRequest, MemoryConfig, NumaConfig,
-    PlatformConfig, SerialConfig, MAX_MEMORY, MAX_NUMA_NODES, MAX_VCPUS, MIN_MEMORY,
+    PlatformConfig, SerialConfig, MAX_NUMA_NODES, MAX_VCPUS,
 };
 
 /// The error as the binaries print it (`vmm::config::cli::error_line`): one line, no control
@@ -140,9 +140,25 @@ fn option(mode: &str, s: &str) {
         }
         "memory" => {
             if let Some(m) = option_error("memory", MemoryConfig::parse(s)) {
-                assert!((MIN_MEMORY..=MAX_MEMORY).contains(&m.size) && m.size % 4096 == 0);
-                let shared = if m.shared { "on" } else { "off" };
-                let again = format!("size={},shared={shared}", m.size);
+                use vmm::config::memory::{MAX_MEMORY, MIN_MEMORY};
+                use vmm::config::HugePages;
+                // 0 is "the zones are the RAM", checked with the zones.
+                assert!(m.size == 0 || (MIN_MEMORY..=MAX_MEMORY).contains(&m.size));
+                assert!(m.size % 4096 == 0);
+                let on = |b: bool| if b { "on" } else { "off" };
+                let b = &m.backing;
+                let huge = match b.hugepages {
+                    HugePages::Off => "hugepages=off".to_string(),
+                    HugePages::HostDefault => "hugepages=on".to_string(),
+                    HugePages::Size(s) => format!("hugepages=on,hugepage_size={s}"),
+                };
+                let again = format!(
+                    "size={},shared={},{huge},prefault={},thp={}",
+                    m.size,
+                    on(b.shared),
+                    on(b.prefault),
+                    on(b.thp)
+                );
                 assert_eq!(MemoryConfig::parse(&again), Ok(m));
             }
         }

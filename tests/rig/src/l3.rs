@@ -76,6 +76,9 @@ pub struct L3 {
     pub vmm_args: String,
     /// Guest RAM in a shared memfd (ghvmm's `--memory shared=on`, QEMU's memfd backend).
     pub shared_memory: bool,
+    /// ghvmm's whole `--memory` value instead of `size=<mem>` (e.g. `size=0` with zones in
+    /// `vmm_args`); `mem` stays the total the guest checks.
+    pub memory_arg: Option<&'static str>,
     /// Keep the kernel's log on the console (the demo).
     pub verbose: bool,
     /// L2 kills the VMM after this many seconds (tests/l2/init `run_l3`), printing what it
@@ -93,6 +96,7 @@ impl L3 {
             cmdline: String::new(),
             vmm_args: String::new(),
             shared_memory: false,
+            memory_arg: None,
             verbose: false,
             watchdog_s: 90,
         }
@@ -110,6 +114,11 @@ impl L3 {
 
     pub fn vmm_args(mut self, args: &str) -> Self {
         self.vmm_args = args.to_string();
+        self
+    }
+
+    pub fn memory_arg(mut self, arg: &'static str) -> Self {
+        self.memory_arg = Some(arg);
         self
     }
 
@@ -165,8 +174,12 @@ impl L3 {
             // RIG_GHVMM_ARGS (e.g. -vv) is for debugging a scenario by hand.
             Vmm::Ghvmm => format!(
                 "/bin/ghvmm --kernel {kernel} --initramfs /l3/initramfs --cmdline \"{cmdline}\" \
-                 --cpus boot={cpus} --memory size={mem}{} --serial tty --console off{extra}{}",
-                if shared { ",shared=on" } else { "" },
+                 --cpus boot={cpus} --memory {} --serial tty --console off{extra}{}",
+                match (self.memory_arg, shared) {
+                    (Some(arg), _) => arg.to_string(),
+                    (None, true) => format!("size={mem},shared=on"),
+                    (None, false) => format!("size={mem}"),
+                },
                 std::env::var("RIG_GHVMM_ARGS")
                     .map(|a| format!(" {a}"))
                     .unwrap_or_default()

@@ -22,6 +22,7 @@ pub mod hugepage;
 pub mod iasl;
 pub mod images;
 pub mod l3;
+pub mod memory_scenarios;
 pub mod modules;
 pub mod protocol;
 pub mod qemu;

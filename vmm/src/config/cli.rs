@@ -7,7 +7,7 @@ use clap::{ArgAction, Parser};
 
 use crate::config::{
     parse_console, ApiSocketConfig, ConfigError, CpusConfig, DeviceConfig, GhConfig, MemoryConfig,
-    NumaConfig, PlatformConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE,
+    MemoryZoneConfig, NumaConfig, PlatformConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE,
 };
 use crate::seccomp::SeccompMode;
 
@@ -31,9 +31,22 @@ pub struct Cli {
     /// boot=N: number of vCPUs.
     #[arg(long, value_name = "boot=N", default_value = "boot=1")]
     pub cpus: String,
-    /// size=SIZE: guest RAM, with a K/M/G/T suffix.
-    #[arg(long, value_name = "size=SIZE", default_value = "size=512M")]
+    /// size=SIZE[,shared=on][,hugepages=on][,hugepage_size=2M|1G][,prefault=on][,thp=off]:
+    /// guest RAM, with a K/M/G/T suffix; size=0 with --memory-zone.
+    #[arg(
+        long,
+        value_name = "size=SIZE[,shared=on|off][,hugepages=on|off][,hugepage_size=SIZE][,prefault=on|off][,thp=on|off]",
+        default_value = "size=512M"
+    )]
     pub memory: String,
+    /// id=ID,size=SIZE[,shared=on][,hugepages=on][,hugepage_size=SIZE][,host_numa_node=N]
+    /// [,prefault=on]: a zone of guest RAM (repeatable, with --memory size=0); --numa
+    /// memory_zones= puts zones in guest NUMA nodes.
+    #[arg(
+        long,
+        value_name = "id=ID,size=SIZE[,shared=on|off][,hugepages=on|off][,hugepage_size=SIZE][,host_numa_node=N][,prefault=on|off]"
+    )]
+    pub memory_zone: Vec<String>,
     /// Where COM1 goes: tty (stdout; stdin when it is a terminal), off, null or file=PATH.
     #[arg(long, value_name = "tty|off|file=PATH", default_value = "tty")]
     pub serial: String,
@@ -85,7 +98,7 @@ pub enum CliError {
     #[error("--kernel is required")]
     NoKernel,
     #[error(
-        "--user-device: the server maps guest memory for DMA, which needs --memory ...,shared=on"
+        "--user-device: the server maps guest memory for DMA, which needs --memory ...,shared=on (or shared=on on every --memory-zone)"
     )]
     UserDeviceNeedsSharedMemory,
     #[error(transparent)]
@@ -113,6 +126,11 @@ impl Cli {
             .chain(self.user_device.iter().map(|d| DeviceConfig::parse_user(d)))
             .collect::<Result<Vec<_>, _>>()?;
         DeviceConfig::check_unique(&devices)?;
+        let zones = self
+            .memory_zone
+            .iter()
+            .map(|z| MemoryZoneConfig::parse(z))
+            .collect::<Result<Vec<_>, _>>()?;
         let numa = self
             .numa
             .iter()
@@ -123,7 +141,7 @@ impl Cli {
             initramfs: self.initramfs,
             cmdline: self.cmdline,
             cpus: CpusConfig::parse(&self.cpus)?,
-            memory: MemoryConfig::parse(&self.memory)?,
+            memory: MemoryConfig::parse(&self.memory)?.with_zones(zones)?,
             serial: SerialConfig::parse(&self.serial)?,
             platform: match &self.platform {
                 Some(p) => PlatformConfig::parse(p)?,
@@ -139,7 +157,7 @@ impl Cli {
                 .transpose()?,
             seccomp: self.seccomp,
         };
-        if !self.user_device.is_empty() && !cfg.memory.shared {
+        if !self.user_device.is_empty() && !cfg.memory.all_shared() {
             return Err(CliError::UserDeviceNeedsSharedMemory);
         }
         // Refuse an inconsistent topology here, before the VM opens anything; the VM
@@ -313,6 +331,53 @@ mod tests {
         assert_eq!(parse(&["--kernel", "/k"]).unwrap().numa, []);
     }
 
+    /// Cloud Hypervisor's memory.md example with a GH-like shape: the CPU node holds the RAM,
+    /// the GPU's nodes none.
+    #[test]
+    fn memory_zones_and_numa() {
+        let c = parse(&[
+            "--kernel",
+            "/k",
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=0,thp=off",
+            "--memory-zone",
+            "id=mem0,size=1G,hugepages=on,hugepage_size=2M",
+            "--memory-zone",
+            "id=mem1,size=512M,shared=on",
+            "--numa",
+            "guest_numa_id=0,cpus=0-1,memory_zones=mem0",
+            "--numa",
+            "guest_numa_id=1,memory_zones=mem1",
+            "--gh",
+            "slots=1",
+        ])
+        .unwrap();
+        assert_eq!(c.memory.total(), 3 << 29);
+        let t = crate::config::numa::resolve(&c).unwrap().unwrap();
+        assert_eq!(
+            (t.nodes[0].zones.clone(), t.nodes[1].zones.clone()),
+            (vec![0], vec![1])
+        );
+        assert!(t.nodes[2..].iter().all(|n| n.zones.is_empty()));
+        // A vfio-user device needs every zone shared.
+        let e = parse(&[
+            "--kernel",
+            "/k",
+            "--memory",
+            "size=0",
+            "--memory-zone",
+            "id=a,size=1G,shared=on",
+            "--memory-zone",
+            "id=b,size=1G",
+            "--user-device",
+            "socket=/s",
+        ])
+        .unwrap_err();
+        assert!(e.contains("every --memory-zone"), "{e}");
+    }
+
     #[test]
     fn gh_profile() {
         let c = parse(&[
@@ -355,6 +420,16 @@ mod tests {
             &["--numa", "guest_numa_id=1"],
             &["--numa", "guest_numa_id=0", "--numa", "guest_numa_id=0"],
             &["--numa", "guest_numa_id=0,memory_zones=[m0]"],
+            &["--memory", "size=0"],
+            &["--memory-zone", "id=m0,size=1G"],
+            &[
+                "--memory",
+                "size=0",
+                "--memory-zone",
+                "id=m0,size=1G",
+                "--numa",
+                "guest_numa_id=0,memory_zones=m1",
+            ],
             &["--gh", ""],
             &["--gh", "slots=0"],
             &["--gh", "slots=1,nodes=64"],

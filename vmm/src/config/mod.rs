@@ -4,7 +4,10 @@
 //! and so the REST API (a later issue) can reuse the same parsers for its JSON bodies.
 
 pub mod cli;
+pub mod memory;
 pub mod numa;
+
+pub use memory::{Backing, HugePages, MemoryConfig, MemoryZoneConfig, Zone};
 
 use std::path::{Path, PathBuf};
 
@@ -238,47 +241,6 @@ impl CpusConfig {
             }
         }
         Ok(CpusConfig { boot: boot as u8 })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemoryConfig {
-    pub size: u64,
-    /// Guest RAM is a shared mapping of one memfd instead of private anonymous memory, so a
-    /// vfio-user backend process can map the same pages from the fd it receives.
-    pub shared: bool,
-}
-
-pub const MIN_MEMORY: u64 = 32 << 20;
-/// Far more than this machine class can back, and small enough that RAM plus the 64-bit PCI
-/// window stays well inside a 40-bit guest physical address space.
-pub const MAX_MEMORY: u64 = 256 << 30;
-
-impl MemoryConfig {
-    pub fn parse(s: &str) -> Result<Self> {
-        let p = OptionParser::parse("memory", &["size", "shared"], s)?;
-        let size = p.size("size")?.ok_or(ConfigError::MissingKey {
-            option: "memory",
-            key: "size",
-        })?;
-        let invalid = |reason: String| ConfigError::InvalidValue {
-            option: "memory",
-            key: "size",
-            value: p.get("size").unwrap_or_default().to_string(),
-            reason,
-        };
-        if !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
-            return Err(invalid(format!(
-                "must be between {} MiB and {} GiB",
-                MIN_MEMORY >> 20,
-                MAX_MEMORY >> 30
-            )));
-        }
-        if size % 4096 != 0 {
-            return Err(invalid("must be a multiple of 4 KiB".into()));
-        }
-        let shared = p.on_off("shared")?.unwrap_or(false);
-        Ok(MemoryConfig { size, shared })
     }
 }
 
@@ -531,6 +493,20 @@ pub fn parse_id(s: &str) -> std::result::Result<String, String> {
     Ok(s.to_string())
 }
 
+/// Cloud Hypervisor's list of ids: `a:b` or `[a,b]`.
+pub fn parse_id_list(s: &str) -> std::result::Result<Vec<String>, String> {
+    let inner = match s.strip_prefix('[') {
+        Some(rest) => rest
+            .strip_suffix(']')
+            .ok_or_else(|| format!("'{s}' opens a list it does not close"))?,
+        None => s,
+    };
+    inner
+        .split([',', ':'])
+        .map(parse_id)
+        .collect::<std::result::Result<Vec<_>, _>>()
+}
+
 /// A decimal number: digits only (no sign, no spaces, no hex), as the lists below expect.
 fn parse_number(s: &str) -> std::result::Result<u32, String> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -638,13 +614,21 @@ pub struct NumaConfig {
     pub distances: Vec<(u32, u8)>,
     /// The node is a Generic Initiator node of the `--device` with this id.
     pub device_id: Option<String>,
+    /// `--memory-zone` ids whose RAM is in this node.
+    pub memory_zones: Vec<String>,
 }
 
 impl NumaConfig {
     pub fn parse(s: &str) -> Result<Self> {
         let p = OptionParser::parse(
             "numa",
-            &["guest_numa_id", "cpus", "distances", "device_id"],
+            &[
+                "guest_numa_id",
+                "cpus",
+                "distances",
+                "device_id",
+                "memory_zones",
+            ],
             s,
         )?;
         let guest_numa_id =
@@ -658,6 +642,15 @@ impl NumaConfig {
             .with("distances", |v| parse_distances(guest_numa_id, v))?
             .unwrap_or_default();
         let device_id = p.with("device_id", parse_id)?;
+        let memory_zones = p.with("memory_zones", parse_id_list)?.unwrap_or_default();
+        if device_id.is_some() && !memory_zones.is_empty() {
+            return Err(ConfigError::Inconsistent {
+                option: "numa",
+                reason: format!(
+                    "guest_numa_id={guest_numa_id}: a device_id (Generic Initiator) node cannot also have memory_zones"
+                ),
+            });
+        }
         if cpus.is_some() && device_id.is_some() {
             // The SRAT describes a Generic Initiator node by its device alone; Linux marks
             // it as a node without CPUs.
@@ -673,6 +666,7 @@ impl NumaConfig {
             cpus,
             distances,
             device_id,
+            memory_zones,
         })
     }
 }
@@ -811,32 +805,6 @@ mod tests {
             CpusConfig::parse("boot=1,topology=1:1:1:1"),
             Err(ConfigError::UnknownKey { .. })
         ));
-    }
-
-    #[test]
-    fn memory() {
-        assert_eq!(MemoryConfig::parse("size=512M").unwrap().size, 512 << 20);
-        assert!(MemoryConfig::parse("size=12Q").is_err());
-        assert!(MemoryConfig::parse("size=1M").is_err());
-        assert!(MemoryConfig::parse("size=1T").is_err());
-        assert!(MemoryConfig::parse("size=33554433").is_err());
-        assert!(MemoryConfig::parse("shared=on").is_err());
-    }
-
-    #[test]
-    fn memory_shared() {
-        assert!(!MemoryConfig::parse("size=1G").unwrap().shared);
-        assert!(!MemoryConfig::parse("size=1G,shared=off").unwrap().shared);
-        let on = MemoryConfig::parse("size=1G,shared=on").unwrap();
-        assert_eq!((on.size, on.shared), (1 << 30, true));
-        assert_eq!(
-            MemoryConfig::parse("size=1G,shared=yes")
-                .unwrap_err()
-                .to_string(),
-            "--memory: shared=yes: use on or off"
-        );
-        assert!(MemoryConfig::parse("size=1G,shared=").is_err());
-        assert!(MemoryConfig::parse("size=1G,shared=on,shared=off").is_err());
     }
 
     #[test]
@@ -1030,8 +998,24 @@ mod tests {
                 cpus: Some(vec![0, 1, 2, 5]),
                 distances: vec![(0, 20), (2, 30)],
                 device_id: None,
+                memory_zones: Vec::new(),
             }
         );
+        let z = NumaConfig::parse("guest_numa_id=0,memory_zones=[a,b]").unwrap();
+        assert_eq!(z.memory_zones, ["a", "b"]);
+        let z2 = NumaConfig::parse("guest_numa_id=0,memory_zones=a:b").unwrap();
+        assert_eq!(z2.memory_zones, ["a", "b"]);
+        for bad in [
+            "memory_zones=",
+            "memory_zones=[a",
+            "memory_zones=a::b",
+            "memory_zones=a b",
+        ] {
+            assert!(
+                NumaConfig::parse(&format!("guest_numa_id=0,{bad}")).is_err(),
+                "{bad}"
+            );
+        }
         let old = NumaConfig::parse("guest_numa_id=1,cpus=0-2:5,distances=0@20:2@30").unwrap();
         assert_eq!(old, n);
         let gi = NumaConfig::parse("guest_numa_id=2,device_id=gpu0").unwrap();
@@ -1048,7 +1032,7 @@ mod tests {
             "guest_numa_id=0,device_id=",
             "guest_numa_id=0,device_id=a,b",
             "guest_numa_id=0,device_id=[x]",
-            "guest_numa_id=0,memory_zones=mem0",
+            "guest_numa_id=0,memory_zones=[mem0",
             "guest_numa_id=0,guest_numa_id=1",
             "guest_numa_id=0,cpus=0,device_id=g",
         ] {
@@ -1183,15 +1167,21 @@ mod tests {
     /// unknown-key error (LeakSanitizer reported it); the list is now joined when printed.
     #[test]
     fn unknown_key_errors_list_the_accepted_keys() {
-        let e = NumaConfig::parse("guest_numa_id=0,memory_zones=[m0]").unwrap_err();
+        let e = NumaConfig::parse("guest_numa_id=0,sockets=[0]").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "--numa: unknown parameter 'memory_zones' (accepted: guest_numa_id, cpus, distances, device_id)"
+            "--numa: unknown parameter 'sockets' (accepted: guest_numa_id, cpus, distances, device_id, memory_zones)"
         );
         assert!(matches!(
             e,
             ConfigError::UnknownKey {
-                accepted: &["guest_numa_id", "cpus", "distances", "device_id"],
+                accepted: &[
+                    "guest_numa_id",
+                    "cpus",
+                    "distances",
+                    "device_id",
+                    "memory_zones"
+                ],
                 ..
             }
         ));

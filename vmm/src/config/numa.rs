@@ -30,7 +30,8 @@ pub struct Topology {
     pub nodes: Vec<Node>,
     /// `distances[i][j]` from `nodes[i]` to `nodes[j]`; 10 on the diagonal.
     pub distances: Vec<Vec<u8>>,
-    /// Index into `nodes` of the node that holds all guest RAM: the lowest node with vCPUs.
+    /// Index into `nodes` of the lowest node with vCPUs: it holds all guest RAM unless
+    /// `--numa memory_zones=` spreads it, and the PCI segments' `_PXM` names it.
     pub memory_node: usize,
     /// GH slots in order: slot k = PCI segment k+1.
     pub slots: Vec<GhSlot>,
@@ -42,6 +43,8 @@ pub struct Node {
     pub guest_numa_id: u32,
     /// vCPU indexes, sorted; empty for Generic Initiator nodes.
     pub cpus: Vec<u8>,
+    /// Indexes into `MemoryConfig::layout_zones()` of the RAM in this node.
+    pub zones: Vec<usize>,
     pub initiator: Option<Initiator>,
 }
 
@@ -106,7 +109,9 @@ fn describe(d: &DeviceConfig) -> String {
 ///   already gives that device its Generic Initiator nodes);
 /// - if any `--numa` lists cpus, each vCPU 0..boot-1 is in exactly one node; if none does,
 ///   all vCPUs go to the lowest node that is not a Generic Initiator node;
-/// - all RAM is in the lowest node with vCPUs;
+/// - RAM: each `--memory-zone` is in the one node whose `memory_zones=` names it (once any
+///   node names zones, every zone must be named); otherwise all RAM is in the lowest node
+///   with vCPUs;
 /// - distances: 10 on the diagonal; GH nodes at `--gh distance` from every other node;
 ///   other pairs 20; a `--numa distances` item overrides from->to, and to->from as well
 ///   unless that node gives its own value; destinations must exist;
@@ -146,6 +151,7 @@ pub fn resolve(cfg: &VmConfig) -> Result<Option<Topology>> {
         .iter()
         .position(|n| !n.cpus.is_empty())
         .ok_or_else(|| inconsistent("cpus", "no vCPU to place in a NUMA node".into()))?;
+    assign_zones(cfg, &mut nodes, memory_node)?;
     let placed = place_devices(cfg, slots)?;
     let mut gh_slots = Vec::with_capacity(slots as usize);
     if let Some(gh) = &cfg.gh {
@@ -155,6 +161,7 @@ pub fn resolve(cfg: &VmConfig) -> Result<Option<Topology>> {
                 nodes.push(Node {
                     guest_numa_id: nodes.len() as u32,
                     cpus: Vec::new(),
+                    zones: Vec::new(),
                     initiator: Some(Initiator::GhSlot(k)),
                 });
             }
@@ -171,7 +178,8 @@ pub fn resolve(cfg: &VmConfig) -> Result<Option<Topology>> {
     // The guest learns of a node only through its SRAT entries: one with no vCPU, no RAM
     // and no device would be a SLIT row for a node that does not exist.
     if let Some(n) = nodes.iter().enumerate().find_map(|(i, n)| {
-        (i != memory_node && n.cpus.is_empty() && n.initiator.is_none()).then_some(n)
+        (i != memory_node && n.cpus.is_empty() && n.zones.is_empty() && n.initiator.is_none())
+            .then_some(n)
     }) {
         return Err(inconsistent(
             "numa",
@@ -198,6 +206,7 @@ fn user_nodes(cfg: &VmConfig) -> Result<Vec<Node>> {
         return Ok(vec![Node {
             guest_numa_id: 0,
             cpus: (0..boot).collect(),
+            zones: Vec::new(),
             initiator: None,
         }]);
     }
@@ -261,6 +270,7 @@ fn user_nodes(cfg: &VmConfig) -> Result<Vec<Node>> {
         nodes.push(Node {
             guest_numa_id: n.guest_numa_id,
             cpus: Vec::new(),
+            zones: Vec::new(),
             initiator,
         });
     }
@@ -311,6 +321,52 @@ fn user_nodes(cfg: &VmConfig) -> Result<Vec<Node>> {
         home.cpus = (0..boot).collect();
     }
     Ok(nodes)
+}
+
+/// Gives each node its memory zones: those its `--numa memory_zones=` names, every zone
+/// named exactly once; without any `memory_zones=`, all RAM goes to `memory_node`.
+fn assign_zones(cfg: &VmConfig, nodes: &mut [Node], memory_node: usize) -> Result<()> {
+    let zones = cfg.memory.layout_zones();
+    if cfg.numa.iter().all(|n| n.memory_zones.is_empty()) {
+        nodes[memory_node].zones = (0..zones.len()).collect();
+        return Ok(());
+    }
+    let mut owner: Vec<Option<u32>> = vec![None; zones.len()];
+    for n in &cfg.numa {
+        let id = n.guest_numa_id;
+        for name in &n.memory_zones {
+            let z = zones
+                .iter()
+                .position(|z| z.id.as_deref() == Some(name.as_str()))
+                .ok_or_else(|| {
+                    inconsistent(
+                        "numa",
+                        format!("guest_numa_id={id}: memory_zones: no --memory-zone has id={name}"),
+                    )
+                })?;
+            if let Some(other) = owner[z].replace(id) {
+                return Err(inconsistent(
+                    "numa",
+                    format!("memory zone {name} is in both node {other} and node {id}"),
+                ));
+            }
+            // Nodes are in id order and ids are 0..M-1 (user_nodes checked).
+            nodes[id as usize].zones.push(z);
+        }
+    }
+    if let Some(z) = owner.iter().position(Option::is_none) {
+        return Err(inconsistent(
+            "numa",
+            format!(
+                "memory zone {} is in no node (once one node lists memory_zones, every zone must be listed)",
+                zones[z].id.as_deref().unwrap_or("of --memory size=")
+            ),
+        ));
+    }
+    for n in nodes.iter_mut() {
+        n.zones.sort_unstable();
+    }
+    Ok(())
 }
 
 /// The device placed in each GH slot (index into `cfg.devices`), explicit requests first.
@@ -415,10 +471,7 @@ mod tests {
             initramfs: None,
             cmdline: String::new(),
             cpus: CpusConfig { boot },
-            memory: MemoryConfig {
-                size: 1 << 30,
-                shared: false,
-            },
+            memory: MemoryConfig::new(1 << 30),
             serial: SerialConfig::Off,
             platform: PlatformConfig { mmio64_size: None },
             devices: devices
@@ -434,6 +487,71 @@ mod tests {
 
     fn topo(boot: u8, numa: &[&str], gh: Option<&str>, devices: &[&str]) -> Topology {
         resolve(&cfg(boot, numa, gh, devices)).unwrap().unwrap()
+    }
+
+    /// `cfg` with the RAM in `--memory-zone`s.
+    fn zoned(boot: u8, numa: &[&str], zones: &[&str]) -> Result<Option<Topology>> {
+        let mut c = cfg(boot, numa, None, &[]);
+        c.memory = MemoryConfig::parse("size=0")?.with_zones(
+            zones
+                .iter()
+                .map(|z| crate::config::MemoryZoneConfig::parse(z).unwrap())
+                .collect(),
+        )?;
+        resolve(&c)
+    }
+
+    #[test]
+    fn memory_zones_spread_ram_over_nodes() {
+        let zones = ["id=m0,size=1G", "id=m1,size=512M", "id=m2,size=256M"];
+        // Cloud Hypervisor's memory.md example, plus a node of memory only (a GPU-less
+        // CXL-like node) and a GH-like CPU node holding two zones.
+        let t = zoned(
+            2,
+            &[
+                "guest_numa_id=0,cpus=0-1,memory_zones=m0:m2",
+                "guest_numa_id=1,memory_zones=[m1]",
+            ],
+            &zones,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.nodes[0].zones, [0, 2]);
+        assert_eq!(t.nodes[1].zones, [1]);
+        assert!(t.nodes[1].cpus.is_empty());
+        // Without memory_zones= every zone is in the lowest node with vCPUs.
+        let t = zoned(
+            2,
+            &["guest_numa_id=0,cpus=0", "guest_numa_id=1,cpus=1"],
+            &zones,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((t.nodes[0].zones.len(), t.nodes[1].zones.len()), (3, 0));
+        let e = |numa: &[&str]| zoned(2, numa, &zones).unwrap_err().to_string();
+        assert_eq!(
+            e(&["guest_numa_id=0,memory_zones=m0:m1:m2:m9"]),
+            "--numa: guest_numa_id=0: memory_zones: no --memory-zone has id=m9"
+        );
+        assert_eq!(
+            e(&[
+                "guest_numa_id=0,memory_zones=m0:m1",
+                "guest_numa_id=1,memory_zones=m1:m2"
+            ]),
+            "--numa: memory zone m1 is in both node 0 and node 1"
+        );
+        assert_eq!(
+            e(&["guest_numa_id=0,memory_zones=m0:m1"]),
+            "--numa: memory zone m2 is in no node (once one node lists memory_zones, every zone must be listed)"
+        );
+        assert_eq!(
+            err(2, &["guest_numa_id=0,memory_zones=m0"], None, &[]),
+            "--numa: guest_numa_id=0: memory_zones: no --memory-zone has id=m0"
+        );
+        assert!(
+            NumaConfig::parse("guest_numa_id=0,device_id=gpu,memory_zones=m0").is_err(),
+            "a Generic Initiator node has no memory of its own"
+        );
     }
 
     fn err(boot: u8, numa: &[&str], gh: Option<&str>, devices: &[&str]) -> String {

@@ -18,10 +18,12 @@ pub enum AcpiSetupError {
 }
 
 /// The platform as the `acpi` crate needs it. `placed[i]` is where `--device` number i sits
-/// in the guest (a Generic Initiator of `--numa device_id=` names it).
+/// in the guest (a Generic Initiator of `--numa device_id=` names it); `zone_sizes` are the
+/// RAM zones in layout order (`MemoryConfig::layout_zones`), which the nodes' memory names.
 pub fn platform_desc(
     vcpus: u8,
     layout: &Layout,
+    zone_sizes: &[u64],
     topology: Option<&Topology>,
     placed: &[PciAddress],
 ) -> PlatformDesc {
@@ -51,7 +53,7 @@ pub fn platform_desc(
             mmio_base: GED_ADDR,
             irq: GED_IRQ,
         },
-        numa: topology.map(|t| numa_desc(t, layout, placed)),
+        numa: topology.map(|t| numa_desc(t, &ram_pieces(&layout.ram, zone_sizes), placed)),
         pci_hotplug: Some(PciHotplugDesc {
             mmio_base: PCI_HOTPLUG_ADDR,
         }),
@@ -103,7 +105,7 @@ fn gpu_function(slot: &GhSlot) -> Vec<PciFunctionDesc> {
     }]
 }
 
-fn numa_desc(t: &Topology, layout: &Layout, placed: &[PciAddress]) -> NumaDesc {
+fn numa_desc(t: &Topology, pieces: &[RamPiece], placed: &[PciAddress]) -> NumaDesc {
     let nodes = t
         .nodes
         .iter()
@@ -111,18 +113,14 @@ fn numa_desc(t: &Topology, layout: &Layout, placed: &[PciAddress]) -> NumaDesc {
         .map(|(i, n)| NumaNode {
             proximity_domain: i as u32,
             apic_ids: n.cpus.iter().map(|c| u32::from(*c)).collect(),
-            memory: if i == t.memory_node {
-                layout
-                    .ram
-                    .iter()
-                    .map(|r| AddrRange {
-                        base: r.start,
-                        len: r.size,
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            memory: pieces
+                .iter()
+                .filter(|p| n.zones.contains(&p.zone))
+                .map(|p| AddrRange {
+                    base: p.start,
+                    len: p.size,
+                })
+                .collect(),
             generic_initiator: match &n.initiator {
                 None => None,
                 Some(Initiator::Device(d)) => placed.get(*d).copied(),
@@ -173,8 +171,52 @@ mod tests {
                 count: n as u16,
                 mmio64_size: size,
             });
-        let layout = Layout::with_segments(cfg.memory.size, None, extra, 46).unwrap();
-        (platform_desc(2, &layout, topo.as_ref(), placed), layout)
+        let layout = Layout::with_segments(cfg.memory.total(), None, extra, 46).unwrap();
+        let zones: Vec<u64> = cfg.memory.layout_zones().iter().map(|z| z.size).collect();
+        (
+            platform_desc(2, &layout, &zones, topo.as_ref(), placed),
+            layout,
+        )
+    }
+
+    /// A Grace-like CPU node with 3 GiB (straddling the 32-bit hole) and a node of memory
+    /// only: each node's SRAT ranges are exactly its zones' guest ranges.
+    #[test]
+    fn memory_zones_give_each_node_its_ranges() {
+        let (d, layout) = desc(
+            &[
+                "--memory",
+                "size=0",
+                "--memory-zone",
+                "id=grace,size=3584M",
+                "--memory-zone",
+                "id=far,size=512M",
+                "--numa",
+                "guest_numa_id=0,cpus=0-1,memory_zones=grace",
+                "--numa",
+                "guest_numa_id=1,memory_zones=far,distances=0@30",
+                "--gh",
+                "slots=1",
+            ],
+            &[],
+        );
+        let numa = d.numa.as_ref().unwrap();
+        let ranges = |i: usize| -> Vec<(u64, u64)> {
+            numa.nodes[i]
+                .memory
+                .iter()
+                .map(|r| (r.base, r.len))
+                .collect()
+        };
+        assert_eq!(
+            ranges(0),
+            [(0, 3 * GIB), (RAM_64BIT_START, GIB / 2)],
+            "{:x?}",
+            layout.ram
+        );
+        assert_eq!(ranges(1), [(RAM_64BIT_START + GIB / 2, GIB / 2)]);
+        assert!((2..10).all(|i| ranges(i).is_empty()), "GH nodes stay empty");
+        acpi::build_tables(&d, ACPI_START, ACPI_LIMIT).unwrap();
     }
 
     #[test]

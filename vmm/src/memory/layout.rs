@@ -108,6 +108,56 @@ impl RamRange {
     }
 }
 
+/// The largest KVM memory slot ghvmm makes: KVM takes at most 2^31 - 1 pages per slot, and a
+/// power of two keeps the pieces aligned.
+pub const MAX_SLOT_BYTES: u64 = 1 << 42;
+
+/// One mapping of guest RAM: a piece of one zone at one guest address, at most
+/// `MAX_SLOT_BYTES` long (one KVM slot each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamPiece {
+    pub start: u64,
+    pub size: u64,
+    /// Index of the zone (`MemoryConfig::layout_zones`) it belongs to.
+    pub zone: usize,
+    /// Where in its zone (its memfd, when it has one) the piece starts.
+    pub zone_offset: u64,
+}
+
+/// Fills `ram` (in address order) with the zones of `zone_sizes`, one after the other: a zone
+/// may straddle the 32-bit hole, so it may take several pieces. The sizes must add up to the
+/// RAM's (`Layout::with_segments` made it from their sum).
+pub fn ram_pieces(ram: &[RamRange], zone_sizes: &[u64]) -> Vec<RamPiece> {
+    let mut pieces = Vec::new();
+    let mut zones = zone_sizes.iter().copied().enumerate();
+    let mut current = zones.next();
+    let mut zone_offset = 0u64;
+    for r in ram {
+        let mut at = r.start;
+        while at < r.end() {
+            let Some((zone, size)) = current else {
+                return pieces;
+            };
+            let take = (size - zone_offset).min(r.end() - at).min(MAX_SLOT_BYTES);
+            if take > 0 {
+                pieces.push(RamPiece {
+                    start: at,
+                    size: take,
+                    zone,
+                    zone_offset,
+                });
+            }
+            at += take;
+            zone_offset += take;
+            if zone_offset == size {
+                current = zones.next();
+                zone_offset = 0;
+            }
+        }
+    }
+    pieces
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum E820Kind {
     Ram = 1,
@@ -315,6 +365,43 @@ pub fn align_up(v: u64, align: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zones_fill_ram_in_order_across_the_hole() {
+        let layout = Layout::new(4 * GIB, None, 46).unwrap();
+        // 2 GiB, then 1.5 GiB across the hole at 3 GiB, then 512 MiB above 4 GiB.
+        let p = ram_pieces(&layout.ram, &[2 * GIB, 3 * GIB / 2, GIB / 2]);
+        let short: Vec<(u64, u64, usize, u64)> = p
+            .iter()
+            .map(|p| (p.start, p.size, p.zone, p.zone_offset))
+            .collect();
+        assert_eq!(
+            short,
+            [
+                (0, 2 * GIB, 0, 0),
+                (2 * GIB, GIB, 1, 0),
+                (RAM_64BIT_START, GIB / 2, 1, GIB),
+                (RAM_64BIT_START + GIB / 2, GIB / 2, 2, 0),
+            ]
+        );
+        // Pieces tile the RAM exactly.
+        let total: u64 = p.iter().map(|p| p.size).sum();
+        assert_eq!(total, layout.ram.iter().map(|r| r.size).sum::<u64>());
+    }
+
+    #[test]
+    fn a_huge_zone_is_cut_into_slot_sized_pieces() {
+        let size = 3 * MAX_SLOT_BYTES + 3 * GIB;
+        let layout = Layout::new(size, None, 52).unwrap();
+        let p = ram_pieces(&layout.ram, &[size]);
+        assert!(p.iter().all(|p| p.size <= MAX_SLOT_BYTES && p.zone == 0));
+        assert_eq!(p.len(), 4, "{p:x?}");
+        assert_eq!(p.iter().map(|p| p.size).sum::<u64>(), size);
+        // Offsets in the zone run on without gaps.
+        for w in p.windows(2) {
+            assert_eq!(w[1].zone_offset, w[0].zone_offset + w[0].size);
+        }
+    }
 
     #[test]
     fn small_vm_has_one_ram_range_and_a_window_at_128g() {

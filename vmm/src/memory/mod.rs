@@ -1,29 +1,37 @@
-//! Guest RAM: one mapping per `RamRange`, each registered as a KVM memory slot. The mappings
-//! are private anonymous memory, or, with `--memory shared=on`, consecutive pieces of one memfd
-//! so that another process (a vfio-user backend) can map the same pages from the fd.
+//! Guest RAM: the zones of `MemoryConfig` laid into the layout's RAM ranges, one mapping
+//! (and one KVM memory slot) per piece. A zone is private anonymous memory, or a memfd when it
+//! is shared (so another process, a vfio-user backend, can map the same pages from the fd) or
+//! backed by huge pages; `backing` makes each mapping.
 
+pub mod backing;
 pub mod bar_allocator;
 pub mod layout;
 pub mod memslots;
 
-use std::fs::File;
-use std::os::fd::FromRawFd;
 use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestRegionMmap, MmapRegion};
 
-use crate::memory::layout::Layout;
+use crate::config::{Backing, Zone};
+use crate::memory::layout::{ram_pieces, Layout, RamPiece};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     #[error("cannot allocate guest memory: {0}")]
     Allocate(String),
-    #[error("cannot create the memfd for shared guest memory: {0}")]
+    #[error("cannot create the memfd for guest memory: {0}")]
     Memfd(std::io::Error),
-    #[error("cannot size the shared guest memory memfd to {size:#x} bytes: {error}")]
+    #[error("cannot size the guest memory memfd to {size:#x} bytes: {error}")]
     ResizeMemfd { size: u64, error: std::io::Error },
+    #[error("huge pages: {0}")]
+    HugePages(String),
+    #[error("cannot bind guest RAM to host NUMA node {node}: {error}")]
+    HostNode { node: u32, error: std::io::Error },
+    #[error("cannot prefault guest RAM: {0}")]
+    Prefault(std::io::Error),
     #[error("KVM refused memory slot {slot} ({size:#x} bytes at {addr:#x}): {error}")]
     SetSlot {
         slot: u32,
@@ -33,59 +41,82 @@ pub enum MemoryError {
     },
 }
 
-/// Maps guest RAM for `ranges` (guest address, size), without KVM: private anonymous memory,
-/// or with `shared` one memfd mapped MAP_SHARED, range after range at consecutive offsets, so
-/// each region's `file_offset()` is what a vfio-user DMA_MAP must carry.
+/// How a zone is named in messages.
+fn zone_name(z: &Zone) -> String {
+    match &z.id {
+        Some(id) => format!("--memory-zone id={id}"),
+        None => "--memory".into(),
+    }
+}
+
+/// Maps guest RAM without KVM: each zone's pieces, in address order. The pieces of a zone
+/// with a memfd sit at consecutive offsets of it, so each region's `file_offset()` is what a
+/// vfio-user DMA_MAP must carry.
+pub fn map_zones(pieces: &[RamPiece], zones: &[Zone]) -> Result<GuestMemoryMmap, MemoryError> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let files = zones
+        .iter()
+        .map(|z| backing::zone_file(&zone_name(z), z.size, &z.backing, &meminfo))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .map(|f| f.map(Arc::new))
+        .collect::<Vec<_>>();
+    let mut regions = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        let zone = zones
+            .get(p.zone)
+            .ok_or_else(|| MemoryError::Allocate(format!("piece of unknown zone {}", p.zone)))?;
+        let file = files[p.zone]
+            .as_ref()
+            .map(|f| FileOffset::from_arc(f.clone(), p.zone_offset));
+        let mapping: MmapRegion = backing::map_piece(p.size, &zone.backing, file)?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(p.start)).ok_or_else(|| {
+            MemoryError::Allocate(format!("guest address {:#x} overflows", p.start))
+        })?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Allocate(e.to_string()))
+}
+
+/// Maps `ranges` as one zone backed by `backing` (tests and the vfio-user tests).
 pub fn map_guest_memory(
     ranges: &[(GuestAddress, usize)],
     shared: bool,
 ) -> Result<GuestMemoryMmap, MemoryError> {
-    fn allocate(e: impl std::fmt::Display) -> MemoryError {
-        MemoryError::Allocate(e.to_string())
-    }
-    if !shared {
-        return GuestMemoryMmap::<()>::from_ranges(ranges).map_err(allocate);
-    }
-    let file = Arc::new(ram_memfd()?);
-    let total: u64 = ranges.iter().map(|(_, size)| *size as u64).sum();
-    // A memfd grows only through ftruncate; its pages are allocated on first touch, as with
-    // anonymous memory.
-    file.set_len(total)
-        .map_err(|error| MemoryError::ResizeMemfd { size: total, error })?;
     let mut offset = 0u64;
-    let with_files: Vec<(GuestAddress, usize, Option<FileOffset>)> = ranges
+    let pieces: Vec<RamPiece> = ranges
         .iter()
         .map(|&(addr, size)| {
-            let piece = FileOffset::from_arc(file.clone(), offset);
+            let p = RamPiece {
+                start: addr.0,
+                size: size as u64,
+                zone: 0,
+                zone_offset: offset,
+            };
             offset += size as u64;
-            (addr, size, Some(piece))
+            p
         })
         .collect();
-    GuestMemoryMmap::<()>::from_ranges_with_files(&with_files).map_err(allocate)
+    let zone = Zone {
+        id: None,
+        size: offset,
+        backing: Backing {
+            shared,
+            ..Backing::default()
+        },
+    };
+    map_zones(&pieces, &[zone])
 }
 
-fn ram_memfd() -> Result<File, MemoryError> {
-    // SAFETY: the name is a NUL-terminated literal; the call only returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(c"ghvmm-ram".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just created and nothing else owns it.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
-/// Allocates guest RAM and registers it with KVM; returns the memory and the next free slot.
+/// Allocates guest RAM for `zones` and registers it with KVM; returns the memory and the
+/// next free slot.
 pub fn create_guest_memory(
     vm: &VmFd,
     layout: &Layout,
-    shared: bool,
+    zones: &[Zone],
 ) -> Result<(GuestMemoryMmap, u32), MemoryError> {
-    let ranges: Vec<(GuestAddress, usize)> = layout
-        .ram
-        .iter()
-        .map(|r| (GuestAddress(r.start), r.size as usize))
-        .collect();
-    let mem = map_guest_memory(&ranges, shared)?;
+    let sizes: Vec<u64> = zones.iter().map(|z| z.size).collect();
+    let mem = map_zones(&ram_pieces(&layout.ram, &sizes), zones)?;
     let mut slot = 0u32;
     for region in mem.iter() {
         let addr = region.start_addr().0;
@@ -123,6 +154,37 @@ mod tests {
         (GuestAddress(0), 0x10_0000),
         (GuestAddress(0x1_0000_0000), 0x20_0000),
     ];
+
+    #[test]
+    fn each_zone_has_its_own_backing() {
+        let layout = Layout::new(96 << 20, None, 46).unwrap();
+        let zones = [
+            Zone {
+                id: Some("a".into()),
+                size: 32 << 20,
+                backing: Backing::default(),
+            },
+            Zone {
+                id: Some("b".into()),
+                size: 64 << 20,
+                backing: Backing {
+                    shared: true,
+                    ..Backing::default()
+                },
+            },
+        ];
+        let pieces = ram_pieces(&layout.ram, &[32 << 20, 64 << 20]);
+        let mem = map_zones(&pieces, &zones).unwrap();
+        let regions: Vec<_> = mem.iter().collect();
+        assert_eq!(regions.len(), 2);
+        assert!(regions[0].file_offset().is_none());
+        let f = regions[1].file_offset().unwrap();
+        assert_eq!(
+            (f.start(), f.file().metadata().unwrap().len()),
+            (0, 64 << 20)
+        );
+        assert_eq!(regions[1].start_addr(), GuestAddress(32 << 20));
+    }
 
     #[test]
     fn private_memory_has_no_file() {

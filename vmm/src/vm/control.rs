@@ -51,7 +51,7 @@ fn api_error(e: HotplugError) -> ApiError {
 fn config_json(c: &VmConfig) -> serde_json::Value {
     serde_json::json!({
         "cpus": { "boot_vcpus": c.cpus.boot, "max_vcpus": c.cpus.boot },
-        "memory": { "size": c.memory.size, "shared": c.memory.shared },
+        "memory": crate::config::memory::info_json(&c.memory),
         "payload": {
             "kernel": c.kernel.display().to_string(),
             "initramfs": c.initramfs.as_ref().map(|p| p.display().to_string()),
@@ -66,6 +66,7 @@ fn config_json(c: &VmConfig) -> serde_json::Value {
             "cpus": n.cpus,
             "distances": n.distances.iter().map(|(d, v)| serde_json::json!({"destination": d, "distance": v})).collect::<Vec<_>>(),
             "device_id": n.device_id,
+            "memory_zones": (!n.memory_zones.is_empty()).then_some(&n.memory_zones),
         })).collect::<Vec<_>>(),
         "gh": c.gh.as_ref().map(|g| serde_json::json!({
             "slots": g.slots, "nodes": g.nodes, "distance": g.distance, "dsd": g.dsd,

@@ -75,8 +75,12 @@ impl Vm {
                     count: topology.as_ref().map_or(0, |t| t.slots.len() as u16),
                     mmio64_size: s.bar_space,
                 });
-        let layout =
-            Layout::with_segments(cfg.memory.size, cfg.platform.mmio64_size, extra, phys_bits)?;
+        let layout = Layout::with_segments(
+            cfg.memory.total(),
+            cfg.platform.mmio64_size,
+            extra,
+            phys_bits,
+        )?;
         log::info!("guest physical address bits: {phys_bits}; layout: {layout:?}");
 
         let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
@@ -92,7 +96,7 @@ impl Vm {
         .context("KVM_CREATE_PIT2")?;
 
         let (mem, first_free_slot) =
-            crate::memory::create_guest_memory(&vm, &layout, cfg.memory.shared)?;
+            crate::memory::create_guest_memory(&vm, &layout, &cfg.memory.layout_zones())?;
         let slots = Arc::new(parking_lot::Mutex::new(MemSlots::new(
             first_free_slot,
             kvm.get_nr_memslots() as u32,
@@ -135,9 +139,11 @@ impl Vm {
             placed.push(address);
         }
 
+        let zone_sizes: Vec<u64> = cfg.memory.layout_zones().iter().map(|z| z.size).collect();
         let desc = crate::device_manager::acpi_tables::platform_desc(
             cfg.cpus.boot,
             &layout,
+            &zone_sizes,
             topology.as_ref(),
             &placed,
         );
