@@ -29,8 +29,9 @@ use crate::irq::{DeviceIrqs, IrqError};
 pub type OnRequest = Box<dyn FnMut() -> bool + Send>;
 
 /// Called first on the watcher thread, before it polls: where the VMM installs the thread's
-/// seccomp filter (this crate knows nothing of the VMM's filters).
-pub type OnStart = Box<dyn FnOnce() + Send>;
+/// seccomp filter (this crate knows nothing of the VMM's filters). False: the thread ends
+/// at once (the VMM ends the VM rather than let it run unfiltered).
+pub type OnStart = Box<dyn FnOnce() -> bool + Send>;
 
 /// Starts the watcher thread under the given name, running the body: where the VMM decides
 /// what a panic on that thread does to the VM (this crate knows nothing of how a VM ends).
@@ -46,7 +47,7 @@ impl Default for WatcherHooks {
     /// Nothing run first; a plain named thread.
     fn default() -> Self {
         WatcherHooks {
-            on_start: Box::new(|| {}),
+            on_start: Box::new(|| true),
             spawn: Box::new(|name, body| {
                 std::thread::Builder::new()
                     .name(name.to_string())
@@ -112,8 +113,9 @@ impl RequestWatcher {
             Box::new({
                 let (name, stop, signals) = (name.clone(), stop.clone(), signals.clone());
                 move || {
-                    on_start();
-                    watch(&name, &req, &stop, &signals, on_request)
+                    if on_start() {
+                        watch(&name, &req, &stop, &signals, on_request)
+                    }
                 }
             }),
         );
@@ -361,7 +363,10 @@ mod tests {
         let seen = Arc::new(parking_lot::Mutex::new(None));
         let on_start: OnStart = Box::new({
             let seen = seen.clone();
-            move || *seen.lock() = std::thread::current().name().map(String::from)
+            move || {
+                *seen.lock() = std::thread::current().name().map(String::from);
+                true
+            }
         });
         let hooks = WatcherHooks {
             on_start,

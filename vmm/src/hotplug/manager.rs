@@ -174,10 +174,15 @@ impl<B: Backend> Hotplug<B> {
                 warned = true;
             }
             let this = this.clone();
-            let spawned = spawn_guarded("ghvmm-giveback", exit.clone(), move || {
-                crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Hotplug);
-                if let Some(hotplug) = this.upgrade() {
-                    hotplug.give_back(token);
+            let spawned = spawn_guarded("ghvmm-giveback", exit.clone(), {
+                let exit = exit.clone();
+                move || {
+                    if !crate::seccomp::enter_or_end(crate::seccomp::ThreadKind::Hotplug, &exit) {
+                        return;
+                    }
+                    if let Some(hotplug) = this.upgrade() {
+                        hotplug.give_back(token);
+                    }
                 }
             });
             match spawned {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use vfio::WatcherHooks;
 
-use crate::seccomp::{enter_or_log, ThreadKind};
+use crate::seccomp::{enter_or_end, ThreadKind};
 use crate::vm::exit::ExitState;
 use crate::vm::threads::guarded_spawner;
 
@@ -12,7 +12,10 @@ use crate::vm::threads::guarded_spawner;
 /// the host's unbind waiting until ghvmm exits.
 pub(super) fn hooks(exit: Arc<ExitState>) -> WatcherHooks {
     WatcherHooks {
-        on_start: Box::new(|| enter_or_log(ThreadKind::VfioRequest)),
+        on_start: Box::new({
+            let exit = exit.clone();
+            move || enter_or_end(ThreadKind::VfioRequest, &exit)
+        }),
         spawn: guarded_spawner(exit),
     }
 }
