@@ -29,19 +29,16 @@ use std::collections::BTreeMap;
 use std::fs::File;
 
 use arbitrary::Arbitrary;
+use ghvmm_vfio_user::backend::client_interrupts;
 use ghvmm_vfio_user::backend::CONFIG_REGION;
 use ghvmm_vfio_user::fake::{Fake, FakeRegion};
 use ghvmm_vfio_user::{Backend, HostDevice, HostRegion};
-use pci::vfio::config::exposed_capabilities;
 use pci::vfio::interrupts::BarRange;
-use pci::vfio::{
-    check_msix_placement, FunctionInfo, InterruptCaps, RegionInfo, RegionIo, SparseArea,
-};
+use pci::vfio::SparseArea;
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_MMAP,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_REGIONS,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, ServerBackend};
 use vmm_sys_util::tempfile::TempFile;
@@ -384,44 +381,11 @@ fn fake(d: &Device) -> Fake {
     Fake::with(regions, irqs, d.mmap_fd)
 }
 
-/// The host's config region, as the backend reads it.
-struct Config(Fake);
-
-impl RegionIo for Config {
-    fn read(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
-        self.0.read(CONFIG_REGION, offset, data)
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.0.write(CONFIG_REGION, offset, data)
-    }
-}
-
-/// Where the emulated MSI-X table is, found the way the backend finds it: none when the
-/// table or the PBA is in a BAR that cannot trap it (the backend hides MSI-X then).
+/// Where the emulated MSI-X table is, found by the backend's own code: none when the table
+/// or the PBA is in a BAR that cannot trap it (the backend hides MSI-X then).
 fn msix_table(fake: &Fake) -> Option<BarRange> {
-    let cfg = Config(fake.clone());
-    let caps = InterruptCaps::from_device(&exposed_capabilities(&cfg), &cfg);
-    let ranges = caps.msix_ranges();
-    check_msix_placement(&Function(fake.clone()), &ranges).ok()?;
-    ranges.first().copied()
-}
-
-/// The fake as the BAR probe sees a host function.
-struct Function(Fake);
-
-impl FunctionInfo for Function {
-    fn read_config(&self, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
-        self.0.read(CONFIG_REGION, offset, data)
-    }
-    fn bar_region(&self, bar: usize) -> Option<RegionInfo> {
-        let index = VFIO_PCI_BAR0_REGION_INDEX.checked_add(u32::try_from(bar).ok()?)?;
-        let r = self.0.region(index)?;
-        Some(RegionInfo {
-            size: r.size,
-            mmap: r.flags & VFIO_REGION_INFO_FLAG_MMAP != 0,
-            sparse: r.sparse,
-        })
-    }
+    let (caps, _) = client_interrupts(&std::sync::Arc::new(fake.clone()));
+    caps.msix_ranges().first().copied()
 }
 
 // ---------------------------------------------------------------------------------------------

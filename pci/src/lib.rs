@@ -7,12 +7,14 @@
 
 pub mod config;
 pub mod device;
+mod escape;
 pub mod host_bridge;
 pub mod segment;
 pub mod vfio;
 
 pub use config::{BarKind, BarSpec, ConfigSpace};
 pub use device::PciDevice;
+pub use escape::escape_controls;
 pub use host_bridge::HostBridge;
 pub use segment::{ConfigAddress, PciSegment, SLOTS_PER_BUS};
 

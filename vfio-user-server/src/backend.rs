@@ -26,8 +26,8 @@ use std::sync::Arc;
 use pci::vfio::config::{exposed_capabilities, read_bytes};
 use pci::vfio::{
     check_msix_placement, dispatch, probe_bars, AccessKind, BarCounters, BarLayout, FunctionInfo,
-    InterruptCaps, Interrupts, IrqSink, IrqUpdate, Limits, PassthroughConfig, PieceKind,
-    ProbeError, RegionInfo, RegionIo, SharedInterrupts,
+    InterruptCaps, Interrupts, IrqSink, IrqUpdate, Limits, MsixPlacementError, PassthroughConfig,
+    PieceKind, ProbeError, RegionInfo, RegionIo, SharedInterrupts,
 };
 use pci::PciDevice;
 use vfio_bindings::bindings::vfio::{
@@ -113,6 +113,25 @@ impl<H: HostDevice> FunctionInfo for Function<'_, H> {
     }
 }
 
+/// The device's MSI and MSI-X as the client is offered them: MSI-X hidden, with the reason,
+/// when its table or PBA sits where it cannot be trapped. Public so that the fuzz target's
+/// model finds the emulated MSI-X table exactly as `Backend::new` does.
+pub fn client_interrupts<H: HostDevice>(
+    host: &Arc<H>,
+) -> (InterruptCaps, Option<MsixPlacementError>) {
+    let cfg = HostRegionIo {
+        host: host.clone(),
+        index: CONFIG_REGION,
+    };
+    let caps = exposed_capabilities(&cfg);
+    let mut irq_caps = InterruptCaps::from_device(&caps, &cfg);
+    let hidden = check_msix_placement(&Function(host.as_ref()), &irq_caps.msix_ranges()).err();
+    if hidden.is_some() {
+        irq_caps.hide_msix();
+    }
+    (irq_caps, hidden)
+}
+
 /// A BAR the client sees.
 struct Bar {
     index: usize,
@@ -179,15 +198,9 @@ impl<H: HostDevice> Backend<H> {
             .filter(|&s| s != 0)
             .ok_or_else(|| SetupError::Config(format!("{path}: the device has no config region")))?
             .max(MIN_CONFIG_SIZE);
-        let cfg = HostRegionIo {
-            host: host.clone(),
-            index: CONFIG_REGION,
-        };
-        let caps = exposed_capabilities(&cfg);
-        let mut irq_caps = InterruptCaps::from_device(&caps, &cfg);
-        if let Err(e) = check_msix_placement(&Function(host.as_ref()), &irq_caps.msix_ranges()) {
+        let (irq_caps, msix_hidden) = client_interrupts(&host);
+        if let Some(e) = msix_hidden {
             log::warn!("{path}: {e}; MSI-X is hidden from the client");
-            irq_caps.hide_msix();
         }
         let probe = probe_bars(&Function(host.as_ref()), &irq_caps.msix_ranges(), &LIMITS)
             .map_err(|error| match error {

@@ -33,7 +33,7 @@ pub use error::Error;
 pub use irq::{DeviceIrqs, IrqError, IrqKind};
 pub use private_dir::{fresh_private_dir, private_dir};
 pub use region::{FdRegion, HostMapping};
-pub use request::{OnRequest, OnStart, RequestWatcher, WatchError};
+pub use request::{OnRequest, OnStart, RequestWatcher, Spawn, WatchError, WatcherHooks};
 // The vfio-ioctls types this API shows (a `Device` derefs to its `VfioDevice`), from the one
 // version this crate pins, so that callers need no dependency of their own on it.
 pub use vfio_ioctls::{VfioDevice, VfioError, VfioRegionInfoCap};

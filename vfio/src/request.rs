@@ -29,8 +29,33 @@ use crate::irq::{DeviceIrqs, IrqError};
 pub type OnRequest = Box<dyn FnMut() -> bool + Send>;
 
 /// Called first on the watcher thread, before it polls: where the VMM installs the thread's
-/// seccomp filter (this crate knows nothing of the VMM's filters).
-pub type OnStart = Box<dyn FnOnce() + Send>;
+/// seccomp filter (this crate knows nothing of the VMM's filters). False: the thread ends
+/// at once (the VMM ends the VM rather than let it run unfiltered).
+pub type OnStart = Box<dyn FnOnce() -> bool + Send>;
+
+/// Starts the watcher thread under the given name, running the body: where the VMM decides
+/// what a panic on that thread does to the VM (this crate knows nothing of how a VM ends).
+pub type Spawn = Box<dyn FnOnce(&str, Box<dyn FnOnce() + Send>) -> io::Result<JoinHandle<()>>>;
+
+/// What the VMM hooks into the watcher thread (`RequestWatcher::start_with`).
+pub struct WatcherHooks {
+    pub on_start: OnStart,
+    pub spawn: Spawn,
+}
+
+impl Default for WatcherHooks {
+    /// Nothing run first; a plain named thread.
+    fn default() -> Self {
+        WatcherHooks {
+            on_start: Box::new(|| true),
+            spawn: Box::new(|name, body| {
+                std::thread::Builder::new()
+                    .name(name.to_string())
+                    .spawn(body)
+            }),
+        }
+    }
+}
 
 /// Why a request watcher did not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,15 +87,15 @@ impl RequestWatcher {
         device: Arc<dyn DeviceIrqs>,
         on_request: OnRequest,
     ) -> Result<Option<Self>, WatchError> {
-        Self::start_with(name, device, on_request, Box::new(|| {}))
+        Self::start_with(name, device, on_request, WatcherHooks::default())
     }
 
-    /// `start`, with `on_start` run first on the watcher thread.
+    /// `start`, with the thread started by `hooks.spawn` and `hooks.on_start` run first on it.
     pub fn start_with(
         name: String,
         device: Arc<dyn DeviceIrqs>,
         on_request: OnRequest,
-        on_start: OnStart,
+        hooks: WatcherHooks,
     ) -> Result<Option<Self>, WatchError> {
         if !device.has_request_irq() {
             return Ok(None);
@@ -82,15 +107,18 @@ impl RequestWatcher {
             .enable_request(&req)
             .map_err(WatchError::RequestIrq)?;
         let signals = Arc::new(AtomicU64::new(0));
-        let spawned = std::thread::Builder::new()
-            .name("ghvmm-vfio-req".into())
-            .spawn({
+        let WatcherHooks { on_start, spawn } = hooks;
+        let spawned = spawn(
+            "ghvmm-vfio-req",
+            Box::new({
                 let (name, stop, signals) = (name.clone(), stop.clone(), signals.clone());
                 move || {
-                    on_start();
-                    watch(&name, &req, &stop, &signals, on_request)
+                    if on_start() {
+                        watch(&name, &req, &stop, &signals, on_request)
+                    }
                 }
-            });
+            }),
+        );
         match spawned {
             Ok(thread) => Ok(Some(RequestWatcher {
                 name,
@@ -335,9 +363,16 @@ mod tests {
         let seen = Arc::new(parking_lot::Mutex::new(None));
         let on_start: OnStart = Box::new({
             let seen = seen.clone();
-            move || *seen.lock() = std::thread::current().name().map(String::from)
+            move || {
+                *seen.lock() = std::thread::current().name().map(String::from);
+                true
+            }
         });
-        let w = RequestWatcher::start_with("dev".into(), dev.clone(), f, on_start)
+        let hooks = WatcherHooks {
+            on_start,
+            ..WatcherHooks::default()
+        };
+        let w = RequestWatcher::start_with("dev".into(), dev.clone(), f, hooks)
             .unwrap()
             .expect("the device has a request interrupt");
         wait_until("on_start", || seen.lock().is_some());

@@ -6,32 +6,9 @@
 //! would reach the operator's terminal. So every control character in a message is shown
 //! escaped (`\n`, `\r`, `\t`, `\x1b`, `\u{85}`).
 
-use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::io::Write as _;
 
-/// `s` with its control characters written as Rust-style escapes; borrowed when it has none.
-pub fn escape_controls(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() && (c as u32) < 0x80 => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
+use pci::escape_controls;
 
 /// The text of one log line (without its timestamp): level, target and the escaped message.
 pub fn line(record: &log::Record<'_>) -> String {
@@ -57,6 +34,8 @@ pub fn init(default_filter: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
 
     fn logged(message: std::fmt::Arguments<'_>) -> String {

@@ -634,3 +634,22 @@ fn ghvmm_remote_binary() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("remove-device"));
 }
+
+#[test]
+fn ghvmm_remote_into_a_closed_pipe_exits_quietly() {
+    let srv = start("closed-pipe", Limits::default());
+    let sock = srv.socket.to_str().unwrap();
+    // `ghvmm-remote info | head -0`: the reader is gone before anything is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_ghvmm-remote"))
+        .args(["--api-socket", sock, "info"])
+        .env_remove("RUST_LOG")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err:?}");
+    assert!(out.status.success(), "{:?}", out.status);
+}

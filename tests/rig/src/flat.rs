@@ -55,41 +55,20 @@ pub const FIGURES_AT_GATE: &str = r#"figures_at_gate() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shell_test::ShellChecks;
 
     /// Runs `flat_checks` in the host's sh over two `proc_figures` lines; returns the checks'
     /// lines.
     fn judge(before: &str, after: &str, tolerance: u64) -> Vec<String> {
-        let dir = std::env::temp_dir().join(format!(
-            "rig-flat-{}-{}-{}",
-            std::process::id(),
-            before.replace(' ', "."),
-            after.replace(' ', ".")
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("a"), format!("{before}\n")).unwrap();
-        std::fs::write(dir.join("b"), format!("{after}\n")).unwrap();
-        let script = format!(
-            "l2_say() {{ echo \"$*\"; }}\n\
-             l2_check() {{ if [ \"$2\" = 0 ]; then echo \"$1 PASS\"; else echo \"$1 FAIL $3\"; fi; }}\n{}",
-            flat_checks(
-                "x",
-                "after",
-                &dir.join("a").display().to_string(),
-                &dir.join("b").display().to_string(),
-                tolerance
-            )
+        let sh = ShellChecks::new("flat");
+        let checks = flat_checks(
+            "x",
+            "after",
+            &sh.write("a", before),
+            &sh.write("b", after),
+            tolerance,
         );
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("x-"))
-            .map(String::from)
-            .collect()
+        sh.run(&checks, &["x-"])
     }
 
     #[test]
@@ -123,26 +102,19 @@ mod tests {
         );
         // A reading that was never taken fails every check, even after another comparison
         // set the same shell variables.
-        let dir = std::env::temp_dir().join(format!("rig-flat-missing-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("a"), "12 140 4 528000\n").unwrap();
-        let a = dir.join("a").display().to_string();
-        let missing = dir.join("missing").display().to_string();
+        let sh = ShellChecks::new("flat-missing");
+        let a = sh.write("a", "12 140 4 528000");
+        let missing = sh.path("missing");
         let script = format!(
-            "l2_say() {{ :; }}\n\
-             l2_check() {{ if [ \"$2\" = 0 ]; then echo \"$1 PASS\"; else echo \"$1 FAIL\"; fi; }}\n{}{}",
+            "{}{}",
             flat_checks("x", "after", &a, &a, 256),
             flat_checks("y", "after", &a, &missing, 256)
         );
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(String::from)
+        // The verdicts only: the reasons name the empty figures.
+        let lines: Vec<String> = sh
+            .run(&script, &["x-", "y-"])
+            .iter()
+            .map(|l| l.splitn(3, ' ').take(2).collect::<Vec<_>>().join(" "))
             .collect();
         assert_eq!(
             lines,

@@ -285,6 +285,7 @@ pub fn all() -> Vec<Scenario> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shell_test::ShellChecks;
 
     #[test]
     fn the_script_drives_ghvmm_through_the_api() {
@@ -304,31 +305,12 @@ mod tests {
     /// Runs `leak_checks` in the host's sh over the given `kernel_resources` lines (before,
     /// present, after the first, after the last); returns the checks' lines.
     fn leaks(kres: [&str; 4]) -> Vec<String> {
-        let dir = std::env::temp_dir().join(format!(
-            "rig-leak-{}-{}",
-            std::process::id(),
-            kres.join("_").replace(' ', ".")
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let sh = ShellChecks::new("leak");
         for (name, line) in ["kres0", "kresp", "kres1", "kres2"].iter().zip(kres) {
-            std::fs::write(dir.join(name), format!("{line}\n")).unwrap();
+            sh.write(name, line);
         }
-        let script = format!(
-            "l2_say() {{ echo \"$*\"; }}\n\
-             l2_check() {{ if [ \"$2\" = 0 ]; then echo \"$1 PASS\"; else echo \"$1 FAIL $3\"; fi; }}\n{}",
-            leak_checks().replace("/tmp/", &format!("{}/", dir.display()))
-        );
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("leak-"))
-            .map(String::from)
-            .collect()
+        let checks = leak_checks().replace("/tmp/", &sh.path(""));
+        sh.run(&checks, &["leak-"])
     }
 
     #[test]

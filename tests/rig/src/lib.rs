@@ -30,6 +30,8 @@ pub mod retry;
 pub mod scale_scenarios;
 pub mod scenario;
 pub mod setup;
+#[cfg(test)]
+mod shell_test;
 pub mod soak_scenarios;
 pub mod symbols;
 pub mod vfio_scenarios;

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use pci::escape_controls;
 
 use super::body::{AddDeviceBody, AddUserDeviceBody, RemoveDeviceBody};
 use crate::config::DeviceConfig;
@@ -204,21 +205,10 @@ fn one_line(s: &str) -> String {
 /// control characters escaped, so a server cannot write to the terminal.
 fn pretty(body: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(body) {
-        Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_else(|_| escaped(body.trim_end())),
-        Err(_) => escaped(body.trim_end()),
+        Ok(v) => serde_json::to_string_pretty(&v)
+            .unwrap_or_else(|_| escape_controls(body.trim_end()).into_owned()),
+        Err(_) => escape_controls(body.trim_end()).into_owned(),
     }
-}
-
-fn escaped(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Connects, giving up at `deadline`. A connect to a Unix socket whose backlog is full
@@ -584,7 +574,7 @@ mod tests {
         assert_eq!(pretty("text\n"), "text");
         assert_eq!(
             pretty("<html>\r\n\x1b[2Jowned\n\tmore\n"),
-            "<html>\\r\\n\\u{1b}[2Jowned\\n\\tmore"
+            "<html>\\r\\n\\x1b[2Jowned\\n\\tmore"
         );
         assert_eq!(pretty("\"a\nb\""), "\"a\\nb\"");
         assert_eq!(one_line("a\nb\r\nc"), "a b  c");

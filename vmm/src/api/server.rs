@@ -45,13 +45,27 @@ pub fn spawn_with(
     // An inherited fd may have been left non-blocking; the accept thread wants to block.
     listener.set_nonblocking(false)?;
     let limits = Arc::new(limits);
-    thread::Builder::new()
+    // The thread says whether its filter is in before it serves anything: a failed install
+    // fails the start rather than leave the API unfiltered.
+    let (tell, entered) = std::sync::mpsc::sync_channel(1);
+    let thread = thread::Builder::new()
         .name("ghvmm-api".into())
         .spawn(move || {
             // Connection threads start from this one and keep its filter.
-            crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Api);
-            accept_loop(listener, vm, limits)
-        })
+            let filtered = crate::seccomp::enter(crate::seccomp::ThreadKind::Api);
+            let go = filtered.is_ok();
+            let _ = tell.send(filtered);
+            if go {
+                accept_loop(listener, vm, limits)
+            }
+        })?;
+    match entered.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => Err(io::Error::other(e)),
+        Err(_) => Err(io::Error::other(
+            "the API thread ended before it started serving",
+        )),
+    }
 }
 
 const FULL: &str = "too many API connections; try again";

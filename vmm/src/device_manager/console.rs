@@ -72,10 +72,11 @@ impl StdinForwarder {
                 return None;
             }
         };
-        let serial = self.serial;
+        let (serial, exit) = (self.serial, self.exit.clone());
         let spawned = spawn_guarded("stdin", self.exit, move || {
-            crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Stdin);
-            forward(serial)
+            if crate::seccomp::enter_or_end(crate::seccomp::ThreadKind::Stdin, &exit) {
+                forward(serial)
+            }
         });
         match spawned {
             Ok(_) => Some(guard),

@@ -95,9 +95,10 @@ impl ConsoleOut {
             emptied: Condvar::new(),
         });
         let theirs = shared.clone();
-        spawn_guarded("console-out", exit, move || {
-            crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::ConsoleOut);
-            run(&theirs, out)
+        spawn_guarded("console-out", exit.clone(), move || {
+            if crate::seccomp::enter_or_end(crate::seccomp::ThreadKind::ConsoleOut, &exit) {
+                run(&theirs, out)
+            }
         })?;
         Ok((ConsoleOut(shared.clone()), QueueWriter(shared)))
     }

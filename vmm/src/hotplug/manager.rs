@@ -17,6 +17,8 @@ use super::placement::{self, Placement};
 use super::removal::{give_back, EjectSteps, GiveBack};
 use super::{Backend, HotplugError, OnHostRequest, VmResources};
 use crate::config::DeviceSource;
+use crate::vm::exit::ExitState;
+use crate::vm::threads::spawn_guarded;
 
 /// The VM's passed-through devices and the policy of attaching and removing them, over the
 /// VM side `B` (the VM's `VmResources`; a fake in the tests).
@@ -31,6 +33,8 @@ pub struct Hotplug<B: Backend = VmResources> {
     /// Signalled (with `attached`) when a removal ends, for a give-back waiting its turn.
     removal_ended: Condvar,
     eject_timeout: Duration,
+    /// Where a panic on a give-back thread ends the VM.
+    exit: Arc<ExitState>,
     /// Itself, for the request watchers' callbacks (a weak reference: the devices it holds
     /// hold them).
     this: Weak<Self>,
@@ -44,14 +48,16 @@ struct Placed {
 }
 
 impl<B: Backend> Hotplug<B> {
-    /// `eject_timeout`: how long a removal waits for the guest's eject (`EJECT_TIMEOUT`).
-    pub fn new(backend: B, eject_timeout: Duration) -> Arc<Self> {
+    /// `eject_timeout`: how long a removal waits for the guest's eject (`EJECT_TIMEOUT`);
+    /// `exit`: the VM's, which a panic on a give-back thread ends.
+    pub fn new(backend: B, eject_timeout: Duration, exit: Arc<ExitState>) -> Arc<Self> {
         Arc::new_cyclic(|this| Hotplug {
             backend,
             attached: Mutex::new(Registry::default()),
             ops: Mutex::new(()),
             removal_ended: Condvar::new(),
             eject_timeout,
+            exit,
             this: this.clone(),
         })
     }
@@ -157,7 +163,7 @@ impl<B: Backend> Hotplug<B> {
     /// Starts the device's request watcher: when the host asks for the device, one warning
     /// is logged and `give_back` starts on a thread of its own.
     fn watch_host_requests(&self, id: &str, path: &Path, token: Token, device: &B::Device) {
-        let this = self.this.clone();
+        let (this, exit) = (self.this.clone(), self.exit.clone());
         let (name, shown) = (id.to_string(), path.display().to_string());
         let mut warned = false;
         let on_request: OnHostRequest = Box::new(move || {
@@ -168,14 +174,17 @@ impl<B: Backend> Hotplug<B> {
                 warned = true;
             }
             let this = this.clone();
-            let spawned = std::thread::Builder::new()
-                .name("ghvmm-giveback".into())
-                .spawn(move || {
-                    crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::Hotplug);
+            let spawned = spawn_guarded("ghvmm-giveback", exit.clone(), {
+                let exit = exit.clone();
+                move || {
+                    if !crate::seccomp::enter_or_end(crate::seccomp::ThreadKind::Hotplug, &exit) {
+                        return;
+                    }
                     if let Some(hotplug) = this.upgrade() {
                         hotplug.give_back(token);
                     }
-                });
+                }
+            });
             match spawned {
                 Ok(_) => true,
                 Err(e) => {

@@ -19,6 +19,7 @@ use crate::memory::bar_allocator::{BarAllocator, Window};
 use crate::memory::layout::{ExtraSegments, Layout, GIB, MIB};
 use crate::memory::memslots::MemSlots;
 use crate::passthrough::VfioSetupError;
+use crate::vm::exit::{ExitReason, ExitState};
 
 mod interleavings;
 
@@ -155,6 +156,8 @@ struct State {
     fail_assign: bool,
     fail_announce_added: bool,
     fail_announce_removal: bool,
+    /// Whether asking the guest to eject panics (a bug in the VM side).
+    panic_announce_removal: bool,
     /// Whether the guest ejects a device as soon as it is asked to.
     guest_ejects: bool,
     assigned: Vec<FakeDevice>,
@@ -172,6 +175,8 @@ struct FakeVm {
     ejects: Ejects,
     state: Mutex<State>,
     resources: Mutex<Resources>,
+    /// The VM's end, which a panic on a `Hotplug` thread sets.
+    exit: Arc<ExitState>,
 }
 
 impl FakeVm {
@@ -193,6 +198,7 @@ impl FakeVm {
                 ..State::default()
             }),
             resources: Mutex::new(Resources::new(gh_slots)),
+            exit: Arc::new(ExitState::default()),
         })
     }
 
@@ -359,6 +365,10 @@ impl Backend for Arc<FakeVm> {
     fn announce_removal(&self, segment: u16, slot: u8) -> Result<(), String> {
         self.call(format!("removal {segment}:{slot}"));
         let state = self.state();
+        if state.panic_announce_removal {
+            drop(state);
+            panic!("slot {segment}:{slot} has no eject state");
+        }
         if state.fail_announce_removal {
             return Err(fault("GED interrupt"));
         }
@@ -373,7 +383,7 @@ type Vm = Arc<Hotplug<Arc<FakeVm>>>;
 
 fn vm(gh_slots: u16) -> (Vm, Arc<FakeVm>) {
     let fake = FakeVm::new(gh_slots);
-    (Hotplug::new(fake.clone(), TIMEOUT), fake)
+    (Hotplug::new(fake.clone(), TIMEOUT, fake.exit.clone()), fake)
 }
 
 fn at(segment: u16, device: u8) -> PciAddress {
@@ -796,7 +806,7 @@ fn a_late_host_request_never_removes_a_newer_device_with_the_same_id() {
 fn a_removal_waiting_for_the_guest_blocks_no_other_add_or_remove() {
     let fake = FakeVm::new(0);
     // Long enough that a test waiting for it would stand out.
-    let vm: Vm = Hotplug::new(fake.clone(), Duration::from_secs(30));
+    let vm: Vm = Hotplug::new(fake.clone(), Duration::from_secs(30), fake.exit.clone());
     add(&vm, "/stuck", Some("stuck"), Placement::Segment0).unwrap();
     add(&vm, "/b", Some("b"), Placement::Segment0).unwrap();
     fake.state().guest_ejects = false;
@@ -841,7 +851,7 @@ fn a_removal_waiting_for_the_guest_blocks_no_other_add_or_remove() {
 #[test]
 fn a_host_request_during_a_pending_removal_waits_for_it() {
     let fake = FakeVm::new(0);
-    let vm: Vm = Hotplug::new(fake.clone(), Duration::from_secs(30));
+    let vm: Vm = Hotplug::new(fake.clone(), Duration::from_secs(30), fake.exit.clone());
     add(&vm, "/a", Some("gpu0"), Placement::Segment0).unwrap();
     fake.state().guest_ejects = false;
     fake.calls();
@@ -868,4 +878,18 @@ fn a_host_request_during_a_pending_removal_waits_for_it() {
     host.join().unwrap();
     assert_eq!(fake.calls(), strings(&["unplug 0:1", "teardown /a"]));
     assert!(vm.attached().is_empty());
+}
+
+#[test]
+fn a_panic_on_a_give_back_thread_ends_the_vm_with_a_fault() {
+    let (vm, fake) = vm(0);
+    add(&vm, "/a", Some("gpu0"), Placement::Segment0).unwrap();
+    fake.state().panic_announce_removal = true;
+    host_asks(&vm, || fake.host_asks("/a"));
+    assert_eq!(
+        fake.exit.wait_for(Duration::from_secs(10)),
+        Some(ExitReason::Fault(
+            "thread 'ghvmm-giveback' panicked: slot 0:1 has no eject state".into()
+        ))
+    );
 }

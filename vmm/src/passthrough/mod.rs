@@ -19,6 +19,7 @@ mod bar;
 mod host;
 mod irq;
 pub mod user;
+mod watcher;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ use crate::device_manager::irq_routing::GsiRouting;
 use crate::memory::bar_allocator::{BarAllocator, Window};
 use crate::memory::layout::{SegmentLayout, PAGE_SIZE};
 use crate::memory::memslots::MemSlots;
+use crate::vm::exit::ExitState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioSetupError {
@@ -121,6 +123,8 @@ pub struct PassthroughVm {
     pub containers: Containers,
     pub slots: Arc<Mutex<MemSlots>>,
     pub routing: Arc<GsiRouting>,
+    /// Where a panic on a device's own thread (its request watcher) ends the VM.
+    pub exit: Arc<ExitState>,
 }
 
 impl PassthroughVm {
@@ -237,13 +241,11 @@ impl PassthroughDevice {
             return Ok(false);
         };
         let device: Arc<dyn DeviceIrqs> = device.clone();
-        let on_start: vfio::OnStart =
-            Box::new(|| crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::VfioRequest));
         let watcher = RequestWatcher::start_with(
             self.path.display().to_string(),
             device,
             on_request,
-            on_start,
+            watcher::hooks(self.vm.exit.clone()),
         )?;
         let watching = watcher.is_some();
         live.request = watcher;

@@ -1,7 +1,8 @@
 //! Seccomp filters, one list of allowed syscalls per kind of ghvmm thread, as Cloud
 //! Hypervisor and Firecracker do. `init` compiles every filter once at start (so a bad list
 //! fails the start, not a thread later); each thread calls `enter` with its kind first thing,
-//! which installs its filter on that thread only (no TSYNC: the threads' lists differ).
+//! which installs its filter on that thread only (no TSYNC: the threads' lists differ). A
+//! filter that cannot be installed ends the VM: no thread runs unfiltered.
 //!
 //! `--seccomp true` kills the process on a syscall outside the thread's list (SIGSYS),
 //! `log` lets it through and has the kernel log it (audit type=1326), `false` installs
@@ -13,6 +14,8 @@ mod rules;
 use std::sync::OnceLock;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+use crate::vm::exit::{ExitReason, ExitState};
 
 /// `--seccomp`, in Cloud Hypervisor's syntax.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -128,6 +131,17 @@ impl Filters {
     }
 }
 
+/// Installs a kind's filter on the calling thread: `Filters`, or a failing one in the tests.
+pub trait Installer {
+    fn install(&self, kind: ThreadKind) -> Result<(), SeccompError>;
+}
+
+impl Installer for Filters {
+    fn install(&self, kind: ThreadKind) -> Result<(), SeccompError> {
+        self.apply(kind)
+    }
+}
+
 /// The filters of this process: set once by `init`; unset (tests, `ghvmm-remote`) means no
 /// filtering.
 static FILTERS: OnceLock<Option<Filters>> = OnceLock::new();
@@ -148,11 +162,23 @@ pub fn enter(kind: ThreadKind) -> Result<(), SeccompError> {
     }
 }
 
-/// `enter`, for a thread that goes on without its filter when it cannot be installed (the
-/// error is logged): what every thread started after the VM is up calls first.
-pub fn enter_or_log(kind: ThreadKind) {
-    if let Err(e) = enter(kind) {
-        log::error!("{e}; the thread runs unfiltered");
+/// `enter`, for a thread of a running VM: what each calls first. When the filter cannot be
+/// installed the VM ends with the error (exit code 1) and false is returned: the thread
+/// must return at once rather than run unfiltered.
+pub fn enter_or_end(kind: ThreadKind, exit: &ExitState) -> bool {
+    match FILTERS.get() {
+        Some(Some(filters)) => enter_or_end_with(filters, kind, exit),
+        _ => true,
+    }
+}
+
+fn enter_or_end_with(installer: &dyn Installer, kind: ThreadKind, exit: &ExitState) -> bool {
+    match installer.install(kind) {
+        Ok(()) => true,
+        Err(e) => {
+            exit.request(ExitReason::Fault(e.to_string()));
+            false
+        }
     }
 }
 

@@ -119,3 +119,29 @@ fn enter_without_init_installs_nothing() {
     // SAFETY: as above.
     assert!(unsafe { libc::syscall(libc::SYS_getppid) } > 0);
 }
+
+/// An installer whose every install fails, as the kernel refuses one (EINVAL).
+struct Refused;
+
+impl Installer for Refused {
+    fn install(&self, kind: ThreadKind) -> Result<(), SeccompError> {
+        Err(SeccompError::Install {
+            kind,
+            source: seccompiler::Error::Seccomp(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        })
+    }
+}
+
+#[test]
+fn a_filter_that_cannot_be_installed_ends_the_vm() {
+    let exit = ExitState::default();
+    assert!(!enter_or_end_with(&Refused, ThreadKind::Hotplug, &exit));
+    let reason = exit.wait_for(std::time::Duration::ZERO);
+    assert_eq!(
+        reason,
+        Some(ExitReason::Fault(
+            "seccomp: cannot install the filter of a Hotplug thread: Error calling `seccomp`: Invalid argument (os error 22)".into()
+        ))
+    );
+    assert_eq!(reason.map(|r| r.code()), Some(1));
+}

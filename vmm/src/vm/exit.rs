@@ -49,6 +49,19 @@ impl ExitState {
             self.cv.wait(&mut r);
         }
     }
+
+    /// `wait`, giving up after `timeout`: for the tests of threads that end the VM.
+    #[cfg(test)]
+    pub fn wait_for(&self, timeout: std::time::Duration) -> Option<ExitReason> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut r = self.reason.lock();
+        while r.is_none() {
+            if self.cv.wait_until(&mut r, deadline).timed_out() {
+                break;
+            }
+        }
+        r.clone()
+    }
 }
 
 #[cfg(test)]

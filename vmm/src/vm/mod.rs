@@ -115,6 +115,7 @@ impl Vm {
                     containers: Containers::default(),
                     slots,
                     routing,
+                    exit: exit.clone(),
                 }),
                 segments: devices.pci_segments.clone(),
                 layout: layout.clone(),
@@ -124,6 +125,7 @@ impl Vm {
                 ejects: devices.ejects.clone(),
             },
             EJECT_TIMEOUT,
+            exit.clone(),
         );
         let mut placed = Vec::new();
         for (index, d) in cfg.devices.iter().enumerate() {

@@ -1,4 +1,5 @@
-//! The VM's own threads (vCPUs, console input and output, the register dump): a panic in
+//! The VM's own threads (vCPUs, console input and output, the register dump, the VFIO
+//! request watchers and the hot plug give-backs): a panic in
 //! one of them must not leave the VM hung while the API still says "Running", so each runs
 //! under `spawn_guarded`, which turns a panic into the VM's exit with an error naming the
 //! thread.
@@ -29,6 +30,11 @@ where
                 )));
             }
         })
+}
+
+/// `spawn_guarded` as a `vfio::Spawn`, for threads another crate starts for the VM.
+pub fn guarded_spawner(exit: Arc<ExitState>) -> vfio::Spawn {
+    Box::new(move |name, body| spawn_guarded(name, exit, body))
 }
 
 /// The message of a panic's payload (`panic!` gives a `&str` or a `String`).

@@ -25,8 +25,7 @@ const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 pub fn spawn(mut ctx: VcpuContext) -> std::io::Result<JoinHandle<()>> {
     let (name, exit) = (format!("vcpu{}", ctx.index), ctx.exit.clone());
     crate::vm::threads::spawn_guarded(&name, exit, move || {
-        if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::Vcpu) {
-            ctx.exit.request(ExitReason::Fault(e.to_string()));
+        if !crate::seccomp::enter_or_end(crate::seccomp::ThreadKind::Vcpu, &ctx.exit) {
             return;
         }
         if let Err(reason) = run(&mut ctx) {

@@ -39,9 +39,10 @@ pub fn spawn_listener(
     vcpus: Arc<Mutex<Vec<JoinHandle<()>>>>,
     exit: Arc<crate::vm::exit::ExitState>,
 ) -> std::io::Result<()> {
-    crate::vm::threads::spawn_guarded("regdump", exit, move || {
-        crate::seccomp::enter_or_log(crate::seccomp::ThreadKind::RegDump);
-        listen(&vcpus)
+    crate::vm::threads::spawn_guarded("regdump", exit.clone(), move || {
+        if crate::seccomp::enter_or_end(crate::seccomp::ThreadKind::RegDump, &exit) {
+            listen(&vcpus)
+        }
     })
     .map(|_| ())
 }

@@ -420,7 +420,7 @@ fn run_case(seed: u64) {
     let gh_slots = rng.below(u64::from(MAX_GH_SLOTS) + 1) as u16;
     let fake = FakeVm::new(gh_slots);
     // No wait for an eject: the fake guest ejects at once or never.
-    let vm = Hotplug::new(fake.clone(), Duration::ZERO);
+    let vm = Hotplug::new(fake.clone(), Duration::ZERO, fake.exit.clone());
     // Functions that are not `Hotplug`'s in segment 0, often nearly all of it, so that a
     // segment fills up.
     let others = match rng.below(3) {

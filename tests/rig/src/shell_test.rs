@@ -1,0 +1,62 @@
+//! For the unit tests of the rig's shell fragments (checks L2 runs): runs a fragment in the
+//! host's sh over files in a scratch directory, with stub `l2_say` and `l2_check` that print
+//! what L2 would report, and keeps the check lines.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Stubs of L2's helpers: `l2_say` echoes, `l2_check NAME STATUS REASON` prints
+/// `NAME PASS` or `NAME FAIL REASON`.
+const STUBS: &str = "l2_say() { echo \"$*\"; }\n\
+    l2_check() { if [ \"$2\" = 0 ]; then echo \"$1 PASS\"; else echo \"$1 FAIL $3\"; fi; }\n";
+
+/// A scratch directory for a fragment's input files, removed on drop.
+pub struct ShellChecks {
+    dir: PathBuf,
+}
+
+impl ShellChecks {
+    /// A fresh directory: tests run in parallel, and one test may make several.
+    pub fn new(name: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "rig-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        ShellChecks { dir }
+    }
+
+    /// The path of `file` in the directory.
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// Writes `line` and a newline to `file`; returns its path.
+    pub fn write(&self, file: &str, line: &str) -> String {
+        let path = self.path(file);
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        path
+    }
+
+    /// Runs `fragment` after the stubs; the output lines that start with one of `prefixes`.
+    pub fn run(&self, fragment: &str, prefixes: &[&str]) -> Vec<String> {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{STUBS}{fragment}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for ShellChecks {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
