@@ -420,7 +420,7 @@ mod tests {
                 shared: false,
             },
             serial: SerialConfig::Off,
-            platform: PlatformConfig { mmio64_size: None },
+            platform: PlatformConfig::default(),
             devices: devices
                 .iter()
                 .map(|d| DeviceConfig::parse(d).unwrap())

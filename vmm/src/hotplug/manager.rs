@@ -17,6 +17,7 @@ use super::placement::{self, Placement};
 use super::removal::{give_back, EjectSteps, GiveBack};
 use super::{Backend, HotplugError, OnHostRequest, VmResources};
 use crate::config::DeviceSource;
+use crate::event_monitor::EventSink;
 
 /// The VM's passed-through devices and the policy of attaching and removing them, over the
 /// VM side `B` (the VM's `VmResources`; a fake in the tests).
@@ -31,6 +32,8 @@ pub struct Hotplug<B: Backend = VmResources> {
     /// Signalled (with `attached`) when a removal ends, for a give-back waiting its turn.
     removal_ended: Condvar,
     eject_timeout: Duration,
+    /// `--event-monitor`: device-added and device-removed.
+    events: EventSink,
     /// Itself, for the request watchers' callbacks (a weak reference: the devices it holds
     /// hold them).
     this: Weak<Self>,
@@ -46,12 +49,18 @@ struct Placed {
 impl<B: Backend> Hotplug<B> {
     /// `eject_timeout`: how long a removal waits for the guest's eject (`EJECT_TIMEOUT`).
     pub fn new(backend: B, eject_timeout: Duration) -> Arc<Self> {
+        Self::with_events(backend, eject_timeout, crate::event_monitor::global())
+    }
+
+    /// `new`, reporting hot plug events to `events` instead of the process's monitor.
+    pub fn with_events(backend: B, eject_timeout: Duration, events: EventSink) -> Arc<Self> {
         Arc::new_cyclic(|this| Hotplug {
             backend,
             attached: Mutex::new(Registry::default()),
             ops: Mutex::new(()),
             removal_ended: Condvar::new(),
             eject_timeout,
+            events,
             this: this.clone(),
         })
     }
@@ -102,6 +111,11 @@ impl<B: Backend> Hotplug<B> {
             self.detach_locked(placed.token);
             return Err(HotplugError::Notify(e));
         }
+        self.events.emit(
+            "vm",
+            "device-added",
+            &[("id", placed.id.clone()), ("bdf", a.to_string())],
+        );
         Ok((placed.id, placed.address))
     }
 
@@ -331,7 +345,13 @@ impl<B: Backend> Removal<'_, B> {
     /// Detaches the device; false if it is no longer attached.
     fn detach_now(&self) -> bool {
         let _ops = self.hotplug.ops.lock();
-        self.hotplug.detach_locked(self.token)
+        let detached = self.hotplug.detach_locked(self.token);
+        if detached {
+            self.hotplug
+                .events
+                .emit("vm", "device-removed", &[("id", self.id.clone())]);
+        }
+        detached
     }
 }
 
