@@ -466,6 +466,7 @@ fn vm_config(v: &VmInput) -> VmConfig {
                 255 => GhSlotRequest::Auto,
                 k => GhSlotRequest::Index(u16::from(k)),
             }),
+            pci_segment: None,
         })
         .collect();
     let numa = v
@@ -512,6 +513,7 @@ fn vm_config(v: &VmInput) -> VmConfig {
         serial: SerialConfig::Off,
         platform: PlatformConfig {
             mmio64_size: v.mmio64_log2.map(|x| 1u64 << (30 + x % 24)),
+            num_pci_segments: None,
         },
         devices,
         numa,

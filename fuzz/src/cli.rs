@@ -329,11 +329,15 @@ pub fn check_topology(t: &Topology, boot: u8) {
 }
 
 fn argv(args: &[&str]) {
-    let cli = match Cli::try_parse_from(std::iter::once("ghvmm").chain(args.iter().copied())) {
+    let cli = match Cli::parse_from_args(std::iter::once("ghvmm").chain(args.iter().copied())) {
         Ok(c) => c,
-        Err(e) => {
+        Err(vmm::config::cli::ParseError::Clap(e)) => {
             // main.rs prints the first line of clap's message.
             let _ = vmm::api::client::arg_error_line(&e);
+            return;
+        }
+        Err(e) => {
+            one_line(&e);
             return;
         }
     };

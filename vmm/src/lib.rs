@@ -7,6 +7,7 @@ pub mod api;
 pub mod arch;
 pub mod config;
 pub mod device_manager;
+pub mod event_monitor;
 pub mod fd_limit;
 pub mod hotplug;
 pub mod logging;

@@ -22,14 +22,18 @@ pub fn line(record: &log::Record<'_>) -> String {
 }
 
 /// Installs the logger: `RUST_LOG` if set, else `default_filter`; timestamps in
-/// milliseconds, one line per record.
-pub fn init(default_filter: &str) {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
-        .format(|buf, record| {
-            let ts = buf.timestamp_millis();
-            writeln!(buf, "[{ts} {}", line(record))
-        })
-        .init();
+/// milliseconds, one line per record; to `file` (`--log-file`) if given, else stderr.
+pub fn init(default_filter: &str, file: Option<std::fs::File>) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter));
+    builder.format(|buf, record| {
+        let ts = buf.timestamp_millis();
+        writeln!(buf, "[{ts} {}", line(record))
+    });
+    if let Some(file) = file {
+        builder.target(env_logger::Target::Pipe(Box::new(file)));
+    }
+    builder.init();
 }
 
 #[cfg(test)]

@@ -7,24 +7,27 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::Parser;
 
-use vmm::config::cli::Cli;
+use vmm::config::cli::{Cli, ParseError};
+use vmm::config::EventMonitorConfig;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_from_args(std::env::args_os()) {
         Ok(cli) => cli,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+        Err(ParseError::Clap(e))
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) =>
+        {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
+        Err(ParseError::Clap(e)) => {
             // clap's message has a usage block after the first line; one line is the contract.
             let rendered = e.render().to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
             return fail(&format!("{first} (see --help)"));
         }
+        Err(e) => return fail(&e.to_string()),
     };
     // vfio-ioctls warns about routine things (a device without an error IRQ); keep its
     // warnings for -v and up so a plain run's stderr is ghvmm's own.
@@ -34,12 +37,35 @@ fn main() -> ExitCode {
         2 => "debug",
         _ => "trace",
     };
-    vmm::logging::init(level);
+    let log_file = match &cli.log_file {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Some(f),
+            Err(e) => return fail(&format!("--log-file {}: {e}", path.display())),
+        },
+        None => None,
+    };
+    vmm::logging::init(level, log_file);
 
+    let monitor = match cli.event_monitor_config() {
+        Ok(m) => m,
+        Err(e) => return fail(&e.to_string()),
+    };
     let cfg = match cli.into_config() {
         Ok(cfg) => cfg,
         Err(e) => return fail(&e.to_string()),
     };
+    if let Some(m) = &monitor {
+        match vmm::event_monitor::open(m) {
+            Ok(file) => vmm::event_monitor::install(file),
+            Err(e) => {
+                let given = match m {
+                    EventMonitorConfig::Path(p) => format!("path={}", p.display()),
+                    EventMonitorConfig::Fd(fd) => format!("fd={fd}"),
+                };
+                return fail(&format!("--event-monitor: {given}: {e}"));
+            }
+        }
+    }
     match vmm::vm::run(&cfg) {
         Ok(reason) => {
             let _ = std::io::stdout().flush();

@@ -607,7 +607,7 @@ fn ghvmm_remote_binary() {
             "add-device",
             "path=/p,iommu=on"
         ])),
-        "ghvmm-remote: error: add-device: unknown parameter 'iommu' (accepted: path, id, gh_slot)"
+        "ghvmm-remote: error: add-device: parameter 'iommu' is not supported by ghvmm (accepted: path, id, gh_slot, pci_segment)"
     );
     let e = one_error_line(&ghvmm_remote(&[
         "--api-socket",

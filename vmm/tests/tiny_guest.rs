@@ -256,6 +256,11 @@ fn bad_invocations_fail_with_one_line() {
         vec!["--kernel", k, "--cpus", "boot=0"],
         vec!["--kernel", "/etc/hostname"],
         vec![],
+        vec!["--kernel", k, "--disk", "path=/d.img", "path=/e.img"],
+        vec!["--kernel", k, "--watchdog"],
+        vec!["--kernel", k, "--device", "path=/a,iommu=on"],
+        vec!["--kernel", k, "--event-monitor", "fd=1"],
+        vec!["--kernel", k, "--log-file", "/nonexistent/dir/log"],
     ] {
         let o = ghvmm(&args);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
@@ -264,6 +269,52 @@ fn bad_invocations_fail_with_one_line() {
         assert!(lines[0].starts_with("ghvmm: error: "), "{lines:?}");
         assert!(!lines[0].contains("panicked"), "{lines:?}");
     }
+}
+
+#[test]
+fn log_file_and_event_monitor() {
+    let mut code = print("hi");
+    code.extend(outb(0x600, S5));
+    code.extend(HALT_FOREVER);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let (log, events) = (dir.join("ghvmm.log"), dir.join("events.json"));
+    let log_arg = log.to_str().unwrap();
+    let ev_arg = format!("path={}", events.display());
+    let o = run_code(
+        "events.bin",
+        &code,
+        &["-v", "--log-file", log_arg, "--event-monitor", &ev_arg],
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert!(o.stderr.is_empty(), "the log went to stderr: {o:?}");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("INFO  vmm::vm] guest physical address bits"),
+        "{log}"
+    );
+    let text = std::fs::read_to_string(&events).unwrap();
+    let names: Vec<String> = serde_json::Deserializer::from_str(&text)
+        .into_iter::<serde_json::Value>()
+        .map(|e| {
+            let e = e.unwrap();
+            assert!(e["timestamp"]["secs"].is_u64(), "{e}");
+            format!(
+                "{}/{}",
+                e["source"].as_str().unwrap(),
+                e["event"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "vmm/starting",
+            "vm/booting",
+            "vm/booted",
+            "vm/shutdown",
+            "vmm/shutdown"
+        ]
+    );
 }
 
 #[test]

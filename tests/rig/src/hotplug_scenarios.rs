@@ -219,14 +219,18 @@ fn hotplug_gh_scenario() -> Scenario {
             "ghvmm.vfio=hotplug ghvmm.gh_mode=kernel_pads ghvmm.gh_len={len} \
              ghvmm.cycles={CYCLES} ghvmm.bdf=0001:00:00.0 ghvmm.numa=report"
         ))
-        .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock");
+        .vmm_args(
+            "--gh slots=1 --api-socket path=/tmp/api.sock --event-monitor path=/tmp/events.json",
+        );
     let script = format!(
         "{bind}{start}\
          $R ping > /dev/null\n\
          l2_check api-ping $? 'vmm.ping failed'\n\
          {cycles}\
          finish_l3 120\n\
-         l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
+         l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n\
+         {events}",
+        events = event_checks(),
         bind = bind_variant("kernel_pads", len, ""),
         start = start_api_guest(&l3.command()),
         cycles = cycles_script(
@@ -255,6 +259,8 @@ fn hotplug_gh_scenario() -> Scenario {
         "api-unknown-id",
         "api-not-vfio",
         "api-no-such-slot",
+        "events-hotplug",
+        "events-lifecycle",
     ]);
     // The nodes reserved at boot, and the SRAT naming the address the device arrived at.
     let numa = NumaExpect::gh("0-1", 1, 8, 20);
@@ -275,6 +281,23 @@ fn hotplug_gh_scenario() -> Scenario {
             l3,
         )
     }
+}
+
+/// Shell: the `--event-monitor` file ghvmm wrote (/tmp/events.json, Cloud Hypervisor's
+/// pretty-printed events) once it has exited: one device-added (the first at the GH slot's
+/// BDF) and one device-removed per cycle, the API's refusals none (`events-hotplug`), and the
+/// boot and shutdown around them (`events-lifecycle`).
+fn event_checks() -> String {
+    format!(
+        r#"count_event() {{ grep -c "\"event\": \"$1\"" /tmp/events.json; }}
+added=$(count_event device-added); removed=$(count_event device-removed)
+l2_say "@@FACT events $(count_event booted) booted, $added device-added, $removed device-removed, $(count_event shutdown) shutdown"
+[ "$added" = {CYCLES} ] && [ "$removed" = {CYCLES} ] && grep -q '"bdf": "0001:00:00.0"' /tmp/events.json
+l2_check events-hotplug $? "device-added $added, device-removed $removed times (want {CYCLES} each, bdf 0001:00:00.0)"
+[ "$(count_event booting)" = 1 ] && [ "$(count_event booted)" = 1 ] && [ "$(count_event shutdown)" = 2 ]
+l2_check events-lifecycle $? "booting $(count_event booting), booted $(count_event booted), shutdown (vm and vmm) $(count_event shutdown) (want 1, 1, 2)"
+"#
+    )
 }
 
 /// The hot-plug scenarios, in run order.
@@ -349,6 +372,73 @@ mod tests {
             ["", "12 1 500000", "10 0 528116", "10 0 528140"],
             "leak-fds",
         );
+    }
+
+    /// Runs `event_checks` in the host's sh over an events file with `cycles` add/remove
+    /// pairs, written as ghvmm writes it; returns the checks' lines.
+    fn events(cycles: u32, shutdowns: u32) -> Vec<String> {
+        let dir = std::env::temp_dir().join(format!(
+            "rig-events-{}-{cycles}-{shutdowns}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        // As ghvmm writes them: Cloud Hypervisor's pretty-printed object and an empty line.
+        let ev = |source: &str, event: &str, properties: serde_json::Value| {
+            let e = serde_json::json!({
+                "timestamp": {"secs": 1, "nanos": 2},
+                "source": source,
+                "event": event,
+                "properties": properties,
+            });
+            serde_json::to_string_pretty(&e).unwrap() + "\n\n"
+        };
+        let none = serde_json::Value::Null;
+        let mut text = ev("vmm", "starting", none.clone())
+            + &ev("vm", "booting", none.clone())
+            + &ev("vm", "booted", none.clone());
+        for _ in 0..cycles {
+            text += &ev(
+                "vm",
+                "device-added",
+                serde_json::json!({"bdf": "0001:00:00.0", "id": "gpu0"}),
+            );
+            text += &ev("vm", "device-removed", serde_json::json!({"id": "gpu0"}));
+        }
+        for source in ["vm", "vmm"].iter().take(shutdowns as usize) {
+            text += &ev(source, "shutdown", none.clone());
+        }
+        std::fs::write(dir.join("events.json"), text).unwrap();
+        let script = format!(
+            "l2_say() {{ echo \"$*\"; }}\n\
+             l2_check() {{ if [ \"$2\" = 0 ]; then echo \"$1 PASS\"; else echo \"$1 FAIL $3\"; fi; }}\n{}",
+            event_checks().replace("/tmp/", &format!("{}/", dir.display()))
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("events-"))
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn event_checks_count_the_events_ghvmm_wrote() {
+        assert_eq!(
+            events(CYCLES, 2),
+            ["events-hotplug PASS", "events-lifecycle PASS"]
+        );
+        let out = events(CYCLES - 1, 2);
+        assert!(
+            out[0].starts_with("events-hotplug FAIL device-added 20"),
+            "{out:?}"
+        );
+        let out = events(CYCLES, 1);
+        assert!(out[1].starts_with("events-lifecycle FAIL"), "{out:?}");
     }
 
     #[test]

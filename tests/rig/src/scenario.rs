@@ -166,6 +166,9 @@ fn boot_scenarios() -> Vec<Scenario> {
                 "device-not-vfio",
                 "device-missing",
                 "device-duplicate-id",
+                "unsupported-option",
+                "unsupported-option-named",
+                "unsupported-key-named",
             ],
             ..Scenario::l2_only(
                 "boot-bad-args",
@@ -176,7 +179,13 @@ fn boot_scenarios() -> Vec<Scenario> {
                  expect_clean_failure bad-cpus --kernel /l3/vmlinuz --cpus boot=0\n\
                  expect_clean_failure device-not-vfio --kernel /l3/vmlinuz --device path=/sys/bus/pci/devices/0000:00:00.0\n\
                  expect_clean_failure device-missing --kernel /l3/vmlinuz --device path=/sys/bus/pci/devices/0000:09:1f.7\n\
-                 expect_clean_failure device-duplicate-id --kernel /l3/vmlinuz --device path=/a,id=x --device path=/b,id=x\n"
+                 expect_clean_failure device-duplicate-id --kernel /l3/vmlinuz --device path=/a,id=x --device path=/b,id=x\n\
+                 expect_clean_failure unsupported-option --kernel /l3/vmlinuz --disk path=/d.img path=/e.img\n\
+                 grep -q '^ghvmm: error: --disk is not supported by ghvmm' /tmp/err\n\
+                 l2_check unsupported-option-named $? \"stderr: $(head -c 300 /tmp/err)\"\n\
+                 /bin/ghvmm --kernel /l3/vmlinuz --cpus boot=1,topology=1:1:1:1 2> /tmp/err < /dev/null\n\
+                 grep -q \"^ghvmm: error: --cpus: parameter 'topology' is not supported by ghvmm\" /tmp/err\n\
+                 l2_check unsupported-key-named $? \"stderr: $(head -c 300 /tmp/err)\"\n"
                     .into(),
             )
         },

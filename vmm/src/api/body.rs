@@ -53,7 +53,7 @@ impl AddDeviceBody {
         AddDeviceBody {
             path: Some(d.source.path().to_string_lossy().into_owned()),
             id: d.id.clone(),
-            pci_segment: Some(0),
+            pci_segment: Some(d.pci_segment.unwrap_or(0)),
             gh_slot: d.gh_slot,
             ..Default::default()
         }
@@ -118,7 +118,7 @@ impl AddUserDeviceBody {
         AddUserDeviceBody {
             socket: Some(d.source.path().to_string_lossy().into_owned()),
             id: d.id.clone(),
-            pci_segment: Some(0),
+            pci_segment: Some(d.pci_segment.unwrap_or(0)),
             gh_slot: d.gh_slot,
         }
     }

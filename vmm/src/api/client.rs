@@ -40,13 +40,13 @@ pub enum RemoteCommand {
     Info,
     /// Hot-plug a device; the argument has --device's syntax.
     AddDevice {
-        #[arg(value_name = "path=PATH[,id=NAME][,gh_slot=K|auto]")]
+        #[arg(value_name = "path=PATH[,id=NAME][,gh_slot=K|auto|pci_segment=N]")]
         device: String,
     },
     /// Hot-plug a device served by a vfio-user server; the argument has --user-device's
     /// syntax.
     AddUserDevice {
-        #[arg(value_name = "socket=PATH[,id=NAME][,gh_slot=K|auto]")]
+        #[arg(value_name = "socket=PATH[,id=NAME][,gh_slot=K|auto|pci_segment=N]")]
         device: String,
     },
     /// Print every device's access counters (vm.counters).
@@ -442,7 +442,7 @@ mod tests {
         );
         assert_eq!(
             request(&["--api-socket", "/s", "add-user-device", "path=/x"]).unwrap_err(),
-            "add-user-device: unknown parameter 'path' (accepted: socket, id, gh_slot)"
+            "add-user-device: unknown parameter 'path' (accepted: socket, id, gh_slot, pci_segment)"
         );
         assert_eq!(ep(&["power-button"]), ("PUT", "vm.power-button"));
         assert_eq!(ep(&["shutdown"]), ("PUT", "vm.shutdown"));
@@ -460,6 +460,46 @@ mod tests {
         );
         let r = request(&["--api-socket", "/s", "remove-device", "gpu1"]).unwrap();
         assert_eq!(r.body.unwrap(), r#"{"id":"gpu1"}"#);
+    }
+
+    /// ch-remote's `add-device path=...,pci_segment=N` is sent as it gives it: the server
+    /// maps segment k+1 to GH slot k.
+    #[test]
+    fn add_device_takes_cloud_hypervisors_pci_segment() {
+        let body = |verb: &str, arg: &str| request(&["--api-socket", "/s", verb, arg]);
+        assert_eq!(
+            body("add-device", "path=/g,pci_segment=1")
+                .unwrap()
+                .body
+                .unwrap(),
+            r#"{"path":"/g","iommu":false,"id":null,"pci_segment":1,"x_nv_gpudirect_clique":null}"#
+        );
+        assert_eq!(
+            body("add-user-device", "socket=/g.sock,pci_segment=2")
+                .unwrap()
+                .body
+                .unwrap(),
+            r#"{"socket":"/g.sock","id":null,"pci_segment":2}"#
+        );
+        assert_eq!(
+            body("add-device", "path=/g,pci_segment=0")
+                .unwrap()
+                .body
+                .unwrap(),
+            r#"{"path":"/g","iommu":false,"id":null,"pci_segment":0,"x_nv_gpudirect_clique":null}"#
+        );
+        assert_eq!(
+            body("add-device", "path=/g,pci_segment=1,gh_slot=0").unwrap_err(),
+            "add-device: pci_segment=1 with gh_slot: a GH slot has its own segment"
+        );
+        assert_eq!(
+            body("add-device", "path=/g,pci_segment=x").unwrap_err(),
+            "add-device: pci_segment=x: 'x' is not a number"
+        );
+        assert_eq!(
+            body("add-device", "path=/g,iommu=on").unwrap_err(),
+            "add-device: parameter 'iommu' is not supported by ghvmm (accepted: path, id, gh_slot, pci_segment)"
+        );
     }
 
     #[test]

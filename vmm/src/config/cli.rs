@@ -3,11 +3,15 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser};
+use std::ffi::OsString;
 
+use clap::{Arg, ArgAction, CommandFactory, FromArgMatches, Parser};
+
+use crate::config::cloud_hypervisor::UNSUPPORTED_OPTIONS;
 use crate::config::{
-    parse_console, ApiSocketConfig, ConfigError, CpusConfig, DeviceConfig, GhConfig, MemoryConfig,
-    MemoryZoneConfig, NumaConfig, PlatformConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE,
+    parse_console, ApiSocketConfig, ConfigError, CpusConfig, DeviceConfig, EventMonitorConfig,
+    GhConfig, GhSlotRequest, MemoryConfig, MemoryZoneConfig, NumaConfig, PlatformConfig,
+    SerialConfig, VmConfig, DEFAULT_CMDLINE,
 };
 use crate::seccomp::SeccompMode;
 
@@ -53,23 +57,38 @@ pub struct Cli {
     /// Accepted for compatibility: only off/null (ghvmm has no virtio-console).
     #[arg(long, value_name = "off", default_value = "off")]
     pub console: String,
-    /// mmio64_size=SIZE: size of the 64-bit PCI MMIO window (power of two, default 256G).
-    #[arg(long, value_name = "mmio64_size=SIZE")]
+    /// mmio64_size=SIZE: size of the 64-bit PCI MMIO window (power of two, default 256G);
+    /// num_pci_segments=N is accepted when it is 1 + the --gh slots.
+    #[arg(long, value_name = "mmio64_size=SIZE[,num_pci_segments=N]")]
     pub platform: Option<String>,
-    /// path=/sys/bus/pci/devices/BDF[,id=NAME][,gh_slot=K|auto]: pass a VFIO-bound PCI device
-    /// through (repeatable); gh_slot places it in a --gh slot.
-    #[arg(long, value_name = "path=PATH[,id=NAME][,gh_slot=K|auto]")]
-    pub device: Vec<String>,
-    /// socket=PATH[,id=NAME][,gh_slot=K|auto]: a PCI device served by a vfio-user server
-    /// (ghvmm-vfio-user) on this Unix socket (repeatable); needs --memory shared=on.
-    #[arg(long, value_name = "socket=PATH[,id=NAME][,gh_slot=K|auto]")]
-    pub user_device: Vec<String>,
-    /// guest_numa_id=N[,cpus=[0-2,5]][,distances=[1@20,2@30]][,device_id=ID]: a guest NUMA
-    /// node (repeatable; ids 0..N-1). device_id makes it a Generic Initiator node of that
-    /// --device. Lists may also be written 0-2:5 and 1@20:2@30.
+    /// path=/sys/bus/pci/devices/BDF[,id=NAME][,gh_slot=K|auto|pci_segment=N]: pass VFIO-bound
+    /// PCI devices through (repeatable, several values after one --device); gh_slot places it
+    /// in a --gh slot, pci_segment=K+1 is GH slot K.
     #[arg(
         long,
-        value_name = "guest_numa_id=N[,cpus=LIST][,distances=LIST][,device_id=ID]"
+        value_name = "path=PATH[,id=NAME][,gh_slot=K|auto|pci_segment=N]",
+        num_args = 1..,
+        action = ArgAction::Append
+    )]
+    pub device: Vec<String>,
+    /// socket=PATH[,id=NAME][,gh_slot=K|auto|pci_segment=N]: PCI devices served by vfio-user
+    /// servers (ghvmm-vfio-user) on these Unix sockets (repeatable, several values after one
+    /// --user-device); needs --memory shared=on.
+    #[arg(
+        long,
+        value_name = "socket=PATH[,id=NAME][,gh_slot=K|auto|pci_segment=N]",
+        num_args = 1..,
+        action = ArgAction::Append
+    )]
+    pub user_device: Vec<String>,
+    /// guest_numa_id=N[,cpus=[0-2,5]][,distances=[1@20,2@30]][,device_id=ID]: guest NUMA
+    /// nodes (repeatable, several values after one --numa; ids 0..N-1). device_id makes it a
+    /// Generic Initiator node of that --device. Lists may also be written 0-2:5 and 1@20:2@30.
+    #[arg(
+        long,
+        value_name = "guest_numa_id=N[,cpus=LIST][,distances=LIST][,device_id=ID]",
+        num_args = 1..,
+        action = ArgAction::Append
     )]
     pub numa: Vec<String>,
     /// slots=S[,nodes=8][,distance=20][,dsd=off][,bar_space=256G]: Grace Hopper profile, S GPU
@@ -88,9 +107,78 @@ pub struct Cli {
     /// log (allowed, and the kernel logs it), false (none).
     #[arg(long, value_name = "true|false|log", default_value = "true")]
     pub seccomp: SeccompMode,
-    /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr.
+    /// path=PATH or fd=N: write JSON events (boot, device added/removed, shutdown) there, in
+    /// Cloud Hypervisor's format.
+    #[arg(long, value_name = "path=PATH|fd=N")]
+    pub event_monitor: Option<String>,
+    /// Write the log there (created, or truncated) instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr or --log-file.
     #[arg(short = 'v', action = ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// Why the command line could not be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// clap's own error (help and version requests too); its first line is the message.
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    #[error("--{0} is not supported by ghvmm (see --help for the options it has)")]
+    Unsupported(&'static str),
+}
+
+impl Cli {
+    /// Parses the command line. Cloud Hypervisor's options that ghvmm lacks are known to the
+    /// parser (hidden, taking any values) so that the first one given is named in its own
+    /// error rather than reported as an unknown argument.
+    pub fn parse_from_args<I, T>(args: I) -> Result<Cli, ParseError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut cmd = Cli::command();
+        for &name in UNSUPPORTED_OPTIONS {
+            cmd = cmd.arg(
+                Arg::new(name)
+                    .long(name)
+                    .hide(true)
+                    .num_args(0..)
+                    .action(ArgAction::Append),
+            );
+        }
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let matches = cmd.try_get_matches_from(&args)?;
+        // clap keeps no index for an option given without values, so the first one is
+        // found in the arguments themselves (`--name` or `--name=...`).
+        let given = |name: &str| {
+            args.iter().position(|a| {
+                a.to_str()
+                    .and_then(|a| a.strip_prefix("--"))
+                    .and_then(|a| a.strip_prefix(name))
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+            })
+        };
+        let first = UNSUPPORTED_OPTIONS
+            .iter()
+            .filter(|&&name| matches.contains_id(name))
+            .filter_map(|&name| Some((given(name)?, name)))
+            .min();
+        if let Some((_, name)) = first {
+            return Err(ParseError::Unsupported(name));
+        }
+        Ok(Cli::from_arg_matches(&matches)?)
+    }
+
+    /// `--event-monitor`, parsed.
+    pub fn event_monitor_config(&self) -> Result<Option<EventMonitorConfig>, CliError> {
+        Ok(self
+            .event_monitor
+            .as_deref()
+            .map(EventMonitorConfig::parse)
+            .transpose()?)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -145,7 +233,7 @@ impl Cli {
             serial: SerialConfig::parse(&self.serial)?,
             platform: match &self.platform {
                 Some(p) => PlatformConfig::parse(p)?,
-                None => PlatformConfig { mmio64_size: None },
+                None => PlatformConfig::default(),
             },
             devices,
             numa,
@@ -160,6 +248,8 @@ impl Cli {
         if !self.user_device.is_empty() && !cfg.memory.all_shared() {
             return Err(CliError::UserDeviceNeedsSharedMemory);
         }
+        let mut cfg = cfg;
+        place_pci_segments(&mut cfg)?;
         // Refuse an inconsistent topology here, before the VM opens anything; the VM
         // resolves it again from the config.
         crate::config::numa::resolve(&cfg)?;
@@ -167,12 +257,49 @@ impl Cli {
     }
 }
 
+/// Cloud Hypervisor's PCI segments on ghvmm: segment 0 and, with `--gh slots=S`, segments 1
+/// to S, segment k+1 being GH slot k. Checks `--platform num_pci_segments` against that and
+/// turns each `pci_segment=N` (N > 0) into `gh_slot=N-1`.
+fn place_pci_segments(cfg: &mut VmConfig) -> Result<(), ConfigError> {
+    let slots = cfg.gh.as_ref().map_or(0, |g| g.slots);
+    let segments = u32::from(slots) + 1;
+    if let Some(n) = cfg.platform.num_pci_segments {
+        if u32::from(n) != segments {
+            return Err(ConfigError::Inconsistent {
+                option: "platform",
+                reason: format!(
+                    "num_pci_segments={n}: ghvmm has segment 0 plus one per --gh slot, {segments} with this --gh"
+                ),
+            });
+        }
+    }
+    for d in &mut cfg.devices {
+        if let Some(seg) = d.pci_segment {
+            if u32::from(seg) >= segments {
+                let option = match d.source {
+                    crate::config::DeviceSource::Vfio(_) => "device",
+                    crate::config::DeviceSource::User(_) => "user-device",
+                };
+                return Err(ConfigError::Inconsistent {
+                    option,
+                    reason: format!(
+                        "pci_segment={seg}: no such segment (the VM has segments 0 to {}: segment 0 and one per --gh slot)",
+                        segments - 1
+                    ),
+                });
+            }
+            d.gh_slot = Some(GhSlotRequest::Index(seg - 1));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<VmConfig, String> {
-        let cli = Cli::try_parse_from(std::iter::once("ghvmm").chain(args.iter().copied()))
+        let cli = Cli::parse_from_args(std::iter::once("ghvmm").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
         cli.into_config().map_err(|e| e.to_string())
     }
@@ -198,7 +325,7 @@ mod tests {
         );
         assert_eq!(
             with(&["--user-device", "path=/x"]).unwrap_err(),
-            "--user-device: unknown parameter 'path' (accepted: socket, id, gh_slot)"
+            "--user-device: unknown parameter 'path' (accepted: socket, id, gh_slot, pci_segment)"
         );
         assert_eq!(
             with(&["--user-device", "id=a"]).unwrap_err(),
@@ -376,6 +503,19 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.contains("every --memory-zone"), "{e}");
+        // Cloud Hypervisor's zone keys ghvmm lacks are named as such, not as typos.
+        let e = parse(&[
+            "--kernel",
+            "/k",
+            "--memory",
+            "size=0",
+            "--memory-zone",
+            "id=a,size=1G,file=/dev/shm/a",
+        ])
+        .unwrap_err();
+        assert!(e.contains("'file' is not supported by ghvmm"), "{e}");
+        let e = parse(&["--kernel", "/k", "--memory", "size=1G,mergeable=on"]).unwrap_err();
+        assert!(e.contains("'mergeable' is not supported by ghvmm"), "{e}");
     }
 
     #[test]
@@ -459,5 +599,172 @@ mod tests {
         }
         let e = parse(&["--kernel", "/k", "--device", "path=/g,id=gpu0,gh_slot=0"]).unwrap_err();
         assert_eq!(e, "--device: id=gpu0: gh_slot needs --gh");
+    }
+
+    #[test]
+    fn several_values_after_one_repeatable_option() {
+        let c = parse(&[
+            "--device",
+            "path=/a,id=a",
+            "path=/b,id=b",
+            "--kernel",
+            "/k",
+            "--device",
+            "path=/c",
+            "--cpus",
+            "boot=2",
+            "--numa",
+            "guest_numa_id=0,cpus=0",
+            "guest_numa_id=1,cpus=1",
+            "--memory",
+            "size=1G,shared=on",
+            "--user-device",
+            "socket=/s1",
+            "socket=/s2,id=u2",
+        ])
+        .unwrap();
+        let paths: Vec<_> = c.devices.iter().map(|d| d.source.path()).collect();
+        assert_eq!(
+            paths,
+            ["/a", "/b", "/c", "/s1", "/s2"].map(std::path::Path::new)
+        );
+        assert_eq!(c.numa.len(), 2);
+        assert_eq!(c.kernel, std::path::Path::new("/k"));
+        // A value is still needed.
+        let e = parse(&["--kernel", "/k", "--device"]).unwrap_err();
+        assert!(e.contains("--device"), "{e}");
+        let e = parse(&["--device", "path=/a", "--kernel"]).unwrap_err();
+        assert!(e.contains("--kernel"), "{e}");
+    }
+
+    #[test]
+    fn cloud_hypervisor_options_ghvmm_lacks_are_named() {
+        for (args, option) in [
+            (&["--disk", "path=/d.img"][..], "disk"),
+            (&["--net", "tap=", "mac=12:34:56:78:9a:bc"], "net"),
+            (&["--landlock"], "landlock"),
+            (&["--pvpanic"], "pvpanic"),
+            (&["--watchdog"], "watchdog"),
+            (&["--rng", "src=/dev/urandom"], "rng"),
+            (&["--firmware", "/fw"], "firmware"),
+            (&["--debug-console", "off"], "debug-console"),
+            (&["--tpm", "socket=/t"], "tpm"),
+            (&["--sgx-epc", "id=e,size=1M"], "sgx-epc"),
+            (&["--rate-limit-group", "id=g"], "rate-limit-group"),
+        ] {
+            let mut argv = vec!["--kernel", "/k"];
+            argv.extend(args);
+            argv.extend(["--cpus", "boot=1"]);
+            assert_eq!(
+                parse(&argv).unwrap_err(),
+                format!("--{option} is not supported by ghvmm (see --help for the options it has)"),
+                "{args:?}"
+            );
+        }
+        // The first one given is named, before any other problem is looked at.
+        let e = parse(&["--vsock", "cid=3", "--disk", "path=/d", "--cpus", "boot=0"]).unwrap_err();
+        assert!(e.starts_with("--vsock is not supported by ghvmm"), "{e}");
+        // A key Cloud Hypervisor has, apart from an unknown one.
+        assert_eq!(
+            parse(&["--kernel", "/k", "--cpus", "boot=1,topology=1:1:1:1"]).unwrap_err(),
+            "--cpus: parameter 'topology' is not supported by ghvmm (accepted: boot, max)"
+        );
+        assert_eq!(
+            parse(&["--kernel", "/k", "--device", "path=/a,iommu=on"]).unwrap_err(),
+            "--device: parameter 'iommu' is not supported by ghvmm (accepted: path, id, gh_slot, pci_segment)"
+        );
+        assert_eq!(
+            parse(&["--kernel", "/k", "--device", "path=/a,bogus=1"]).unwrap_err(),
+            "--device: unknown parameter 'bogus' (accepted: path, id, gh_slot, pci_segment)"
+        );
+        assert_eq!(
+            parse(&["--kernel", "/k", "--serial", "pty"]).unwrap_err(),
+            "--serial: 'pty' is not supported by ghvmm (use tty, off, null or file=PATH)"
+        );
+        // A plain typo stays clap's error.
+        let e = parse(&["--kernel", "/k", "--disks", "path=/d"]).unwrap_err();
+        assert!(e.contains("unexpected argument '--disks'"), "{e}");
+    }
+
+    #[test]
+    fn pci_segments_are_gh_slots() {
+        let c = parse(&[
+            "--kernel",
+            "/k",
+            "--gh",
+            "slots=2",
+            "--platform",
+            "num_pci_segments=3",
+            "--device",
+            "path=/g0,pci_segment=2",
+            "path=/g1,pci_segment=1",
+            "path=/nic,pci_segment=0",
+        ])
+        .unwrap();
+        let slots: Vec<_> = c.devices.iter().map(|d| d.gh_slot).collect();
+        assert_eq!(
+            slots,
+            [
+                Some(GhSlotRequest::Index(1)),
+                Some(GhSlotRequest::Index(0)),
+                None
+            ]
+        );
+        let t = crate::config::numa::resolve(&c).unwrap().unwrap();
+        assert_eq!(t.slot_of_device(0).map(|s| s.segment), Some(2));
+        assert_eq!(
+            parse(&["--kernel", "/k", "--gh", "slots=1", "--device", "path=/g,pci_segment=2"])
+                .unwrap_err(),
+            "--device: pci_segment=2: no such segment (the VM has segments 0 to 1: segment 0 and one per --gh slot)"
+        );
+        assert_eq!(
+            parse(&["--kernel", "/k", "--device", "path=/g,pci_segment=1"]).unwrap_err(),
+            "--device: pci_segment=1: no such segment (the VM has segments 0 to 0: segment 0 and one per --gh slot)"
+        );
+        assert_eq!(
+            parse(&["--kernel", "/k", "--platform", "num_pci_segments=2"]).unwrap_err(),
+            "--platform: num_pci_segments=2: ghvmm has segment 0 plus one per --gh slot, 1 with this --gh"
+        );
+        assert!(parse(&["--kernel", "/k", "--platform", "num_pci_segments=1"]).is_ok());
+        assert!(parse(&["--kernel", "/k", "--platform", "num_pci_segments=0"]).is_err());
+        assert!(parse(&["--kernel", "/k", "--platform", "num_pci_segments=65536"]).is_err());
+    }
+
+    #[test]
+    fn log_file_and_event_monitor() {
+        let cli = |args: &[&str]| {
+            Cli::parse_from_args(["ghvmm", "--kernel", "/k"].iter().chain(args)).unwrap()
+        };
+        let c = cli(&[
+            "--log-file",
+            "/tmp/ghvmm.log",
+            "--event-monitor",
+            "path=/tmp/ev",
+        ]);
+        assert_eq!(
+            c.log_file.as_deref(),
+            Some(std::path::Path::new("/tmp/ghvmm.log"))
+        );
+        assert_eq!(
+            c.event_monitor_config().unwrap(),
+            Some(EventMonitorConfig::Path("/tmp/ev".into()))
+        );
+        assert_eq!(
+            cli(&["--event-monitor", "fd=7"])
+                .event_monitor_config()
+                .unwrap(),
+            Some(EventMonitorConfig::Fd(7))
+        );
+        assert_eq!(cli(&[]).event_monitor_config().unwrap(), None);
+        for bad in ["", "path=", "fd=1", "path=/a,fd=4", "/bare", "socket=/x"] {
+            let e = cli(&["--event-monitor", bad])
+                .event_monitor_config()
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                e.starts_with("--event-monitor: ") && !e.contains('\n'),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! and so the REST API (a later issue) can reuse the same parsers for its JSON bodies.
 
 pub mod cli;
+pub mod cloud_hypervisor;
 pub mod memory;
 pub mod numa;
 
@@ -15,6 +16,13 @@ use std::path::{Path, PathBuf};
 pub enum ConfigError {
     #[error("--{option}: unknown parameter '{key}' (accepted: {})", .accepted.join(", "))]
     UnknownKey {
+        option: &'static str,
+        key: String,
+        accepted: &'static [&'static str],
+    },
+    /// A key Cloud Hypervisor has for this option and ghvmm does not implement.
+    #[error("--{option}: parameter '{key}' is not supported by ghvmm (accepted: {})", .accepted.join(", "))]
+    UnsupportedKey {
         option: &'static str,
         key: String,
         accepted: &'static [&'static str],
@@ -35,7 +43,7 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
-    #[error("--{option}: '{value}' is not supported ({reason})")]
+    #[error("--{option}: '{value}' is not supported by ghvmm ({reason})")]
     Unsupported {
         option: &'static str,
         value: String,
@@ -73,6 +81,13 @@ impl<'a> OptionParser<'a> {
                     option,
                     item: item.to_string(),
                 })?;
+            if !accepted.contains(&key) && cloud_hypervisor::keys(option).contains(&key) {
+                return Err(ConfigError::UnsupportedKey {
+                    option,
+                    key: key.to_string(),
+                    accepted,
+                });
+            }
             if !accepted.contains(&key) {
                 return Err(ConfigError::UnknownKey {
                     option,
@@ -292,15 +307,25 @@ pub fn parse_console(s: &str) -> Result<()> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlatformConfig {
     /// Size of the 64-bit PCI MMIO window; `None` picks the default.
     pub mmio64_size: Option<u64>,
+    /// Cloud Hypervisor's `num_pci_segments`, as given: ghvmm's segments are segment 0 and
+    /// one per GH slot, so the CLI only checks that it agrees with `--gh`.
+    pub num_pci_segments: Option<u16>,
 }
 
 impl PlatformConfig {
     pub fn parse(s: &str) -> Result<Self> {
-        let p = OptionParser::parse("platform", &["mmio64_size"], s)?;
+        let p = OptionParser::parse("platform", &["mmio64_size", "num_pci_segments"], s)?;
+        let num_pci_segments = p
+            .with("num_pci_segments", parse_number)?
+            .map(|n| match u16::try_from(n) {
+                Ok(n @ 1..) => Ok(n),
+                _ => Err(p.invalid("num_pci_segments", "must be between 1 and 65535")),
+            })
+            .transpose()?;
         let mmio64_size = p.size("mmio64_size")?;
         if let Some(sz) = mmio64_size {
             if !sz.is_power_of_two() || sz < (1 << 30) {
@@ -312,7 +337,10 @@ impl PlatformConfig {
                 });
             }
         }
-        Ok(PlatformConfig { mmio64_size })
+        Ok(PlatformConfig {
+            mmio64_size,
+            num_pci_segments,
+        })
     }
 }
 
@@ -370,19 +398,27 @@ pub struct DeviceConfig {
     pub id: Option<String>,
     /// Checked against `--gh` when the topology is resolved (`numa::resolve`).
     pub gh_slot: Option<GhSlotRequest>,
+    /// Cloud Hypervisor's `pci_segment=N`, N > 0 (0, the default segment, is `None`): segment
+    /// k+1 is GH slot k, which the CLI makes `gh_slot` once it has checked the segment exists.
+    pub pci_segment: Option<u16>,
 }
 
 impl DeviceConfig {
     /// `--device`'s value.
     pub fn parse(s: &str) -> Result<Self> {
-        Self::parse_as("device", &["path", "id", "gh_slot"], s, DeviceSource::Vfio)
+        Self::parse_as(
+            "device",
+            &["path", "id", "gh_slot", "pci_segment"],
+            s,
+            DeviceSource::Vfio,
+        )
     }
 
     /// `--user-device`'s value.
     pub fn parse_user(s: &str) -> Result<Self> {
         Self::parse_as(
             "user-device",
-            &["socket", "id", "gh_slot"],
+            &["socket", "id", "gh_slot", "pci_segment"],
             s,
             DeviceSource::User,
         )
@@ -403,10 +439,23 @@ impl DeviceConfig {
             .ok_or(ConfigError::MissingKey { option, key })?;
         let id = p.with("id", parse_id)?;
         let gh_slot = p.with("gh_slot", GhSlotRequest::parse)?;
+        let pci_segment = p
+            .with("pci_segment", |v| {
+                let n = parse_number(v)?;
+                u16::try_from(n).map_err(|_| format!("segment {n} is too large"))
+            })?
+            .filter(|&s| s != 0);
+        if let (Some(seg), Some(_)) = (pci_segment, gh_slot) {
+            return Err(ConfigError::Inconsistent {
+                option,
+                reason: format!("pci_segment={seg} with gh_slot: a GH slot has its own segment"),
+            });
+        }
         Ok(DeviceConfig {
             source: source(PathBuf::from(path)),
             id,
             gh_slot,
+            pci_segment,
         })
     }
 
@@ -461,6 +510,37 @@ impl ApiSocketConfig {
             (Some(""), None) => Err(p.invalid("path", "empty path")),
             (Some(path), None) => Ok(ApiSocketConfig::Path(PathBuf::from(path))),
             (None, Some(fd)) => Ok(ApiSocketConfig::Fd(fd)),
+            (None, None) => Err(ConfigError::MissingKey {
+                option: OPTION,
+                key: "path",
+            }),
+        }
+    }
+}
+
+/// `--event-monitor path=PATH` or `--event-monitor fd=N`, Cloud Hypervisor's syntax: where
+/// the JSON events go (`event_monitor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventMonitorConfig {
+    /// Created, or truncated if it exists.
+    Path(PathBuf),
+    /// An open descriptor inherited from the parent (a pipe, say).
+    Fd(i32),
+}
+
+impl EventMonitorConfig {
+    pub fn parse(s: &str) -> Result<Self> {
+        const OPTION: &str = "event-monitor";
+        let p = OptionParser::parse(OPTION, &["path", "fd"], s)?;
+        let fd = p.with("fd", parse_fd)?;
+        match (p.get("path"), fd) {
+            (Some(_), Some(_)) => Err(ConfigError::Inconsistent {
+                option: OPTION,
+                reason: "give path= or fd=, not both".into(),
+            }),
+            (Some(""), None) => Err(p.invalid("path", "empty path")),
+            (Some(path), None) => Ok(EventMonitorConfig::Path(PathBuf::from(path))),
+            (None, Some(fd)) => Ok(EventMonitorConfig::Fd(fd)),
             (None, None) => Err(ConfigError::MissingKey {
                 option: OPTION,
                 key: "path",
@@ -803,7 +883,7 @@ mod tests {
         assert!(CpusConfig::parse("").is_err());
         assert!(matches!(
             CpusConfig::parse("boot=1,topology=1:1:1:1"),
-            Err(ConfigError::UnknownKey { .. })
+            Err(ConfigError::UnsupportedKey { .. })
         ));
     }
 
@@ -856,7 +936,23 @@ mod tests {
         );
         assert!(PlatformConfig::parse("mmio64_size=3G").is_err());
         assert!(PlatformConfig::parse("mmio64_size=1M").is_err());
-        assert!(PlatformConfig::parse("num_pci_segments=2").is_err());
+        assert_eq!(
+            PlatformConfig::parse("num_pci_segments=2").map(|p| p.num_pci_segments),
+            Ok(Some(2))
+        );
+        for bad in [
+            "num_pci_segments=0",
+            "num_pci_segments=x",
+            "num_pci_segments=65536",
+        ] {
+            assert!(PlatformConfig::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            PlatformConfig::parse("iommu_segments=[1]")
+                .unwrap_err()
+                .to_string(),
+            "--platform: parameter 'iommu_segments' is not supported by ghvmm (accepted: mmio64_size, num_pci_segments)"
+        );
     }
 
     #[test]
@@ -1167,10 +1263,10 @@ mod tests {
     /// unknown-key error (LeakSanitizer reported it); the list is now joined when printed.
     #[test]
     fn unknown_key_errors_list_the_accepted_keys() {
-        let e = NumaConfig::parse("guest_numa_id=0,sockets=[0]").unwrap_err();
+        let e = NumaConfig::parse("guest_numa_id=0,zones=[m0]").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "--numa: unknown parameter 'sockets' (accepted: guest_numa_id, cpus, distances, device_id, memory_zones)"
+            "--numa: unknown parameter 'zones' (accepted: guest_numa_id, cpus, distances, device_id, memory_zones)"
         );
         assert!(matches!(
             e,

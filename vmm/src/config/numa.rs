@@ -473,7 +473,7 @@ mod tests {
             cpus: CpusConfig { boot },
             memory: MemoryConfig::new(1 << 30),
             serial: SerialConfig::Off,
-            platform: PlatformConfig { mmio64_size: None },
+            platform: PlatformConfig::default(),
             devices: devices
                 .iter()
                 .map(|d| DeviceConfig::parse(d).unwrap())

@@ -17,6 +17,7 @@ use super::placement::{self, Placement};
 use super::removal::{give_back, EjectSteps, GiveBack};
 use super::{Backend, HotplugError, OnHostRequest, VmResources};
 use crate::config::DeviceSource;
+use crate::event_monitor::EventSink;
 use crate::vm::exit::ExitState;
 use crate::vm::threads::spawn_guarded;
 
@@ -35,6 +36,8 @@ pub struct Hotplug<B: Backend = VmResources> {
     eject_timeout: Duration,
     /// Where a panic on a give-back thread ends the VM.
     exit: Arc<ExitState>,
+    /// `--event-monitor`: device-added and device-removed.
+    events: EventSink,
     /// Itself, for the request watchers' callbacks (a weak reference: the devices it holds
     /// hold them).
     this: Weak<Self>,
@@ -51,6 +54,16 @@ impl<B: Backend> Hotplug<B> {
     /// `eject_timeout`: how long a removal waits for the guest's eject (`EJECT_TIMEOUT`);
     /// `exit`: the VM's, which a panic on a give-back thread ends.
     pub fn new(backend: B, eject_timeout: Duration, exit: Arc<ExitState>) -> Arc<Self> {
+        Self::with_events(backend, eject_timeout, exit, crate::event_monitor::global())
+    }
+
+    /// `new`, reporting hot plug events to `events` instead of the process's monitor.
+    pub fn with_events(
+        backend: B,
+        eject_timeout: Duration,
+        exit: Arc<ExitState>,
+        events: EventSink,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|this| Hotplug {
             backend,
             attached: Mutex::new(Registry::default()),
@@ -58,6 +71,7 @@ impl<B: Backend> Hotplug<B> {
             removal_ended: Condvar::new(),
             eject_timeout,
             exit,
+            events,
             this: this.clone(),
         })
     }
@@ -108,6 +122,11 @@ impl<B: Backend> Hotplug<B> {
             self.detach_locked(placed.token);
             return Err(HotplugError::Notify(e));
         }
+        self.events.emit(
+            "vm",
+            "device-added",
+            &[("id", placed.id.clone()), ("bdf", a.to_string())],
+        );
         Ok((placed.id, placed.address))
     }
 
@@ -340,7 +359,13 @@ impl<B: Backend> Removal<'_, B> {
     /// Detaches the device; false if it is no longer attached.
     fn detach_now(&self) -> bool {
         let _ops = self.hotplug.ops.lock();
-        self.hotplug.detach_locked(self.token)
+        let detached = self.hotplug.detach_locked(self.token);
+        if detached {
+            self.hotplug
+                .events
+                .emit("vm", "device-removed", &[("id", self.id.clone())]);
+        }
+        detached
     }
 }
 

@@ -893,3 +893,47 @@ fn a_panic_on_a_give_back_thread_ends_the_vm_with_a_fault() {
         ))
     );
 }
+
+#[test]
+fn hot_plug_reports_device_added_and_removed_events() {
+    let (events, out) = crate::event_monitor::testing::captured();
+    let fake = FakeVm::new(1);
+    let vm = Hotplug::with_events(fake.clone(), TIMEOUT, fake.exit.clone(), events.clone());
+    // Boot attachments are part of the boot, not hot plug events (as Cloud Hypervisor).
+    vm.attach(&vfio("/boot"), None, Placement::Segment0)
+        .unwrap();
+    add(&vm, "/a", Some("gpu0"), Placement::GhSlot(0)).unwrap();
+    vm.hot_remove("gpu0").unwrap();
+    add(&vm, "/b", Some("gpu1"), Placement::Segment0).unwrap();
+    host_asks(&vm, || fake.host_asks("/b"));
+    // A removal the guest does not answer removes nothing, so no event.
+    add(&vm, "/c", Some("gpu2"), Placement::Segment0).unwrap();
+    fake.state().guest_ejects = false;
+    assert!(vm.hot_remove("gpu2").is_err());
+    // An add the guest cannot be told of is rolled back: no event either.
+    fake.state().fail_announce_added = true;
+    assert!(add(&vm, "/d", Some("gpu3"), Placement::Segment0).is_err());
+    events.drain(Duration::from_secs(10));
+    let seen: Vec<(String, String)> = out
+        .events()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["source"], "vm");
+            (
+                e["event"].as_str().unwrap_or_default().to_string(),
+                e["properties"].to_string(),
+            )
+        })
+        .collect();
+    let ev = |e: &str, p: &str| (e.to_string(), p.to_string());
+    assert_eq!(
+        seen,
+        [
+            ev("device-added", r#"{"bdf":"0001:00:00.0","id":"gpu0"}"#),
+            ev("device-removed", r#"{"id":"gpu0"}"#),
+            ev("device-added", r#"{"bdf":"0000:00:02.0","id":"gpu1"}"#),
+            ev("device-removed", r#"{"id":"gpu1"}"#),
+            ev("device-added", r#"{"bdf":"0000:00:02.0","id":"gpu2"}"#),
+        ]
+    );
+}

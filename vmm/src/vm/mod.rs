@@ -228,6 +228,8 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     }
     // Compiled before anything is opened: a filter that cannot be built fails the start.
     crate::seccomp::init(cfg.seccomp)?;
+    crate::event_monitor::start_writer().context("starting the event monitor's thread")?;
+    crate::event_monitor::emit("vmm", "starting", &[]);
     // The socket first: a path that cannot be bound must not cost a VM set-up.
     let api = cfg
         .api_socket
@@ -237,7 +239,9 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
             crate::api::bind_owned(a).map_err(anyhow::Error::from)
         })
         .transpose()?;
+    crate::event_monitor::emit("vm", "booting", &[]);
     let vm = Vm::start(cfg)?;
+    crate::event_monitor::emit("vm", "booted", &[]);
     let socket_file = match api {
         Some((listener, file)) => {
             let control = Arc::new(crate::vm::control::Control {
@@ -259,6 +263,10 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     // Every thread is started; from here the main thread only waits and cleans up.
     crate::seccomp::enter(crate::seccomp::ThreadKind::Main)?;
     let reason = vm.wait();
+    // ghvmm ends with its guest, whether it powered off or reset: both end the VM.
+    crate::event_monitor::emit("vm", "shutdown", &[]);
+    crate::event_monitor::emit("vmm", "shutdown", &[]);
+    crate::event_monitor::global().drain(crate::event_monitor::DRAIN_TIMEOUT);
     if let Some(console) = &vm.devices.console_out {
         console.drain(crate::device_manager::console_out::DRAIN_TIMEOUT);
     }
