@@ -44,11 +44,13 @@ pub struct Cli {
     )]
     pub memory: String,
     /// id=ID,size=SIZE[,shared=on][,hugepages=on][,hugepage_size=SIZE][,host_numa_node=N]
-    /// [,prefault=on]: a zone of guest RAM (repeatable, with --memory size=0); --numa
-    /// memory_zones= puts zones in guest NUMA nodes.
+    /// [,prefault=on]: zones of guest RAM (repeatable, several values after one --memory-zone;
+    /// with --memory size=0); --numa memory_zones= puts zones in guest NUMA nodes.
     #[arg(
         long,
-        value_name = "id=ID,size=SIZE[,shared=on|off][,hugepages=on|off][,hugepage_size=SIZE][,host_numa_node=N][,prefault=on|off]"
+        value_name = "id=ID,size=SIZE[,shared=on|off][,hugepages=on|off][,hugepage_size=SIZE][,host_numa_node=N][,prefault=on|off]",
+        num_args = 1..,
+        action = ArgAction::Append
     )]
     pub memory_zone: Vec<String>,
     /// Where COM1 goes: tty (stdout; stdin when it is a terminal), off, null or file=PATH.
@@ -81,12 +83,13 @@ pub struct Cli {
         action = ArgAction::Append
     )]
     pub user_device: Vec<String>,
-    /// guest_numa_id=N[,cpus=[0-2,5]][,distances=[1@20,2@30]][,device_id=ID]: guest NUMA
+    /// guest_numa_id=N[,cpus=[0-2,5]][,distances=[1@20,2@30]][,device_id=ID]
+    /// [,memory_zones=[a,b]]: guest NUMA
     /// nodes (repeatable, several values after one --numa; ids 0..N-1). device_id makes it a
     /// Generic Initiator node of that --device. Lists may also be written 0-2:5 and 1@20:2@30.
     #[arg(
         long,
-        value_name = "guest_numa_id=N[,cpus=LIST][,distances=LIST][,device_id=ID]",
+        value_name = "guest_numa_id=N[,cpus=LIST][,distances=LIST][,device_id=ID][,memory_zones=LIST]",
         num_args = 1..,
         action = ArgAction::Append
     )]
@@ -471,11 +474,9 @@ mod tests {
             "size=0,thp=off",
             "--memory-zone",
             "id=mem0,size=1G,hugepages=on,hugepage_size=2M",
-            "--memory-zone",
             "id=mem1,size=512M,shared=on",
             "--numa",
             "guest_numa_id=0,cpus=0-1,memory_zones=mem0",
-            "--numa",
             "guest_numa_id=1,memory_zones=mem1",
             "--gh",
             "slots=1",
