@@ -10,6 +10,7 @@
 pub mod backing;
 pub mod bench;
 pub mod cache;
+pub mod ch_scenarios;
 pub mod cpio;
 mod demo;
 mod e2e;

@@ -74,14 +74,18 @@ const MIB: u64 = 1 << 20;
 const GRACE: u64 = 384 * MIB;
 const FAR: u64 = 128 * MIB;
 pub const ZONE_RAM_CHECK: &str = "zone-ram";
-/// The guest's node of the memory-only domain 1 (see `zones_scenario`), with the space the
-/// `@@FACT node` line puts after it.
-const FAR_NODE: &str = "9 ";
+/// The guest's node of the memory-only domain 1 (see `zones_scenario`).
+const FAR_NODE: u32 = 9;
 
 /// Each proximity domain's SRAT Memory Affinity ranges, joined, are exactly `want[domain]`;
-/// and the guest sees domain 1's node (its node `FAR_NODE`) with about the zone's size (less
-/// what the kernel keeps for itself).
-pub fn compare_zone_ram(want: &[Vec<(u64, u64)>], dir: &Path, t: &Transcript) -> Outcome {
+/// and, given `guest` = (node, bytes), the guest sees that node (in its own numbering) with
+/// 90-100% of `bytes` (less what the kernel keeps for itself).
+pub fn compare_zone_ram(
+    want: &[Vec<(u64, u64)>],
+    guest: Option<(u32, u64)>,
+    dir: &Path,
+    t: &Transcript,
+) -> Outcome {
     let srat = match std::fs::read(dir.join("acpi").join("SRAT.dat")) {
         Ok(b) => b,
         Err(e) => return Outcome::Fail(format!("the guest sent no SRAT: {e}")),
@@ -111,23 +115,25 @@ pub fn compare_zone_ram(want: &[Vec<(u64, u64)>], dir: &Path, t: &Transcript) ->
             ));
         }
     }
-    let node1_kb = t
-        .facts
-        .iter()
-        .filter(|(k, _)| k == "node")
-        .find_map(|(_, v)| v.strip_prefix(FAR_NODE))
-        .and_then(|rest| {
-            rest.split_whitespace()
-                .find_map(|w| w.strip_prefix("memkb="))
-                .and_then(|n| n.parse::<u64>().ok())
-        });
-    let zone_kb = FAR >> 10;
-    match node1_kb {
-        Some(kb) if kb <= zone_kb && kb >= zone_kb * 9 / 10 => {}
-        other => bad.push(format!(
-            "the guest's node {}has {other:?} kB, want at most {zone_kb} kB and at least 90% of it",
-            FAR_NODE
-        )),
+    if let Some((node, bytes)) = guest {
+        let prefix = format!("{node} ");
+        let kb = t
+            .facts
+            .iter()
+            .filter(|(k, _)| k == "node")
+            .find_map(|(_, v)| v.strip_prefix(prefix.as_str()))
+            .and_then(|rest| {
+                rest.split_whitespace()
+                    .find_map(|w| w.strip_prefix("memkb="))
+                    .and_then(|n| n.parse::<u64>().ok())
+            });
+        let zone_kb = bytes >> 10;
+        match kb {
+            Some(kb) if kb <= zone_kb && kb >= zone_kb * 9 / 10 => {}
+            other => bad.push(format!(
+                "the guest's node {node} has {other:?} kB, want at most {zone_kb} kB and at least 90% of it"
+            )),
+        }
     }
     if bad.is_empty() {
         Outcome::Pass
@@ -184,7 +190,7 @@ fn zones_scenario() -> Scenario {
         expect: [L3_CHECKS, NUMA_CHECKS, &[ZONE_RAM_CHECK]].concat(),
         host_checks: Some(Box::new(move |_, dir, t| {
             let mut v = numa_checks(&expect, dir, t);
-            v.push((ZONE_RAM_CHECK.into(), compare_zone_ram(&ram, dir, t)));
+            v.push((ZONE_RAM_CHECK.into(), compare_zone_ram(&ram, Some((FAR_NODE, FAR)), dir, t)));
             v
         })),
         ..Scenario::boot(
@@ -232,7 +238,7 @@ mod tests {
             "@@FACT node 9 cpus= memkb={node1_kb} distance=30,10"
         ));
         let want = vec![vec![(0, GRACE)], vec![(GRACE, FAR)]];
-        let o = compare_zone_ram(&want, &dir, &t);
+        let o = compare_zone_ram(&want, Some((FAR_NODE, FAR)), &dir, &t);
         std::fs::remove_dir_all(&dir).unwrap();
         o
     }

@@ -237,6 +237,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(vfio_scenarios::all());
     v.extend(crate::gh_scenarios::all());
     v.extend(crate::memory_scenarios::all());
+    v.extend(crate::ch_scenarios::all());
     v.extend(crate::hotplug_scenarios::all());
     v.extend(crate::vfio_user_scenarios::all());
     v.extend(crate::scale_scenarios::all());
