@@ -381,6 +381,26 @@ mod tests {
     }
 
     #[test]
+    fn a_watcher_whose_on_start_refuses_ends_without_watching() {
+        let dev = FakeDevice::with_request();
+        let (f, calls, alive) = counter(true);
+        let hooks = WatcherHooks {
+            on_start: Box::new(|| false),
+            ..WatcherHooks::default()
+        };
+        let w = RequestWatcher::start_with("dev".into(), dev.clone(), f, hooks)
+            .unwrap()
+            .expect("the device has a request interrupt");
+        wait_until("the watcher thread to end", || {
+            Arc::strong_count(&alive) == 1
+        });
+        dev.host_asks();
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "nothing runs unfiltered");
+        drop(w);
+        assert_eq!(dev.calls(), ["enable", "disable"]);
+    }
+
+    #[test]
     fn a_device_without_a_request_interrupt_is_not_watched() {
         let dev = Arc::new(FakeDevice::default());
         let (f, _, alive) = counter(true);
