@@ -298,6 +298,32 @@ mod tests {
     }
 
     #[test]
+    fn opens_a_path_or_an_inherited_descriptor() {
+        use std::os::fd::IntoRawFd;
+        let dir = std::env::temp_dir().join(format!("ghvmm-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.json");
+        std::fs::write(&path, "old").unwrap();
+        let mut f = open(&EventMonitorConfig::Path(path.clone())).unwrap();
+        f.write_all(b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new", "truncated");
+        let fd = File::options()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .into_raw_fd();
+        let mut f = open(&EventMonitorConfig::Fd(fd)).unwrap();
+        f.write_all(b"+fd").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new+fd");
+        drop(f);
+        // A descriptor that is not open (not the one just closed: another test's thread may
+        // have been given its number since).
+        assert!(open(&EventMonitorConfig::Fd(i32::MAX)).is_err());
+        assert!(open(&EventMonitorConfig::Path(dir.join("no/such/dir"))).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_stalled_writer_never_blocks_the_sender() {
         // No writer runs: the queue fills and the rest are dropped, without blocking.
         let (sink, _writer) = EventSink::new(Box::new(Captured::default()));

@@ -644,6 +644,14 @@ fn bad_args_scenario() -> Scenario {
             "gh-slot-out-of-range",
             "--gh slots=1 --device path=/sys/bus/pci/devices/0000:00:02.0,gh_slot=1",
         ),
+        (
+            "pci-segment-out-of-range",
+            "--gh slots=1 --device path=/sys/bus/pci/devices/0000:00:02.0,pci_segment=2",
+        ),
+        (
+            "num-pci-segments-mismatch",
+            "--gh slots=1 --platform num_pci_segments=3",
+        ),
     ];
     let script: String = cases
         .iter()

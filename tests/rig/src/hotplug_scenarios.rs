@@ -99,6 +99,14 @@ fn error_checks() -> String {
             400,
             "slot 5",
         ),
+        expect_status(
+            "api-no-such-segment",
+            "PUT",
+            add,
+            "{\"path\": \"/sys/bus/pci/devices/0000:00:00.0\", \"pci_segment\": 2}",
+            400,
+            "PCI segment 2 does not exist",
+        ),
     ]
     .concat()
 }
@@ -220,7 +228,7 @@ fn hotplug_gh_scenario() -> Scenario {
              ghvmm.cycles={CYCLES} ghvmm.bdf=0001:00:00.0 ghvmm.numa=report"
         ))
         .vmm_args(
-            "--gh slots=1 --api-socket path=/tmp/api.sock --event-monitor path=/tmp/events.json",
+            "--gh slots=1 --platform num_pci_segments=2 --api-socket path=/tmp/api.sock --event-monitor path=/tmp/events.json",
         );
     let script = format!(
         "{bind}{start}\
@@ -234,7 +242,8 @@ fn hotplug_gh_scenario() -> Scenario {
         bind = bind_variant("kernel_pads", len, ""),
         start = start_api_guest(&l3.command()),
         cycles = cycles_script(
-            "add-device path=$IVSHMEM,id=gpu0,gh_slot=0",
+            // Cloud Hypervisor's spelling of GH slot 0 (the other scenarios use gh_slot=0).
+            "add-device path=$IVSHMEM,id=gpu0,pci_segment=1",
             &error_checks(),
             &expect_status(
                 "api-duplicate",
@@ -259,6 +268,7 @@ fn hotplug_gh_scenario() -> Scenario {
         "api-unknown-id",
         "api-not-vfio",
         "api-no-such-slot",
+        "api-no-such-segment",
         "events-hotplug",
         "events-lifecycle",
     ]);
@@ -315,8 +325,10 @@ mod tests {
         let s = hotplug_gh_scenario();
         let sh = s.script();
         assert!(sh.contains("start_l3 /bin/ghvmm --kernel"));
-        assert!(sh.contains("--gh slots=1 --api-socket path=/tmp/api.sock"));
-        assert!(sh.contains("add-device path=$IVSHMEM,id=gpu0,gh_slot=0"));
+        assert!(sh.contains(
+            "--gh slots=1 --platform num_pci_segments=2 --api-socket path=/tmp/api.sock"
+        ));
+        assert!(sh.contains("add-device path=$IVSHMEM,id=gpu0,pci_segment=1"));
         assert!(sh.contains("ghvmm.cycles=21"));
         assert!(sh.contains("finish_l3 120"));
         // Every L2 check the script reports is expected, and vice versa for api-* checks.

@@ -15,6 +15,9 @@ use crate::config::{
 };
 use crate::seccomp::SeccompMode;
 
+// A repeatable option is a `Vec<String>` with `num_args = 1..` and `ArgAction::Append`, as
+// Cloud Hypervisor's: `--device A B --device C` gives A, B, C, and the next `--option` ends
+// the values. (A plain comment: a doc comment here would become clap's long help.)
 #[derive(Debug, Parser)]
 #[command(
     name = "ghvmm",

@@ -13,6 +13,8 @@ pub enum Placement {
     GhSlot(u16),
     /// The lowest GH slot that has no device.
     AnyGhSlot,
+    /// Cloud Hypervisor's `pci_segment=N`, N > 0: GH slot N-1, named by its segment in errors.
+    Segment(u16),
 }
 
 impl Placement {
@@ -21,8 +23,7 @@ impl Placement {
         match (gh_slot, pci_segment) {
             (Some(GhSlotRequest::Index(k)), _) => Placement::GhSlot(k),
             (Some(GhSlotRequest::Auto), _) => Placement::AnyGhSlot,
-            // Segment k+1 is GH slot k; the segment's only slot is its 00.0.
-            (None, Some(s)) if s > 0 => Placement::GhSlot(s - 1),
+            (None, Some(s)) if s > 0 => Placement::Segment(s),
             (None, _) => Placement::Segment0,
         }
     }
@@ -51,6 +52,9 @@ pub(super) fn resolve(
             segment: 0,
             slot: None,
         }),
+        // Segment k+1 is GH slot k; the segment's only slot is its 00.0.
+        Placement::Segment(s) if usize::from(s) > gh_slots => Err(HotplugError::NoSuchSegment(s)),
+        Placement::Segment(s) => resolve(Placement::GhSlot(s - 1), gh_slots, taken),
         Placement::GhSlot(_) | Placement::AnyGhSlot if gh_slots == 0 => {
             Err(HotplugError::NoGhProfile)
         }
@@ -77,7 +81,7 @@ mod tests {
         use Placement::*;
         assert_eq!(Placement::requested(None, None), Segment0);
         assert_eq!(Placement::requested(None, Some(0)), Segment0);
-        assert_eq!(Placement::requested(None, Some(2)), GhSlot(1));
+        assert_eq!(Placement::requested(None, Some(2)), Segment(2));
         assert_eq!(
             Placement::requested(Some(GhSlotRequest::Index(3)), None),
             GhSlot(3)
@@ -97,6 +101,8 @@ mod tests {
         assert_eq!((gh1.segment, gh1.slot), (2, Some(0)));
         let any = resolve(Placement::AnyGhSlot, 3, |k| k < 2).unwrap();
         assert_eq!((any.segment, any.slot), (3, Some(0)));
+        let seg2 = resolve(Placement::Segment(2), 2, none_taken).unwrap();
+        assert_eq!((seg2.segment, seg2.slot), (2, Some(0)));
     }
 
     #[test]
@@ -121,6 +127,19 @@ mod tests {
         assert!(matches!(
             err(Placement::AnyGhSlot, 2, |_| true),
             HotplugError::NoFreeGhSlot
+        ));
+        // A segment is named as such: the VM has segments 0 to gh_slots.
+        assert_eq!(
+            err(Placement::Segment(3), 2, |_| false).to_string(),
+            "PCI segment 3 does not exist"
+        );
+        assert_eq!(
+            err(Placement::Segment(1), 0, |_| false).to_string(),
+            "PCI segment 1 does not exist"
+        );
+        assert!(matches!(
+            err(Placement::Segment(2), 2, |k| k == 1),
+            HotplugError::SlotTaken(1)
         ));
     }
 }

@@ -130,6 +130,9 @@ impl Model {
         let gh = self.gh_slots;
         let segment = match p {
             Placement::Segment0 => 0,
+            Placement::Segment(s) if s > gh => return Err("NoSuchSegment"),
+            Placement::Segment(s) if self.taken(s, 0) => return Err("SlotTaken"),
+            Placement::Segment(s) => s,
             Placement::GhSlot(_) | Placement::AnyGhSlot if gh == 0 => return Err("NoGhProfile"),
             Placement::GhSlot(k) if k >= gh => return Err("NoSuchSlot"),
             Placement::GhSlot(k) if self.taken(k + 1, 0) => return Err("SlotTaken"),
@@ -190,10 +193,12 @@ fn op(rng: &mut Rng, model: &Model) -> Op {
         0..=34 => Op::Add {
             path: rng.pick(&PATHS).to_string(),
             id: rng.chance(40).then(|| rng.pick(&IDS).to_string()),
-            placement: match rng.below(3) {
+            placement: match rng.below(4) {
                 0 => Placement::Segment0,
                 // One past the last GH slot too.
                 1 => Placement::GhSlot(rng.below(u64::from(gh) + 1) as u16),
+                // Segments 1 to one past the last.
+                2 => Placement::Segment(rng.below(u64::from(gh) + 1) as u16 + 1),
                 _ => Placement::AnyGhSlot,
             },
             hot: rng.chance(80),
