@@ -435,12 +435,86 @@ impl Host {
     }
 }
 
+/// What the host has installed (package, version) and in /boot, to show that set-up added
+/// tools and changed nothing else.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct HostState {
+    packages: std::collections::BTreeMap<String, String>,
+    boot: Vec<String>,
+}
+
+impl HostState {
+    fn read() -> HostState {
+        let packages = Command::new("dpkg-query")
+            .args(["-W", "-f=${Package} ${Version} ${Status}\n"])
+            .output()
+            .map(|o| parse_installed(&String::from_utf8_lossy(&o.stdout)))
+            .unwrap_or_default();
+        let mut boot: Vec<String> = std::fs::read_dir("/boot")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        boot.sort();
+        HostState { packages, boot }
+    }
+
+    /// The packages added, or why the host changed otherwise.
+    fn compare(&self, after: &HostState) -> std::result::Result<Vec<String>, String> {
+        let mut changed = Vec::new();
+        for (p, v) in &self.packages {
+            match after.packages.get(p) {
+                None => changed.push(format!("{p} {v} removed")),
+                Some(w) if w != v => changed.push(format!("{p} {v} -> {w}")),
+                Some(_) => {}
+            }
+        }
+        if self.boot != after.boot {
+            changed.push(format!(
+                "/boot went from {:?} to {:?}",
+                self.boot, after.boot
+            ));
+        }
+        if !changed.is_empty() {
+            return Err(changed.join(", "));
+        }
+        Ok(after
+            .packages
+            .keys()
+            .filter(|p| !self.packages.contains_key(*p))
+            .cloned()
+            .collect())
+    }
+}
+
+/// `dpkg-query -W -f='${Package} ${Version} ${Status}\n'` lines of installed packages.
+fn parse_installed(out: &str) -> std::collections::BTreeMap<String, String> {
+    out.lines()
+        .filter(|l| l.ends_with("install ok installed"))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.to_string()))
+        })
+        .collect()
+}
+
 pub fn ensure_host(rig_dir: &Path) -> Result<Host> {
+    let before = HostState::read();
     ensure_tools()?;
     let host = Host {
         kernel: ensure_kernel(rig_dir)?,
         qemu: ensure_qemu(rig_dir)?,
     };
+    match before.compare(&HostState::read()) {
+        Ok(added) if added.is_empty() => say("host packages and /boot unchanged"),
+        Ok(added) => say(&format!(
+            "host: added {}; no installed package changed, /boot unchanged",
+            added.join(" ")
+        )),
+        Err(why) => bail!("set-up changed the host, which it must not: {why}"),
+    }
     say(&host.describe());
     Ok(host)
 }
@@ -484,6 +558,30 @@ mod tests {
         assert_eq!(
             depends_with_prefix(meta, "linux-image-"),
             ["linux-image-6.1.0-57-amd64"]
+        );
+    }
+
+    #[test]
+    fn host_changes_beyond_added_tools_are_named() {
+        let dpkg = "cpio 2.13 install ok installed\nqemu-utils 1:10.0 install ok installed\n\
+                    gone 1 deinstall ok config-files\n";
+        let before = HostState {
+            packages: parse_installed(dpkg),
+            boot: vec![],
+        };
+        assert_eq!(before.packages.len(), 2);
+        let mut after = HostState {
+            packages: before.packages.clone(),
+            boot: vec![],
+        };
+        after.packages.insert("kmod".into(), "30".into());
+        assert_eq!(before.compare(&after), Ok(vec!["kmod".to_string()]));
+        after.packages.remove("qemu-utils");
+        after.packages.insert("cpio".into(), "2.14".into());
+        after.boot.push("vmlinuz-6.1.0-57-amd64".into());
+        assert_eq!(
+            before.compare(&after).unwrap_err(),
+            "cpio 2.13 -> 2.14, qemu-utils 1:10.0 removed, /boot went from [] to [\"vmlinuz-6.1.0-57-amd64\"]"
         );
     }
 
