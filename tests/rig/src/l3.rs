@@ -6,8 +6,6 @@
 /// `nokaslr`: an L3 RIP in a hung L2's register dump names the same code as in L2
 /// (crate::symbols).
 pub const QUIET_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 nokaslr";
-/// The same with the kernel's log on the console (the demo shows it).
-pub const VERBOSE_CMDLINE: &str = "console=ttyS0 panic=-1 nokaslr";
 
 /// The VMM that runs the L3 guest inside L2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +74,6 @@ pub struct L3 {
     pub vmm_args: String,
     /// Guest RAM in a shared memfd (ghvmm's `--memory shared=on`, QEMU's memfd backend).
     pub shared_memory: bool,
-    /// Keep the kernel's log on the console (the demo).
-    pub verbose: bool,
     /// L2 kills the VMM after this many seconds (tests/l2/init `run_l3`), printing what it
     /// was doing; a guest boots in about 10 s of L2 time.
     pub watchdog_s: u32,
@@ -93,7 +89,6 @@ impl L3 {
             cmdline: String::new(),
             vmm_args: String::new(),
             shared_memory: false,
-            verbose: false,
             watchdog_s: 90,
         }
     }
@@ -120,13 +115,8 @@ impl L3 {
 
     /// The guest's kernel command line.
     pub fn guest_cmdline(&self) -> String {
-        let base = if self.verbose {
-            VERBOSE_CMDLINE
-        } else {
-            QUIET_CMDLINE
-        };
         let mut words = vec![
-            base.to_string(),
+            QUIET_CMDLINE.to_string(),
             format!("ghvmm.cpus={}", self.cpus),
             format!("ghvmm.mem={}", self.mem),
         ];
