@@ -241,7 +241,7 @@ fn numa(dev: Option<&Path>, slots: usize) -> Result<(), String> {
             compress_list(domains)
         ));
     }
-    let boot_bdf = dev.map(bdf).unwrap_or_default();
+    let boot_bdf = dev.map_or_else(|| "(no boot device)".to_string(), bdf);
     show(&format!(
         "the device {boot_bdf} itself is in node {} (its host bridge's _PXM: with the CPUs)",
         dev.map(|d| read_trim(d.join("numa_node")))

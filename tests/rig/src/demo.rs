@@ -64,15 +64,13 @@ pub const CHECKS: &[&str] = &[
     "seccomp",
 ];
 
-/// Shell function `demo_step NAME REASON`: reports the L2 check NAME from the exit status of
-/// the command before it and remembers the first failure in `$demo_failed`, after which the
-/// later steps do not run (each would wait for a guest that cannot answer). REASON must not
-/// run commands: that would change `$?` before the call.
+/// Shell function `demo_step NAME STATUS REASON`: reports the L2 check NAME from STATUS and
+/// remembers the first failure in `$demo_failed`, after which the later steps do not run
+/// (each would wait for a guest that cannot answer).
 const DEMO_STEP: &str = r#"demo_failed=
 demo_step() {
-    r=$?
-    [ $r = 0 ] || demo_failed=${demo_failed:-$1}
-    l2_check $1 $r "$2"
+    [ "$2" = 0 ] || demo_failed=${demo_failed:-$1}
+    l2_check $1 $2 "$3"
 }
 "#;
 
@@ -91,7 +89,7 @@ fn guest() -> L3 {
         ))
 }
 
-/// Shell: one hot plug into slot 1: say what L2 runs, `add` (a ghvmm-remote command) with the
+/// Shell: one hot plug into slot 1, each half only while no step failed: say what L2 runs, `add` (a ghvmm-remote command) with the
 /// guest seeing the device (check `add_check`), ghvmm's answer, then `remove-device id` with the
 /// guest seeing it go (check `remove_check`) and, when another plug follows, waiting for the
 /// guest to be ready for it. L2 speaks only while the guest waits, so that their lines do not
@@ -109,11 +107,15 @@ fn hotplug(n: u32, add: &str, id: &str, add_check: &str, remove_check: &str) -> 
         "if [ -z \"$demo_failed\" ]; then\n\
          echo \"@@DEMOL2 ghvmm-remote {add}\"\n\
          out=$($R {add} 2>&1) && wait_marker '@@HOTPLUG present {n} ' {MARKER_WAIT_S}\n\
-         demo_step {add_check} \"{add_verb} answered: $out; or the guest never saw the device\"\n\
-         echo \"@@DEMOL2 ghvmm answered: $(echo $out)\"\n\
+         r=$?; out=$(echo \"$out\" | tr '\\n' ' ')\n\
+         echo \"@@DEMOL2 ghvmm answered: $out\"\n\
+         demo_step {add_check} $r \"{add_verb} answered: $out; or the guest never saw the device\"\n\
+         fi\n\
+         if [ -z \"$demo_failed\" ]; then\n\
          echo \"@@DEMOL2 ghvmm-remote remove-device {id}\"\n\
          out=$($R remove-device {id} 2>&1) && wait_marker '@@HOTPLUG gone {n}' {MARKER_WAIT_S}{next}\n\
-         demo_step {remove_check} \"remove-device {id} answered: $out; or the device never left the guest\"\n\
+         r=$?; out=$(echo \"$out\" | tr '\\n' ' ')\n\
+         demo_step {remove_check} $r \"remove-device {id} answered: $out; or the device never left the guest\"\n\
          fi\n",
         add_verb = add.split_whitespace().next().unwrap_or(add),
     )
@@ -138,7 +140,7 @@ pub fn script() -> String {
          [ -n \"$demo_failed\" ] && kill $l3pid 2>/dev/null\n\
          finish_l3 {MARKER_WAIT_S}\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n\
-         vu_stop\n",
+         [ -n \"$vupid\" ] && vu_stop\n",
         bind = bind_all_variant(MODE, LEN, 2),
         start = start_api_guest(&l3.command()),
         remote = hotplug(
@@ -255,7 +257,7 @@ mod tests {
         );
         for (name, status) in steps {
             sh += &format!(
-                "if [ -z \"$demo_failed\" ]; then (exit {status}); demo_step {name} 'it failed'; fi\n"
+                "if [ -z \"$demo_failed\" ]; then demo_step {name} {status} 'it failed'; fi\n"
             );
         }
         sh += "echo \"first failure: $demo_failed\"\n";
@@ -280,6 +282,46 @@ mod tests {
             run_steps(&[("a", 0), ("b", 1), ("c", 0)]),
             ["a PASS", "b FAIL it failed", "first failure: b"]
         );
+    }
+
+    /// Runs one `hotplug` step in the host's sh with ghvmm-remote answering `answer` (several
+    /// lines) with exit status `status`; the guest's markers always come.
+    fn run_hotplug(answer: &str, status: u8) -> Vec<String> {
+        let sh = format!(
+            "l2_check() {{ if [ \"$2\" = 0 ]; then echo \"@@L2CHECK $1 PASS\"; else echo \"@@L2CHECK $1 FAIL $3\"; fi; }}\n\
+             wait_marker() {{ return 0; }}\n\
+             fake_remote() {{ printf '{answer}'; return {status}; }}\n\
+             R=fake_remote\n{DEMO_STEP}{}echo \"first failure: $demo_failed\"\n",
+            hotplug(1, "add-device path=/x,id=g,gh_slot=1", "g", "add", "remove")
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&sh)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn a_hot_plug_reports_one_line_per_check() {
+        let ok = run_hotplug("{\\n  \"bdf\": \"0002:00:00.0\"\\n}\\n", 0);
+        assert!(ok.contains(&"@@L2CHECK add PASS".to_string()), "{ok:?}");
+        assert!(ok.contains(&"@@L2CHECK remove PASS".to_string()), "{ok:?}");
+        assert!(
+            ok.iter()
+                .any(|l| l.contains("ghvmm answered: {   \"bdf\": \"0002:00:00.0\" }")),
+            "{ok:?}"
+        );
+        let bad = run_hotplug("error: 400:\\nnot a VFIO driver\\n", 1);
+        assert!(
+            bad.contains(&"@@L2CHECK add FAIL add-device answered: error: 400: not a VFIO driver ; or the guest never saw the device".to_string()),
+            "{bad:?}"
+        );
+        assert!(!bad.iter().any(|l| l.contains("remove")), "{bad:?}");
+        assert_eq!(bad.last().map(String::as_str), Some("first failure: add"));
     }
 
     #[test]
