@@ -12,6 +12,9 @@
 //!                   there does not stick
 //!   `demo-hotplug-N` the N-th hot-added device (`ghvmm.cycles` of them) arrived, as lspci
 //!                   shows it, and left; L2 adds and removes it (`@@HOTPLUG` lines, hotplug.rs)
+//!
+//! After the last removal the guest waits at gate 1 (gate.rs) until L2 has ghvmm's answer;
+//! `demo-end-gate` reports only a gate that failed.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -24,6 +27,7 @@ use crate::demo_format::{
     compress_list, distance_table, expand_list, human_size, lspci_lines, lspci_size,
     srat_generic_initiators,
 };
+use crate::gate::Gate;
 use crate::numa::{node_ids, node_memtotal_kb};
 use crate::util::{read_trim, wait_for};
 use crate::vfio::{find_all, resource, BarView, IORESOURCE_MEM_64, IORESOURCE_PREFETCH};
@@ -40,6 +44,8 @@ const SRAT: &str = "/sys/firmware/acpi/tables/SRAT";
 const HOTPLUG_WAIT: Duration = Duration::from_secs(120);
 /// How long a new function's resource files may take to appear after its directory.
 const RESOURCE_WAIT: Duration = Duration::from_secs(20);
+/// The phase of the gate the guest waits at before powering off (gate.rs).
+const END_GATE: u64 = 1;
 /// Written into the padding; it must not read back.
 const PADDING_PROBE: u64 = 0xdead_beef;
 
@@ -105,6 +111,13 @@ pub fn run(expect: &Expectations) {
     );
     heading("5. Hot plug: L2 adds a second device, then removes it");
     let known: BTreeSet<PathBuf> = boot.into_iter().collect();
+    // Held after the last removal until L2 has ghvmm's answer to it: a guest that powered
+    // off at once would end ghvmm before it answers, and the answer is part of the demo.
+    let gate = Gate::new();
+    if let Err(e) = &gate {
+        report("demo-end-gate", Err(e.clone()));
+    }
+    let mut plugged = true;
     for n in 1..=expect.cycles.unwrap_or(0) {
         let name = format!("demo-hotplug-{n}");
         match hotplug_cycle(n, &known) {
@@ -113,8 +126,14 @@ pub fn run(expect: &Expectations) {
                 show(&format!("hot plug {n} FAILED: {e}"));
                 report(&name, Err(e));
                 // L2 waits for markers that will not come; its own waits time out.
+                plugged = false;
                 break;
             }
+        }
+    }
+    if let (true, Ok(gate)) = (plugged, &gate) {
+        if let Err(e) = gate.pass(END_GATE) {
+            report("demo-end-gate", Err(e));
         }
     }
     show("");

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::demo_view::{failures, render};
+use crate::gates::GATE_HELPERS;
 use crate::hotplug_scenarios::start_api_guest;
 use crate::l3::{Vmm, L3};
 use crate::scale_scenarios::bind_all_variant;
@@ -41,8 +42,9 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 /// The goal for a built tree's run.
 const GOAL: Duration = Duration::from_secs(120);
 
-/// The checks a demo run must pass: L2's (binding, API answers, the server, exit codes,
-/// seccomp) and the guest's (tests/checker/src/demo.rs).
+/// The checks a demo run must pass: L2's (binding, API answers, the server, letting the
+/// guest power off once ghvmm answered the last removal, exit codes, seccomp) and the
+/// guest's (tests/checker/src/demo.rs).
 pub const CHECKS: &[&str] = &[
     "kvm",
     "vfio-bind",
@@ -59,6 +61,7 @@ pub const CHECKS: &[&str] = &[
     "demo-user-add",
     "demo-hotplug-2",
     "demo-user-remove",
+    "demo-release",
     "vmm-exit",
     "vu-server-stop",
     "seccomp",
@@ -125,7 +128,7 @@ fn hotplug(n: u32, add: &str, id: &str, add_check: &str, remove_check: &str) -> 
 pub fn script() -> String {
     let l3 = guest();
     format!(
-        "{VU_HELPERS}{DEMO_STEP}\
+        "{GATE_HELPERS}{VU_HELPERS}{DEMO_STEP}\
          echo \"@@DEMOL2 the GPU-like variant driver ({MODE}, length {LEN}) takes both ivshmem functions\"\n\
          {bind}\
          echo \"@@DEMOL2 ghvmm --gh slots={SLOTS} --device path=$IVSHMEM,id=gpu0,gh_slot=0 --api-socket path=/tmp/api.sock ...\"\n\
@@ -137,6 +140,10 @@ pub fn script() -> String {
          vu_start $IVSHMEM1 {VU_SOCKET}\n\
          fi\n\
          {user}\
+         if [ -z \"$demo_failed\" ]; then\n\
+         gate_err=; gate_open 1\n\
+         demo_step demo-release $? \"$gate_err\"\n\
+         fi\n\
          [ -n \"$demo_failed\" ] && kill $l3pid 2>/dev/null\n\
          finish_l3 {MARKER_WAIT_S}\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n\
@@ -232,8 +239,10 @@ mod tests {
         assert!(sh.contains("wait_marker '@@HOTPLUG ready 2' 120"));
         // The remote plug comes before the vfio-user one.
         assert!(sh.find("add-device path").unwrap() < sh.find("add-user-device").unwrap());
-        // Every L2 check the script reports is one the demo requires.
-        for line in sh.lines() {
+        // Every L2 check the script itself (after the shared helpers) reports is one the demo
+        // requires.
+        let own = &sh[sh.find(DEMO_STEP).unwrap() + DEMO_STEP.len()..];
+        for line in own.lines() {
             for word in ["demo_step ", "l2_check "] {
                 if let Some(rest) = line.trim().strip_prefix(word) {
                     let name = rest.split_whitespace().next().unwrap();
