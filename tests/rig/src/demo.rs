@@ -110,14 +110,14 @@ fn hotplug(n: u32, add: &str, id: &str, add_check: &str, remove_check: &str) -> 
         "if [ -z \"$demo_failed\" ]; then\n\
          echo \"@@DEMOL2 ghvmm-remote {add}\"\n\
          out=$($R {add} 2>&1) && wait_marker '@@HOTPLUG present {n} ' {MARKER_WAIT_S}\n\
-         r=$?; out=$(echo \"$out\" | tr '\\n' ' ')\n\
+         r=$?; out=$(echo \"$out\" | tr '\\n' ' ' | tr -s ' ')\n\
          echo \"@@DEMOL2 ghvmm answered: $out\"\n\
          demo_step {add_check} $r \"{add_verb} answered: $out; or the guest never saw the device\"\n\
          fi\n\
          if [ -z \"$demo_failed\" ]; then\n\
          echo \"@@DEMOL2 ghvmm-remote remove-device {id}\"\n\
          out=$($R remove-device {id} 2>&1) && wait_marker '@@HOTPLUG gone {n}' {MARKER_WAIT_S}{next}\n\
-         r=$?; out=$(echo \"$out\" | tr '\\n' ' ')\n\
+         r=$?; out=$(echo \"$out\" | tr '\\n' ' ' | tr -s ' ')\n\
          demo_step {remove_check} $r \"remove-device {id} answered: $out; or the device never left the guest\"\n\
          fi\n",
         add_verb = add.split_whitespace().next().unwrap_or(add),
@@ -321,7 +321,7 @@ mod tests {
         assert!(ok.contains(&"@@L2CHECK remove PASS".to_string()), "{ok:?}");
         assert!(
             ok.iter()
-                .any(|l| l.contains("ghvmm answered: {   \"bdf\": \"0002:00:00.0\" }")),
+                .any(|l| l.contains("ghvmm answered: { \"bdf\": \"0002:00:00.0\" }")),
             "{ok:?}"
         );
         let bad = run_hotplug("error: 400:\\nnot a VFIO driver\\n", 1);
