@@ -4,7 +4,7 @@
 //!                   [--l3-vmm ghvmm|qemu] [FILTER...]
 //!                                          nested-virtualization scenarios
 //!   cargo xtask bench                      boot-time comparison with QEMU, in the rig
-//!   cargo xtask demo                       boot a guest under ghvmm and show its console
+//!   cargo xtask demo                       show, from a guest, a GPU-like device under ghvmm's GH profile
 //!   cargo xtask fuzz [SECONDS] [TARGET...] every cargo-fuzz target for SECONDS each (60)
 //!   cargo xtask test                       fmt, clippy, unit tests, 30 s of each fuzz target,
 //!                                          then every e2e scenario

@@ -275,34 +275,6 @@ pub fn run_all(expect: &Expectations) {
     }
 }
 
-pub fn demo() {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    println!();
-    println!("  Hello from an L3 guest booted by ghvmm (KVM inside QEMU-TCG).");
-    println!("  kernel:  {}", read("/proc/version").trim());
-    println!("  cmdline: {}", read("/proc/cmdline").trim());
-    println!(
-        "  CPUs online: {}",
-        read("/sys/devices/system/cpu/online").trim()
-    );
-    if let Some(kib) = meminfo_kib(&read("/proc/meminfo"), "MemTotal") {
-        println!("  MemTotal: {} MiB", kib / 1024);
-    }
-    let mut tables: Vec<String> = std::fs::read_dir("/sys/firmware/acpi/tables")
-        .map(|d| {
-            // Tables only: the folder also holds the `data` and `dynamic` subfolders.
-            d.flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    tables.sort();
-    println!("  ACPI tables: {}", tables.join(" "));
-    println!("  Powering off.");
-    println!();
-}
-
 pub fn finish(action: &str) -> ! {
     let cmd = if action == "reboot" {
         libc::RB_AUTOBOOT

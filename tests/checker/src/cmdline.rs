@@ -15,6 +15,8 @@ pub struct Expectations {
     pub gh_len: Option<u64>,
     /// How many GPU-like devices the guest must see (`ghvmm.gh_devices=`, default 1).
     pub gh_devices: Option<usize>,
+    /// GH slots the VMM was given (`ghvmm.gh_slots=`; the demo counts their nodes).
+    pub gh_slots: Option<u32>,
     /// Fault injection (`ghvmm.vfio=fault`): the device's mmappable length
     /// (`ghvmm.gh_map=`) and after how many region accesses it fails (`ghvmm.fail_after=`).
     pub gh_map: Option<u64>,
@@ -62,6 +64,7 @@ impl Expectations {
                 "gh_mode" => e.gh_mode = value.to_string(),
                 "gh_len" => e.gh_len = value.parse().ok(),
                 "gh_devices" => e.gh_devices = value.parse().ok(),
+                "gh_slots" => e.gh_slots = value.parse().ok(),
                 "gh_map" => e.gh_map = value.parse().ok(),
                 "fail_after" => e.fail_after = value.parse().ok(),
                 "platform" => e.platform = value.to_string(),
@@ -106,6 +109,8 @@ mod tests {
         assert_eq!(Expectations::parse("ghvmm.platform=qemu").platform, "qemu");
         let d = Expectations::parse("ghvmm.mode=demo ghvmm.cpus=x ghvmm.bogus");
         assert_eq!((d.mode.as_str(), d.cpus), ("demo", None));
+        assert_eq!(Expectations::parse("ghvmm.gh_slots=2").gh_slots, Some(2));
+        assert_eq!(e.gh_slots, None);
         assert!(
             e.acpi_dump,
             "the tables are dumped unless the rig says not to"

@@ -16,6 +16,7 @@
 //!   `@@FACT <key> <value...>`              something seen, compared by the rig (numa.rs)
 //!   `@@HOTPLUG ready|present N BDF|gone N` hot-plug progress for L2's script (hotplug.rs)
 //!   `@@GATE <phase> <gpa-hex> wait`        waiting for L2 to open a gate (gate.rs)
+//!   `@@DEMO <text>`                        a line of the demo for people (demo.rs)
 //!   `@@DONE`                               all checks reported
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -24,6 +25,8 @@ mod bench;
 mod checks;
 mod cmdline;
 mod counters;
+mod demo;
+mod demo_format;
 mod fault;
 mod first_run;
 mod flood;
@@ -65,7 +68,7 @@ fn main() {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let expect = cmdline::Expectations::parse(&cmdline);
     match expect.mode.as_str() {
-        "demo" => checks::demo(),
+        "demo" => demo::run(&expect),
         "bench-gh" => bench::gh(expect.gh_len.unwrap_or(0)),
         _ => checks::run_all(&expect),
     }

@@ -6,8 +6,6 @@
 /// `nokaslr`: an L3 RIP in a hung L2's register dump names the same code as in L2
 /// (crate::symbols).
 pub const QUIET_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 nokaslr";
-/// The same with the kernel's log on the console (the demo shows it).
-pub const VERBOSE_CMDLINE: &str = "console=ttyS0 panic=-1 nokaslr";
 
 /// The VMM that runs the L3 guest inside L2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +77,6 @@ pub struct L3 {
     /// ghvmm's whole `--memory` value instead of `size=<mem>` (e.g. `size=0` with zones in
     /// `vmm_args`); `mem` stays the total the guest checks.
     pub memory_arg: Option<&'static str>,
-    /// Keep the kernel's log on the console (the demo).
-    pub verbose: bool,
     /// L2 kills the VMM after this many seconds (tests/l2/init `run_l3`), printing what it
     /// was doing; a guest boots in about 10 s of L2 time.
     pub watchdog_s: u32,
@@ -97,7 +93,6 @@ impl L3 {
             vmm_args: String::new(),
             shared_memory: false,
             memory_arg: None,
-            verbose: false,
             watchdog_s: 90,
         }
     }
@@ -129,13 +124,8 @@ impl L3 {
 
     /// The guest's kernel command line.
     pub fn guest_cmdline(&self) -> String {
-        let base = if self.verbose {
-            VERBOSE_CMDLINE
-        } else {
-            QUIET_CMDLINE
-        };
         let mut words = vec![
-            base.to_string(),
+            QUIET_CMDLINE.to_string(),
             format!("ghvmm.cpus={}", self.cpus),
             format!("ghvmm.mem={}", self.mem),
         ];

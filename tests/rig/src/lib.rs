@@ -13,6 +13,7 @@ pub mod cache;
 pub mod ch_scenarios;
 pub mod cpio;
 mod demo;
+mod demo_view;
 mod e2e;
 pub mod fault_scenarios;
 pub mod flat;
@@ -148,6 +149,32 @@ pub fn boot_l2_with(
     echo: bool,
     silence: Option<Duration>,
 ) -> Result<(Transcript, bool, Duration)> {
+    boot_l2_watched(
+        prep,
+        dir,
+        overlays,
+        qemu_args,
+        ivshmem,
+        timeout,
+        echo,
+        silence,
+        &mut |_| {},
+    )
+}
+
+/// `boot_l2_with`, also handing every console line to `watch` (the demo shows some).
+#[allow(clippy::too_many_arguments)]
+pub fn boot_l2_watched(
+    prep: &Prepared,
+    dir: &Path,
+    overlays: &[Vec<u8>],
+    qemu_args: &[String],
+    ivshmem: &[u64],
+    timeout: Duration,
+    echo: bool,
+    silence: Option<Duration>,
+    watch: &mut dyn FnMut(&str),
+) -> Result<(Transcript, bool, Duration)> {
     std::fs::create_dir_all(dir)?;
     let initrd = dir.join("initrd.cpio");
     let mut image = prep.base.clone();
@@ -179,6 +206,7 @@ pub fn boot_l2_with(
     let mut t = Transcript::default();
     let start = Instant::now();
     let finished = l2.run(&dir.join("console.log"), timeout, echo, |line| {
+        watch(line);
         t.feed(line);
         t.over()
     })?;
