@@ -229,7 +229,7 @@ fn socket_mode_and_every_endpoint() {
     let (st, body) = raw(&srv.socket, b"DELETE /api/v1/vm.info HTTP/1.1\r\n\r\n").unwrap();
     assert_eq!(
         (st, body.as_str()),
-        (405, "vm.info takes GET, not DELETE\n")
+        (405, r#"["vm.info takes GET, not DELETE"]"#)
     );
 
     // The client library, verb by verb.
@@ -486,7 +486,7 @@ fn connection_cap() {
         (st, body.as_str()),
         (
             503,
-            "too many API connections, and this one had not sent its request yet; try again\n"
+            r#"["too many API connections, and this one had not sent its request yet; try again"]"#
         )
     );
     // The other one is still there, and served.
@@ -512,7 +512,7 @@ fn connection_cap() {
     let (st, body) = raw(&srv.socket, b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n").unwrap();
     assert_eq!(
         (st, body.as_str()),
-        (503, "too many API connections; try again\n")
+        (503, r#"["too many API connections; try again"]"#)
     );
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     let mut done: Vec<_> = slow

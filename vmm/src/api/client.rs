@@ -187,10 +187,20 @@ pub fn run(cli: &RemoteCli) -> Result<String, RemoteError> {
     if !(200..300).contains(&resp.status) {
         return Err(RemoteError::Server {
             status: resp.status,
-            message: one_line(resp.body.trim()),
+            message: error_message(&resp.body),
         });
     }
     Ok(pretty(&resp.body))
+}
+
+/// An error body as one printable line: Cloud Hypervisor's array of strings (the error,
+/// then its causes) joined by ": ", as its own log line joins them; any other body as it
+/// came.
+fn error_message(body: &str) -> String {
+    match serde_json::from_str::<Vec<String>>(body) {
+        Ok(messages) if !messages.is_empty() => one_line(&messages.join(": ")),
+        _ => one_line(body.trim()),
+    }
 }
 
 /// What the server said, as one printable line.
@@ -588,5 +598,12 @@ mod tests {
         );
         assert_eq!(pretty("\"a\nb\""), "\"a\\nb\"");
         assert_eq!(one_line("a\nb\r\nc"), "a b  c");
+        assert_eq!(
+            error_message(r#"["vm.pause: failed", "the VM is \"paused\"\n"]"#),
+            r#"vm.pause: failed: the VM is "paused" "#
+        );
+        assert_eq!(error_message("[]"), "[]");
+        assert_eq!(error_message("plain\ntext\n"), "plain text");
+        assert_eq!(error_message(r#"{"a":1}"#), r#"{"a":1}"#);
     }
 }

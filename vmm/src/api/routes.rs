@@ -57,10 +57,11 @@ pub fn handle(req: &Request, vm: &dyn VmControl) -> Response {
         .strip_prefix(PREFIX)
         .and_then(|name| ENDPOINTS.iter().find(|(n, _, _)| *n == name))
     else {
-        return Response::text(404, &format!("unknown endpoint {}", req.path));
+        return Response::error_line(404, &format!("unknown endpoint {}", req.path));
     };
     if req.method != method {
-        let mut r = Response::text(405, &format!("{name} takes {method}, not {}", req.method));
+        let mut r =
+            Response::error_line(405, &format!("{name} takes {method}, not {}", req.method));
         r.allow = Some(method);
         return r;
     }
@@ -122,7 +123,7 @@ fn error_response(e: ApiError) -> Response {
     } else {
         500
     };
-    Response::text(status, &e.message)
+    Response::error_line(status, &e.message)
 }
 
 #[cfg(test)]
@@ -238,14 +239,17 @@ pub(crate) mod tests {
         serde_json::from_slice(&r.body).unwrap()
     }
 
-    /// An error body is one line of text, and its status is `status`.
+    /// An error body is Cloud Hypervisor's: a JSON array of one-line strings (the error,
+    /// then its causes), and its status is `status`. Returns the strings joined by ": ".
     fn error(r: &Response, status: u16) -> String {
         assert_eq!(r.status, status, "{}", text(r));
-        assert!(r.content_type.starts_with("text/plain"));
-        let t = text(r);
-        assert_eq!(t.matches('\n').count(), 1, "{t:?}");
-        assert!(t.ends_with('\n'));
-        t
+        let messages: Vec<String> = serde_json::from_value(json(r))
+            .unwrap_or_else(|e| panic!("not an array of strings ({e}): {}", text(r)));
+        assert!(!messages.is_empty(), "{}", text(r));
+        for m in &messages {
+            assert!(!m.is_empty() && !m.chars().any(char::is_control), "{m:?}");
+        }
+        messages.join(": ")
     }
 
     #[test]
@@ -428,7 +432,7 @@ pub(crate) mod tests {
             &serve(&vm, &put("/api/v1/vm.remove-device", r#"{"id":"nope"}"#)),
             404,
         );
-        assert_eq!(t, "no device with id 'nope'\n");
+        assert_eq!(t, "no device with id 'nope'");
         let t = error(
             &serve(
                 &vm,
@@ -436,7 +440,7 @@ pub(crate) mod tests {
             ),
             409,
         );
-        assert_eq!(t, "device gpu0 already exists\n");
+        assert_eq!(t, "device gpu0 already exists");
         // A success code in an error becomes a 500; newlines never reach the client.
         let t = error(
             &serve(
@@ -445,7 +449,7 @@ pub(crate) mod tests {
             ),
             500,
         );
-        assert_eq!(t, "not an error code\n");
+        assert_eq!(t, "not an error code");
     }
 
     #[test]
@@ -466,7 +470,7 @@ pub(crate) mod tests {
         }
         let r = serve(&vm, &put_empty("/api/v1/vmm.ping"));
         assert_eq!(r.allow, Some("GET"));
-        assert_eq!(error(&r, 405), "vmm.ping takes GET, not PUT\n");
+        assert_eq!(error(&r, 405), "vmm.ping takes GET, not PUT");
         let r = serve(&vm, &get("/api/v1/vm.add-device"));
         assert_eq!(r.allow, Some("PUT"));
         error(&r, 405);
