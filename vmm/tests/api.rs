@@ -615,11 +615,17 @@ fn ghvmm_remote_binary() {
         "ping",
     ]));
     assert!(e.contains("cannot connect to /nonexistent/x.sock"), "{e}");
+    // ch-remote's reboot verb reaches ghvmm, which cannot do it.
+    let e = one_error_line(&ghvmm_remote(&["--api-socket", sock, "reboot"]));
+    assert!(
+        e.starts_with("ghvmm-remote: error: 501: vm.reboot is not supported"),
+        "{e}"
+    );
     for args in [
         &[][..],
         &["ping"],
         &["--api-socket", sock],
-        &["--api-socket", sock, "reboot"],
+        &["--api-socket", sock, "nmi"],
         &["--api-socket", sock, "add-device"],
         &["--api-socket", sock, "ping", "--bogus"],
     ] {

@@ -61,6 +61,12 @@ pub enum RemoteCommand {
     Shutdown,
     /// Shut the VMM down (vmm.shutdown).
     ShutdownVmm,
+    /// Stop every vCPU (vm.pause).
+    Pause,
+    /// Let the vCPUs run again (vm.resume).
+    Resume,
+    /// Reboot the VM (vm.reboot; ghvmm answers that it cannot).
+    Reboot,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +152,9 @@ impl RemoteCommand {
             RemoteCommand::PowerButton => bare("PUT", "vm.power-button"),
             RemoteCommand::Shutdown => bare("PUT", "vm.shutdown"),
             RemoteCommand::ShutdownVmm => bare("PUT", "vmm.shutdown"),
+            RemoteCommand::Pause => bare("PUT", "vm.pause"),
+            RemoteCommand::Resume => bare("PUT", "vm.resume"),
+            RemoteCommand::Reboot => bare("PUT", "vm.reboot"),
         })
     }
 }
@@ -467,6 +476,9 @@ mod tests {
         assert_eq!(ep(&["power-button"]), ("PUT", "vm.power-button"));
         assert_eq!(ep(&["shutdown"]), ("PUT", "vm.shutdown"));
         assert_eq!(ep(&["shutdown-vmm"]), ("PUT", "vmm.shutdown"));
+        assert_eq!(ep(&["pause"]), ("PUT", "vm.pause"));
+        assert_eq!(ep(&["resume"]), ("PUT", "vm.resume"));
+        assert_eq!(ep(&["reboot"]), ("PUT", "vm.reboot"));
         let r = request(&[
             "--api-socket",
             "/s",

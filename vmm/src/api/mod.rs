@@ -40,15 +40,42 @@ pub trait VmControl: Send + Sync {
     fn shutdown_vm(&self) -> Result<(), ApiError>;
     /// Must return (and so let the 204 go out) before the process exits.
     fn shutdown_vmm(&self) -> Result<(), ApiError>;
+    /// `PUT /api/v1/vm.pause`: returns once no vCPU runs guest code; pausing a paused VM is
+    /// an error.
+    fn pause(&self) -> Result<(), ApiError> {
+        Err(ApiError::not_supported("vm.pause"))
+    }
+    /// `PUT /api/v1/vm.resume`: resuming a VM that is not paused is an error.
+    fn resume(&self) -> Result<(), ApiError> {
+        Err(ApiError::not_supported("vm.resume"))
+    }
+    /// `PUT /api/v1/vm.reboot`. ghvmm's VM cannot be reset in place: its process ends
+    /// (exit 0) when the guest reboots, so the default is what ghvmm answers.
+    fn reboot(&self) -> Result<(), ApiError> {
+        Err(ApiError::new(
+            STATUS_NOT_SUPPORTED,
+            "vm.reboot is not supported: ghvmm ends (exit 0) when its guest reboots; start it \
+             again, or reboot from inside the guest",
+        ))
+    }
 }
 
-/// An error for the client: an HTTP status (400-599) and a one-line message, sent as the
-/// response body. Newlines in `message` are replaced when it is sent.
+/// Cloud Hypervisor's status for an action its build cannot do (501 Not Implemented).
+pub const STATUS_NOT_SUPPORTED: u16 = 501;
+/// Cloud Hypervisor's status for an action the VM refused or failed, e.g. an invalid state
+/// change such as pausing a paused VM (its `InvalidStateTransition`).
+pub const STATUS_VM_ACTION_FAILED: u16 = 500;
+
+/// An error for the client: an HTTP status (400-599), a one-line message and its causes,
+/// sent as the response body (a JSON array: the message, then the causes). Newlines are
+/// replaced when it is sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
     pub status: u16,
     pub message: String,
+    /// Outermost first.
+    pub causes: Vec<String>,
 }
 
 impl ApiError {
@@ -56,7 +83,36 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            causes: Vec::new(),
         }
+    }
+
+    /// `message`, caused by `cause` and the whole chain of its sources.
+    pub fn caused_by(
+        status: u16,
+        message: impl Into<String>,
+        cause: &dyn std::error::Error,
+    ) -> Self {
+        let causes = std::iter::successors(Some(cause), |e| e.source())
+            .map(|e| e.to_string())
+            .collect();
+        ApiError {
+            status,
+            message: message.into(),
+            causes,
+        }
+    }
+
+    /// 501: an action this VM cannot do.
+    pub fn not_supported(action: &str) -> Self {
+        Self::new(STATUS_NOT_SUPPORTED, format!("{action} is not supported"))
+    }
+
+    /// The response body's strings: the message, then the causes.
+    pub fn messages(&self) -> Vec<String> {
+        std::iter::once(self.message.clone())
+            .chain(self.causes.iter().cloned())
+            .collect()
     }
 
     /// 400: the request is well formed but cannot be carried out as given.

@@ -17,6 +17,9 @@ enum Endpoint {
     VmRemoveDevice,
     VmPowerButton,
     VmShutdown,
+    VmPause,
+    VmResume,
+    VmReboot,
 }
 
 const PREFIX: &str = "/api/v1/";
@@ -32,6 +35,9 @@ const ENDPOINTS: &[(&str, &str, Endpoint)] = &[
     ("vm.remove-device", "PUT", Endpoint::VmRemoveDevice),
     ("vm.power-button", "PUT", Endpoint::VmPowerButton),
     ("vm.shutdown", "PUT", Endpoint::VmShutdown),
+    ("vm.pause", "PUT", Endpoint::VmPause),
+    ("vm.resume", "PUT", Endpoint::VmResume),
+    ("vm.reboot", "PUT", Endpoint::VmReboot),
 ];
 
 /// Whether the request adds or removes a device: those can wait for the guest (up to the
@@ -99,6 +105,9 @@ fn call(
         Endpoint::VmPowerButton => vm.power_button().map(|()| Response::no_content()),
         Endpoint::VmShutdown => vm.shutdown_vm().map(|()| Response::no_content()),
         Endpoint::VmmShutdown => vm.shutdown_vmm().map(|()| Response::no_content()),
+        Endpoint::VmPause => vm.pause().map(|()| Response::no_content()),
+        Endpoint::VmResume => vm.resume().map(|()| Response::no_content()),
+        Endpoint::VmReboot => vm.reboot().map(|()| Response::no_content()),
     }
 }
 
@@ -123,7 +132,7 @@ fn error_response(e: ApiError) -> Response {
     } else {
         500
     };
-    Response::error_line(status, &e.message)
+    Response::error(status, &e.messages())
 }
 
 #[cfg(test)]
@@ -139,6 +148,7 @@ pub(crate) mod tests {
     #[derive(Default)]
     pub struct FakeVm {
         pub calls: Mutex<Vec<String>>,
+        pub paused: Mutex<bool>,
     }
 
     impl FakeVm {
@@ -201,6 +211,32 @@ pub(crate) mod tests {
         }
         fn shutdown_vmm(&self) -> Result<(), ApiError> {
             self.log("shutdown-vmm".into());
+            Ok(())
+        }
+        fn pause(&self) -> Result<(), ApiError> {
+            self.log("pause".into());
+            let mut paused = self.paused.lock();
+            if *paused {
+                return Err(ApiError::caused_by(
+                    crate::api::STATUS_VM_ACTION_FAILED,
+                    "cannot pause the VM",
+                    &crate::vm::pause::PauseError::AlreadyPaused,
+                ));
+            }
+            *paused = true;
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), ApiError> {
+            self.log("resume".into());
+            let mut paused = self.paused.lock();
+            if !*paused {
+                return Err(ApiError::caused_by(
+                    crate::api::STATUS_VM_ACTION_FAILED,
+                    "cannot resume the VM",
+                    &crate::vm::pause::PauseError::NotPaused,
+                ));
+            }
+            *paused = false;
             Ok(())
         }
     }
@@ -349,6 +385,34 @@ pub(crate) mod tests {
             )
         );
         assert_eq!(calls[2], "remove gpu0");
+    }
+
+    #[test]
+    fn pause_resume_reboot() {
+        let vm = FakeVm::default();
+        let put = |path| serve(&vm, &put_empty(path));
+        // Cloud Hypervisor's statuses: 204, an invalid state change 500 with the error and
+        // its cause, an action it cannot do 501.
+        assert_eq!(put("/api/v1/vm.pause").status, 204);
+        let r = put("/api/v1/vm.pause");
+        assert_eq!(
+            serde_json::from_slice::<Vec<String>>(&r.body).unwrap(),
+            ["cannot pause the VM", "the VM is already paused"]
+        );
+        assert_eq!(
+            error(&r, 500),
+            "cannot pause the VM: the VM is already paused"
+        );
+        assert_eq!(put("/api/v1/vm.resume").status, 204);
+        assert_eq!(
+            error(&put("/api/v1/vm.resume"), 500),
+            "cannot resume the VM: the VM is not paused"
+        );
+        assert_eq!(*vm.calls.lock(), ["pause", "pause", "resume", "resume"]);
+        let t = error(&put("/api/v1/vm.reboot"), 501);
+        assert!(t.starts_with("vm.reboot is not supported"), "{t}");
+        let r = serve(&vm, &get("/api/v1/vm.pause"));
+        assert_eq!((r.status, r.allow), (405, Some("PUT")));
     }
 
     #[test]
