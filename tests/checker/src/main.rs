@@ -35,6 +35,7 @@ mod nic;
 mod numa;
 mod resolve;
 mod stress;
+mod ticks;
 mod timing;
 mod util;
 mod vfio;
@@ -71,5 +72,8 @@ fn main() {
     }
     println!("@@DONE");
     let _ = std::io::stdout().flush();
+    if expect.mode == "ticks" {
+        ticks::forever();
+    }
     checks::finish(&expect.action);
 }

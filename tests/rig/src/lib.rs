@@ -23,6 +23,7 @@ pub mod iasl;
 pub mod images;
 pub mod l3;
 pub mod modules;
+pub mod pause_scenarios;
 pub mod protocol;
 pub mod qemu;
 pub mod retry;

@@ -228,6 +228,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(vfio_scenarios::all());
     v.extend(crate::gh_scenarios::all());
     v.extend(crate::hotplug_scenarios::all());
+    v.extend(crate::pause_scenarios::all());
     v.extend(crate::vfio_user_scenarios::all());
     v.extend(crate::scale_scenarios::all());
     v.extend(crate::fault_scenarios::all());
