@@ -36,6 +36,8 @@ impl VmControl for FakeVm {
         VmInfo {
             state: VmState::Running,
             config: serde_json::json!({"cpus": {"boot_vcpus": 2}}),
+            memory_actual_size: 512 << 20,
+            device_tree: Default::default(),
             devices: vec![DeviceInfo {
                 id: "gpu0".into(),
                 bdf: "0001:00:00.0".into(),

@@ -37,6 +37,8 @@ impl VmControl for FakeVm {
         VmInfo {
             state: VmState::Running,
             config: serde_json::json!({"memory": {"size": 536870912}}),
+            memory_actual_size: 536870912,
+            device_tree: Default::default(),
             devices: self.devices.lock().clone(),
             resources: Resources {
                 open_fds: 9,

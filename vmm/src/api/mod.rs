@@ -9,6 +9,7 @@
 #[doc(hidden)]
 pub mod body;
 pub mod client;
+pub mod device_tree;
 #[doc(hidden)]
 pub mod http;
 #[doc(hidden)]
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::config::ApiSocketConfig;
 use crate::config::{DeviceSource, GhSlotRequest};
 pub use body::AddDeviceBody;
+pub use device_tree::{DeviceNode, DeviceResource, DeviceTree, PciBarType};
 pub use http::Limits;
 pub use server::{spawn, spawn_with};
 pub use socket::{bind, bind_owned, SocketFile};
@@ -167,12 +169,15 @@ pub enum VmState {
     Paused,
 }
 
-/// The answer to `vm.info`. `state` and `config` are Cloud Hypervisor's fields; `devices`
-/// and `resources` are ghvmm's.
+/// The answer to `vm.info`. `state`, `config`, `memory_actual_size` and `device_tree` are
+/// Cloud Hypervisor's fields; `devices` and `resources` are ghvmm's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmInfo {
     pub state: VmState,
     pub config: serde_json::Value,
+    /// Guest RAM in bytes (ghvmm has no balloon or memory hot plug: the configured size).
+    pub memory_actual_size: u64,
+    pub device_tree: DeviceTree,
     pub devices: Vec<DeviceInfo>,
     pub resources: Resources,
 }
@@ -244,6 +249,13 @@ mod tests {
         let info = VmInfo {
             state: VmState::Running,
             config: serde_json::json!({"cpus": {"boot_vcpus": 1}}),
+            memory_actual_size: 1 << 30,
+            device_tree: [(
+                "gpu0".to_string(),
+                DeviceNode::pci("gpu0", "0001:00:00.0", &[]),
+            )]
+            .into_iter()
+            .collect(),
             devices: vec![DeviceInfo {
                 id: "gpu0".into(),
                 bdf: "0001:00:00.0".into(),
@@ -257,7 +269,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&info).unwrap(),
-            r#"{"state":"Running","config":{"cpus":{"boot_vcpus":1}},"devices":[{"id":"gpu0","bdf":"0001:00:00.0","path":"/sys/bus/pci/devices/0000:01:00.0"}],"resources":{"open_fds":12,"memory_slots":3,"rss_kib":4096}}"#
+            r#"{"state":"Running","config":{"cpus":{"boot_vcpus":1}},"memory_actual_size":1073741824,"device_tree":{"gpu0":{"id":"gpu0","resources":[],"parent":null,"children":[],"pci_bdf":"0001:00:00.0"}},"devices":[{"id":"gpu0","bdf":"0001:00:00.0","path":"/sys/bus/pci/devices/0000:01:00.0"}],"resources":{"open_fds":12,"memory_slots":3,"rss_kib":4096}}"#
         );
         let dev = PciDeviceInfo {
             id: "gpu0".into(),

@@ -163,6 +163,13 @@ pub(crate) mod tests {
             VmInfo {
                 state: VmState::Running,
                 config: serde_json::json!({}),
+                memory_actual_size: 512 << 20,
+                device_tree: [(
+                    "gpu0".to_string(),
+                    crate::api::DeviceNode::pci("gpu0", "0001:00:00.0", &[]),
+                )]
+                .into_iter()
+                .collect(),
                 devices: vec![DeviceInfo {
                     id: "gpu0".into(),
                     bdf: "0001:00:00.0".into(),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{
-    AddDevice, ApiError, Counters, DeviceInfo, PciDeviceInfo, Resources, VmControl, VmInfo,
-    VmState, STATUS_VM_ACTION_FAILED,
+    AddDevice, ApiError, Counters, DeviceInfo, DeviceNode, PciDeviceInfo, Resources, VmControl,
+    VmInfo, VmState, STATUS_VM_ACTION_FAILED,
 };
 use crate::config::VmConfig;
 use crate::hotplug::{Hotplug, HotplugError, Placement};
@@ -95,11 +95,17 @@ impl Control {
 
 impl VmControl for Control {
     fn info(&self) -> VmInfo {
-        let devices = self
-            .hotplug
-            .attached()
+        let attached = self.hotplug.attached_with_bars();
+        let device_tree = attached
+            .iter()
+            .map(|(d, bars)| {
+                let node = DeviceNode::pci(&d.id, &d.address.to_string(), bars);
+                (d.id.clone(), node)
+            })
+            .collect();
+        let devices = attached
             .into_iter()
-            .map(|d| DeviceInfo {
+            .map(|(d, _)| DeviceInfo {
                 id: d.id,
                 bdf: d.address.to_string(),
                 path: d.path.display().to_string(),
@@ -115,6 +121,8 @@ impl VmControl for Control {
                 VmState::Running
             },
             config: config_json(&self.config),
+            memory_actual_size: self.config.memory.size,
+            device_tree,
             devices,
             resources: Resources::sample(slots).unwrap_or(Resources {
                 open_fds: 0,
