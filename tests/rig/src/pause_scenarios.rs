@@ -66,6 +66,7 @@ fn script(command: &str) -> String {
          [ \"$a_out\" = \"$b_out\" ]\n\
          l2_check pause-console-quiet $? \"the console grew from $a_out to $b_out bytes while paused\"\n\
          last=$(grep -o '@@TICK [0-9]*' /tmp/l3.out | tail -n 1 | grep -o '[0-9]*$')\n\
+         l2_say \"@@FACT pause-figures running: $before -> $running; paused: $a -> $b; console $a_out -> $b_out bytes; last tick $last\"\n\
          $R resume > /tmp/resume.out 2>&1\n\
          l2_check pause-resume $? \"ghvmm-remote resume: $(cat /tmp/resume.out)\"\n\
          $R info > /tmp/info.json 2>&1\n\
