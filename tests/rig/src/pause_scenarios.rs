@@ -6,10 +6,13 @@
 //! grow by a byte; it also requires the vCPU threads to have used CPU time over as long
 //! before the pause, so the standstill is not vacuous. After `vm.resume` the counter must
 //! go on. The wrong state changes answer Cloud Hypervisor's 500, `vm.reboot` its 501.
+//! L2's ivshmem is passed through on vfio-pci, so a VM with a VFIO device pauses, and
+//! `vm.info`'s `device_tree` must give its BDF and its BAR 2 with L2's size for it.
 
 use crate::hotplug_scenarios::{expect_status, start_api_guest_at};
 use crate::l3::L3;
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS, NO_ACPI_DUMP};
+use crate::vfio_scenarios::bind_ivshmem;
 
 /// How long L2 watches the paused VM (and, before the pause, the running one).
 pub const QUIET_S: u32 = 3;
@@ -25,9 +28,27 @@ const VCPU_TIMES: &str = "vcpu_times() {\n\
     done\n\
 }\n";
 
+/// Where the first `--device` lands: slot 1 of segment 0 (the host bridge is slot 0).
+const SHM_BDF: &str = "0000:00:01.0";
+
+/// Shell: `vm.info`'s `device_tree` names `shm0` at `SHM_BDF` with its BAR 2 as large as
+/// L2's (line 3 of sysfs `resource`: start, end, flags); check `info-device-tree`.
+fn device_tree_check() -> String {
+    format!(
+        "sz2=$(sed -n 3p $IVSHMEM/resource | {{ read s e f; echo $((e - s + 1)); }})\n\
+         $R info | tr -d ' \\n' > /tmp/info0.json\n\
+         grep -q '\"device_tree\":{{\"shm0\":{{\"id\":\"shm0\"' /tmp/info0.json && \
+         grep -q \"{{\\\"PciBar\\\":{{\\\"index\\\":2,\\\"base\\\":[0-9]*,\\\"size\\\":$sz2,\" /tmp/info0.json && \
+         grep -q '\"pci_bdf\":\"{SHM_BDF}\"' /tmp/info0.json\n\
+         l2_check info-device-tree $? \"vm.info: $(grep -o '\"device_tree.*' /tmp/info0.json | head -c 600) (want shm0 at {SHM_BDF}, BAR 2 of $sz2 bytes)\"\n"
+    )
+}
+
 /// The checks the script reports, besides the standard ones.
 pub const PAUSE_CHECKS: &[&str] = &[
+    "vfio-bind",
     "pause-ticking",
+    "info-device-tree",
     "pause-vcpus-ran",
     "pause-resume-running",
     "pause-api",
@@ -46,7 +67,7 @@ fn script(command: &str) -> String {
     let q = QUIET_S;
     let after = TICKS_AFTER_RESUME;
     format!(
-        "{VCPU_TIMES}{start}\
+        "{bind}{VCPU_TIMES}{start}{tree}\
          before=$(vcpu_times); sleep {q}; running=$(vcpu_times)\n\
          [ -n \"$before\" ] && [ \"$before\" != \"$running\" ]\n\
          l2_check pause-vcpus-ran $? \"vCPU threads over {q} s before the pause: $before -> $running\"\n\
@@ -79,7 +100,9 @@ fn script(command: &str) -> String {
          l2_check pause-shutdown $? \"ghvmm-remote shutdown: $(cat /tmp/shutdown.out)\"\n\
          finish_l3 60\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
+        bind = bind_ivshmem("vfio-pci"),
         start = start_api_guest_at(command, "@@TICK 3", "pause-ticking"),
+        tree = device_tree_check(),
         resume_running = expect_status(
             "pause-resume-running",
             "PUT",
@@ -110,7 +133,7 @@ fn script(command: &str) -> String {
 fn pause_scenario() -> Scenario {
     let l3 = L3::new(BOOT_VMM, 2, "512M")
         .cmdline(&format!("ghvmm.mode=ticks {NO_ACPI_DUMP}"))
-        .vmm_args("--api-socket path=/tmp/api.sock");
+        .vmm_args("--api-socket path=/tmp/api.sock --device path=$IVSHMEM,id=shm0");
     let mut expect = L3_CHECKS.to_vec();
     expect.extend(PAUSE_CHECKS);
     Scenario {
@@ -141,7 +164,7 @@ mod tests {
         let sh = s.script();
         assert!(sh.contains("--api-socket path=/tmp/api.sock"));
         assert!(sh.contains("ghvmm.mode=ticks"));
-        for check in PAUSE_CHECKS {
+        for check in PAUSE_CHECKS.iter().filter(|c| **c != "vfio-bind") {
             assert!(sh.contains(&format!("l2_check {check} ")), "{check}");
             assert!(s.expected().contains(check), "{check}");
         }
