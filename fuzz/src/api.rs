@@ -36,6 +36,8 @@ impl VmControl for FakeVm {
         VmInfo {
             state: VmState::Running,
             config: serde_json::json!({"cpus": {"boot_vcpus": 2}}),
+            memory_actual_size: 512 << 20,
+            device_tree: Default::default(),
             devices: vec![DeviceInfo {
                 id: "gpu0".into(),
                 bdf: "0001:00:00.0".into(),
@@ -165,12 +167,12 @@ pub fn check_response(r: &Response) {
     }
     assert_eq!(&bytes[head..], &r.body[..]);
     if r.status >= 400 {
-        assert!(r.content_type.starts_with("text/plain"), "{r:?}");
-        let text = std::str::from_utf8(&r.body).expect("error body is UTF-8");
-        assert!(text.ends_with('\n'), "{text:?}");
+        assert_eq!(r.content_type, "application/json", "{r:?}");
+        let messages: Vec<String> =
+            serde_json::from_slice(&r.body).expect("error body is a JSON array of strings");
         assert!(
-            !text[..text.len() - 1].chars().any(char::is_control),
-            "error body is not one clean line: {text:?}"
+            !messages.is_empty() && messages.iter().all(|m| !m.chars().any(char::is_control)),
+            "error body is not clean one-line strings: {messages:?}"
         );
     } else if r.status == 200 {
         assert_eq!(r.content_type, "application/json");

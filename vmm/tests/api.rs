@@ -37,6 +37,8 @@ impl VmControl for FakeVm {
         VmInfo {
             state: VmState::Running,
             config: serde_json::json!({"memory": {"size": 536870912}}),
+            memory_actual_size: 536870912,
+            device_tree: Default::default(),
             devices: self.devices.lock().clone(),
             resources: Resources {
                 open_fds: 9,
@@ -229,7 +231,7 @@ fn socket_mode_and_every_endpoint() {
     let (st, body) = raw(&srv.socket, b"DELETE /api/v1/vm.info HTTP/1.1\r\n\r\n").unwrap();
     assert_eq!(
         (st, body.as_str()),
-        (405, "vm.info takes GET, not DELETE\n")
+        (405, r#"["vm.info takes GET, not DELETE"]"#)
     );
 
     // The client library, verb by verb.
@@ -486,7 +488,7 @@ fn connection_cap() {
         (st, body.as_str()),
         (
             503,
-            "too many API connections, and this one had not sent its request yet; try again\n"
+            r#"["too many API connections, and this one had not sent its request yet; try again"]"#
         )
     );
     // The other one is still there, and served.
@@ -512,7 +514,7 @@ fn connection_cap() {
     let (st, body) = raw(&srv.socket, b"GET /api/v1/vmm.ping HTTP/1.1\r\n\r\n").unwrap();
     assert_eq!(
         (st, body.as_str()),
-        (503, "too many API connections; try again\n")
+        (503, r#"["too many API connections; try again"]"#)
     );
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     let mut done: Vec<_> = slow
@@ -615,11 +617,17 @@ fn ghvmm_remote_binary() {
         "ping",
     ]));
     assert!(e.contains("cannot connect to /nonexistent/x.sock"), "{e}");
+    // ch-remote's reboot verb reaches ghvmm, which cannot do it.
+    let e = one_error_line(&ghvmm_remote(&["--api-socket", sock, "reboot"]));
+    assert!(
+        e.starts_with("ghvmm-remote: error: 501: vm.reboot is not supported"),
+        "{e}"
+    );
     for args in [
         &[][..],
         &["ping"],
         &["--api-socket", sock],
-        &["--api-socket", sock, "reboot"],
+        &["--api-socket", sock, "nmi"],
         &["--api-socket", sock, "add-device"],
         &["--api-socket", sock, "ping", "--bogus"],
     ] {

@@ -102,7 +102,7 @@ fn out_of_descriptors() {
         let (status, body) = ping(&socket);
         assert_eq!(
             (status, body.as_str()),
-            (503, "ghvmm is out of file descriptors; try again\n")
+            (503, r#"["ghvmm is out of file descriptors; try again"]"#)
         );
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     }

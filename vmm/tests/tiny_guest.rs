@@ -325,3 +325,114 @@ fn help_and_version_exit_0() {
         assert!(!o.stdout.is_empty());
     }
 }
+
+/// Each vCPU thread's (name, state, utime + stime in clock ticks), from /proc.
+fn vcpu_threads(pid: u32) -> Vec<(String, char, u64)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = t.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !comm.starts_with("vcpu") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // The fields after the parenthesised name: state is the 3rd field, utime the 14th.
+        let rest: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(vec![], |(_, r)| r.split_whitespace().collect());
+        let (state, utime, stime) = (rest[0], rest[11], rest[12]);
+        let cpu = utime.parse::<u64>().unwrap() + stime.parse::<u64>().unwrap();
+        out.push((comm.to_string(), state.chars().next().unwrap(), cpu));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn pause_stops_a_spinning_vcpu_and_resume_lets_it_go_on() {
+    use std::time::{Duration, Instant};
+    use vmm::api::client::{send, ApiRequest};
+
+    // vCPU 0 spins without ever leaving KVM_RUN (jmp $); vCPU 1 waits in KVM_RUN for a SIPI
+    // that never comes: only a kick gets either out.
+    let k = kernel_file("spin.bin", &[0xeb, 0xfe]);
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pause-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("api.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ghvmm"))
+        .args([
+            "--kernel",
+            k.to_str().unwrap(),
+            "--memory",
+            "size=64M",
+            "--cpus",
+            "boot=2",
+        ])
+        .arg("--api-socket")
+        .arg(format!("path={}", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ghvmm");
+    let pid = child.id();
+    let put = |endpoint| {
+        let req = ApiRequest {
+            method: "PUT",
+            endpoint,
+            body: None,
+        };
+        send(&sock, &req, Some(Duration::from_secs(20))).unwrap()
+    };
+    let state = || {
+        let req = ApiRequest {
+            method: "GET",
+            endpoint: "vm.info",
+            body: None,
+        };
+        let r = send(&sock, &req, Some(Duration::from_secs(20))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        v["state"].as_str().unwrap().to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() || vcpu_threads(pid).len() < 2 {
+        assert!(Instant::now() < deadline, "ghvmm did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Long enough for the spinning vCPU to be charged CPU time (10 ms ticks).
+    std::thread::sleep(Duration::from_millis(300));
+    let running = vcpu_threads(pid);
+    assert_eq!(put("vm.pause").status, 204);
+    assert_eq!(state(), "Paused");
+    let a = vcpu_threads(pid);
+    std::thread::sleep(Duration::from_millis(500));
+    let b = vcpu_threads(pid);
+    // Right after the answer a parked thread may still be on its way to sleep: its state is
+    // read at the end, its CPU time throughout.
+    let cpu = |v: &[(String, char, u64)]| v.iter().map(|t| t.2).collect::<Vec<_>>();
+    assert_eq!(
+        cpu(&a),
+        cpu(&b),
+        "vCPU threads ran while paused: {a:?} -> {b:?} (running: {running:?})"
+    );
+    assert!(b.iter().all(|(_, s, _)| *s != 'R'), "{b:?}");
+    let r = put("vm.pause");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (500, r#"["cannot pause the VM","the VM is already paused"]"#)
+    );
+    assert_eq!(put("vm.resume").status, 204);
+    assert_eq!(state(), "Running");
+    std::thread::sleep(Duration::from_millis(500));
+    let c = vcpu_threads(pid);
+    assert!(c[0].2 > b[0].2, "vcpu0 did not run again: {b:?} -> {c:?}");
+    assert_eq!(put("vm.resume").status, 500);
+    assert_eq!(put("vm.shutdown").status, 204);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status:?} {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

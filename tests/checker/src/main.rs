@@ -38,6 +38,7 @@ mod nic;
 mod numa;
 mod resolve;
 mod stress;
+mod ticks;
 mod timing;
 mod util;
 mod vfio;
@@ -74,5 +75,8 @@ fn main() {
     }
     println!("@@DONE");
     let _ = std::io::stdout().flush();
+    if expect.mode == "ticks" {
+        ticks::forever();
+    }
     checks::finish(&expect.action);
 }

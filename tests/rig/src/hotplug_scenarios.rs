@@ -32,11 +32,16 @@ pub(crate) fn expect_status(
 /// sets `$R` to ghvmm-remote on that socket and waits for the checker's `@@HOTPLUG ready`
 /// (check `hotplug-ready`).
 pub(crate) fn start_api_guest(cmd: &str) -> String {
+    start_api_guest_at(cmd, "@@HOTPLUG ready", "hotplug-ready")
+}
+
+/// `start_api_guest`, waiting for the guest's `marker` instead (check `check`).
+pub(crate) fn start_api_guest_at(cmd: &str, marker: &str, check: &str) -> String {
     format!(
         "start_l3 {cmd}\n\
          R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
-         wait_marker '@@HOTPLUG ready' 120\n\
-         l2_check hotplug-ready $? 'the guest never waited for a device'\n"
+         wait_marker '{marker}' 120\n\
+         l2_check {check} $? 'the guest never printed {marker}'\n"
     )
 }
 

@@ -26,6 +26,7 @@ pub mod images;
 pub mod l3;
 pub mod memory_scenarios;
 pub mod modules;
+pub mod pause_scenarios;
 pub mod protocol;
 pub mod qemu;
 pub mod retry;

@@ -239,6 +239,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(crate::memory_scenarios::all());
     v.extend(crate::ch_scenarios::all());
     v.extend(crate::hotplug_scenarios::all());
+    v.extend(crate::pause_scenarios::all());
     v.extend(crate::vfio_user_scenarios::all());
     v.extend(crate::scale_scenarios::all());
     v.extend(crate::fault_scenarios::all());

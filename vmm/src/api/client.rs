@@ -62,6 +62,12 @@ pub enum RemoteCommand {
     Shutdown,
     /// Shut the VMM down (vmm.shutdown).
     ShutdownVmm,
+    /// Stop every vCPU (vm.pause).
+    Pause,
+    /// Let the vCPUs run again (vm.resume).
+    Resume,
+    /// Reboot the VM (vm.reboot; ghvmm answers that it cannot).
+    Reboot,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +153,9 @@ impl RemoteCommand {
             RemoteCommand::PowerButton => bare("PUT", "vm.power-button"),
             RemoteCommand::Shutdown => bare("PUT", "vm.shutdown"),
             RemoteCommand::ShutdownVmm => bare("PUT", "vmm.shutdown"),
+            RemoteCommand::Pause => bare("PUT", "vm.pause"),
+            RemoteCommand::Resume => bare("PUT", "vm.resume"),
+            RemoteCommand::Reboot => bare("PUT", "vm.reboot"),
         })
     }
 }
@@ -188,10 +197,20 @@ pub fn run(cli: &RemoteCli) -> Result<String, RemoteError> {
     if !(200..300).contains(&resp.status) {
         return Err(RemoteError::Server {
             status: resp.status,
-            message: one_line(resp.body.trim()),
+            message: error_message(&resp.body),
         });
     }
     Ok(pretty(&resp.body))
+}
+
+/// An error body as one printable line: Cloud Hypervisor's array of strings (the error,
+/// then its causes) joined by ": ", as its own log line joins them; any other body as it
+/// came.
+fn error_message(body: &str) -> String {
+    match serde_json::from_str::<Vec<String>>(body) {
+        Ok(messages) if !messages.is_empty() => one_line(&messages.join(": ")),
+        _ => one_line(body.trim()),
+    }
 }
 
 /// What the server said, as one printable line.
@@ -447,6 +466,9 @@ mod tests {
         assert_eq!(ep(&["power-button"]), ("PUT", "vm.power-button"));
         assert_eq!(ep(&["shutdown"]), ("PUT", "vm.shutdown"));
         assert_eq!(ep(&["shutdown-vmm"]), ("PUT", "vmm.shutdown"));
+        assert_eq!(ep(&["pause"]), ("PUT", "vm.pause"));
+        assert_eq!(ep(&["resume"]), ("PUT", "vm.resume"));
+        assert_eq!(ep(&["reboot"]), ("PUT", "vm.reboot"));
         let r = request(&[
             "--api-socket",
             "/s",
@@ -618,5 +640,12 @@ mod tests {
         );
         assert_eq!(pretty("\"a\nb\""), "\"a\\nb\"");
         assert_eq!(one_line("a\nb\r\nc"), "a b  c");
+        assert_eq!(
+            error_message(r#"["vm.pause: failed", "the VM is \"paused\"\n"]"#),
+            r#"vm.pause: failed: the VM is "paused" "#
+        );
+        assert_eq!(error_message("[]"), "[]");
+        assert_eq!(error_message("plain\ntext\n"), "plain text");
+        assert_eq!(error_message(r#"{"a":1}"#), r#"{"a":1}"#);
     }
 }

@@ -63,21 +63,32 @@ pub struct Response {
 }
 
 impl Response {
-    /// An error or informational body: one line of text. Control characters (newlines, and
-    /// escape sequences a request may have carried into the message) become spaces.
-    pub fn text(status: u16, message: &str) -> Self {
-        let mut line: String = message
-            .trim_end()
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
+    /// An error body as Cloud Hypervisor sends one: a JSON array of strings, the error
+    /// first and then its causes (ch-remote prints the array as it came). Control characters
+    /// (newlines, and escape sequences a request may have carried into the message) become
+    /// spaces, so each string is one printable line.
+    pub fn error(status: u16, messages: &[String]) -> Self {
+        let clean: Vec<String> = messages
+            .iter()
+            .map(|m| {
+                m.trim_end()
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect()
+            })
             .collect();
-        line.push('\n');
         Response {
             status,
-            content_type: "text/plain; charset=utf-8",
-            body: line.into_bytes(),
+            content_type: "application/json",
+            // A list of strings always serializes.
+            body: serde_json::to_vec(&clean).unwrap_or_default(),
             allow: None,
         }
+    }
+
+    /// An error without causes.
+    pub fn error_line(status: u16, message: &str) -> Self {
+        Self::error(status, &[message.to_string()])
     }
 
     pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Self {
@@ -88,7 +99,7 @@ impl Response {
                 body,
                 allow: None,
             },
-            Err(e) => Response::text(500, &format!("cannot encode the response: {e}")),
+            Err(e) => Response::error_line(500, &format!("cannot encode the response: {e}")),
         }
     }
 
@@ -159,7 +170,7 @@ pub enum ReadError {
 }
 
 fn respond(status: u16, message: &str) -> ReadError {
-    ReadError::Respond(Response::text(status, message))
+    ReadError::Respond(Response::error_line(status, message))
 }
 
 /// Reads one request, enforcing `limits` (but not the deadline: that is the reader's job,
@@ -446,18 +457,25 @@ mod tests {
 
     #[test]
     fn responses() {
-        let r = Response::text(404, "no such\ndevice\r");
-        assert_eq!(Response::text(400, "a\x1b[31mb\t").body, b"a [31mb\n");
+        let r = Response::error_line(404, "no such\ndevice\r");
+        assert_eq!(
+            Response::error_line(400, "a\x1b[31mb\t").body,
+            br#"["a [31mb"]"#
+        );
         assert_eq!(
             String::from_utf8(r.to_bytes()).unwrap(),
-            "HTTP/1.1 404 Not Found\r\nServer: ghvmm\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 15\r\n\r\nno such device\n"
+            "HTTP/1.1 404 Not Found\r\nServer: ghvmm\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 18\r\n\r\n[\"no such device\"]"
         );
+        // The error, then its causes; quotes and backslashes are JSON-escaped.
+        let r = Response::error(500, &["vm.pause: failed".into(), "a \"b\" \\c".into()]);
+        let parsed: Vec<String> = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(parsed, ["vm.pause: failed", "a \"b\" \\c"]);
         let r = Response::no_content().to_bytes();
         assert_eq!(
             String::from_utf8(r).unwrap(),
             "HTTP/1.1 204 No Content\r\nServer: ghvmm\r\nConnection: close\r\n\r\n"
         );
-        let mut r = Response::text(405, "x");
+        let mut r = Response::error_line(405, "x");
         r.allow = Some("PUT");
         assert!(String::from_utf8(r.to_bytes())
             .unwrap()

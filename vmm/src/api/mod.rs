@@ -9,6 +9,7 @@
 #[doc(hidden)]
 pub mod body;
 pub mod client;
+pub mod device_tree;
 #[doc(hidden)]
 pub mod http;
 #[doc(hidden)]
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::config::ApiSocketConfig;
 use crate::config::{DeviceSource, GhSlotRequest};
 pub use body::AddDeviceBody;
+pub use device_tree::{DeviceNode, DeviceResource, DeviceTree, PciBarType};
 pub use http::Limits;
 pub use server::{spawn, spawn_with};
 pub use socket::{bind, bind_owned, SocketFile};
@@ -40,15 +42,42 @@ pub trait VmControl: Send + Sync {
     fn shutdown_vm(&self) -> Result<(), ApiError>;
     /// Must return (and so let the 204 go out) before the process exits.
     fn shutdown_vmm(&self) -> Result<(), ApiError>;
+    /// `PUT /api/v1/vm.pause`: returns once no vCPU runs guest code; pausing a paused VM is
+    /// an error.
+    fn pause(&self) -> Result<(), ApiError> {
+        Err(ApiError::not_supported("vm.pause"))
+    }
+    /// `PUT /api/v1/vm.resume`: resuming a VM that is not paused is an error.
+    fn resume(&self) -> Result<(), ApiError> {
+        Err(ApiError::not_supported("vm.resume"))
+    }
+    /// `PUT /api/v1/vm.reboot`. ghvmm's VM cannot be reset in place: its process ends
+    /// (exit 0) when the guest reboots, so the default is what ghvmm answers.
+    fn reboot(&self) -> Result<(), ApiError> {
+        Err(ApiError::new(
+            STATUS_NOT_SUPPORTED,
+            "vm.reboot is not supported: ghvmm ends (exit 0) when its guest reboots; start it \
+             again, or reboot from inside the guest",
+        ))
+    }
 }
 
-/// An error for the client: an HTTP status (400-599) and a one-line message, sent as the
-/// response body. Newlines in `message` are replaced when it is sent.
+/// Cloud Hypervisor's status for an action its build cannot do (501 Not Implemented).
+pub const STATUS_NOT_SUPPORTED: u16 = 501;
+/// Cloud Hypervisor's status for an action the VM refused or failed, e.g. an invalid state
+/// change such as pausing a paused VM (its `InvalidStateTransition`).
+pub const STATUS_VM_ACTION_FAILED: u16 = 500;
+
+/// An error for the client: an HTTP status (400-599), a one-line message and its causes,
+/// sent as the response body (a JSON array: the message, then the causes). Newlines are
+/// replaced when it is sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
     pub status: u16,
     pub message: String,
+    /// Outermost first.
+    pub causes: Vec<String>,
 }
 
 impl ApiError {
@@ -56,7 +85,36 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            causes: Vec::new(),
         }
+    }
+
+    /// `message`, caused by `cause` and the whole chain of its sources.
+    pub fn caused_by(
+        status: u16,
+        message: impl Into<String>,
+        cause: &dyn std::error::Error,
+    ) -> Self {
+        let causes = std::iter::successors(Some(cause), |e| e.source())
+            .map(|e| e.to_string())
+            .collect();
+        ApiError {
+            status,
+            message: message.into(),
+            causes,
+        }
+    }
+
+    /// 501: an action this VM cannot do.
+    pub fn not_supported(action: &str) -> Self {
+        Self::new(STATUS_NOT_SUPPORTED, format!("{action} is not supported"))
+    }
+
+    /// The response body's strings: the message, then the causes.
+    pub fn messages(&self) -> Vec<String> {
+        std::iter::once(self.message.clone())
+            .chain(self.causes.iter().cloned())
+            .collect()
     }
 
     /// 400: the request is well formed but cannot be carried out as given.
@@ -111,12 +169,15 @@ pub enum VmState {
     Paused,
 }
 
-/// The answer to `vm.info`. `state` and `config` are Cloud Hypervisor's fields; `devices`
-/// and `resources` are ghvmm's.
+/// The answer to `vm.info`. `state`, `config`, `memory_actual_size` and `device_tree` are
+/// Cloud Hypervisor's fields; `devices` and `resources` are ghvmm's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmInfo {
     pub state: VmState,
     pub config: serde_json::Value,
+    /// Guest RAM in bytes (ghvmm has no balloon or memory hot plug: the configured size).
+    pub memory_actual_size: u64,
+    pub device_tree: DeviceTree,
     pub devices: Vec<DeviceInfo>,
     pub resources: Resources,
 }
@@ -188,6 +249,13 @@ mod tests {
         let info = VmInfo {
             state: VmState::Running,
             config: serde_json::json!({"cpus": {"boot_vcpus": 1}}),
+            memory_actual_size: 1 << 30,
+            device_tree: [(
+                "gpu0".to_string(),
+                DeviceNode::pci("gpu0", "0001:00:00.0", &[]),
+            )]
+            .into_iter()
+            .collect(),
             devices: vec![DeviceInfo {
                 id: "gpu0".into(),
                 bdf: "0001:00:00.0".into(),
@@ -201,7 +269,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&info).unwrap(),
-            r#"{"state":"Running","config":{"cpus":{"boot_vcpus":1}},"devices":[{"id":"gpu0","bdf":"0001:00:00.0","path":"/sys/bus/pci/devices/0000:01:00.0"}],"resources":{"open_fds":12,"memory_slots":3,"rss_kib":4096}}"#
+            r#"{"state":"Running","config":{"cpus":{"boot_vcpus":1}},"memory_actual_size":1073741824,"device_tree":{"gpu0":{"id":"gpu0","resources":[],"parent":null,"children":[],"pci_bdf":"0001:00:00.0"}},"devices":[{"id":"gpu0","bdf":"0001:00:00.0","path":"/sys/bus/pci/devices/0000:01:00.0"}],"resources":{"open_fds":12,"memory_slots":3,"rss_kib":4096}}"#
         );
         let dev = PciDeviceInfo {
             id: "gpu0".into(),

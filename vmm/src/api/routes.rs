@@ -17,6 +17,9 @@ enum Endpoint {
     VmRemoveDevice,
     VmPowerButton,
     VmShutdown,
+    VmPause,
+    VmResume,
+    VmReboot,
 }
 
 const PREFIX: &str = "/api/v1/";
@@ -32,6 +35,9 @@ const ENDPOINTS: &[(&str, &str, Endpoint)] = &[
     ("vm.remove-device", "PUT", Endpoint::VmRemoveDevice),
     ("vm.power-button", "PUT", Endpoint::VmPowerButton),
     ("vm.shutdown", "PUT", Endpoint::VmShutdown),
+    ("vm.pause", "PUT", Endpoint::VmPause),
+    ("vm.resume", "PUT", Endpoint::VmResume),
+    ("vm.reboot", "PUT", Endpoint::VmReboot),
 ];
 
 /// Whether the request adds or removes a device: those can wait for the guest (up to the
@@ -57,10 +63,11 @@ pub fn handle(req: &Request, vm: &dyn VmControl) -> Response {
         .strip_prefix(PREFIX)
         .and_then(|name| ENDPOINTS.iter().find(|(n, _, _)| *n == name))
     else {
-        return Response::text(404, &format!("unknown endpoint {}", req.path));
+        return Response::error_line(404, &format!("unknown endpoint {}", req.path));
     };
     if req.method != method {
-        let mut r = Response::text(405, &format!("{name} takes {method}, not {}", req.method));
+        let mut r =
+            Response::error_line(405, &format!("{name} takes {method}, not {}", req.method));
         r.allow = Some(method);
         return r;
     }
@@ -98,6 +105,9 @@ fn call(
         Endpoint::VmPowerButton => vm.power_button().map(|()| Response::no_content()),
         Endpoint::VmShutdown => vm.shutdown_vm().map(|()| Response::no_content()),
         Endpoint::VmmShutdown => vm.shutdown_vmm().map(|()| Response::no_content()),
+        Endpoint::VmPause => vm.pause().map(|()| Response::no_content()),
+        Endpoint::VmResume => vm.resume().map(|()| Response::no_content()),
+        Endpoint::VmReboot => vm.reboot().map(|()| Response::no_content()),
     }
 }
 
@@ -122,7 +132,7 @@ fn error_response(e: ApiError) -> Response {
     } else {
         500
     };
-    Response::text(status, &e.message)
+    Response::error(status, &e.messages())
 }
 
 #[cfg(test)]
@@ -138,6 +148,7 @@ pub(crate) mod tests {
     #[derive(Default)]
     pub struct FakeVm {
         pub calls: Mutex<Vec<String>>,
+        pub paused: Mutex<bool>,
     }
 
     impl FakeVm {
@@ -152,6 +163,13 @@ pub(crate) mod tests {
             VmInfo {
                 state: VmState::Running,
                 config: serde_json::json!({}),
+                memory_actual_size: 512 << 20,
+                device_tree: [(
+                    "gpu0".to_string(),
+                    crate::api::DeviceNode::pci("gpu0", "0001:00:00.0", &[]),
+                )]
+                .into_iter()
+                .collect(),
                 devices: vec![DeviceInfo {
                     id: "gpu0".into(),
                     bdf: "0001:00:00.0".into(),
@@ -202,6 +220,32 @@ pub(crate) mod tests {
             self.log("shutdown-vmm".into());
             Ok(())
         }
+        fn pause(&self) -> Result<(), ApiError> {
+            self.log("pause".into());
+            let mut paused = self.paused.lock();
+            if *paused {
+                return Err(ApiError::caused_by(
+                    crate::api::STATUS_VM_ACTION_FAILED,
+                    "cannot pause the VM",
+                    &crate::vm::pause::PauseError::AlreadyPaused,
+                ));
+            }
+            *paused = true;
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), ApiError> {
+            self.log("resume".into());
+            let mut paused = self.paused.lock();
+            if !*paused {
+                return Err(ApiError::caused_by(
+                    crate::api::STATUS_VM_ACTION_FAILED,
+                    "cannot resume the VM",
+                    &crate::vm::pause::PauseError::NotPaused,
+                ));
+            }
+            *paused = false;
+            Ok(())
+        }
     }
 
     /// The whole server path short of the socket: raw bytes in, response out.
@@ -238,14 +282,17 @@ pub(crate) mod tests {
         serde_json::from_slice(&r.body).unwrap()
     }
 
-    /// An error body is one line of text, and its status is `status`.
+    /// An error body is Cloud Hypervisor's: a JSON array of one-line strings (the error,
+    /// then its causes), and its status is `status`. Returns the strings joined by ": ".
     fn error(r: &Response, status: u16) -> String {
         assert_eq!(r.status, status, "{}", text(r));
-        assert!(r.content_type.starts_with("text/plain"));
-        let t = text(r);
-        assert_eq!(t.matches('\n').count(), 1, "{t:?}");
-        assert!(t.ends_with('\n'));
-        t
+        let messages: Vec<String> = serde_json::from_value(json(r))
+            .unwrap_or_else(|e| panic!("not an array of strings ({e}): {}", text(r)));
+        assert!(!messages.is_empty(), "{}", text(r));
+        for m in &messages {
+            assert!(!m.is_empty() && !m.chars().any(char::is_control), "{m:?}");
+        }
+        messages.join(": ")
     }
 
     #[test]
@@ -348,6 +395,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn pause_resume_reboot() {
+        let vm = FakeVm::default();
+        let put = |path| serve(&vm, &put_empty(path));
+        // Cloud Hypervisor's statuses: 204, an invalid state change 500 with the error and
+        // its cause, an action it cannot do 501.
+        assert_eq!(put("/api/v1/vm.pause").status, 204);
+        let r = put("/api/v1/vm.pause");
+        assert_eq!(
+            serde_json::from_slice::<Vec<String>>(&r.body).unwrap(),
+            ["cannot pause the VM", "the VM is already paused"]
+        );
+        assert_eq!(
+            error(&r, 500),
+            "cannot pause the VM: the VM is already paused"
+        );
+        assert_eq!(put("/api/v1/vm.resume").status, 204);
+        assert_eq!(
+            error(&put("/api/v1/vm.resume"), 500),
+            "cannot resume the VM: the VM is not paused"
+        );
+        assert_eq!(*vm.calls.lock(), ["pause", "pause", "resume", "resume"]);
+        let t = error(&put("/api/v1/vm.reboot"), 501);
+        assert!(t.starts_with("vm.reboot is not supported"), "{t}");
+        let r = serve(&vm, &get("/api/v1/vm.pause"));
+        assert_eq!((r.status, r.allow), (405, Some("PUT")));
+    }
+
+    #[test]
     fn ch_remote_add_device_is_accepted() {
         let vm = FakeVm::default();
         // Byte for byte what ch-remote writes (request line and headers, then the
@@ -428,7 +503,7 @@ pub(crate) mod tests {
             &serve(&vm, &put("/api/v1/vm.remove-device", r#"{"id":"nope"}"#)),
             404,
         );
-        assert_eq!(t, "no device with id 'nope'\n");
+        assert_eq!(t, "no device with id 'nope'");
         let t = error(
             &serve(
                 &vm,
@@ -436,7 +511,7 @@ pub(crate) mod tests {
             ),
             409,
         );
-        assert_eq!(t, "device gpu0 already exists\n");
+        assert_eq!(t, "device gpu0 already exists");
         // A success code in an error becomes a 500; newlines never reach the client.
         let t = error(
             &serve(
@@ -445,7 +520,7 @@ pub(crate) mod tests {
             ),
             500,
         );
-        assert_eq!(t, "not an error code\n");
+        assert_eq!(t, "not an error code");
     }
 
     #[test]
@@ -466,7 +541,7 @@ pub(crate) mod tests {
         }
         let r = serve(&vm, &put_empty("/api/v1/vmm.ping"));
         assert_eq!(r.allow, Some("GET"));
-        assert_eq!(error(&r, 405), "vmm.ping takes GET, not PUT\n");
+        assert_eq!(error(&r, 405), "vmm.ping takes GET, not PUT");
         let r = serve(&vm, &get("/api/v1/vm.add-device"));
         assert_eq!(r.allow, Some("PUT"));
         error(&r, 405);

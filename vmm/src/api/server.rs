@@ -270,7 +270,7 @@ impl Conns {
             let victim = &mut table[i];
             // Under the lock, so the victim's descriptor is still open: its thread removes
             // the entry before closing it.
-            send_now(victim.fd, &Response::text(503, EVICTED));
+            send_now(victim.fd, &Response::error_line(503, EVICTED));
             // SAFETY: shutdown on an open descriptor; it wakes the victim's blocked read,
             // which then sees the end of the stream.
             unsafe { libc::shutdown(victim.fd, libc::SHUT_RDWR) };
@@ -407,7 +407,7 @@ impl Throttle {
 /// Answered by the accept thread without reading the request: the reply fits in the
 /// socket's buffer, and is sent without waiting in case it does not.
 fn reject(stream: &UnixStream, message: &str) {
-    send_now(stream.as_raw_fd(), &Response::text(503, message));
+    send_now(stream.as_raw_fd(), &Response::error_line(503, message));
 }
 
 fn send_now(fd: RawFd, r: &Response) {
@@ -448,8 +448,10 @@ fn serve_connection(conn: &Conn, vm: &dyn VmControl, limits: &Limits, hotplug: &
             // gets a 500 and the panic message is on stderr already.
             let r = match turn {
                 Ok(_turn) => catch_unwind(AssertUnwindSafe(|| routes::handle(&req, vm)))
-                    .unwrap_or_else(|_| Response::text(500, "internal error (see ghvmm's log)")),
-                Err(()) => Response::text(
+                    .unwrap_or_else(|_| {
+                        Response::error_line(500, "internal error (see ghvmm's log)")
+                    }),
+                Err(()) => Response::error_line(
                     503,
                     &format!(
                         "too many hot-plug requests (at most {} at once); try again",

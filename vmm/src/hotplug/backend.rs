@@ -12,6 +12,9 @@ use crate::config::DeviceSource;
 /// request).
 pub use vfio::OnRequest as OnHostRequest;
 
+/// A BAR as the guest placed it: (index, what it is, guest physical address).
+pub type GuestBar = (usize, pci::BarSpec, u64);
+
 /// What `Hotplug` asks of the VM. Every method but `ejects` is called with `Hotplug`'s
 /// operation lock held.
 pub trait Backend: Send + Sync + 'static {
@@ -27,6 +30,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Opens the device `source` names and sets it up fully (BARs in `segment`'s windows,
     /// mapped and trapped; DMA; interrupts), or leaves nothing behind.
     fn assign(&self, source: &DeviceSource, segment: u16) -> Result<Self::Device, HotplugError>;
+
+    /// The device's BARs as the guest placed them: (index, what it is, guest address)
+    /// (`passthrough::PassthroughDevice::guest_bars`).
+    fn guest_bars(&self, device: &Self::Device) -> Vec<GuestBar>;
 
     /// The device's access counters (`passthrough::PassthroughDevice::counters`).
     fn counters(&self, device: &Self::Device) -> BTreeMap<String, u64>;

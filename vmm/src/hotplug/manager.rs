@@ -85,6 +85,14 @@ impl<B: Backend> Hotplug<B> {
         self.registry().listed()
     }
 
+    /// Every attached device with its BARs as the guest placed them, in attach order.
+    pub fn attached_with_bars(&self) -> Vec<(AttachedDevice, Vec<super::GuestBar>)> {
+        self.registry()
+            .iter()
+            .map(|a| (a.listed(), self.backend.guest_bars(&a.device)))
+            .collect()
+    }
+
     /// Every attached device's access counters, by id.
     pub fn counters(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
         self.registry()

@@ -36,7 +36,7 @@ use std::time::Duration;
 use crate::passthrough::VfioSetupError;
 
 pub use attached::AttachedDevice;
-pub use backend::{Backend, OnHostRequest};
+pub use backend::{Backend, GuestBar, OnHostRequest};
 pub use ejects::Ejects;
 pub use manager::Hotplug;
 pub use placement::Placement;

@@ -340,6 +340,17 @@ impl Backend for Arc<FakeVm> {
         self.call(format!("teardown {}", d.path.display()));
     }
 
+    /// One 64-bit prefetchable BAR 2 per device, at an address made from its path's length.
+    fn guest_bars(&self, device: &FakeDevice) -> Vec<crate::hotplug::GuestBar> {
+        let base = 0x40_0000_0000 + ((device.lock().path.as_os_str().len() as u64) << 24);
+        let spec = pci::BarSpec {
+            size: 16 << 20,
+            kind: pci::BarKind::Mem64,
+            prefetchable: true,
+        };
+        vec![(2, spec, base)]
+    }
+
     fn counters(&self, _: &FakeDevice) -> std::collections::BTreeMap<String, u64> {
         std::collections::BTreeMap::new()
     }
@@ -459,6 +470,46 @@ fn boot_attach_places_devices_without_telling_the_guest() {
             },
         ]
     );
+}
+
+#[test]
+fn attached_devices_come_with_their_bars_and_leave_with_them() {
+    let (vm, _fake) = vm(1);
+    add(&vm, "/a", Some("gpu0"), Placement::GhSlot(0)).unwrap();
+    add(&vm, "/bb", None, Placement::Segment0).unwrap();
+    let listed = vm.attached_with_bars();
+    let summary: Vec<_> = listed
+        .iter()
+        .map(|(d, bars)| {
+            let bars: Vec<_> = bars
+                .iter()
+                .map(|(i, s, base)| (*i, s.size, *base))
+                .collect();
+            (d.id.as_str(), d.address, bars)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "gpu0",
+                at(1, 0),
+                vec![(2, 16 << 20, 0x40_0000_0000 + (2 << 24))]
+            ),
+            (
+                "_vfio0",
+                at(0, 1),
+                vec![(2, 16 << 20, 0x40_0000_0000 + (3 << 24))]
+            ),
+        ]
+    );
+    vm.hot_remove("gpu0").unwrap();
+    let left: Vec<_> = vm
+        .attached_with_bars()
+        .into_iter()
+        .map(|(d, bars)| (d.id, bars.len()))
+        .collect();
+    assert_eq!(left, [("_vfio0".to_string(), 1)]);
 }
 
 #[test]

@@ -79,6 +79,10 @@ impl Backend for VmResources {
         )?)
     }
 
+    fn guest_bars(&self, device: &Self::Device) -> Vec<super::GuestBar> {
+        device.lock().guest_bars()
+    }
+
     fn counters(&self, device: &Self::Device) -> BTreeMap<String, u64> {
         device.lock().counters()
     }

@@ -167,6 +167,18 @@ impl PassthroughDevice {
         &self.path
     }
 
+    /// Each BAR where the guest decodes it now: (index, what it is, address). Nothing once
+    /// unplugged.
+    pub fn guest_bars(&self) -> Vec<(usize, pci::BarSpec, u64)> {
+        self.live.as_ref().map_or_else(Vec::new, |live| {
+            live.config
+                .bar_states()
+                .into_iter()
+                .map(|(index, spec, state)| (index, spec, state.live))
+                .collect()
+        })
+    }
+
     /// Every trapped access this device served, per BAR and kind (`barN.padding`, ...), and
     /// its config-space register accesses (`config`); nothing once unplugged.
     pub fn counters(&self) -> BTreeMap<String, u64> {

@@ -94,8 +94,14 @@ const DEVICE_FILES: &[i64] = &[
     libc::SYS_shutdown,
 ];
 
-/// The REST API: accepting and serving connections (vmm/src/api/server.rs).
-const API: &[i64] = &[libc::SYS_accept4, libc::SYS_accept];
+/// The REST API: accepting and serving connections (vmm/src/api/server.rs), and kicking the
+/// vCPU threads out of KVM_RUN for `vm.pause` (pthread_kill).
+const API: &[i64] = &[
+    libc::SYS_accept4,
+    libc::SYS_accept,
+    libc::SYS_tgkill,
+    libc::SYS_tkill,
+];
 
 /// The vCPU's guest accesses: forwarded BAR accesses (pread/pwrite on the device fd), the
 /// vfio-user socket, eventfd writes, MSI enable (eventfds, fd counting through /proc/self/fd,

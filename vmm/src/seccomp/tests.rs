@@ -29,6 +29,9 @@ fn kinds_differ_where_they_should() {
     assert!(!console.contains_key(&libc::SYS_openat));
     assert!(!vcpu.contains_key(&libc::SYS_accept4));
     assert!(api.contains_key(&libc::SYS_accept4));
+    // vm.pause kicks the vCPU threads from an API connection thread.
+    assert!(api.contains_key(&libc::SYS_tgkill));
+    assert!(!console.contains_key(&libc::SYS_tgkill));
     // The vCPU's ioctls are restricted to a list, one rule per request.
     assert_eq!(vcpu[&libc::SYS_ioctl].len(), ioctls::vcpu().len());
     // A vfio-user device hot-added through the API: its client writes VERSION with writev

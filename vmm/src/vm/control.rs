@@ -1,22 +1,27 @@
 //! The running VM as the REST API sees it (`api::VmControl`): information, hot plug through
-//! `hotplug`, the power button, shutdown.
+//! `hotplug`, the power button, pause and resume, shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{
-    AddDevice, ApiError, Counters, DeviceInfo, PciDeviceInfo, Resources, VmControl, VmInfo, VmState,
+    AddDevice, ApiError, Counters, DeviceInfo, DeviceNode, PciDeviceInfo, Resources, VmControl,
+    VmInfo, VmState, STATUS_VM_ACTION_FAILED,
 };
 use crate::config::VmConfig;
 use crate::hotplug::{Hotplug, HotplugError, Placement};
 use crate::passthrough::VfioSetupError;
 use crate::vm::exit::{ExitReason, ExitState};
+use crate::vm::pause::{VcpuPause, PAUSE_TIMEOUT};
+use crate::vm::VcpuThreads;
 
 pub struct Control {
     pub config: VmConfig,
     pub hotplug: Arc<Hotplug>,
     pub ged: Arc<parking_lot::Mutex<devices::Ged>>,
     pub exit: Arc<ExitState>,
+    pub pause: Arc<VcpuPause>,
+    pub vcpu_threads: VcpuThreads,
 }
 
 /// The status an attach or detach failure answers with.
@@ -91,11 +96,17 @@ impl Control {
 
 impl VmControl for Control {
     fn info(&self) -> VmInfo {
-        let devices = self
-            .hotplug
-            .attached()
+        let attached = self.hotplug.attached_with_bars();
+        let device_tree = attached
+            .iter()
+            .map(|(d, bars)| {
+                let node = DeviceNode::pci(&d.id, &d.address.to_string(), bars);
+                (d.id.clone(), node)
+            })
+            .collect();
+        let devices = attached
             .into_iter()
-            .map(|d| DeviceInfo {
+            .map(|(d, _)| DeviceInfo {
                 id: d.id,
                 bdf: d.address.to_string(),
                 path: d.path.display().to_string(),
@@ -105,10 +116,14 @@ impl VmControl for Control {
         VmInfo {
             state: if self.exit.is_set() {
                 VmState::Shutdown
+            } else if self.pause.is_paused() {
+                VmState::Paused
             } else {
                 VmState::Running
             },
             config: config_json(&self.config),
+            memory_actual_size: self.config.memory.size,
+            device_tree,
             devices,
             resources: Resources::sample(slots).unwrap_or(Resources {
                 open_fds: 0,
@@ -155,6 +170,25 @@ impl VmControl for Control {
     fn shutdown_vmm(&self) -> Result<(), ApiError> {
         self.exit_soon();
         Ok(())
+    }
+
+    fn pause(&self) -> Result<(), ApiError> {
+        let kick = || {
+            use vmm_sys_util::signal::Killable;
+            for t in self.vcpu_threads.lock().iter() {
+                // A thread that has ended cannot be kicked, and needs no kick.
+                let _ = t.kill(crate::vm::vcpu_dump::kick_signal());
+            }
+        };
+        self.pause
+            .pause(&kick, &|| self.exit.is_set(), PAUSE_TIMEOUT)
+            .map_err(|e| ApiError::caused_by(STATUS_VM_ACTION_FAILED, "cannot pause the VM", &e))
+    }
+
+    fn resume(&self) -> Result<(), ApiError> {
+        self.pause
+            .resume()
+            .map_err(|e| ApiError::caused_by(STATUS_VM_ACTION_FAILED, "cannot resume the VM", &e))
     }
 }
 

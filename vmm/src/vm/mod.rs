@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod exit;
+pub mod pause;
 pub mod pio;
 pub mod threads;
 pub mod vcpu;
@@ -39,7 +40,12 @@ pub struct Vm {
     _mem: GuestMemoryMmap,
     devices: DeviceManager,
     exit: Arc<ExitState>,
+    pause: Arc<pause::VcpuPause>,
+    vcpu_threads: VcpuThreads,
 }
+
+/// The vCPU threads, for the signals that kick them out of `KVM_RUN`.
+pub type VcpuThreads = Arc<parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>>;
 
 fn open_kvm() -> Result<Kvm> {
     let kvm = Kvm::new()
@@ -184,7 +190,8 @@ impl Vm {
             vcpus.push(fd);
         }
         crate::vm::vcpu_dump::install().context("setting up the register-dump signals")?;
-        let threads = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let threads: VcpuThreads = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let pause = Arc::new(pause::VcpuPause::new(vcpus.len()));
         for (index, fd) in vcpus.into_iter().enumerate() {
             let handle = vcpu::spawn(VcpuContext {
                 index: index as u8,
@@ -192,11 +199,12 @@ impl Vm {
                 pio: devices.pio_bus.clone(),
                 mmio: devices.mmio_bus.clone(),
                 exit: exit.clone(),
+                pause: pause.clone(),
             })
             .context("spawning a vCPU thread")?;
             threads.lock().push(handle);
         }
-        crate::vm::vcpu_dump::spawn_listener(threads, exit.clone())
+        crate::vm::vcpu_dump::spawn_listener(threads.clone(), exit.clone())
             .context("spawning the register-dump thread")?;
         Ok(Vm {
             hotplug,
@@ -204,6 +212,8 @@ impl Vm {
             _mem: mem,
             devices,
             exit,
+            pause,
+            vcpu_threads: threads,
         })
     }
 
@@ -249,6 +259,8 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
                 hotplug: vm.hotplug.clone(),
                 ged: vm.devices.ged.clone(),
                 exit: vm.exit.clone(),
+                pause: vm.pause.clone(),
+                vcpu_threads: vm.vcpu_threads.clone(),
             });
             crate::api::spawn(listener, control).context("starting the API thread")?;
             file

@@ -17,6 +17,7 @@ pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitState>,
+    pub pause: Arc<crate::vm::pause::VcpuPause>,
 }
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -40,6 +41,8 @@ fn run(ctx: &mut VcpuContext) -> Result<(), ExitReason> {
     let fault = |what: String| ExitReason::Fault(format!("vCPU {index}: {what}"));
     let mut dumps_seen = 0;
     loop {
+        // A kick (`vm.pause`) ends KVM_RUN with EINTR and brings the thread back here.
+        ctx.pause.park_while_paused();
         if ctx.exit.is_set() {
             return Ok(());
         }
