@@ -122,7 +122,8 @@ impl VmControl for Control {
                 VmState::Running
             },
             config: config_json(&self.config),
-            memory_actual_size: self.config.memory.size,
+            // All zones: with `--memory size=0` the zones are the RAM.
+            memory_actual_size: self.config.memory.total(),
             device_tree,
             devices,
             resources: Resources::sample(slots).unwrap_or(Resources {
@@ -195,6 +196,41 @@ impl VmControl for Control {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_info_config_shows_the_memory_zones() {
+        use clap::Parser;
+        let cfg = crate::config::cli::Cli::try_parse_from([
+            "ghvmm",
+            "--kernel",
+            "/k",
+            "--memory",
+            "size=0",
+            "--memory-zone",
+            "id=m0,size=1G,hugepages=on",
+            "id=m1,size=512M,shared=on,host_numa_node=0",
+            "--numa",
+            "guest_numa_id=0,memory_zones=m0:m1",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        let j = config_json(&cfg);
+        let m = &j["memory"];
+        assert_eq!(
+            (m["size"].as_u64(), m["thp"].as_bool()),
+            (Some(0), Some(true))
+        );
+        assert_eq!(m["zones"][0]["id"], "m0");
+        assert_eq!(m["zones"][0]["hugepages"], true);
+        assert_eq!(m["zones"][1]["host_numa_node"], 0);
+        assert_eq!(
+            j["numa"][0]["memory_zones"],
+            serde_json::json!(["m0", "m1"])
+        );
+        assert_eq!(cfg.memory.total(), 3 << 29, "memory_actual_size");
+    }
+
     #[test]
     fn statuses() {
         assert_eq!(status(&HotplugError::UnknownId("x".into())), 404);
