@@ -24,7 +24,7 @@ use crate::config::{DeviceSource, GhSlotRequest};
 pub use body::AddDeviceBody;
 pub use device_tree::{DeviceNode, DeviceResource, DeviceTree, PciBarType};
 pub use http::Limits;
-pub use server::{spawn, spawn_with};
+pub use server::{spawn, spawn_with, Server};
 pub use socket::{bind, bind_owned, SocketFile};
 
 /// What the API asks of the VM. Calls arrive on the API's connection threads, never on a vCPU

@@ -33,18 +33,74 @@ use super::{routes, VmControl};
 
 /// Serves the API on `listener` (from `api::bind`) with the default limits until the
 /// listener fails; the returned thread is the accept thread.
-pub fn spawn(listener: UnixListener, vm: Arc<dyn VmControl>) -> io::Result<JoinHandle<()>> {
+pub fn spawn(listener: UnixListener, vm: Arc<dyn VmControl>) -> io::Result<Server> {
     spawn_with(listener, vm, Limits::default())
+}
+
+/// The running API: its accept thread, and the requests being answered.
+pub struct Server {
+    pub thread: JoinHandle<()>,
+    answering: Arc<Answering>,
+}
+
+impl Server {
+    /// Waits until no request that was read is still waiting for its answer to be sent, or
+    /// `timeout` passes; true when none is. ghvmm calls it when the VM has ended, so that a
+    /// request the guest's last moments answered (a removal whose eject came just before the
+    /// power-off) gets its answer rather than a closed connection.
+    pub fn wait_answered(&self, timeout: Duration) -> bool {
+        self.answering.wait_idle(timeout)
+    }
+}
+
+/// How many requests are between being read and their answer being sent.
+#[derive(Default)]
+struct Answering {
+    count: parking_lot::Mutex<usize>,
+    idle: parking_lot::Condvar,
+}
+
+/// One request being answered; counted until it drops (after the answer went out).
+struct Answer<'a>(&'a Answering);
+
+impl Answering {
+    fn start(&self) -> Answer<'_> {
+        *self.count.lock() += 1;
+        Answer(self)
+    }
+
+    fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut count = self.count.lock();
+        while *count > 0 {
+            if self.idle.wait_until(&mut count, deadline).timed_out() {
+                return *count == 0;
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        let mut count = self.0.count.lock();
+        *count -= 1;
+        if *count == 0 {
+            self.0.idle.notify_all();
+        }
+    }
 }
 
 pub fn spawn_with(
     listener: UnixListener,
     vm: Arc<dyn VmControl>,
     limits: Limits,
-) -> io::Result<JoinHandle<()>> {
+) -> io::Result<Server> {
     // An inherited fd may have been left non-blocking; the accept thread wants to block.
     listener.set_nonblocking(false)?;
     let limits = Arc::new(limits);
+    let answering = Arc::new(Answering::default());
+    let theirs = answering.clone();
     // The thread says whether its filter is in before it serves anything: a failed install
     // fails the start rather than leave the API unfiltered.
     let (tell, entered) = std::sync::mpsc::sync_channel(1);
@@ -56,11 +112,11 @@ pub fn spawn_with(
             let go = filtered.is_ok();
             let _ = tell.send(filtered);
             if go {
-                accept_loop(listener, vm, limits)
+                accept_loop(listener, vm, limits, theirs)
             }
         })?;
     match entered.recv() {
-        Ok(Ok(())) => Ok(thread),
+        Ok(Ok(())) => Ok(Server { thread, answering }),
         Ok(Err(e)) => Err(io::Error::other(e)),
         Err(_) => Err(io::Error::other(
             "the API thread ended before it started serving",
@@ -98,7 +154,12 @@ impl Drop for HotplugTurn<'_> {
     }
 }
 
-fn accept_loop(listener: UnixListener, vm: Arc<dyn VmControl>, limits: Arc<Limits>) {
+fn accept_loop(
+    listener: UnixListener,
+    vm: Arc<dyn VmControl>,
+    limits: Arc<Limits>,
+    answering: Arc<Answering>,
+) {
     let conns = Arc::new(Conns::new(limits.max_connections));
     let hotplug = Arc::new(HotplugRunning::default());
     let mut reserve = Reserve::new(&listener);
@@ -159,9 +220,10 @@ fn accept_loop(listener: UnixListener, vm: Arc<dyn VmControl>, limits: Arc<Limit
         let conn = Arc::new(Conn { guard, stream });
         let theirs = Arc::clone(&conn);
         let (vm, limits, hotplug) = (Arc::clone(&vm), Arc::clone(&limits), Arc::clone(&hotplug));
+        let answering = Arc::clone(&answering);
         let spawned = thread::Builder::new()
             .name("ghvmm-api-conn".into())
-            .spawn(move || serve_connection(&theirs, &*vm, &limits, &hotplug));
+            .spawn(move || serve_connection(&theirs, &*vm, &limits, &hotplug, &answering));
         if let Err(e) = spawned {
             // The thread's reference went with the closure: this is the last one.
             no_thread.warn(format_args!(
@@ -424,7 +486,13 @@ fn send_now(fd: RawFd, r: &Response) {
     };
 }
 
-fn serve_connection(conn: &Conn, vm: &dyn VmControl, limits: &Limits, hotplug: &HotplugRunning) {
+fn serve_connection(
+    conn: &Conn,
+    vm: &dyn VmControl,
+    limits: &Limits,
+    hotplug: &HotplugRunning,
+    answering: &Answering,
+) {
     let stream = &conn.stream;
     let mut reader = DeadlineReader::new(stream, limits.request_timeout);
     let request = match read_request(&mut reader, limits) {
@@ -439,6 +507,8 @@ fn serve_connection(conn: &Conn, vm: &dyn VmControl, limits: &Limits, hotplug: &
         log::debug!("API connection closed to make room for another");
         return;
     }
+    // Counted from here until the answer is sent (`Server::wait_answered`).
+    let _answer = answering.start();
     let response = match request {
         Ok(req) => {
             let turn = routes::is_hotplug(&req)
@@ -935,6 +1005,35 @@ mod tests {
     /// 64 removals the guest never answers, one per connection the server has: only
     /// `max_hotplug` of them wait, the others are told 503 at once, and `vm.info`,
     /// `vmm.ping` and `vm.shutdown` are still answered while they wait.
+    /// A request read before the VM ended is answered before ghvmm exits: `wait_answered`
+    /// holds until its answer is sent.
+    #[test]
+    fn wait_answered_waits_for_a_request_in_progress() {
+        let _serial = SERIAL.lock();
+        let dir = temp_dir("answered");
+        let socket = dir.0.join("api.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let vm = Arc::new(StuckRemovals::default());
+        let server = spawn_with(listener, vm.clone(), Limits::default()).unwrap();
+        assert!(
+            server.wait_answered(Duration::ZERO),
+            "nothing in flight yet"
+        );
+        let removal = {
+            let socket = socket.clone();
+            thread::spawn(move || send(&socket, &put("vm.remove-device", br#"{"id":"gpu0"}"#)))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vm.waiting.load(Ordering::SeqCst) < 1 {
+            assert!(Instant::now() < deadline, "the removal did not arrive");
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!server.wait_answered(Duration::from_millis(200)));
+        vm.release();
+        assert!(server.wait_answered(Duration::from_secs(10)));
+        assert_eq!(removal.join().unwrap(), Some(204));
+    }
+
     #[test]
     fn pending_removals_leave_room_for_every_other_request() {
         let _serial = SERIAL.lock();

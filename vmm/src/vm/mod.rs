@@ -227,6 +227,9 @@ impl Vm {
     }
 }
 
+/// How long the end of the VM waits for API requests already read to be answered.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the VM to its end. The caller exits the process right after: vCPU threads may still
 /// be inside `KVM_RUN`, so the VM is deliberately not torn down here (unmapping guest memory
 /// under a running vCPU would only produce spurious faults); process exit releases it all.
@@ -252,7 +255,7 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     crate::event_monitor::emit("vm", "booting", &[]);
     let vm = Vm::start(cfg)?;
     crate::event_monitor::emit("vm", "booted", &[]);
-    let socket_file = match api {
+    let (socket_file, server) = match api {
         Some((listener, file)) => {
             let control = Arc::new(crate::vm::control::Control {
                 config: cfg.clone(),
@@ -262,10 +265,10 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
                 pause: vm.pause.clone(),
                 vcpu_threads: vm.vcpu_threads.clone(),
             });
-            crate::api::spawn(listener, control).context("starting the API thread")?;
-            file
+            let server = crate::api::spawn(listener, control).context("starting the API thread")?;
+            (file, Some(server))
         }
-        None => None,
+        None => (None, None),
     };
     let console = if cfg.serial == crate::config::SerialConfig::Tty {
         vm.stdin_forwarder().start()
@@ -275,6 +278,14 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     // Every thread is started; from here the main thread only waits and cleans up.
     crate::seccomp::enter(crate::seccomp::ThreadKind::Main)?;
     let reason = vm.wait();
+    if let Some(server) = &server {
+        if !server.wait_answered(ANSWER_TIMEOUT) {
+            log::warn!(
+                "the VM ended with API requests unanswered after {} s; they get none",
+                ANSWER_TIMEOUT.as_secs()
+            );
+        }
+    }
     // ghvmm ends with its guest, whether it powered off or reset: both end the VM.
     crate::event_monitor::emit("vm", "shutdown", &[]);
     crate::event_monitor::emit("vmm", "shutdown", &[]);
