@@ -13,6 +13,8 @@
  *                     its BAR2 (whatever the probe order), so one L2 can hold a GH-sized and a
  *                     small device and the bench can alternate them.
  *   bad_info=1        report a sparse area larger than the region (ghvmm must refuse it).
+ *   cap_loop=1        the memory region's capability chain is a loop: its sparse-mmap
+ *                     capability names itself as the next (ghvmm must refuse it, not follow it).
  *   map_length=BYTES  only [0, map_length) may be mmapped (a sparse-mmap area in either mode);
  *                     the rest of the real memory is reached through read/write only.
  *   fail_after=N      fault injection: after N read/write calls on the memory region since
@@ -53,6 +55,9 @@ static ulong ghtest_length(u64 avail)
 static bool bad_info;
 module_param(bad_info, bool, 0444);
 MODULE_PARM_DESC(bad_info, "report invalid region info");
+static bool cap_loop;
+module_param(cap_loop, bool, 0444);
+MODULE_PARM_DESC(cap_loop, "make the memory region's capability chain a loop");
 static ulong map_length;
 module_param(map_length, ulong, 0444);
 MODULE_PARM_DESC(map_length, "mmappable part in bytes (0: all of length)");
@@ -128,7 +133,7 @@ static long ghtest_region_info(struct ghtest_device *g, unsigned long arg)
 	info.size = g->region_size;
 	info.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE |
 		     VFIO_REGION_INFO_FLAG_MMAP;
-	if (g->kernel_pads || bad_info || g->map_len < g->mem_len) {
+	if (g->kernel_pads || bad_info || cap_loop || g->map_len < g->mem_len) {
 		struct vfio_region_info_cap_sparse_mmap *sparse;
 		size_t size = struct_size(sparse, areas, 1);
 
@@ -152,6 +157,13 @@ static long ghtest_region_info(struct ghtest_device *g, unsigned long arg)
 			info.cap_offset = 0;
 		} else {
 			vfio_info_cap_shift(&caps, sizeof(info));
+			/*
+			 * The shift only moves nonzero offsets; the one capability's `next` is 0,
+			 * so it is set here, after the shift, to the capability's own offset in
+			 * the user's buffer.
+			 */
+			if (cap_loop)
+				((struct vfio_info_cap_header *)caps.buf)->next = sizeof(info);
 			if (copy_to_user((void __user *)arg + sizeof(info), caps.buf, caps.size))
 				ret = -EFAULT;
 			info.cap_offset = sizeof(info);

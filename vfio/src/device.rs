@@ -46,7 +46,9 @@ use parking_lot::Mutex;
 use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
 use vfio_ioctls::{VfioContainer, VfioDevice};
 
+use crate::precheck::{self, PrecheckError};
 use crate::private_dir::private_dir;
+use crate::probe::HostProbe;
 use crate::region_info::{self, RegionInfo};
 use crate::Error;
 
@@ -181,6 +183,27 @@ pub fn drop_contained<T>(value: T, what: &dyn std::fmt::Display) -> bool {
     }
 }
 
+/// Checks every region's info with ghvmm's bounded reader (`precheck`) before vfio-ioctls
+/// walks it unbounded in `VfioDevice::new`.
+fn check_before_vfio_ioctls(sysfs: &Path, group: u32) -> Result<(), Error> {
+    let refused = |error| Error::RegionCheck {
+        path: sysfs.into(),
+        error,
+    };
+    let name = sysfs.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        refused(PrecheckError::Device {
+            group,
+            error: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the path does not end in the device name",
+            ),
+        })
+    })?;
+    let n = precheck::check_regions(&HostProbe, group, name).map_err(refused)?;
+    log::debug!("{}: {n} regions' info checked", sysfs.display());
+    Ok(())
+}
+
 /// A VFIO device opened by `Containers::open`. Derefs to vfio-ioctls' `VfioDevice`.
 pub struct Device {
     inner: ManuallyDrop<VfioDevice>,
@@ -214,7 +237,8 @@ impl Device {
     }
 
     /// Opens the device at `sysfs` in `container` through a stand-in path (see the module
-    /// comment), or through `sysfs` itself if no stand-in can be made.
+    /// comment), or through `sysfs` itself if no stand-in can be made; first every region's
+    /// info is checked (`precheck`), because vfio-ioctls walks it unbounded while opening.
     pub(crate) fn open(sysfs: &Path, container: Arc<VfioContainer>) -> Result<Self, Error> {
         let no_group = |error| Error::NoIommuGroup {
             path: sysfs.into(),
@@ -222,6 +246,7 @@ impl Device {
         };
         let group = iommu_group(sysfs).map_err(no_group)?;
         log::debug!("{}: IOMMU group {group}", sysfs.display());
+        check_before_vfio_ioctls(sysfs, group)?;
         let _staging = STAND_INS.lock();
         let mut link = None;
         let mut refused = Vec::new();

@@ -22,6 +22,11 @@ pub enum Error {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("{path}: {error}")]
+    RegionCheck {
+        path: PathBuf,
+        error: crate::precheck::PrecheckError,
+    },
     #[error("{path}: cannot open the device through its IOMMU group: {error}")]
     Device { path: PathBuf, error: VfioError },
     #[error("{path}: cannot DMA-map guest RAM at {gpa:#x}: {error}")]

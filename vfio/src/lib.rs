@@ -6,7 +6,9 @@
 //! `region_read`/`region_write` only log errors and it has no mmap helper, so `region` does
 //! pread/pwrite and mmap on the device fd itself; its reset drops the ioctl's result, so
 //! `Device::reset` does the ioctl itself; its walk of a region's capability chain is unbounded,
-//! so `region_info` reads region info (and the sparse areas) itself.
+//! so `region_info` reads region info (and the sparse areas) itself, and `precheck` (through
+//! the ioctls of `probe`) runs that bounded reader on every region before vfio-ioctls opens
+//! the device.
 //!
 //! `container` holds the one type1 container and guest RAM's DMA mappings in it; `device`
 //! opens the device so that closing it never depends on sysfs (vfio-ioctls' close panics
@@ -21,7 +23,9 @@ mod device;
 mod dma;
 mod error;
 mod irq;
+mod precheck;
 mod private_dir;
+mod probe;
 mod region;
 pub mod region_info;
 mod request;
@@ -31,6 +35,7 @@ pub use device::Device;
 pub use dma::DmaRegion;
 pub use error::Error;
 pub use irq::{DeviceIrqs, IrqError, IrqKind};
+pub use precheck::{PrecheckError, MAX_REGIONS};
 pub use private_dir::{fresh_private_dir, private_dir};
 pub use region::{FdRegion, HostMapping};
 pub use request::{OnRequest, OnStart, RequestWatcher, Spawn, WatchError, WatcherHooks};

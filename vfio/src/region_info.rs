@@ -141,9 +141,28 @@ pub fn parse(buf: &[u8]) -> Result<RegionInfo, RegionInfoError> {
     Err(RegionInfoError::TooMany)
 }
 
+/// Why `fetch` gave no region info: the kernel refused the ioctl, or what it answered is
+/// malformed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("VFIO_DEVICE_GET_REGION_INFO: {0}")]
+    Ioctl(io::Error),
+    #[error(transparent)]
+    Malformed(#[from] RegionInfoError),
+    #[error("the region info kept growing between calls")]
+    KeptGrowing,
+}
+
 /// Asks the kernel for region `index` of the VFIO device `fd` and decodes it.
 pub fn read(fd: &impl AsRawFd, index: u32) -> io::Result<RegionInfo> {
-    let invalid = |e: RegionInfoError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    fetch(fd, index).map_err(|e| match e {
+        ReadError::Ioctl(e) => e,
+        e => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+    })
+}
+
+/// `read`, telling a refused ioctl apart from a malformed answer.
+pub fn fetch(fd: &impl AsRawFd, index: u32) -> Result<RegionInfo, ReadError> {
     let mut len = INFO_BYTES;
     for _ in 0..MAX_TRIES {
         // u64s: the buffer is aligned for the struct's u64 fields.
@@ -162,23 +181,20 @@ pub fn read(fd: &impl AsRawFd, index: u32) -> io::Result<RegionInfo> {
             )
         };
         if r < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(ReadError::Ioctl(io::Error::last_os_error()));
         }
         let raw: Vec<u8> = buf.iter().flat_map(|w| w.to_le_bytes()).collect();
         let raw = &raw[..len];
         let wanted = u64::from(u32_at(raw, 0).unwrap_or(0));
         if wanted as usize <= len {
-            return parse(raw).map_err(invalid);
+            return Ok(parse(raw)?);
         }
         if wanted > MAX_INFO_BYTES as u64 {
-            return Err(invalid(RegionInfoError::TooLarge(wanted)));
+            return Err(RegionInfoError::TooLarge(wanted).into());
         }
         len = wanted as usize;
     }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "the region info kept growing between calls",
-    ))
+    Err(ReadError::KeptGrowing)
 }
 
 #[cfg(test)]
@@ -296,5 +312,6 @@ mod tests {
         assert_eq!(VFIO_DEVICE_GET_REGION_INFO(), 0x3b6c);
         let not_vfio = std::fs::File::open("/dev/null").unwrap();
         assert!(read(&not_vfio, 0).is_err());
+        assert!(matches!(fetch(&not_vfio, 0), Err(ReadError::Ioctl(_))));
     }
 }

@@ -424,7 +424,10 @@ impl E2eArgs {
                 None => GH_MODES.to_vec(),
             };
             let lens: Vec<u64> = self.gh_len.map_or(GH_LENGTHS.to_vec(), |l| vec![l]);
-            all.retain(|s| !s.name.starts_with("vfio-gh-") || s.name == "vfio-gh-bad-info");
+            all.retain(|s| {
+                !s.name.starts_with("vfio-gh-")
+                    || ["vfio-gh-bad-info", "vfio-gh-cap-loop"].contains(&s.name)
+            });
             all.extend(vfio_scenarios::gh_device_scenarios(&modes, &lens));
         }
         let chosen: Vec<&'static str> = scenario::select(&all, &self.filters)
@@ -533,7 +536,7 @@ mod tests {
         };
         assert_eq!(
             names(&["--gh-mode", "kernel_pads", "--gh-len", "8192", "vfio-gh"]),
-            ["vfio-gh-bad-info", "vfio-gh-kernel-8K"]
+            ["vfio-gh-bad-info", "vfio-gh-cap-loop", "vfio-gh-kernel-8K"]
         );
         let (q, skipped) = args(&["--l3-vmm", "qemu", "boot-basic", "smp", "vfio-ivshmem"])
             .unwrap()

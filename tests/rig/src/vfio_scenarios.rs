@@ -296,6 +296,25 @@ fn bad_info_scenario() -> Scenario {
     }
 }
 
+/// The variant driver's capability chain is a loop (a capability naming itself as the next),
+/// which vfio-ioctls would follow for ever: ghvmm must check it first and refuse, exit 1,
+/// within `expect_clean_failure`'s limit.
+fn cap_loop_scenario() -> Scenario {
+    Scenario {
+        expect: vec!["kvm", "vfio-bind", "refused", "names-chain"],
+        ..Scenario::l2_only(
+            "vfio-gh-cap-loop",
+            "the variant driver's region capability chain loops: ghvmm refuses at once, exit 1",
+            format!(
+                "{}expect_clean_failure refused --kernel /l3/vmlinuz --device path=$IVSHMEM\n\
+                 grep -q \"region 2's capability chain\" /tmp/err\n\
+                 l2_check names-chain $? \"the error does not name region 2's capability chain: $(cat /tmp/err)\"\n",
+                bind_variant("kernel_pads", GH_LENGTHS[0], "cap_loop=1")
+            ),
+        )
+    }
+}
+
 /// L2's two e1000e NICs: the one passed through to L3 and L2's own, joined by a QEMU hub
 /// and to nothing else (no user-mode networking, no tap: the rig never reaches a real
 /// network).
@@ -364,6 +383,7 @@ pub fn all() -> Vec<Scenario> {
     let mut v = vec![ivshmem_scenario(), nic_scenario()];
     v.extend(gh_device_scenarios(&GH_MODES, &GH_LENGTHS));
     v.push(bad_info_scenario());
+    v.push(cap_loop_scenario());
     v
 }
 
