@@ -500,21 +500,10 @@ impl ApiSocketConfig {
             }
             return Ok(ApiSocketConfig::Path(PathBuf::from(s)));
         }
-        let p = OptionParser::parse(OPTION, &["path", "fd"], s)?;
-        let fd = p.with("fd", parse_fd)?;
-        match (p.get("path"), fd) {
-            (Some(_), Some(_)) => Err(ConfigError::Inconsistent {
-                option: OPTION,
-                reason: "give path= or fd=, not both".into(),
-            }),
-            (Some(""), None) => Err(p.invalid("path", "empty path")),
-            (Some(path), None) => Ok(ApiSocketConfig::Path(PathBuf::from(path))),
-            (None, Some(fd)) => Ok(ApiSocketConfig::Fd(fd)),
-            (None, None) => Err(ConfigError::MissingKey {
-                option: OPTION,
-                key: "path",
-            }),
-        }
+        Ok(match parse_path_or_fd(OPTION, s)? {
+            PathOrFd::Path(path) => ApiSocketConfig::Path(path),
+            PathOrFd::Fd(fd) => ApiSocketConfig::Fd(fd),
+        })
     }
 }
 
@@ -531,21 +520,35 @@ pub enum EventMonitorConfig {
 impl EventMonitorConfig {
     pub fn parse(s: &str) -> Result<Self> {
         const OPTION: &str = "event-monitor";
-        let p = OptionParser::parse(OPTION, &["path", "fd"], s)?;
-        let fd = p.with("fd", parse_fd)?;
-        match (p.get("path"), fd) {
-            (Some(_), Some(_)) => Err(ConfigError::Inconsistent {
-                option: OPTION,
-                reason: "give path= or fd=, not both".into(),
-            }),
-            (Some(""), None) => Err(p.invalid("path", "empty path")),
-            (Some(path), None) => Ok(EventMonitorConfig::Path(PathBuf::from(path))),
-            (None, Some(fd)) => Ok(EventMonitorConfig::Fd(fd)),
-            (None, None) => Err(ConfigError::MissingKey {
-                option: OPTION,
-                key: "path",
-            }),
-        }
+        Ok(match parse_path_or_fd(OPTION, s)? {
+            PathOrFd::Path(path) => EventMonitorConfig::Path(path),
+            PathOrFd::Fd(fd) => EventMonitorConfig::Fd(fd),
+        })
+    }
+}
+
+/// `path=PATH` or `fd=N`, exactly one of them: the two options that name a file or an
+/// inherited descriptor share this syntax (Cloud Hypervisor's).
+enum PathOrFd {
+    Path(PathBuf),
+    Fd(i32),
+}
+
+fn parse_path_or_fd(option: &'static str, s: &str) -> Result<PathOrFd> {
+    let p = OptionParser::parse(option, &["path", "fd"], s)?;
+    let fd = p.with("fd", parse_fd)?;
+    match (p.get("path"), fd) {
+        (Some(_), Some(_)) => Err(ConfigError::Inconsistent {
+            option,
+            reason: "give path= or fd=, not both".into(),
+        }),
+        (Some(""), None) => Err(p.invalid("path", "empty path")),
+        (Some(path), None) => Ok(PathOrFd::Path(PathBuf::from(path))),
+        (None, Some(fd)) => Ok(PathOrFd::Fd(fd)),
+        (None, None) => Err(ConfigError::MissingKey {
+            option,
+            key: "path",
+        }),
     }
 }
 
