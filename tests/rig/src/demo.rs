@@ -217,6 +217,7 @@ pub fn demo(root: &Path) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shell_test::{assert_parses, sh_stdout};
 
     #[test]
     fn the_script_boots_the_gh_profile_and_plugs_twice() {
@@ -270,15 +271,7 @@ mod tests {
             );
         }
         sh += "echo \"first failure: $demo_failed\"\n";
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&sh)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(String::from)
-            .collect()
+        sh_stdout(&sh).lines().map(String::from).collect()
     }
 
     #[test]
@@ -303,15 +296,7 @@ mod tests {
              R=fake_remote\n{DEMO_STEP}{}echo \"first failure: $demo_failed\"\n",
             hotplug(1, "add-device path=/x,id=g,gh_slot=1", "g", "add", "remove")
         );
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&sh)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(String::from)
-            .collect()
+        sh_stdout(&sh).lines().map(String::from).collect()
     }
 
     #[test]
@@ -335,16 +320,6 @@ mod tests {
 
     #[test]
     fn the_script_parses() {
-        let out = std::process::Command::new("sh")
-            .arg("-n")
-            .arg("-c")
-            .arg(script())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_parses("the demo's script", &script());
     }
 }

@@ -55,7 +55,7 @@ pub const FIGURES_AT_GATE: &str = r#"figures_at_gate() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shell_test::ShellChecks;
+    use crate::shell_test::{sh_stdout, ShellChecks};
 
     /// Runs `flat_checks` in the host's sh over two `proc_figures` lines; returns the checks'
     /// lines.
@@ -139,12 +139,7 @@ mod tests {
 
     #[test]
     fn proc_figures_gives_four_numbers() {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("{PROC_FIGURES}proc_figures $$"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = sh_stdout(&format!("{PROC_FIGURES}proc_figures $$"));
         let n: Vec<u64> = text
             .split_whitespace()
             .map(|w| w.parse().unwrap())

@@ -323,7 +323,7 @@ pub fn all() -> Vec<Scenario> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shell_test::ShellChecks;
+    use crate::shell_test::{sh_stdout, ShellChecks};
 
     #[test]
     fn the_script_drives_ghvmm_through_the_api() {
@@ -394,11 +394,7 @@ mod tests {
     /// Runs `event_checks` in the host's sh over an events file with `cycles` add/remove
     /// pairs, written as ghvmm writes it; returns the checks' lines.
     fn events(cycles: u32, shutdowns: u32) -> Vec<String> {
-        let dir = std::env::temp_dir().join(format!(
-            "rig-events-{}-{cycles}-{shutdowns}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let checks = ShellChecks::new("events");
         // As ghvmm writes them: Cloud Hypervisor's pretty-printed object and an empty line.
         let ev = |source: &str, event: &str, properties: serde_json::Value| {
             let e = serde_json::json!({
@@ -424,23 +420,9 @@ mod tests {
         for source in ["vm", "vmm"].iter().take(shutdowns as usize) {
             text += &ev(source, "shutdown", none.clone());
         }
-        std::fs::write(dir.join("events.json"), text).unwrap();
-        let script = format!(
-            "l2_say() {{ echo \"$*\"; }}\n\
-             l2_check() {{ if [ \"$2\" = 0 ]; then echo \"$1 PASS\"; else echo \"$1 FAIL $3\"; fi; }}\n{}",
-            event_checks().replace("/tmp/", &format!("{}/", dir.display()))
-        );
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("events-"))
-            .map(String::from)
-            .collect()
+        std::fs::write(checks.path("events.json"), text).unwrap();
+        let fragment = event_checks().replace("/tmp/events.json", &checks.path("events.json"));
+        checks.run(&fragment, &["events-"])
     }
 
     #[test]
@@ -460,12 +442,7 @@ mod tests {
 
     #[test]
     fn kernel_resources_gives_three_numbers() {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("{KERNEL_RESOURCES}kernel_resources $$"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = sh_stdout(&format!("{KERNEL_RESOURCES}kernel_resources $$"));
         let n: Vec<u64> = text
             .split_whitespace()
             .map(|w| w.parse().unwrap())

@@ -265,6 +265,7 @@ pub fn select<'a>(all: &'a [Scenario], filters: &[String]) -> Vec<&'a Scenario> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shell_test::assert_parses;
 
     #[test]
     fn names_start_with_their_area_and_are_unique() {
@@ -309,18 +310,7 @@ mod tests {
         let init =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../l2/init")).unwrap();
         for s in all() {
-            let out = std::process::Command::new("sh")
-                .arg("-n")
-                .arg("-c")
-                .arg(format!("{init}\n{}", s.script()))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                s.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_parses(s.name, &format!("{init}\n{}", s.script()));
         }
     }
 

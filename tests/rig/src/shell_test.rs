@@ -60,3 +60,26 @@ impl Drop for ShellChecks {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Runs `script` in the host's sh; what it printed on standard output.
+pub fn sh_stdout(script: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `sh -n`: fails the test, naming `what` and quoting sh, when `script` does not parse.
+pub fn assert_parses(what: &str, script: &str) {
+    let out = std::process::Command::new("sh")
+        .args(["-n", "-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

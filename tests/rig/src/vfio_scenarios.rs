@@ -390,6 +390,7 @@ pub fn all() -> Vec<Scenario> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shell_test::assert_parses;
 
     #[test]
     fn gh_scenarios_cover_modes_and_lengths() {
@@ -452,11 +453,7 @@ mod tests {
             for c in GH_GATE_CHECKS.iter().chain(GH_DEVICE_CHECKS) {
                 assert!(s.expect.contains(c), "{}: {c}", s.name);
             }
-            let parsed = std::process::Command::new("sh")
-                .args(["-n", "-c", &sh])
-                .output()
-                .unwrap();
-            assert!(parsed.status.success(), "{}", s.name);
+            assert_parses(s.name, &sh);
         }
         // No padding, nothing to count: the plain boot.
         let pow2 = gh_device_scenarios(&["vmm_pads"], &[32 << 20]).remove(0);

@@ -372,6 +372,7 @@ pub fn all() -> Vec<Scenario> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shell_test::assert_parses;
 
     #[test]
     fn names_and_lengths() {
@@ -515,18 +516,7 @@ mod tests {
     #[test]
     fn every_script_parses() {
         for s in all() {
-            let out = std::process::Command::new("sh")
-                .arg("-n")
-                .arg("-c")
-                .arg(s.script())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                s.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_parses(s.name, &s.script());
         }
     }
 
