@@ -392,16 +392,13 @@ fn boot_bench_l2(
 ) -> Result<crate::protocol::Transcript> {
     let mut attempt = 1;
     loop {
-        let (t, finished, _) = crate::boot_l2_with(
-            prep,
-            dir,
-            overlays,
+        let boot = crate::L2Boot {
             qemu_args,
             ivshmem,
-            timeout,
-            false,
-            Some(SILENCE),
-        )?;
+            silence: Some(SILENCE),
+            ..crate::L2Boot::new(overlays, timeout)
+        };
+        let (t, finished, _) = boot.boot(prep, dir)?;
         if finished && t.l2_done {
             return Ok(t);
         }

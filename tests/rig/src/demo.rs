@@ -21,7 +21,7 @@ use crate::scale_scenarios::bind_all_variant;
 use crate::setup::say;
 use crate::vfio_scenarios::GH_LENGTHS;
 use crate::vfio_user_scenarios::HELPERS as VU_HELPERS;
-use crate::{boot_l2_watched, images, prepare, scenario_dir};
+use crate::{images, prepare, scenario_dir, L2Boot};
 
 /// The contract and real length shown: VMM pads, 40 MiB + 12 KiB in a 64 MiB BAR.
 const MODE: &str = "vmm_pads";
@@ -172,21 +172,16 @@ pub fn demo(root: &Path) -> Result<bool> {
     say("booting L2 (QEMU TCG); inside it ghvmm boots the L3 guest whose lines follow");
     let dir = scenario_dir(&prep.paths, "demo");
     let color = std::io::stdout().is_terminal();
-    let (t, finished, took) = boot_l2_watched(
-        &prep,
-        &dir,
-        &[images::scenario_overlay(&script())],
-        &[],
-        IVSHMEM,
-        TIMEOUT,
-        false,
-        None,
-        &mut |line| {
-            if let Some(shown) = render(line, color) {
-                println!("{shown}");
-            }
-        },
-    )?;
+    let overlays = [images::scenario_overlay(&script())];
+    let boot = L2Boot {
+        ivshmem: IVSHMEM,
+        ..L2Boot::new(&overlays, TIMEOUT)
+    };
+    let (t, finished, took) = boot.boot_watched(&prep, &dir, &mut |line| {
+        if let Some(shown) = render(line, color) {
+            println!("{shown}");
+        }
+    })?;
     let bad = failures(&t, finished, CHECKS);
     let log = dir.join("console.log");
     if bad.is_empty() {

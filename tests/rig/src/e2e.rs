@@ -11,7 +11,7 @@ use crate::retry::{self, FlakyRecord, ScenarioRecord, Verdict};
 use crate::scenario::{self, Scenario};
 use crate::setup::say;
 use crate::vfio_scenarios::{self, GH_LENGTHS, GH_MODES};
-use crate::{boot_l2, iasl, images, prepare, report, scenario_dir, CheckResult, Prepared};
+use crate::{iasl, images, prepare, report, scenario_dir, CheckResult, L2Boot, Prepared};
 
 /// One attempt at a scenario.
 struct Attempt {
@@ -41,15 +41,12 @@ fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Attempt> {
         overlays.push(images::qemu_overlay(&prep.paths)?);
     }
     overlays.push(images::scenario_overlay(&s.script()));
-    let (t, finished, took) = boot_l2(
-        prep,
-        &dir,
-        &overlays,
-        &s.qemu_args,
-        &s.ivshmem,
-        s.timeout,
-        false,
-    )?;
+    let boot = L2Boot {
+        qemu_args: &s.qemu_args,
+        ivshmem: &s.ivshmem,
+        ..L2Boot::new(&overlays, s.timeout)
+    };
+    let (t, finished, took) = boot.boot(prep, &dir)?;
     say(&format!(
         "{}: finished in {:.1}s, console log in {}",
         s.name,
@@ -154,17 +151,11 @@ fn locate(prep: &Prepared, dir: &Path) -> Option<String> {
         "insmod /lib/modules/extra/ghvmm_test_vfio.ko 2>/dev/null\n/bin/checker resolve {}\n",
         addrs.join(" ")
     );
-    let names = boot_l2(
-        prep,
-        &dir.join("resolve"),
-        &[images::scenario_overlay(&script)],
-        &[],
-        crate::DEFAULT_IVSHMEM,
-        std::time::Duration::from_secs(120),
-        false,
-    )
-    .map(|(t, _, _)| t.resolved)
-    .unwrap_or_default();
+    let overlays = [images::scenario_overlay(&script)];
+    let names = L2Boot::new(&overlays, std::time::Duration::from_secs(120))
+        .boot(prep, &dir.join("resolve"))
+        .map(|(t, _, _)| t.resolved)
+        .unwrap_or_default();
     Some(crate::symbols::describe(&cpus, &names))
 }
 

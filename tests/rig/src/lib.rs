@@ -123,93 +123,81 @@ pub fn ivshmem_file(i: usize) -> String {
 /// L2's ivshmem devices when a scenario says nothing else: one of 64 MiB.
 pub const DEFAULT_IVSHMEM: &[u64] = &[64 << 20];
 
-/// Boots L2 with `overlays` appended to the base image and `qemu_args` added to QEMU's, and
-/// collects the transcript; also returns whether L2 finished before `timeout`, and how long
-/// it took. `echo` streams the console to stdout.
-pub fn boot_l2(
-    prep: &Prepared,
-    dir: &Path,
-    overlays: &[Vec<u8>],
-    qemu_args: &[String],
-    ivshmem: &[u64],
-    timeout: Duration,
-    echo: bool,
-) -> Result<(Transcript, bool, Duration)> {
-    boot_l2_with(prep, dir, overlays, qemu_args, ivshmem, timeout, echo, None)
+/// One boot of L2: what goes into its image and QEMU's command line, and how long it may
+/// take. `boot` runs it and collects the transcript.
+pub struct L2Boot<'a> {
+    /// Appended to the base image (a scenario's script, the vmlinux, QEMU for L2).
+    pub overlays: &'a [Vec<u8>],
+    /// Added to QEMU's arguments.
+    pub qemu_args: &'a [String],
+    /// The sizes of L2's ivshmem devices (sparse files in the run's directory).
+    pub ivshmem: &'a [u64],
+    pub timeout: Duration,
+    /// Ends the run as unfinished when the console is silent this long.
+    pub silence: Option<Duration>,
 }
 
-/// `boot_l2`, ending the run as unfinished when the console is silent for `silence`.
-#[allow(clippy::too_many_arguments)]
-pub fn boot_l2_with(
-    prep: &Prepared,
-    dir: &Path,
-    overlays: &[Vec<u8>],
-    qemu_args: &[String],
-    ivshmem: &[u64],
-    timeout: Duration,
-    echo: bool,
-    silence: Option<Duration>,
-) -> Result<(Transcript, bool, Duration)> {
-    boot_l2_watched(
-        prep,
-        dir,
-        overlays,
-        qemu_args,
-        ivshmem,
-        timeout,
-        echo,
-        silence,
-        &mut |_| {},
-    )
-}
+impl<'a> L2Boot<'a> {
+    /// A boot with `overlays`, nothing added to QEMU's arguments, the default ivshmem device
+    /// and no silence limit.
+    pub fn new(overlays: &'a [Vec<u8>], timeout: Duration) -> Self {
+        L2Boot {
+            overlays,
+            qemu_args: &[],
+            ivshmem: DEFAULT_IVSHMEM,
+            timeout,
+            silence: None,
+        }
+    }
 
-/// `boot_l2_with`, also handing every console line to `watch` (the demo shows some).
-#[allow(clippy::too_many_arguments)]
-pub fn boot_l2_watched(
-    prep: &Prepared,
-    dir: &Path,
-    overlays: &[Vec<u8>],
-    qemu_args: &[String],
-    ivshmem: &[u64],
-    timeout: Duration,
-    echo: bool,
-    silence: Option<Duration>,
-    watch: &mut dyn FnMut(&str),
-) -> Result<(Transcript, bool, Duration)> {
-    std::fs::create_dir_all(dir)?;
-    let initrd = dir.join("initrd.cpio");
-    let mut image = prep.base.clone();
-    for o in overlays {
-        image.extend_from_slice(o);
+    /// Boots L2 in `dir` and collects the transcript; also returns whether L2 finished
+    /// before the timeout, and how long it took.
+    pub fn boot(&self, prep: &Prepared, dir: &Path) -> Result<(Transcript, bool, Duration)> {
+        self.boot_watched(prep, dir, &mut |_| {})
     }
-    std::fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
-    let mut devices = Vec::new();
-    for (i, &size) in ivshmem.iter().enumerate() {
-        let path = dir.join(ivshmem_file(i));
-        // Sparse: the device memory costs no disk until the guest writes it.
-        std::fs::File::create(&path)?.set_len(size)?;
-        devices.push((path, size));
+
+    /// `boot`, also handing every console line to `watch` (the demo shows some).
+    pub fn boot_watched(
+        &self,
+        prep: &Prepared,
+        dir: &Path,
+        watch: &mut dyn FnMut(&str),
+    ) -> Result<(Transcript, bool, Duration)> {
+        std::fs::create_dir_all(dir)?;
+        let initrd = dir.join("initrd.cpio");
+        let mut image = prep.base.clone();
+        for o in self.overlays {
+            image.extend_from_slice(o);
+        }
+        std::fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
+        let mut devices = Vec::new();
+        for (i, &size) in self.ivshmem.iter().enumerate() {
+            let path = dir.join(ivshmem_file(i));
+            // Sparse: the device memory costs no disk until the guest writes it.
+            std::fs::File::create(&path)?.set_len(size)?;
+            devices.push((path, size));
+        }
+        std::fs::write(dir.join("versions.txt"), prep.paths.host.describe() + "\n")?;
+        let l2 = qemu::L2 {
+            qemu: prep.paths.host.qemu.clone(),
+            kernel: prep.paths.kernel(),
+            initrd,
+            ivshmem: devices,
+            qemu_log: dir.join("qemu.log"),
+            // In the temp dir: a unix socket path must fit in 108 bytes, a checkout may be deep.
+            monitor: std::env::temp_dir().join(format!("rig-monitor-{}.sock", std::process::id())),
+            registers: dir.join("registers.txt"),
+            memory: "2G",
+            extra: self.qemu_args.to_vec(),
+            silence: self.silence,
+        };
+        let mut t = Transcript::default();
+        let start = Instant::now();
+        let finished = l2.run(&dir.join("console.log"), self.timeout, |line| {
+            watch(line);
+            t.feed(line);
+            t.over()
+        })?;
+        Ok((t, finished, start.elapsed()))
     }
-    std::fs::write(dir.join("versions.txt"), prep.paths.host.describe() + "\n")?;
-    let l2 = qemu::L2 {
-        qemu: prep.paths.host.qemu.clone(),
-        kernel: prep.paths.kernel(),
-        initrd,
-        ivshmem: devices,
-        qemu_log: dir.join("qemu.log"),
-        // In the temp dir: a unix socket path must fit in 108 bytes, a checkout may be deep.
-        monitor: std::env::temp_dir().join(format!("rig-monitor-{}.sock", std::process::id())),
-        registers: dir.join("registers.txt"),
-        memory: "2G",
-        extra: qemu_args.to_vec(),
-        silence,
-    };
-    let mut t = Transcript::default();
-    let start = Instant::now();
-    let finished = l2.run(&dir.join("console.log"), timeout, echo, |line| {
-        watch(line);
-        t.feed(line);
-        t.over()
-    })?;
-    Ok((t, finished, start.elapsed()))
 }

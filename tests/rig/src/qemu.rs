@@ -79,12 +79,11 @@ impl L2 {
     }
 
     /// Runs L2 until it powers off, `stop` says so, or `timeout` passes. Every console line
-    /// goes to `log`, to `echo` (when given) and to `on_line`. Returns false on a timeout.
+    /// goes to `log` and to `on_line`. Returns false on a timeout.
     pub fn run(
         &self,
         log: &Path,
         timeout: Duration,
-        echo: bool,
         mut on_line: impl FnMut(&str) -> bool,
     ) -> Result<bool> {
         let mut log = File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -133,9 +132,6 @@ impl L2 {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     let _ = writeln!(log, "{line}");
-                    if echo {
-                        println!("{line}");
-                    }
                     if on_line(&line) {
                         break;
                     }
