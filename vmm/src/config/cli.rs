@@ -310,6 +310,11 @@ mod tests {
         cli.into_config().map_err(|e| e.to_string())
     }
 
+    /// `parse` with `--kernel /k` first: most tests are about the options after it.
+    fn boot(args: &[&str]) -> Result<VmConfig, String> {
+        parse(&[&["--kernel", "/k"], args].concat())
+    }
+
     #[test]
     fn user_devices_join_the_device_list_and_need_shared_memory() {
         let base = ["--kernel", "/k", "--memory", "size=1G,shared=on"];
@@ -345,16 +350,14 @@ mod tests {
             "socket=/s,id=x"
         ])
         .is_err());
-        let e = parse(&["--kernel", "/k", "--user-device", "socket=/s"]).unwrap_err();
+        let e = boot(&["--user-device", "socket=/s"]).unwrap_err();
         assert!(e.contains("shared=on"), "{e}");
         assert!(!e.contains('\n'));
     }
 
     #[test]
     fn cloud_hypervisor_style_command_line() {
-        let c = parse(&[
-            "--kernel",
-            "/k",
+        let c = boot(&[
             "--initramfs",
             "/i",
             "--cmdline",
@@ -378,7 +381,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = parse(&["--kernel", "/k"]).unwrap();
+        let c = boot(&[]).unwrap();
         assert_eq!((c.cpus.boot, c.memory.size), (1, 512 << 20));
         assert_eq!(c.serial, SerialConfig::Tty);
         assert_eq!(c.seccomp, SeccompMode::Kill);
@@ -391,20 +394,20 @@ mod tests {
             ("log", SeccompMode::Log),
             ("false", SeccompMode::Off),
         ] {
-            let c = parse(&["--kernel", "/k", "--seccomp", arg]).unwrap();
+            let c = boot(&["--seccomp", arg]).unwrap();
             assert_eq!(c.seccomp, want, "{arg}");
         }
-        let e = parse(&["--kernel", "/k", "--seccomp", "on"]).unwrap_err();
+        let e = boot(&["--seccomp", "on"]).unwrap_err();
         assert!(e.contains("--seccomp"), "{e}");
     }
 
     #[test]
     fn errors() {
         assert_eq!(parse(&[]).unwrap_err(), "--kernel is required");
-        assert!(parse(&["--kernel", "/k", "--bogus"]).is_err());
-        assert!(parse(&["--kernel", "/k", "--memory", "size=12Q"]).is_err());
-        assert!(parse(&["--kernel", "/k", "--console", "tty"]).is_err());
-        assert!(parse(&["--kernel", "/k", "--cpus", "boot=0"]).is_err());
+        assert!(boot(&["--bogus"]).is_err());
+        assert!(boot(&["--memory", "size=12Q"]).is_err());
+        assert!(boot(&["--console", "tty"]).is_err());
+        assert!(boot(&["--cpus", "boot=0"]).is_err());
         assert!(parse(&["--kernel"]).is_err());
     }
 
@@ -413,7 +416,7 @@ mod tests {
     /// replaced), breaking the one-line contract and writing control sequences to a terminal.
     #[test]
     fn error_lines_have_no_control_characters() {
-        let e = parse(&["--kernel", "/k", "--memory", "size=1\r\x1bc\nG"]).unwrap_err();
+        let e = boot(&["--memory", "size=1\r\x1bc\nG"]).unwrap_err();
         assert!(e.contains('\r') && e.contains('\x1b'), "{e:?}");
         let line = error_line(&e);
         assert!(!line.chars().any(char::is_control), "{line:?}");
@@ -429,9 +432,7 @@ mod tests {
 
     #[test]
     fn numa_nodes() {
-        let c = parse(&[
-            "--kernel",
-            "/k",
+        let c = boot(&[
             "--cpus",
             "boot=4",
             "--numa",
@@ -444,9 +445,7 @@ mod tests {
         let t = crate::config::numa::resolve(&c).unwrap().unwrap();
         assert_eq!(t.distances, [[10, 20], [20, 10]]);
         // Cloud Hypervisor's bracketed lists, commas inside.
-        let c = parse(&[
-            "--kernel",
-            "/k",
+        let c = boot(&[
             "--cpus",
             "boot=3",
             "--numa",
@@ -461,16 +460,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.numa[0].cpus, Some(vec![0, 2]));
         assert_eq!(c.numa[0].distances, [(1, 30), (2, 40)]);
-        assert_eq!(parse(&["--kernel", "/k"]).unwrap().numa, []);
+        assert_eq!(boot(&[]).unwrap().numa, []);
     }
 
     /// Cloud Hypervisor's memory.md example with a GH-like shape: the CPU node holds the RAM,
     /// the GPU's nodes none.
     #[test]
     fn memory_zones_and_numa() {
-        let c = parse(&[
-            "--kernel",
-            "/k",
+        let c = boot(&[
             "--cpus",
             "boot=2",
             "--memory",
@@ -493,9 +490,7 @@ mod tests {
         );
         assert!(t.nodes[2..].iter().all(|n| n.zones.is_empty()));
         // A vfio-user device needs every zone shared.
-        let e = parse(&[
-            "--kernel",
-            "/k",
+        let e = boot(&[
             "--memory",
             "size=0",
             "--memory-zone",
@@ -508,9 +503,7 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("every --memory-zone"), "{e}");
         // Cloud Hypervisor's zone keys ghvmm lacks are named as such, not as typos.
-        let e = parse(&[
-            "--kernel",
-            "/k",
+        let e = boot(&[
             "--memory",
             "size=0",
             "--memory-zone",
@@ -518,15 +511,13 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.contains("'file' is not supported by ghvmm"), "{e}");
-        let e = parse(&["--kernel", "/k", "--memory", "size=1G,mergeable=on"]).unwrap_err();
+        let e = boot(&["--memory", "size=1G,mergeable=on"]).unwrap_err();
         assert!(e.contains("'mergeable' is not supported by ghvmm"), "{e}");
     }
 
     #[test]
     fn gh_profile() {
-        let c = parse(&[
-            "--kernel",
-            "/k",
+        let c = boot(&[
             "--gh",
             "slots=2,dsd=on",
             "--device",
@@ -541,7 +532,7 @@ mod tests {
         assert_eq!(t.nodes.len(), 17);
         assert_eq!(t.slot_of_device(0).map(|s| s.index), Some(1));
         assert_eq!(t.slot_of_device(1).map(|s| s.index), Some(0));
-        assert_eq!(parse(&["--kernel", "/k"]).unwrap().gh, None);
+        assert_eq!(boot(&[]).unwrap().gh, None);
     }
 
     #[test]
@@ -601,7 +592,7 @@ mod tests {
                 assert!(!e.contains('\n'), "{extra:?}: {e}");
             }
         }
-        let e = parse(&["--kernel", "/k", "--device", "path=/g,id=gpu0,gh_slot=0"]).unwrap_err();
+        let e = boot(&["--device", "path=/g,id=gpu0,gh_slot=0"]).unwrap_err();
         assert_eq!(e, "--device: id=gpu0: gh_slot needs --gh");
     }
 
@@ -635,7 +626,7 @@ mod tests {
         assert_eq!(c.numa.len(), 2);
         assert_eq!(c.kernel, std::path::Path::new("/k"));
         // A value is still needed.
-        let e = parse(&["--kernel", "/k", "--device"]).unwrap_err();
+        let e = boot(&["--device"]).unwrap_err();
         assert!(e.contains("--device"), "{e}");
         let e = parse(&["--device", "path=/a", "--kernel"]).unwrap_err();
         assert!(e.contains("--kernel"), "{e}");
@@ -670,31 +661,29 @@ mod tests {
         assert!(e.starts_with("--vsock is not supported by ghvmm"), "{e}");
         // A key Cloud Hypervisor has, apart from an unknown one.
         assert_eq!(
-            parse(&["--kernel", "/k", "--cpus", "boot=1,topology=1:1:1:1"]).unwrap_err(),
+            boot(&["--cpus", "boot=1,topology=1:1:1:1"]).unwrap_err(),
             "--cpus: parameter 'topology' is not supported by ghvmm (accepted: boot, max)"
         );
         assert_eq!(
-            parse(&["--kernel", "/k", "--device", "path=/a,iommu=on"]).unwrap_err(),
+            boot(&["--device", "path=/a,iommu=on"]).unwrap_err(),
             "--device: parameter 'iommu' is not supported by ghvmm (accepted: path, id, gh_slot, pci_segment)"
         );
         assert_eq!(
-            parse(&["--kernel", "/k", "--device", "path=/a,bogus=1"]).unwrap_err(),
+            boot(&["--device", "path=/a,bogus=1"]).unwrap_err(),
             "--device: unknown parameter 'bogus' (accepted: path, id, gh_slot, pci_segment)"
         );
         assert_eq!(
-            parse(&["--kernel", "/k", "--serial", "pty"]).unwrap_err(),
+            boot(&["--serial", "pty"]).unwrap_err(),
             "--serial: 'pty' is not supported by ghvmm (use tty, off, null or file=PATH)"
         );
         // A plain typo stays clap's error.
-        let e = parse(&["--kernel", "/k", "--disks", "path=/d"]).unwrap_err();
+        let e = boot(&["--disks", "path=/d"]).unwrap_err();
         assert!(e.contains("unexpected argument '--disks'"), "{e}");
     }
 
     #[test]
     fn pci_segments_are_gh_slots() {
-        let c = parse(&[
-            "--kernel",
-            "/k",
+        let c = boot(&[
             "--gh",
             "slots=2",
             "--platform",
@@ -717,21 +706,21 @@ mod tests {
         let t = crate::config::numa::resolve(&c).unwrap().unwrap();
         assert_eq!(t.slot_of_device(0).map(|s| s.segment), Some(2));
         assert_eq!(
-            parse(&["--kernel", "/k", "--gh", "slots=1", "--device", "path=/g,pci_segment=2"])
+            boot(&["--gh", "slots=1", "--device", "path=/g,pci_segment=2"])
                 .unwrap_err(),
             "--device: pci_segment=2: no such segment (the VM has segments 0 to 1: segment 0 and one per --gh slot)"
         );
         assert_eq!(
-            parse(&["--kernel", "/k", "--device", "path=/g,pci_segment=1"]).unwrap_err(),
+            boot(&["--device", "path=/g,pci_segment=1"]).unwrap_err(),
             "--device: pci_segment=1: no such segment (the VM has segments 0 to 0: segment 0 and one per --gh slot)"
         );
         assert_eq!(
-            parse(&["--kernel", "/k", "--platform", "num_pci_segments=2"]).unwrap_err(),
+            boot(&["--platform", "num_pci_segments=2"]).unwrap_err(),
             "--platform: num_pci_segments=2: ghvmm has segment 0 plus one per --gh slot, 1 with this --gh"
         );
-        assert!(parse(&["--kernel", "/k", "--platform", "num_pci_segments=1"]).is_ok());
-        assert!(parse(&["--kernel", "/k", "--platform", "num_pci_segments=0"]).is_err());
-        assert!(parse(&["--kernel", "/k", "--platform", "num_pci_segments=65536"]).is_err());
+        assert!(boot(&["--platform", "num_pci_segments=1"]).is_ok());
+        assert!(boot(&["--platform", "num_pci_segments=0"]).is_err());
+        assert!(boot(&["--platform", "num_pci_segments=65536"]).is_err());
     }
 
     #[test]
