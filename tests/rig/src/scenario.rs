@@ -323,7 +323,7 @@ mod tests {
         };
         assert!(!names(&[]).contains(&"soak-hotplug"));
         assert!(!names(&["hotplug"]).contains(&"soak-hotplug"));
-        assert_eq!(names(&["soak-"]), ["soak-hotplug"]);
+        assert_eq!(names(&["soak-"]), ["soak-hotplug", "soak-kernel-hotplug"]);
         assert_eq!(
             names(&["soak-hotplug", "fault-eject"]),
             ["fault-eject-flood", "soak-hotplug"]

@@ -19,21 +19,21 @@ pub const SOAK_CYCLES_RSS_TOLERANCE_KIB: u64 = 1024;
 /// What VmRSS may grow by over the hammer (KiB): the device is attached throughout and
 /// nothing is allocated per access.
 pub const SOAK_HAMMER_RSS_TOLERANCE_KIB: u64 = 256;
-/// The contract and length of the device: ghvmm answers the padding itself, and the length
-/// is not a multiple of 2 MiB.
-const MODE: &str = "vmm_pads";
+/// The device's length under both contracts: not a multiple of 2 MiB.
 const LEN: u64 = GH_LENGTHS[1];
 
-/// soak-hotplug: `SOAK_CYCLES` hot-plug cycles of the GPU-like device through ghvmm-remote;
+/// soak-hotplug (`vmm_pads`: ghvmm answers the padding) and soak-kernel-hotplug
+/// (`kernel_pads`: the padding is forwarded to the variant driver's region read/write):
+/// `SOAK_CYCLES` hot-plug cycles of the GPU-like device through ghvmm-remote;
 /// the device added once more; `SOAK_HAMMER_S` seconds of the guest's padding and register
 /// accesses between two gates (tests/checker/src/stress.rs); a final removal. L2 reads
 /// ghvmm's descriptors, mappings and VmRSS from /proc after the first cycle, after the last,
 /// at both gates and after the final removal (at gate 3, before the guest powers off).
-fn soak_hotplug_scenario() -> Scenario {
+fn soak_hotplug_scenario(name: &'static str, mode: &str, summary: &'static str) -> Scenario {
     let last = SOAK_CYCLES + 1;
     let l3 = L3::new(BOOT_VMM, 2, "512M")
         .cmdline(&format!(
-            "ghvmm.vfio=soak ghvmm.gh_mode={MODE} ghvmm.gh_len={LEN} ghvmm.cycles={SOAK_CYCLES} \
+            "ghvmm.vfio=soak ghvmm.gh_mode={mode} ghvmm.gh_len={LEN} ghvmm.cycles={SOAK_CYCLES} \
              ghvmm.soak_s={SOAK_HAMMER_S} ghvmm.bdf=0001:00:00.0 {NO_ACPI_DUMP}"
         ))
         .vmm_args(&format!("--gh slots=1 --api-socket path={API_SOCKET}"))
@@ -65,7 +65,7 @@ fn soak_hotplug_scenario() -> Scenario {
          {cycles_flat}{hammer_flat}{final_flat}\
          finish_l3 120\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
-        bind = bind_variant(MODE, LEN, ""),
+        bind = bind_variant(mode, LEN, ""),
         start = start_api_guest(&l3.command()),
         // The guest's clock ends the hammer; this only ends a run whose guest went astray.
         hammer_wait = SOAK_HAMMER_S + 600,
@@ -119,22 +119,48 @@ fn soak_hotplug_scenario() -> Scenario {
         expect,
         // Measured: see docs/testing.md; 100 cycles of 2-4 s, the hammer, two boots' worth.
         timeout: std::time::Duration::from_secs(2400),
-        ..Scenario::boot(
-            "soak-hotplug",
-            "100 hot-plug cycles, then 180 s of BAR padding and hot plug register accesses: ghvmm's fds, mappings and VmRSS (from /proc) stay flat, a final removal works",
-            l3,
-        )
+        ..Scenario::boot(name, summary, l3)
     }
 }
 
 /// The soak scenarios, in run order.
 pub fn all() -> Vec<Scenario> {
-    vec![soak_hotplug_scenario().without_acpi_dump()]
+    vec![
+        soak_hotplug_scenario(
+            "soak-hotplug",
+            "vmm_pads",
+            "100 hot-plug cycles, then 180 s of BAR padding and hot plug register accesses (VMM pads): ghvmm's fds, mappings and VmRSS (from /proc) stay flat, a final removal works",
+        )
+        .without_acpi_dump(),
+        soak_hotplug_scenario(
+            "soak-kernel-hotplug",
+            "kernel_pads",
+            "soak-hotplug under the kernel-pads contract: the padding accesses are forwarded to the variant driver (reads 0xff)",
+        )
+        .without_acpi_dump(),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_contracts_are_soaked() {
+        let all = all();
+        let names: Vec<_> = all.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["soak-hotplug", "soak-kernel-hotplug"]);
+        for (s, mode) in all.iter().zip(["vmm_pads", "kernel_pads"]) {
+            let sh = s.script();
+            assert!(sh.contains(&format!("ghvmm.gh_mode={mode} ")), "{}", s.name);
+            assert!(
+                sh.contains(&format!("mode={mode} length={LEN}")),
+                "{}",
+                s.name
+            );
+            assert_eq!(s.expect, all[0].expect);
+        }
+    }
 
     #[test]
     fn the_soak_cycles_then_hammers_between_gates_then_removes() {
