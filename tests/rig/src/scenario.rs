@@ -323,7 +323,10 @@ mod tests {
         };
         assert!(!names(&[]).contains(&"soak-hotplug"));
         assert!(!names(&["hotplug"]).contains(&"soak-hotplug"));
-        assert_eq!(names(&["soak-"]), ["soak-hotplug", "soak-kernel-hotplug"]);
+        assert_eq!(
+            names(&["soak-"]),
+            ["soak-hotplug", "soak-kernel-hotplug", "soak-eject-flood"]
+        );
         assert_eq!(
             names(&["soak-hotplug", "fault-eject"]),
             ["fault-eject-flood", "soak-hotplug"]

@@ -138,6 +138,7 @@ pub fn all() -> Vec<Scenario> {
             "soak-hotplug under the kernel-pads contract: the padding accesses are forwarded to the variant driver (reads 0xff)",
         )
         .without_acpi_dump(),
+        crate::fault_scenarios::soak_eject_flood().without_acpi_dump(),
     ]
 }
 
@@ -149,7 +150,10 @@ mod tests {
     fn both_contracts_are_soaked() {
         let all = all();
         let names: Vec<_> = all.iter().map(|s| s.name).collect();
-        assert_eq!(names, ["soak-hotplug", "soak-kernel-hotplug"]);
+        assert_eq!(
+            names,
+            ["soak-hotplug", "soak-kernel-hotplug", "soak-eject-flood"]
+        );
         for (s, mode) in all.iter().zip(["vmm_pads", "kernel_pads"]) {
             let sh = s.script();
             assert!(sh.contains(&format!("ghvmm.gh_mode={mode} ")), "{}", s.name);
