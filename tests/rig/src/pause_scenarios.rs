@@ -32,17 +32,19 @@ const VCPU_TIMES: &str = "vcpu_times() {\n\
 const SHM_BDF: &str = "0000:00:01.0";
 
 /// Shell: `vm.info`'s `device_tree` names `shm0` at `SHM_BDF` with its BAR 2 as large as
-/// L2's (line 3 of sysfs `resource`: start, end, flags); check `info-device-tree`.
+/// L2's (line 3 of sysfs `resource`: start, end, flags), and the UART as `__serial` at COM1's
+/// ports and IRQ; check `info-device-tree`.
 fn device_tree_check() -> String {
     // ghvmm-remote prints the keys of each object sorted, so each part is matched alone.
     format!(
         "sz2=$(sed -n 3p $IVSHMEM/resource | {{ read s e f; echo $((e - s + 1)); }})\n\
          $R info | tr -d ' \\n' > /tmp/info0.json\n\
          bar2=$(grep -o '{{\"PciBar\":{{[^}}]*}}}}' /tmp/info0.json | grep '\"index\":2[,}}]')\n\
-         grep -q '\"device_tree\":{{\"shm0\":{{' /tmp/info0.json && \
+         grep -q '\"device_tree\":{{.*\"shm0\":{{' /tmp/info0.json && \
+         grep -q '\"__serial\":{{\"children\":\\[\\],\"id\":\"__serial\",\"parent\":null,\"pci_bdf\":null,\"resources\":\\[{{\"PioAddressRange\":{{\"base\":1016,\"size\":8}}}},{{\"LegacyIrq\":4}}\\]' /tmp/info0.json && \
          echo \"$bar2\" | grep -q \"\\\"size\\\":$sz2[,}}]\" && \
          grep -q '\"pci_bdf\":\"{SHM_BDF}\"' /tmp/info0.json\n\
-         l2_check info-device-tree $? \"vm.info: $(grep -o '\"device_tree.*' /tmp/info0.json | head -c 600) (want shm0 at {SHM_BDF}, BAR 2 of $sz2 bytes)\"\n"
+         l2_check info-device-tree $? \"vm.info: $(grep -o '\"device_tree.*' /tmp/info0.json | head -c 600) (want shm0 at {SHM_BDF}, BAR 2 of $sz2 bytes; __serial at ports 0x3f8-0x3ff, IRQ 4)\"\n"
     )
 }
 
@@ -177,5 +179,51 @@ mod tests {
             .count();
         assert_eq!(reported, expected);
         assert!(!s.expected().contains(&"acpi-dump"));
+    }
+}
+
+#[cfg(test)]
+mod device_tree_tests {
+    use super::*;
+    use crate::shell_test::ShellChecks;
+
+    /// Runs `device_tree_check` against `info` printed as ghvmm-remote prints it (pretty,
+    /// keys sorted) and an ivshmem whose BAR 2 is 64 MiB.
+    fn check(info: serde_json::Value) -> Vec<String> {
+        let c = ShellChecks::new("device-tree");
+        c.write("info.json", &serde_json::to_string_pretty(&info).unwrap());
+        std::fs::create_dir_all(c.path("ivshmem")).unwrap();
+        c.write(
+            "ivshmem/resource",
+            "0x0 0x0 0x0\n0x0 0x0 0x0\n0x0000000800000000 0x0000000803ffffff 0x14220c",
+        );
+        let fragment = format!(
+            "R=fake_remote\nfake_remote() {{ cat {}; }}\nIVSHMEM={}\n{}",
+            c.path("info.json"),
+            c.path("ivshmem"),
+            device_tree_check().replace("/tmp/", &(c.path("") + "/")),
+        );
+        c.run(&fragment, &["info-device-tree"])
+    }
+
+    fn info(serial_base: u16) -> serde_json::Value {
+        serde_json::json!({"device_tree": {
+            "__serial": {"id": "__serial", "parent": null, "children": [], "pci_bdf": null,
+                         "resources": [{"PioAddressRange": {"base": serial_base, "size": 8}},
+                                       {"LegacyIrq": 4}]},
+            "shm0": {"id": "shm0", "parent": null, "children": [], "pci_bdf": SHM_BDF,
+                     "resources": [{"PciBar": {"index": 2, "base": 1u64 << 39,
+                                               "size": 64u64 << 20, "type_": "Mmio64",
+                                               "prefetchable": true}}]}}})
+    }
+
+    #[test]
+    fn the_tree_must_name_the_device_and_the_uart() {
+        assert_eq!(check(info(0x3f8)), ["info-device-tree PASS"]);
+        let moved = check(info(0x2f8));
+        assert!(
+            moved[0].starts_with("info-device-tree FAIL vm.info: "),
+            "{moved:?}"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! `vm.info`'s `device_tree` in Cloud Hypervisor's shape: one `DeviceNode` per device, by id,
-//! each PCI device with its BDF and its BARs as `PciBar` resources (serde's externally tagged
-//! enum, as Cloud Hypervisor serializes its `Resource`).
+//! each PCI device with its BDF and its BARs as `PciBar` resources, each platform device with
+//! its port or MMIO range and its interrupt line (serde's externally tagged enum, as Cloud
+//! Hypervisor serializes its `Resource`). Platform devices have ids starting with `__`, as
+//! Cloud Hypervisor names the devices a user cannot name (`__serial`).
 
 use std::collections::BTreeMap;
 
@@ -19,6 +21,12 @@ pub struct DeviceNode {
 /// The resource kinds of Cloud Hypervisor's `Resource` that ghvmm's devices have.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceResource {
+    /// Guest I/O ports `base..base + size`.
+    PioAddressRange { base: u16, size: u16 },
+    /// Guest physical addresses `base..base + size` the device traps.
+    MmioAddressRange { base: u64, size: u64 },
+    /// The GSI the device interrupts the guest on.
+    LegacyIrq(u32),
     PciBar {
         index: usize,
         base: u64,
@@ -52,6 +60,17 @@ impl From<pci::BarKind> for PciBarType {
 pub type DeviceTree = BTreeMap<String, DeviceNode>;
 
 impl DeviceNode {
+    /// A platform device (not on a PCI bus) with its resources.
+    pub fn platform(id: &str, resources: Vec<DeviceResource>) -> Self {
+        DeviceNode {
+            id: id.to_string(),
+            resources,
+            parent: None,
+            children: Vec::new(),
+            pci_bdf: None,
+        }
+    }
+
     /// A PCI function at `bdf` with its BARs: (index, what it is, guest address).
     pub fn pci(id: &str, bdf: &str, bars: &[(usize, pci::BarSpec, u64)]) -> Self {
         DeviceNode {
@@ -116,5 +135,37 @@ mod tests {
             })
         );
         assert_eq!(PciBarType::from(pci::BarKind::Io), PciBarType::Io);
+    }
+
+    #[test]
+    fn a_platform_node_is_cloud_hypervisors_shape() {
+        let node = DeviceNode::platform(
+            "__serial",
+            vec![
+                DeviceResource::PioAddressRange {
+                    base: 0x3f8,
+                    size: 8,
+                },
+                DeviceResource::MmioAddressRange {
+                    base: 0xfed0_0000,
+                    size: 0x1000,
+                },
+                DeviceResource::LegacyIrq(4),
+            ],
+        );
+        assert_eq!(
+            serde_json::to_value(&node).unwrap(),
+            serde_json::json!({
+                "id": "__serial",
+                "resources": [
+                    {"PioAddressRange": {"base": 0x3f8, "size": 8}},
+                    {"MmioAddressRange": {"base": 0xfed0_0000u64, "size": 0x1000}},
+                    {"LegacyIrq": 4}
+                ],
+                "parent": null,
+                "children": [],
+                "pci_bdf": null
+            })
+        );
     }
 }

@@ -564,7 +564,9 @@ fn parse_fd(s: &str) -> std::result::Result<i32, String> {
 }
 
 /// Device ids appear inside other options' values (`--numa device_id=`), so they keep to
-/// characters that no option syntax uses. The REST API checks its ids with it too.
+/// characters that no option syntax uses. The REST API checks its ids with it too. Ids
+/// starting with `__` name ghvmm's own devices in `vm.info` (`__serial`), as in Cloud
+/// Hypervisor, which refuses them too.
 pub fn parse_id(s: &str) -> std::result::Result<String, String> {
     if s.is_empty()
         || !s
@@ -573,8 +575,16 @@ pub fn parse_id(s: &str) -> std::result::Result<String, String> {
     {
         return Err("use letters, digits, '_' and '-'".into());
     }
+    if s.starts_with(RESERVED_ID_PREFIX) {
+        return Err(format!(
+            "ids starting with '{RESERVED_ID_PREFIX}' are ghvmm's own devices'"
+        ));
+    }
     Ok(s.to_string())
 }
+
+/// What the ids of ghvmm's platform devices start with.
+pub const RESERVED_ID_PREFIX: &str = "__";
 
 /// Cloud Hypervisor's list of ids: `a:b` or `[a,b]`.
 pub fn parse_id_list(s: &str) -> std::result::Result<Vec<String>, String> {
@@ -916,6 +926,9 @@ mod tests {
         assert!(DeviceConfig::parse("path=").is_err());
         assert!(DeviceConfig::parse("path=/x,id=a b").is_err());
         assert!(DeviceConfig::parse("path=/x,id=").is_err());
+        assert!(DeviceConfig::parse("path=/x,id=_gpu").is_ok());
+        let e = DeviceConfig::parse("path=/x,id=__serial").unwrap_err();
+        assert!(e.to_string().contains("ghvmm's own devices"), "{e}");
         assert!(DeviceConfig::parse("path=/x,iommu=on").is_err());
         let two = [
             DeviceConfig::parse("path=/a,id=x").unwrap(),

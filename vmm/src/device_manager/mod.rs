@@ -19,6 +19,7 @@ use kvm_ioctls::VmFd;
 use pci::{HostBridge, PciSegment};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::api::{DeviceNode, DeviceResource};
 use crate::config::{SerialConfig, VmConfig};
 use crate::device_manager::console_out::ConsoleOut;
 use crate::hotplug::Ejects;
@@ -67,6 +68,8 @@ pub struct DeviceManager {
     /// ACPI PCI hot plug: the controller the DSDT drives, and the guest's ejects.
     pub pci_hotplug: Arc<Mutex<PciHotplug>>,
     pub ejects: Arc<Ejects>,
+    /// `vm.info`'s nodes for the devices above, each with the ranges it was placed at.
+    pub platform_nodes: Vec<DeviceNode>,
 }
 
 fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd> {
@@ -76,18 +79,84 @@ fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd> {
     Ok(fd)
 }
 
-fn bus_insert(
-    bus: &Bus,
-    what: &'static str,
-    dev: Arc<Mutex<dyn devices::BusDevice>>,
-    base: u64,
-    len: u64,
-) -> Result<()> {
-    bus.insert(dev, base, len)
-        .map_err(|source| DeviceError::Bus {
-            what,
-            error: source,
-        })
+/// Places trap devices on the buses and notes each one's node for `vm.info`, so that the
+/// device tree lists exactly the ranges the buses dispatch.
+struct Placer {
+    pio_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    nodes: Vec<DeviceNode>,
+}
+
+/// Where a trap device sits: guest ports or guest physical addresses.
+#[derive(Clone, Copy)]
+enum BusRange {
+    Pio { base: u16, size: u16 },
+    Mmio { base: u64, size: u64 },
+}
+
+impl From<BusRange> for DeviceResource {
+    fn from(r: BusRange) -> Self {
+        match r {
+            BusRange::Pio { base, size } => DeviceResource::PioAddressRange { base, size },
+            BusRange::Mmio { base, size } => DeviceResource::MmioAddressRange { base, size },
+        }
+    }
+}
+
+impl Placer {
+    fn insert(
+        &mut self,
+        node: &str,
+        what: &'static str,
+        dev: Arc<Mutex<dyn devices::BusDevice>>,
+        range: BusRange,
+    ) -> Result<()> {
+        let (bus, base, len) = match range {
+            BusRange::Pio { base, size } => (&self.pio_bus, u64::from(base), u64::from(size)),
+            BusRange::Mmio { base, size } => (&self.mmio_bus, base, size),
+        };
+        bus.insert(dev, base, len)
+            .map_err(|source| DeviceError::Bus {
+                what,
+                error: source,
+            })?;
+        match self.nodes.iter_mut().find(|n| n.id == node) {
+            Some(n) => n.resources.push(range.into()),
+            None => self
+                .nodes
+                .push(DeviceNode::platform(node, vec![range.into()])),
+        }
+        Ok(())
+    }
+
+    fn pio(
+        &mut self,
+        node: &str,
+        what: &'static str,
+        dev: Arc<Mutex<dyn devices::BusDevice>>,
+        base: u16,
+        size: u16,
+    ) -> Result<()> {
+        self.insert(node, what, dev, BusRange::Pio { base, size })
+    }
+
+    fn mmio(
+        &mut self,
+        node: &str,
+        what: &'static str,
+        dev: Arc<Mutex<dyn devices::BusDevice>>,
+        base: u64,
+        size: u64,
+    ) -> Result<()> {
+        self.insert(node, what, dev, BusRange::Mmio { base, size })
+    }
+
+    /// The device placed as `node` interrupts the guest on `gsi`.
+    fn irq(&mut self, node: &str, gsi: u32) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.id == node) {
+            n.resources.push(DeviceResource::LegacyIrq(gsi));
+        }
+    }
 }
 
 /// Where a guest's request to stop the VM goes (the ACPI PM and i8042 devices call it).
@@ -161,28 +230,28 @@ impl DeviceManager {
         mut interrupt: impl FnMut(u32) -> Result<EventFd>,
         on_exit: OnExit,
     ) -> Result<Self> {
-        let pio_bus = Arc::new(Bus::new());
-        let mmio_bus = Arc::new(Bus::new());
+        let mut placer = Placer {
+            pio_bus: Arc::new(Bus::new()),
+            mmio_bus: Arc::new(Bus::new()),
+            nodes: Vec::new(),
+        };
 
         let serial = Arc::new(Mutex::new(Serial::new(interrupt(COM1_IRQ)?, serial_out)));
-        bus_insert(&pio_bus, "COM1", serial.clone(), u64::from(COM1_PORT), 8)?;
+        placer.pio("__serial", "COM1", serial.clone(), COM1_PORT, 8)?;
+        placer.irq("__serial", COM1_IRQ);
 
         let pm = Arc::new(Mutex::new(AcpiPmDevice::new(exit_callback(&on_exit))));
-        bus_insert(
-            &pio_bus,
-            "ACPI PM registers",
-            pm,
-            u64::from(ACPI_PM_PORT),
-            3,
-        )?;
+        placer.pio("__acpi_pm", "ACPI PM registers", pm, ACPI_PM_PORT, 3)?;
         let i8042 = Arc::new(Mutex::new(I8042::new(exit_callback(&on_exit))));
-        bus_insert(&pio_bus, "i8042", i8042, u64::from(I8042_PORT), 5)?;
+        placer.pio("__i8042", "i8042", i8042, I8042_PORT, 5)?;
 
         let ged = Arc::new(Mutex::new(Ged::new(interrupt(GED_IRQ)?)));
-        bus_insert(&mmio_bus, "ACPI GED", ged.clone(), GED_ADDR, GED_SIZE)?;
+        placer.mmio("__acpi_ged", "ACPI GED", ged.clone(), GED_ADDR, GED_SIZE)?;
+        placer.irq("__acpi_ged", GED_IRQ);
 
         let mut pci_segments = Vec::new();
         for seg in &layout.segments {
+            let node = format!("__pci_segment{}", seg.id);
             let mut segment = PciSegment::new(seg.id);
             if seg.id == 0 {
                 segment.add_device(Some(0), Arc::new(Mutex::new(HostBridge::new())))?;
@@ -191,33 +260,33 @@ impl DeviceManager {
             if seg.id == 0 {
                 // The legacy config ports reach segment 0 only, as on real hardware.
                 let config_io = Arc::new(Mutex::new(PciConfigIo::new(segment.clone())));
-                bus_insert(
-                    &pio_bus,
-                    "PCI config ports",
-                    config_io,
-                    u64::from(PCI_CONFIG_IO_PORT),
-                    8,
-                )?;
+                placer.pio(&node, "PCI config ports", config_io, PCI_CONFIG_IO_PORT, 8)?;
             }
             let ecam = Arc::new(Mutex::new(PciConfigMmio::new(segment.clone())));
-            bus_insert(&mmio_bus, "PCI ECAM", ecam, seg.ecam, ECAM_SEGMENT_SIZE)?;
+            placer.mmio(&node, "PCI ECAM", ecam, seg.ecam, ECAM_SEGMENT_SIZE)?;
             pci_segments.push(segment);
         }
 
         let segments = layout.segments.len() as u16;
         let ejects = Arc::new(Ejects::new(segments));
         let pci_hotplug = Arc::new(Mutex::new(PciHotplug::new(segments, ejects.callback())));
-        bus_insert(
-            &mmio_bus,
+        placer.mmio(
+            "__pci_hotplug",
             "PCI hot plug controller",
             pci_hotplug.clone(),
             PCI_HOTPLUG_ADDR,
             acpi::hotplug::regs::LEN,
         )?;
 
+        let Placer {
+            pio_bus,
+            mmio_bus,
+            nodes: platform_nodes,
+        } = placer;
         Ok(DeviceManager {
             pio_bus,
             mmio_bus,
+            platform_nodes,
             serial,
             // `new` starts the console thread; without a VM nothing is started.
             console_out: None,
@@ -255,6 +324,53 @@ mod tests {
             "GED, hot plug, one ECAM per segment"
         );
         assert_eq!(dm.pci_segments.len(), 3);
+        // vm.info's nodes name every range the buses dispatch, and only those.
+        let ranges: Vec<_> = dm
+            .platform_nodes
+            .iter()
+            .flat_map(|n| n.resources.iter().map(move |r| (n.id.as_str(), r.clone())))
+            .collect();
+        let pio = |base: u16, size| DeviceResource::PioAddressRange { base, size };
+        let mmio = |base: u64, size| DeviceResource::MmioAddressRange { base, size };
+        assert_eq!(
+            ranges,
+            [
+                ("__serial", pio(COM1_PORT, 8)),
+                ("__serial", DeviceResource::LegacyIrq(COM1_IRQ)),
+                ("__acpi_pm", pio(ACPI_PM_PORT, 3)),
+                ("__i8042", pio(I8042_PORT, 5)),
+                ("__acpi_ged", mmio(GED_ADDR, GED_SIZE)),
+                ("__acpi_ged", DeviceResource::LegacyIrq(GED_IRQ)),
+                ("__pci_segment0", pio(PCI_CONFIG_IO_PORT, 8)),
+                (
+                    "__pci_segment0",
+                    mmio(layout.segments[0].ecam, ECAM_SEGMENT_SIZE)
+                ),
+                (
+                    "__pci_segment1",
+                    mmio(layout.segments[1].ecam, ECAM_SEGMENT_SIZE)
+                ),
+                (
+                    "__pci_segment2",
+                    mmio(layout.segments[2].ecam, ECAM_SEGMENT_SIZE)
+                ),
+                (
+                    "__pci_hotplug",
+                    mmio(PCI_HOTPLUG_ADDR, acpi::hotplug::regs::LEN)
+                ),
+            ]
+        );
+        for (id, r) in &ranges {
+            match *r {
+                DeviceResource::PioAddressRange { base, .. } => {
+                    assert!(dm.pio_bus.read(u64::from(base), &mut [0]).is_ok(), "{id}")
+                }
+                DeviceResource::MmioAddressRange { base, .. } => {
+                    assert!(dm.mmio_bus.read(base, &mut [0; 4]).is_ok(), "{id}")
+                }
+                _ => {}
+            }
+        }
         const S5_SLP_EN: u8 = (5 << 2) | (1 << 5);
         dm.pio_bus
             .write(u64::from(ACPI_PM_PORT), &[S5_SLP_EN])

@@ -22,6 +22,8 @@ pub struct Control {
     pub exit: Arc<ExitState>,
     pub pause: Arc<VcpuPause>,
     pub vcpu_threads: VcpuThreads,
+    /// The platform devices' `vm.info` nodes: fixed for the VM's life.
+    pub platform_nodes: Vec<crate::api::DeviceNode>,
 }
 
 /// The status an attach or detach failure answers with.
@@ -97,12 +99,17 @@ impl Control {
 impl VmControl for Control {
     fn info(&self) -> VmInfo {
         let attached = self.hotplug.attached_with_bars();
+        let platform = self
+            .platform_nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.clone()));
         let device_tree = attached
             .iter()
             .map(|(d, bars)| {
                 let node = DeviceNode::pci(&d.id, &d.address.to_string(), bars);
                 (d.id.clone(), node)
             })
+            .chain(platform)
             .collect();
         let devices = attached
             .into_iter()

@@ -264,6 +264,7 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
                 exit: vm.exit.clone(),
                 pause: vm.pause.clone(),
                 vcpu_threads: vm.vcpu_threads.clone(),
+                platform_nodes: vm.devices.platform_nodes.clone(),
             });
             let server = crate::api::spawn(listener, control).context("starting the API thread")?;
             (file, Some(server))
