@@ -112,7 +112,10 @@ grep -q 'file=/tmp/short: {short} bytes, shorter than the zone' /tmp/err
 l2_check memory-file-message $? "the refusal says: $(head -c 300 /tmp/err)"
 start_l3 {cmd}
 ticks=0
-while t=$(file_map_bytes /proc/$l3pid/maps {ZONE_FILE}); mg=$(anon_flags /proc/$l3pid/smaps {zone_kib} | grep -c ' mg'); \
+flags=
+# The last VmFlags seen while ghvmm ran: its smaps is gone once it exits.
+while t=$(file_map_bytes /proc/$l3pid/maps {ZONE_FILE}); now=$(anon_flags /proc/$l3pid/smaps {zone_kib} | tr '\n' ' '); \
+  flags=${{now:-$flags}}; mg=$(echo "$flags" | grep -c ' mg'); \
   {{ [ $t != {FILE_ZONE_BYTES} ] || [ $mg = 0 ]; }} && [ $ticks -lt 600 ] \
   && st=$(cut -d' ' -f3 /proc/$l3pid/stat 2>/dev/null) && [ -n "$st" ] && [ $st != Z ]; do
   sleep 0.1; ticks=$((ticks + 1))
@@ -120,7 +123,6 @@ done
 l2_say "@@FACT zone-file-bytes $t"
 [ $t = {FILE_ZONE_BYTES} ]
 l2_check zone-file-mapped $? "ghvmm maps $t bytes of {ZONE_FILE} (want {FILE_ZONE_BYTES}, zone m0)"
-flags=$(anon_flags /proc/$l3pid/smaps {zone_kib} | tr '\n' ' ')
 l2_say "@@FACT private-zone-vmflags $flags"
 [ $mg != 0 ]
 l2_check ram-mergeable $? "no mg in the VmFlags of ghvmm's {zone_kib} KiB private mapping (zone m1): $flags"

@@ -37,7 +37,7 @@ pub struct Backing {
     /// fails at start rather than in the middle of a run.
     pub prefault: bool,
     /// Transparent huge pages asked for (MADV_HUGEPAGE) or refused (MADV_NOHUGEPAGE); only
-    /// for memory that is neither hugetlbfs nor shared, as Cloud Hypervisor does.
+    /// for anonymous memory (not hugetlbfs, shared or in a `file=`), as Cloud Hypervisor does.
     pub thp: bool,
     /// mbind(2) the zone to this host node.
     pub host_numa_node: Option<u32>,
