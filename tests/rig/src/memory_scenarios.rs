@@ -1,6 +1,7 @@
 //! Guest RAM as Cloud Hypervisor's `--memory` and `--memory-zone` shape it (`boot-hugepages`,
-//! `gh-numa-zones`): judged from L2's /proc/meminfo (the kernel's own huge page counts) and
-//! from the SRAT the guest sent and the node sizes it reports.
+//! `boot-memory-file`, `gh-numa-zones`): judged from L2's /proc/meminfo (the kernel's own huge
+//! page counts), from ghvmm's /proc/PID/maps and smaps and the zone's file as L2 sees them,
+//! and from the SRAT the guest sent and the node sizes it reports.
 
 use std::path::Path;
 
@@ -64,6 +65,91 @@ fn hugepages_scenario() -> Scenario {
         ..Scenario::boot(
             "boot-hugepages",
             "--memory size=512M,hugepages=on,hugepage_size=2M,prefault=on: all 256 huge pages L2 reserved are in use while the guest runs, free after; 1G is refused with one line",
+            l3,
+        )
+    }
+}
+
+/// The zone of `memory_file_scenario` that lives in L2's file, and its size.
+const ZONE_FILE: &str = "/tmp/zone0";
+const FILE_ZONE_BYTES: u64 = 256 * MIB;
+/// Where the boot_params header's "HdrS" magic sits in the zone (guest address 0): the zero
+/// page ghvmm writes (vmm's `ZERO_PAGE_ADDR`, 0x7000) plus its offset in boot_params.
+const HDRS_OFFSET: u64 = 0x7000 + 0x202;
+
+/// Shell helpers of `memory_file_scenario`, read from ghvmm's /proc files (arguments, so the
+/// unit tests can feed them others). `file_map_bytes MAPS PATH`: the bytes of PATH mapped;
+/// `anon_flags SMAPS KIB`: the VmFlags of each pathless mapping of KIB KiB.
+const MEMORY_FILE_SH: &str = r#"file_map_bytes() {
+    t=0
+    for r in $(grep " $2\$" "$1" 2>/dev/null | cut -d' ' -f1); do
+        t=$((t + 0x${r#*-} - 0x${r%-*}))
+    done
+    echo $t
+}
+anon_flags() {
+    awk -v kib="$2" '/^[0-9a-f]+-[0-9a-f]+ /{path=$6; size=0} /^Size:/{size=$2} /^VmFlags:/{if (size == kib && path == "") print}' "$1" 2>/dev/null
+}
+"#;
+
+/// `--memory size=0,mergeable=on` with a 256 MiB zone in L2's file `/tmp/zone0` (shared) and
+/// a 256 MiB private one. Judged from L2: a file shorter than the zone is refused with one
+/// line; while the guest runs, ghvmm maps all of /tmp/zone0 and the private zone's mapping
+/// carries KSM's `mg` flag (the kernel merges private pages only, so that is where the advice
+/// shows); after ghvmm exits the file holds the zero page ghvmm wrote into guest RAM.
+fn memory_file_scenario() -> Scenario {
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .memory_arg("size=0,mergeable=on")
+        .vmm_args(&format!(
+            "--memory-zone id=m0,size=256M,file={ZONE_FILE},shared=on --memory-zone id=m1,size=256M"
+        ));
+    let (zone_kib, short) = (FILE_ZONE_BYTES >> 10, FILE_ZONE_BYTES - MIB);
+    let script = format!(
+        r#"{MEMORY_FILE_SH}dd if=/dev/zero of={ZONE_FILE} bs=1M seek=256 count=0 2>/dev/null
+dd if=/dev/zero of=/tmp/short bs=1M seek=255 count=0 2>/dev/null
+expect_clean_failure memory-file-short --kernel /l3/vmlinuz --memory size=0 --memory-zone id=m0,size=256M,file=/tmp/short
+grep -q 'file=/tmp/short: {short} bytes, shorter than the zone' /tmp/err
+l2_check memory-file-message $? "the refusal says: $(head -c 300 /tmp/err)"
+start_l3 {cmd}
+ticks=0
+flags=
+# The last VmFlags seen while ghvmm ran: its smaps is gone once it exits.
+while t=$(file_map_bytes /proc/$l3pid/maps {ZONE_FILE}); now=$(anon_flags /proc/$l3pid/smaps {zone_kib} | tr '\n' ' '); \
+  flags=${{now:-$flags}}; mg=$(echo "$flags" | grep -c ' mg'); \
+  {{ [ $t != {FILE_ZONE_BYTES} ] || [ $mg = 0 ]; }} && [ $ticks -lt 600 ] \
+  && st=$(cut -d' ' -f3 /proc/$l3pid/stat 2>/dev/null) && [ -n "$st" ] && [ $st != Z ]; do
+  sleep 0.1; ticks=$((ticks + 1))
+done
+l2_say "@@FACT zone-file-bytes $t"
+[ $t = {FILE_ZONE_BYTES} ]
+l2_check zone-file-mapped $? "ghvmm maps $t bytes of {ZONE_FILE} (want {FILE_ZONE_BYTES}, zone m0)"
+l2_say "@@FACT private-zone-vmflags $flags"
+[ $mg != 0 ]
+l2_check ram-mergeable $? "no mg in the VmFlags of ghvmm's {zone_kib} KiB private mapping (zone m1): $flags"
+finish_l3 {watchdog}
+l2_check vmm-exit $rc "ghvmm: $why (expected exit code 0)"
+magic=$(dd if={ZONE_FILE} bs=1 skip={HDRS_OFFSET} count=4 2>/dev/null)
+[ "$magic" = HdrS ]
+l2_check zone-file-holds-ram $? "{ZONE_FILE} at {HDRS_OFFSET:#x} (the zero page's boot_params header) holds '$magic', want HdrS"
+"#,
+        cmd = l3.command(),
+        watchdog = l3.watchdog_s,
+    );
+    let mut expect = L3_CHECKS.to_vec();
+    expect.extend([
+        "memory-file-short",
+        "memory-file-message",
+        "zone-file-mapped",
+        "ram-mergeable",
+        "zone-file-holds-ram",
+    ]);
+    Scenario {
+        setup: script,
+        l3: None,
+        expect,
+        ..Scenario::boot(
+            "boot-memory-file",
+            "--memory size=0,mergeable=on, a 256M zone in L2's file=/tmp/zone0 (shared) and a private one: the file mapped whole, the private zone's mapping has KSM's mg flag, the zero page's HdrS in the file after the run; a short file is refused with one line",
             l3,
         )
     }
@@ -202,7 +288,11 @@ fn zones_scenario() -> Scenario {
 }
 
 pub fn all() -> Vec<Scenario> {
-    vec![hugepages_scenario(), zones_scenario()]
+    vec![
+        hugepages_scenario(),
+        memory_file_scenario(),
+        zones_scenario(),
+    ]
 }
 
 #[cfg(test)]
@@ -255,6 +345,42 @@ mod tests {
         let one = [(0, 0, GRACE + FAR)];
         assert!(matches!(judge(&one, 128_000), Outcome::Fail(m) if m.contains("node 0")));
         assert!(matches!(judge(&split, 0), Outcome::Fail(m) if m.contains("node 9 has")));
+    }
+
+    #[test]
+    fn the_memory_file_helpers_read_maps_and_smaps() {
+        let sh = crate::shell_test::ShellChecks::new("memfile");
+        let maps = sh.write(
+            "maps",
+            "7f0000000000-7f0010000000 rw-s 00000000 00:1a 42    /tmp/zone0\n\
+             7f0010000000-7f0020000000 rw-p 00000000 00:00 0 \n\
+             7f0020000000-7f0020001000 rw-s 00000000 00:1a 43    /tmp/zone0.old",
+        );
+        let out = sh.run(
+            &format!("{MEMORY_FILE_SH}file_map_bytes {maps} /tmp/zone0"),
+            &[""],
+        );
+        assert_eq!(out, vec![FILE_ZONE_BYTES.to_string()]);
+        let smaps = sh.write(
+            "smaps",
+            "7f0000000000-7f0010000000 rw-s 00000000 00:1a 42    /tmp/zone0\n\
+             Size:             262144 kB\n\
+             VmFlags: rd wr sh mr mw me ms sd\n\
+             7f0010000000-7f0020000000 rw-p 00000000 00:00 0 \n\
+             Size:             262144 kB\n\
+             VmFlags: rd wr mr mw me ac sd hg mg\n\
+             7f0020000000-7f0020001000 rw-p 00000000 00:00 0 \n\
+             Size:                  4 kB\n\
+             VmFlags: rd wr mr mw me ac sd mg",
+        );
+        let flags = |kib: u64| {
+            sh.run(
+                &format!("{MEMORY_FILE_SH}anon_flags {smaps} {kib}"),
+                &["VmFlags"],
+            )
+        };
+        assert_eq!(flags(262144), vec!["VmFlags: rd wr mr mw me ac sd hg mg"]);
+        assert!(flags(1024).is_empty());
     }
 
     #[test]

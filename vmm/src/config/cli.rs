@@ -507,12 +507,23 @@ mod tests {
             "--memory",
             "size=0",
             "--memory-zone",
-            "id=a,size=1G,file=/dev/shm/a",
+            "id=a,size=1G,hotplug_size=1G",
         ])
         .unwrap_err();
-        assert!(e.contains("'file' is not supported by ghvmm"), "{e}");
-        let e = boot(&["--memory", "size=1G,mergeable=on"]).unwrap_err();
-        assert!(e.contains("'mergeable' is not supported by ghvmm"), "{e}");
+        assert!(
+            e.contains("'hotplug_size' is not supported by ghvmm"),
+            "{e}"
+        );
+        let c = boot(&[
+            "--memory",
+            "size=0,mergeable=on",
+            "--memory-zone",
+            "id=a,size=1G,file=/dev/shm/a,shared=on",
+        ])
+        .unwrap();
+        let z = &c.memory.layout_zones()[0];
+        assert!(z.backing.mergeable && z.backing.shared);
+        assert_eq!(z.backing.file, Some(PathBuf::from("/dev/shm/a")));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `--memory` and `--memory-zone`, Cloud Hypervisor's syntax: how much guest RAM, in which
 //! zones, and how each zone is backed on the host (private or shared, huge pages, prefaulted,
-//! transparent huge pages, bound to a host NUMA node). A zone is the unit `--numa
-//! memory_zones=` gives a guest node.
+//! transparent huge pages, bound to a host NUMA node, in a file of the user's, mergeable by
+//! KSM). A zone is the unit `--numa memory_zones=` gives a guest node.
+
+use std::path::PathBuf;
 
 use super::{parse_id, ConfigError, OptionParser};
 
@@ -35,10 +37,16 @@ pub struct Backing {
     /// fails at start rather than in the middle of a run.
     pub prefault: bool,
     /// Transparent huge pages asked for (MADV_HUGEPAGE) or refused (MADV_NOHUGEPAGE); only
-    /// for memory that is neither hugetlbfs nor shared, as Cloud Hypervisor does.
+    /// for anonymous memory (not hugetlbfs, shared or in a `file=`), as Cloud Hypervisor does.
     pub thp: bool,
     /// mbind(2) the zone to this host node.
     pub host_numa_node: Option<u32>,
+    /// `--memory-zone file=`: the zone lives in this file (a regular file used as it is, or a
+    /// directory to make an unnamed temporary file in) instead of anonymous memory or a memfd.
+    pub file: Option<PathBuf>,
+    /// MADV_MERGEABLE on the zone's mappings, so the host's KSM may merge identical pages;
+    /// only `--memory` sets it, for all guest RAM, as Cloud Hypervisor does.
+    pub mergeable: bool,
 }
 
 impl Default for Backing {
@@ -50,11 +58,13 @@ impl Default for Backing {
             // Cloud Hypervisor's default.
             thp: true,
             host_numa_node: None,
+            file: None,
+            mergeable: false,
         }
     }
 }
 
-/// `--memory-zone id=ID,size=SIZE[,shared=on][,hugepages=on][,hugepage_size=SIZE]
+/// `--memory-zone id=ID,size=SIZE[,file=PATH][,shared=on][,hugepages=on][,hugepage_size=SIZE]
 /// [,host_numa_node=N][,prefault=on]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryZoneConfig {
@@ -63,8 +73,8 @@ pub struct MemoryZoneConfig {
     pub backing: Backing,
 }
 
-/// `--memory size=SIZE[,shared=on][,hugepages=on][,hugepage_size=SIZE][,prefault=on]
-/// [,thp=on|off]` and the `--memory-zone`s. With zones, `size` is 0 and the zones are the RAM.
+/// `--memory size=SIZE[,mergeable=on][,shared=on][,hugepages=on][,hugepage_size=SIZE]
+/// [,prefault=on][,thp=on|off]` and the `--memory-zone`s. With zones, `size` is 0 and the zones are the RAM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryConfig {
     pub size: u64,
@@ -101,7 +111,34 @@ fn backing(p: &OptionParser, thp: bool) -> Result<Backing> {
         prefault: p.on_off("prefault")?.unwrap_or(false),
         thp,
         host_numa_node: p.u32("host_numa_node")?,
+        file: None,
+        mergeable: false,
     })
+}
+
+/// `file=PATH` of a zone: not empty, and not with huge pages (the file's own filesystem, a
+/// hugetlbfs mount, decides its page size) nor, when shared, with a host node (mbind cannot
+/// move the pages of a file other processes map: Cloud Hypervisor refuses it too).
+fn zone_file(p: &OptionParser, b: &Backing) -> Result<Option<PathBuf>> {
+    let Some(path) = p.get("file") else {
+        return Ok(None);
+    };
+    if path.is_empty() {
+        return Err(p.invalid("file", "empty path"));
+    }
+    if b.hugepages != HugePages::Off {
+        return Err(p.invalid(
+            "file",
+            "cannot be combined with hugepages=on (put the file on a hugetlbfs mount instead)",
+        ));
+    }
+    if b.shared && b.host_numa_node.is_some() {
+        return Err(p.invalid(
+            "file",
+            "cannot be combined with shared=on and host_numa_node (a shared file's pages cannot be bound)",
+        ));
+    }
+    Ok(Some(PathBuf::from(path)))
 }
 
 /// A RAM size must be whole pages, and whole huge pages when it is backed by them.
@@ -135,6 +172,7 @@ impl MemoryConfig {
             "memory",
             &[
                 "size",
+                "mergeable",
                 "shared",
                 "hugepages",
                 "hugepage_size",
@@ -148,7 +186,8 @@ impl MemoryConfig {
             key: "size",
         })?;
         let thp = p.on_off("thp")?.unwrap_or(true);
-        let backing = backing(&p, thp)?;
+        let mut backing = backing(&p, thp)?;
+        backing.mergeable = p.on_off("mergeable")?.unwrap_or(false);
         // 0 means "the zones are the RAM"; whether there are zones is checked with them.
         if size != 0 && !(MIN_MEMORY..=MAX_MEMORY).contains(&size) {
             return Err(p.invalid(
@@ -204,12 +243,14 @@ impl MemoryConfig {
                     MAX_MEMORY >> 40
                 ))
             })?;
-        // The zones inherit `--memory thp=`: Cloud Hypervisor has no per-zone setting.
-        let thp = self.backing.thp;
+        // The zones inherit `--memory thp=` and `mergeable=`: Cloud Hypervisor has no per-zone
+        // setting.
+        let (thp, mergeable) = (self.backing.thp, self.backing.mergeable);
         self.zones = zones
             .into_iter()
             .map(|mut z| {
                 z.backing.thp = thp;
+                z.backing.mergeable = mergeable;
                 z
             })
             .collect();
@@ -253,6 +294,7 @@ impl MemoryZoneConfig {
             &[
                 "id",
                 "size",
+                "file",
                 "shared",
                 "hugepages",
                 "hugepage_size",
@@ -269,7 +311,8 @@ impl MemoryZoneConfig {
             option: "memory-zone",
             key: "size",
         })?;
-        let backing = backing(&p, true)?;
+        let mut backing = backing(&p, true)?;
+        backing.file = zone_file(&p, &backing)?;
         if size == 0 || size > MAX_MEMORY {
             return Err(p.invalid(
                 "size",
@@ -302,6 +345,7 @@ pub fn info_json(m: &MemoryConfig) -> serde_json::Value {
                 "shared": z.backing.shared,
                 "hugepages": hugepages,
                 "hugepage_size": hugepage_size,
+                "file": z.backing.file,
                 "host_numa_node": z.backing.host_numa_node,
                 "prefault": z.backing.prefault,
             })
@@ -309,6 +353,7 @@ pub fn info_json(m: &MemoryConfig) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "size": m.size,
+        "mergeable": m.backing.mergeable,
         "shared": m.backing.shared,
         "hugepages": hugepages,
         "hugepage_size": hugepage_size,
@@ -367,6 +412,8 @@ mod tests {
                 prefault: true,
                 thp: false,
                 host_numa_node: None,
+                file: None,
+                mergeable: false,
             }
         );
         let d = MemoryConfig::parse("size=1G,hugepages=on").unwrap();
@@ -439,11 +486,70 @@ mod tests {
             "id=a",
             "id=a,size=0",
             "id=a,size=1G,host_numa_node=x",
-            "id=a,size=1G,file=/x",
             "id=a,size=1G,thp=on",
             "id=,size=1G",
         ] {
             assert!(MemoryZoneConfig::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn mergeable_covers_every_zone() {
+        assert!(!MemoryConfig::parse("size=1G").unwrap().backing.mergeable);
+        assert!(
+            MemoryConfig::parse("size=1G,mergeable=on")
+                .unwrap()
+                .backing
+                .mergeable
+        );
+        assert_eq!(
+            MemoryConfig::parse("size=1G,mergeable=yes")
+                .unwrap_err()
+                .to_string(),
+            "--memory: mergeable=yes: use on or off"
+        );
+        let m = MemoryConfig::parse("size=0,mergeable=on")
+            .unwrap()
+            .with_zones(vec![zone("id=a,size=64M"), zone("id=b,size=64M,shared=on")])
+            .unwrap();
+        assert!(m.layout_zones().iter().all(|z| z.backing.mergeable));
+        assert_eq!(info_json(&m)["mergeable"], true);
+        assert!(
+            MemoryZoneConfig::parse("id=a,size=1G,mergeable=on").is_err(),
+            "a --memory key only, as in Cloud Hypervisor"
+        );
+    }
+
+    #[test]
+    fn zone_file_rules() {
+        let z = zone("id=a,size=256M,file=/tmp/zone0,shared=on");
+        assert_eq!(z.backing.file, Some(PathBuf::from("/tmp/zone0")));
+        assert!(z.backing.shared);
+        assert_eq!(zone("id=a,size=256M").backing.file, None);
+        // A private file zone and a host node are allowed: the private copies can be bound.
+        zone("id=a,size=256M,file=/tmp/z,host_numa_node=0");
+        let err = |s: &str| MemoryZoneConfig::parse(s).unwrap_err().to_string();
+        assert_eq!(
+            err("id=a,size=1G,file="),
+            "--memory-zone: file=: empty path"
+        );
+        assert_eq!(
+            err("id=a,size=1G,file=/x,hugepages=on"),
+            "--memory-zone: file=/x: cannot be combined with hugepages=on (put the file on a hugetlbfs mount instead)"
+        );
+        assert_eq!(
+            err("id=a,size=1G,file=/x,shared=on,host_numa_node=0"),
+            "--memory-zone: file=/x: cannot be combined with shared=on and host_numa_node (a shared file's pages cannot be bound)"
+        );
+        let m = MemoryConfig::parse("size=0")
+            .unwrap()
+            .with_zones(vec![z])
+            .unwrap();
+        assert_eq!(info_json(&m)["zones"][0]["file"], "/tmp/zone0");
+        // `--memory file=` stays Cloud Hypervisor's older key that ghvmm does not take.
+        assert!(MemoryConfig::parse("size=1G,file=/x")
+            .unwrap_err()
+            .to_string()
+            .contains("not supported by ghvmm"));
     }
 }

@@ -1,9 +1,10 @@
-//! How a zone of guest RAM is backed on the host: the memfd it lives in (shared or huge
-//! pages), the flags of each mapping, and what is done to a mapping once made (transparent
-//! huge pages, the host NUMA node, prefaulting).
+//! How a zone of guest RAM is backed on the host: the file it lives in (the user's `file=`,
+//! or a memfd when shared or of huge pages), the flags of each mapping, and what is done to a
+//! mapping once made (transparent huge pages, KSM, the host NUMA node, prefaulting).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::fd::FromRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use vm_memory::{FileOffset, MmapRegion};
@@ -76,14 +77,61 @@ pub fn check_free_huge_pages(
     Ok(())
 }
 
-/// The memfd a zone lives in, if it needs one: a shared zone (another process maps the fd)
-/// or a huge page zone (hugetlbfs pages come from a file). Sized to the zone.
+/// The user's `file=` for a zone: a directory gets an unnamed temporary file (O_TMPFILE, so
+/// no name is ever visible and nothing is left behind) sized to the zone; a regular file is
+/// used as it is, its first `size` bytes. A file shorter than the zone is refused: the guest
+/// would die of SIGBUS at the first page past its end.
+pub fn open_user_file(name: &str, path: &Path, size: u64) -> Result<File, MemoryError> {
+    let fail = |reason: String| MemoryError::BackingFile {
+        zone: name.to_string(),
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if meta.is_dir() {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE | libc::O_EXCL)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| fail(format!("cannot make a temporary file in it: {e}")))?;
+        file.set_len(size).map_err(|e| {
+            fail(format!(
+                "cannot size the temporary file to {size:#x} bytes: {e}"
+            ))
+        })?;
+        return Ok(file);
+    }
+    if !meta.is_file() {
+        return Err(fail("not a regular file or a directory".into()));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| fail(format!("cannot open it for reading and writing: {e}")))?;
+    let len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
+    if len < size {
+        return Err(fail(format!(
+            "{len} bytes, shorter than the zone's {size} (extend it, e.g. truncate -s {size})"
+        )));
+    }
+    Ok(file)
+}
+
+/// The file a zone lives in, if it needs one: the user's `file=`, else a memfd for a shared
+/// zone (another process maps the fd) or a huge page zone (hugetlbfs pages come from a
+/// file), sized to the zone.
 pub fn zone_file(
     name: &str,
     size: u64,
     backing: &Backing,
     meminfo: &str,
 ) -> Result<Option<File>, MemoryError> {
+    if let Some(path) = &backing.file {
+        return open_user_file(name, path, size).map(Some);
+    }
     let page = huge_page_size(backing.hugepages, meminfo)?;
     if !backing.shared && page.is_none() {
         return Ok(None);
@@ -153,11 +201,11 @@ pub fn map_piece(
     Ok(region)
 }
 
-/// What is done to a fresh mapping: THP advice, the host node, then the prefault (after
-/// mbind, so the pages come from that node).
+/// What is done to a fresh mapping: THP advice, KSM advice, the host node, then the prefault
+/// (after mbind, so the pages come from that node).
 fn prepare(region: &MmapRegion, backing: &Backing) -> Result<(), MemoryError> {
     let (addr, len) = (region.as_ptr().cast::<libc::c_void>(), region.size());
-    if !backing.shared && backing.hugepages == HugePages::Off {
+    if !backing.shared && backing.hugepages == HugePages::Off && backing.file.is_none() {
         let advice = if backing.thp {
             libc::MADV_HUGEPAGE
         } else {
@@ -173,6 +221,9 @@ fn prepare(region: &MmapRegion, backing: &Backing) -> Result<(), MemoryError> {
             );
         }
     }
+    if backing.mergeable {
+        mark_mergeable(addr, len);
+    }
     if let Some(node) = backing.host_numa_node {
         bind_to_node(addr, len, node)?;
     }
@@ -183,6 +234,23 @@ fn prepare(region: &MmapRegion, backing: &Backing) -> Result<(), MemoryError> {
         }
     }
     Ok(())
+}
+
+/// MADV_MERGEABLE, as Cloud Hypervisor does: a host without KSM (EINVAL) runs the guest all
+/// the same, with a warning. The kernel takes the advice on shared mappings too but merges
+/// only private pages.
+fn mark_mergeable(addr: *mut libc::c_void, len: usize) {
+    // SAFETY: advice on a range this process mapped and the caller's region owns; no memory
+    // content changes.
+    if unsafe { libc::madvise(addr, len, libc::MADV_MERGEABLE) } == 0 {
+        return;
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        log::warn!("mergeable=on: the host kernel has no KSM (CONFIG_KSM), guest RAM is not marked mergeable");
+    } else {
+        log::warn!("mergeable=on: cannot mark guest RAM mergeable: {e}");
+    }
 }
 
 fn bind_to_node(addr: *mut libc::c_void, len: usize, node: u32) -> Result<(), MemoryError> {
@@ -320,5 +388,91 @@ mod tests {
             ..Backing::default()
         };
         map_piece(1 << 20, &on0, None).unwrap();
+    }
+
+    /// A fresh, empty folder of this test's own under the temp dir.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ghvmm-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_directory_gets_an_unnamed_file_of_the_zones_size() {
+        let dir = scratch("tmpfile");
+        let f = open_user_file("--memory-zone id=m0", &dir, 8 << 20).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 8 << 20);
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "no name left behind"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_user_file_is_checked_with_one_clear_line() {
+        let dir = scratch("userfile");
+        let file = dir.join("zone0");
+        let err = |path: &Path, size: u64| {
+            open_user_file("--memory-zone id=m0", path, size)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(&file, 4096),
+            format!(
+                "--memory-zone id=m0: file={}: No such file or directory (os error 2)",
+                file.display()
+            )
+        );
+        std::fs::write(&file, vec![0u8; 4096]).unwrap();
+        assert_eq!(
+            err(&file, 8192),
+            format!(
+                "--memory-zone id=m0: file={}: 4096 bytes, shorter than the zone's 8192 (extend it, e.g. truncate -s 8192)",
+                file.display()
+            )
+        );
+        // Longer than the zone: its first bytes are the zone, the rest is left alone.
+        let f = open_user_file("--memory-zone id=m0", &file, 2048).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 4096);
+        assert!(err(Path::new("/dev/null"), 4096).ends_with("not a regular file or a directory"));
+        // SAFETY: geteuid only reads the caller's id.
+        if unsafe { libc::geteuid() } != 0 {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+            assert!(err(&file, 4096).contains("cannot open it for reading and writing"));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The VmFlags of the smaps entry that starts at `addr`.
+    fn vm_flags(addr: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{addr:x}-");
+        smaps
+            .split_inclusive('\n')
+            .skip_while(|l| !l.starts_with(&start))
+            .find_map(|l| l.strip_prefix("VmFlags:"))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[test]
+    fn mergeable_marks_the_mapping_for_ksm() {
+        let ksm = Path::new("/sys/kernel/mm/ksm").exists();
+        let backing = Backing {
+            mergeable: true,
+            ..Backing::default()
+        };
+        let r = map_piece(4 << 20, &backing, None).unwrap();
+        let flags = vm_flags(r.as_ptr() as usize);
+        // Without KSM the advice fails with a warning and the memory still works.
+        assert_eq!(flags.split_whitespace().any(|f| f == "mg"), ksm, "{flags}");
+        let plain = map_piece(4 << 20, &Backing::default(), None).unwrap();
+        let flags = vm_flags(plain.as_ptr() as usize);
+        assert!(!flags.split_whitespace().any(|f| f == "mg"), "{flags}");
     }
 }

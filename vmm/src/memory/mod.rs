@@ -1,7 +1,7 @@
 //! Guest RAM: the zones of `MemoryConfig` laid into the layout's RAM ranges, one mapping
-//! (and one KVM memory slot) per piece. A zone is private anonymous memory, or a memfd when it
-//! is shared (so another process, a vfio-user backend, can map the same pages from the fd) or
-//! backed by huge pages; `backing` makes each mapping.
+//! (and one KVM memory slot) per piece. A zone is private anonymous memory, the user's file
+//! (`file=`), or a memfd when it is shared (so another process, a vfio-user backend, can map
+//! the same pages from the fd) or backed by huge pages; `backing` makes each mapping.
 
 pub mod backing;
 pub mod bar_allocator;
@@ -26,6 +26,12 @@ pub enum MemoryError {
     Memfd(std::io::Error),
     #[error("cannot size the guest memory memfd to {size:#x} bytes: {error}")]
     ResizeMemfd { size: u64, error: std::io::Error },
+    #[error("{zone}: file={}: {reason}", path.display())]
+    BackingFile {
+        zone: String,
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("huge pages: {0}")]
     HugePages(String),
     #[error("cannot bind guest RAM to host NUMA node {node}: {error}")]
@@ -225,5 +231,79 @@ mod tests {
             mem.read_obj::<u8>(GuestAddress(0x1_0000_0010)).unwrap(),
             0x5a
         );
+    }
+
+    /// Maps RANGES as one zone in `file` (the user's `file=`).
+    fn map_in_file(file: &std::path::Path, shared: bool) -> Result<GuestMemoryMmap, MemoryError> {
+        let zone = Zone {
+            id: Some("m0".into()),
+            size: 0x30_0000,
+            backing: Backing {
+                shared,
+                file: Some(file.to_path_buf()),
+                ..Backing::default()
+            },
+        };
+        let pieces = [
+            RamPiece {
+                start: RANGES[0].0 .0,
+                size: RANGES[0].1 as u64,
+                zone: 0,
+                zone_offset: 0,
+            },
+            RamPiece {
+                start: RANGES[1].0 .0,
+                size: RANGES[1].1 as u64,
+                zone: 0,
+                zone_offset: RANGES[0].1 as u64,
+            },
+        ];
+        map_zones(&pieces, &[zone])
+    }
+
+    #[test]
+    fn a_zone_file_is_the_guests_ram() {
+        let dir = std::env::temp_dir().join(format!("ghvmm-zonefile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("zone0");
+        // One byte more than the zone: a longer file is fine, its tail untouched.
+        let mut content = vec![0u8; 0x30_0001];
+        content[0x10_0000 + 0x20] = 0x77;
+        content[0x30_0000] = 0x99;
+        std::fs::write(&path, &content).unwrap();
+
+        let mem = map_in_file(&path, true).unwrap();
+        // The file's bytes are the guest's, at the piece's offset...
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x1_0000_0020)).unwrap(),
+            0x77
+        );
+        // ...and the guest's writes are the file's, in both pieces.
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1234))
+            .unwrap();
+        mem.write_obj(0x0bad_cafe_u32, GuestAddress(0x1_0000_1234))
+            .unwrap();
+        let file = std::fs::read(&path).unwrap();
+        assert_eq!(file.len(), 0x30_0001);
+        let word = |at: usize| u32::from_le_bytes(file[at..at + 4].try_into().unwrap());
+        assert_eq!(word(0x1234), 0xdead_beef);
+        assert_eq!(word(0x10_0000 + 0x1234), 0x0bad_cafe);
+        assert_eq!(file[0x30_0000], 0x99);
+        drop(mem);
+
+        // shared=off: the file is read, the guest's writes stay in private copies.
+        let private = map_in_file(&path, false).unwrap();
+        assert_eq!(
+            private.read_obj::<u32>(GuestAddress(0x1234)).unwrap(),
+            0xdead_beef
+        );
+        private.write_obj(0u32, GuestAddress(0x1234)).unwrap();
+        let file = std::fs::read(&path).unwrap();
+        assert_eq!(word_at(&file, 0x1234), 0xdead_beef);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn word_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
     }
 }
