@@ -276,6 +276,7 @@ impl<B: Backend> Hotplug<B> {
         self.registry().push(Attached {
             id: id.clone(),
             path: path.to_path_buf(),
+            user: matches!(source, DeviceSource::User(_)),
             key,
             address,
             device,

@@ -461,11 +461,13 @@ fn boot_attach_places_devices_without_telling_the_guest() {
             AttachedDevice {
                 id: "_vfio0".into(),
                 path: "/a".into(),
+                user: false,
                 address: at(0, 1)
             },
             AttachedDevice {
                 id: "gpu".into(),
                 path: "/b".into(),
+                user: false,
                 address: at(1, 0)
             },
         ]

@@ -1,8 +1,13 @@
 //! The running VM as the REST API sees it (`api::VmControl`): information, hot plug through
-//! `hotplug`, the power button, pause and resume, shutdown.
+//! `hotplug`, the power button, pause and resume, reboot, shutdown. The API thread outlives
+//! each VM of a reboot loop: it holds the current VM's parts only between `attach` and
+//! `detach`, and a request holds them (a read lock) only while it runs, so the VM the reboot
+//! drops is really dropped (its devices closed) before the next one opens them again.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 
 use crate::api::{
     AddDevice, ApiError, Counters, DeviceInfo, DeviceNode, PciDeviceInfo, Resources, VmControl,
@@ -15,13 +20,29 @@ use crate::vm::exit::{ExitReason, ExitState};
 use crate::vm::pause::{VcpuPause, PAUSE_TIMEOUT};
 use crate::vm::VcpuThreads;
 
-pub struct Control {
+/// The parts of one VM the API uses.
+pub struct VmParts {
     pub config: VmConfig,
     pub hotplug: Arc<Hotplug>,
     pub ged: Arc<parking_lot::Mutex<devices::Ged>>,
-    pub exit: Arc<ExitState>,
     pub pause: Arc<VcpuPause>,
-    pub vcpu_threads: VcpuThreads,
+}
+
+pub struct Control {
+    /// None while a reboot rebuilds the VM.
+    vm: RwLock<Option<VmParts>>,
+    /// The last VM's configuration: what `vm.info` shows while the next one is built.
+    config: parking_lot::Mutex<VmConfig>,
+    exit: Arc<ExitState>,
+    vcpu_threads: VcpuThreads,
+}
+
+/// What a request that needs the VM answers while a reboot rebuilds it.
+fn rebooting() -> ApiError {
+    ApiError::new(
+        STATUS_VM_ACTION_FAILED,
+        "the VM is rebooting; try again once it runs",
+    )
 }
 
 /// The status an attach or detach failure answers with.
@@ -81,6 +102,31 @@ fn config_json(c: &VmConfig) -> serde_json::Value {
 }
 
 impl Control {
+    pub fn new(vm: VmParts, exit: Arc<ExitState>, vcpu_threads: VcpuThreads) -> Self {
+        Control {
+            config: parking_lot::Mutex::new(vm.config.clone()),
+            vm: RwLock::new(Some(vm)),
+            exit,
+            vcpu_threads,
+        }
+    }
+
+    /// The VM of the next boot.
+    pub fn attach(&self, vm: VmParts) {
+        *self.config.lock() = vm.config.clone();
+        *self.vm.write() = Some(vm);
+    }
+
+    /// Lets go of the VM (for a reboot), once the requests using it have answered.
+    pub fn detach(&self) {
+        self.vm.write().take();
+    }
+
+    /// The current VM's parts, for one request.
+    fn vm(&self) -> Result<MappedRwLockReadGuard<'_, VmParts>, ApiError> {
+        RwLockReadGuard::try_map(self.vm.read(), Option::as_ref).map_err(|_| rebooting())
+    }
+
     /// Lets the API answer, then ends the VM: the process exits with 0, as after a guest
     /// power-off.
     fn exit_soon(&self) {
@@ -96,7 +142,11 @@ impl Control {
 
 impl VmControl for Control {
     fn info(&self) -> VmInfo {
-        let attached = self.hotplug.attached_with_bars();
+        let vm = self.vm();
+        let attached = vm
+            .as_ref()
+            .map(|vm| vm.hotplug.attached_with_bars())
+            .unwrap_or_default();
         let device_tree = attached
             .iter()
             .map(|(d, bars)| {
@@ -112,18 +162,24 @@ impl VmControl for Control {
                 path: d.path.display().to_string(),
             })
             .collect();
-        let slots = u64::from(self.hotplug.memory_slots_in_use());
+        let slots = vm
+            .as_ref()
+            .map_or(0, |vm| u64::from(vm.hotplug.memory_slots_in_use()));
+        let paused = vm.as_ref().is_ok_and(|vm| vm.pause.is_paused());
+        drop(vm);
+        let config = self.config.lock().clone();
         VmInfo {
-            state: if self.exit.is_set() {
+            // A reboot is not a state of Cloud Hypervisor's: the VM runs again in a moment.
+            state: if self.exit.is_set() && !self.exit.is_rebooting() {
                 VmState::Shutdown
-            } else if self.pause.is_paused() {
+            } else if paused {
                 VmState::Paused
             } else {
                 VmState::Running
             },
-            config: config_json(&self.config),
+            config: config_json(&config),
             // All zones: with `--memory size=0` the zones are the RAM.
-            memory_actual_size: self.config.memory.total(),
+            memory_actual_size: config.memory.total(),
             device_tree,
             devices,
             resources: Resources::sample(slots).unwrap_or(Resources {
@@ -137,6 +193,7 @@ impl VmControl for Control {
     fn add_device(&self, req: AddDevice) -> Result<PciDeviceInfo, ApiError> {
         let placement = Placement::requested(req.gh_slot, req.pci_segment);
         let (id, address) = self
+            .vm()?
             .hotplug
             .hot_add(&req.source, req.id, placement)
             .map_err(api_error)?;
@@ -147,15 +204,18 @@ impl VmControl for Control {
     }
 
     fn counters(&self) -> Counters {
-        self.hotplug.counters()
+        self.vm()
+            .map(|vm| vm.hotplug.counters())
+            .unwrap_or_default()
     }
 
     fn remove_device(&self, id: &str) -> Result<(), ApiError> {
-        self.hotplug.hot_remove(id).map_err(api_error)
+        self.vm()?.hotplug.hot_remove(id).map_err(api_error)
     }
 
     fn power_button(&self) -> Result<(), ApiError> {
-        self.ged
+        self.vm()?
+            .ged
             .lock()
             .notify(devices::ged::EVENT_POWER_BUTTON)
             .map_err(|e| ApiError::internal(format!("GED interrupt: {e}")))
@@ -163,8 +223,24 @@ impl VmControl for Control {
 
     fn shutdown_vm(&self) -> Result<(), ApiError> {
         // ghvmm's process is the VM's: shutting the VM down ends it (Cloud Hypervisor keeps
-        // an empty VMM around instead).
+        // an empty VMM around instead). During a reboot it ends the process instead of the
+        // next boot (`ExitState::rearm`).
         self.exit_soon();
+        Ok(())
+    }
+
+    fn reboot(&self) -> Result<(), ApiError> {
+        // As Cloud Hypervisor, a paused VM reboots too (and runs after it).
+        if self.exit.is_rebooting() {
+            return Err(rebooting());
+        }
+        if self.exit.is_set() {
+            return Err(ApiError::new(
+                STATUS_VM_ACTION_FAILED,
+                "the VM is shutting down",
+            ));
+        }
+        self.exit.request(ExitReason::Reset);
         Ok(())
     }
 
@@ -181,13 +257,15 @@ impl VmControl for Control {
                 let _ = t.kill(crate::vm::vcpu_dump::kick_signal());
             }
         };
-        self.pause
+        self.vm()?
+            .pause
             .pause(&kick, &|| self.exit.is_set(), PAUSE_TIMEOUT)
             .map_err(|e| ApiError::caused_by(STATUS_VM_ACTION_FAILED, "cannot pause the VM", &e))
     }
 
     fn resume(&self) -> Result<(), ApiError> {
-        self.pause
+        self.vm()?
+            .pause
             .resume()
             .map_err(|e| ApiError::caused_by(STATUS_VM_ACTION_FAILED, "cannot resume the VM", &e))
     }
