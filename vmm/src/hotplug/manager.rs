@@ -285,6 +285,18 @@ impl<B: Backend> Hotplug<B> {
         Ok(Placed { id, address, token })
     }
 
+    /// Detaches every device without asking the guest: for a VM being torn down (a reboot),
+    /// whose guest is gone. Dropping the VM alone did not close them (the next VM found the
+    /// VFIO group still open): the explicit teardown releases what each holds, as a removal
+    /// does, whatever else still points at the device.
+    pub fn detach_all(&self) {
+        let _ops = self.ops.lock();
+        let tokens: Vec<Token> = self.registry().iter().map(|a| a.token).collect();
+        for token in tokens {
+            self.detach_locked(token);
+        }
+    }
+
     /// Takes the device of attachment `token` out of the guest's config space and releases
     /// everything it holds; false if it is not attached. The caller has made sure the guest
     /// let go of it (ejected it), or the guest is gone, or is told afterwards.

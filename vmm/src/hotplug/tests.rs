@@ -475,6 +475,23 @@ fn boot_attach_places_devices_without_telling_the_guest() {
 }
 
 #[test]
+fn detach_all_tears_every_device_down_without_the_guest() {
+    let (vm, fake) = vm(1);
+    add(&vm, "/a", Some("gpu0"), Placement::GhSlot(0)).unwrap();
+    add(&vm, "/b", None, Placement::Segment0).unwrap();
+    // What the attaches did.
+    let _ = fake.calls();
+    vm.detach_all();
+    assert_eq!(
+        fake.calls(),
+        strings(&["unplug 1:0", "teardown /a", "unplug 0:1", "teardown /b"])
+    );
+    assert!(vm.attached().is_empty());
+    vm.detach_all();
+    assert!(fake.calls().is_empty());
+}
+
+#[test]
 fn attached_devices_come_with_their_bars_and_leave_with_them() {
     let (vm, _fake) = vm(1);
     add(&vm, "/a", Some("gpu0"), Placement::GhSlot(0)).unwrap();

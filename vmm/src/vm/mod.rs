@@ -247,7 +247,7 @@ impl Vm {
     }
 
     /// Stops the vCPU threads: parked ones are let go, the others kicked out of `KVM_RUN`
-    /// until each has seen the exit and ended; then joins them.
+    /// until each has seen the exit and ended; then joins them and detaches every device.
     pub fn stop(&self) -> Result<()> {
         use vmm_sys_util::signal::Killable;
         // Only a paused VM has parked vCPUs; the error says it was not paused.
@@ -276,6 +276,8 @@ impl Vm {
             // A panic was already reported as the VM's fault by `spawn_guarded`.
             let _ = t.join();
         }
+        // No vCPU can reach a device now: close them, so the next VM can open them again.
+        self.hotplug.detach_all();
         Ok(())
     }
 }

@@ -1,0 +1,169 @@
+//! Reboots in the same ghvmm (`boot-reboot`, `vfio-reboot`). The guest reboots itself after
+//! its checks (`ghvmm.action=reboot`) on every boot; it cannot tell one boot from the next (no
+//! storage), so L2 counts the boots on the console (`@@INIT`, `@@DONE`) and steers: once the
+//! first boot has started it asks for a reboot through the API (`vm.reboot`), the second boot
+//! then ends with the guest's own reboot, and once the third boot has reported its checks L2
+//! shuts the VM down through the API (landing during the guest's next reboot or just after,
+//! which must end ghvmm with 0 all the same). L2 compares ghvmm's descriptor count and VmRSS
+//! at the first and the third boot's `@@INIT`, and requires one ghvmm process throughout.
+
+use crate::l3::L3;
+use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS, NO_ACPI_DUMP};
+use crate::vfio_scenarios::bind_ivshmem;
+
+/// Boots L2 waits for, in all.
+pub const BOOTS: u32 = 3;
+/// How many more descriptors the third boot may have than the first (none expected; a
+/// connection of L2's own requests may still be closing).
+pub const FD_SLACK: u32 = 2;
+/// How much more VmRSS (KiB) the third boot may have: guest RAM the kernel touched by
+/// `@@INIT` differs a little from boot to boot; a leaked VM would be the whole guest RAM.
+pub const RSS_SLACK_KIB: u32 = 16 << 10;
+
+/// The checks the script reports, besides the standard ones.
+pub const REBOOT_CHECKS: &[&str] = &[
+    "reboot-first-boot",
+    "reboot-api",
+    "reboot-boots",
+    "reboot-same-pid",
+    "reboot-info-running",
+    "reboot-fds",
+    "reboot-rss",
+    "reboot-checks-done",
+    "reboot-shutdown",
+];
+
+/// Shell: helpers over L3's console and ghvmm's /proc.
+/// (`count` says 0 before tee has created the file: an empty count would end `wait_count`.)
+const HELPERS: &str = "count() { c=$(grep -c -- \"$1\" /tmp/l3.out 2>/dev/null); echo \"${c:-0}\"; }\n\
+    wait_count() {\n\
+        t=0\n\
+        while [ \"$(count \"$1\")\" -lt $2 ]; do\n\
+            [ $t -ge $(($3 * 10)) ] && return 1\n\
+            [ -d /proc/$l3pid ] && [ \"$(cut -d' ' -f3 /proc/$l3pid/stat 2>/dev/null)\" != Z ] || return 1\n\
+            sleep 0.1; t=$((t + 1))\n\
+        done\n\
+    }\n\
+    fds() { ls /proc/$l3pid/fd | wc -l; }\n\
+    rss() { awk '/^VmRSS:/ { print $2 }' /proc/$l3pid/status; }\n";
+
+/// The whole L2 script around `command` (a ghvmm with `--api-socket path=/tmp/api.sock`);
+/// `setup` runs first (device binding).
+fn script(setup: &str, command: &str) -> String {
+    let (boots, fd_slack, rss_slack) = (BOOTS, FD_SLACK, RSS_SLACK_KIB);
+    format!(
+        "{setup}{HELPERS}\
+         start_l3 {command}\n\
+         R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
+         wait_count @@INIT 1 120\n\
+         l2_check reboot-first-boot $? 'the guest never printed @@INIT'\n\
+         fd1=$(fds); rss1=$(rss)\n\
+         $R reboot > /tmp/reboot.out 2>&1\n\
+         l2_check reboot-api $? \"ghvmm-remote reboot: $(cat /tmp/reboot.out)\"\n\
+         wait_count @@INIT {boots} 240\n\
+         l2_check reboot-boots $? \"$(count @@INIT) boots on the console within 240 s (want {boots})\"\n\
+         fd3=$(fds); rss3=$(rss); done2=$(count @@DONE)\n\
+         pids=$(pidof ghvmm)\n\
+         [ \"$pids\" = \"$l3pid\" ]\n\
+         l2_check reboot-same-pid $? \"ghvmm processes: $pids (started as $l3pid)\"\n\
+         $R info > /tmp/info.json 2>&1\n\
+         grep -q '\"state\": \"Running\"' /tmp/info.json\n\
+         l2_check reboot-info-running $? \"vm.info after the reboots: $(grep state /tmp/info.json)\"\n\
+         l2_say \"@@FACT reboot-footprint boot 1: $fd1 fds, VmRSS $rss1 kB; boot {boots}: $fd3 fds, VmRSS $rss3 kB\"\n\
+         [ -n \"$fd3\" ] && [ \"$fd3\" -le $((fd1 + {fd_slack})) ]\n\
+         l2_check reboot-fds $? \"descriptors: $fd1 at the first boot, $fd3 at boot {boots}\"\n\
+         [ -n \"$rss3\" ] && [ \"$rss3\" -le $((rss1 + {rss_slack})) ]\n\
+         l2_check reboot-rss $? \"VmRSS: $rss1 kB at the first boot, $rss3 kB at boot {boots}\"\n\
+         wait_count @@DONE $((done2 + 1)) 240\n\
+         l2_check reboot-checks-done $? \"boot {boots} did not report all its checks within 240 s ($(count @@DONE) @@DONE in all)\"\n\
+         $R shutdown > /tmp/shutdown.out 2>&1\n\
+         l2_check reboot-shutdown $? \"ghvmm-remote shutdown: $(cat /tmp/shutdown.out)\"\n\
+         finish_l3 120\n\
+         l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n"
+    )
+}
+
+/// A scenario whose L3 guest reboots under `script`; `setup`, `cmdline` and `vmm_args` as
+/// for its plain counterpart.
+fn reboot_scenario(
+    name: &'static str,
+    about: &'static str,
+    setup: &str,
+    cmdline: &str,
+    vmm_args: &str,
+    more: &[&'static str],
+) -> Scenario {
+    let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .cmdline(&format!("ghvmm.action=reboot {NO_ACPI_DUMP} {cmdline}"))
+        .vmm_args(&format!("--api-socket path=/tmp/api.sock {vmm_args}"));
+    Scenario {
+        setup: script(setup, &l3.command()),
+        l3: None,
+        expect: [L3_CHECKS, REBOOT_CHECKS, more].concat(),
+        timeout: std::time::Duration::from_secs(600),
+        ..Scenario::boot(name, about, l3)
+    }
+    .without_acpi_dump()
+}
+
+pub fn boot_reboot() -> Scenario {
+    reboot_scenario(
+        "boot-reboot",
+        "vm.reboot, then the guest's own reboot: three boots in one ghvmm (same pid, same descriptors and VmRSS), then vm.shutdown exits 0",
+        "",
+        "",
+        "",
+        &[],
+    )
+}
+
+/// The checks tests/checker/src/vfio.rs reports for L2's ivshmem (`ghvmm.vfio=ivshmem`).
+const IVSHMEM_CHECKS: &[&str] = &[
+    "vfio-bind",
+    "vfio-present",
+    "vfio-bar2",
+    "vfio-bar2-data",
+    "vfio-bar0-padding",
+    "vfio-decode-off",
+    "vfio-bar-move",
+];
+
+fn vfio_reboot() -> Scenario {
+    reboot_scenario(
+        "vfio-reboot",
+        "boot-reboot with L2's ivshmem passed through on vfio-pci: the device is there with its BARs on every boot (closed and opened again by each reboot)",
+        &bind_ivshmem("vfio-pci"),
+        "ghvmm.vfio=ivshmem",
+        "--device path=$IVSHMEM,id=shm0",
+        IVSHMEM_CHECKS,
+    )
+}
+
+pub fn all() -> Vec<Scenario> {
+    vec![vfio_reboot()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_check_the_script_reports_is_expected() {
+        for s in [boot_reboot(), vfio_reboot()] {
+            let sh = s.script();
+            assert!(sh.contains("--api-socket path=/tmp/api.sock"), "{}", s.name);
+            assert!(sh.contains("ghvmm.action=reboot"), "{}", s.name);
+            for check in REBOOT_CHECKS {
+                assert!(sh.contains(&format!("l2_check {check} ")), "{check}");
+                assert!(s.expected().contains(check), "{check}");
+            }
+            assert_eq!(sh.matches("l2_check reboot-").count(), REBOOT_CHECKS.len());
+            assert!(!s.expected().contains(&"acpi-dump"));
+        }
+        let v = vfio_reboot();
+        assert!(v.script().contains("--device path=$IVSHMEM,id=shm0"));
+        for c in IVSHMEM_CHECKS {
+            assert!(v.expected().contains(c), "{c}");
+        }
+    }
+}
