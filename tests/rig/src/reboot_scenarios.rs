@@ -48,13 +48,14 @@ const HELPERS: &str = "count() { c=$(grep -c -- \"$1\" /tmp/l3.out 2>/dev/null);
     rss() { awk '/^VmRSS:/ { print $2 }' /proc/$l3pid/status; }\n";
 
 /// The whole L2 script around `command` (a ghvmm with `--api-socket path=/tmp/api.sock`);
-/// `setup` runs first (device binding).
-fn script(setup: &str, command: &str) -> String {
+/// `setup` runs first (device binding), `started` once ghvmm runs.
+fn script(setup: &str, command: &str, started: &str) -> String {
     let (boots, fd_slack, rss_slack) = (BOOTS, FD_SLACK, RSS_SLACK_KIB);
     format!(
         "{setup}{HELPERS}\
          start_l3 {command}\n\
          R=\"/bin/ghvmm-remote --api-socket /tmp/api.sock\"\n\
+         {started}\
          wait_count @@INIT 1 120\n\
          l2_check reboot-first-boot $? 'the guest never printed @@INIT'\n\
          fd1=$(fds); rss1=$(rss)\n\
@@ -88,7 +89,7 @@ fn script(setup: &str, command: &str) -> String {
 fn reboot_scenario(
     name: &'static str,
     about: &'static str,
-    setup: &str,
+    (setup, started): (&str, &str),
     cmdline: &str,
     vmm_args: &str,
     more: &[&'static str],
@@ -97,7 +98,7 @@ fn reboot_scenario(
         .cmdline(&format!("ghvmm.action=reboot {NO_ACPI_DUMP} {cmdline}"))
         .vmm_args(&format!("--api-socket path=/tmp/api.sock {vmm_args}"));
     Scenario {
-        setup: script(setup, &l3.command()),
+        setup: script(setup, &l3.command(), started),
         l3: None,
         expect: [L3_CHECKS, REBOOT_CHECKS, more].concat(),
         timeout: std::time::Duration::from_secs(600),
@@ -110,7 +111,7 @@ pub fn boot_reboot() -> Scenario {
     reboot_scenario(
         "boot-reboot",
         "vm.reboot, then the guest's own reboot: three boots in one ghvmm (same pid, same descriptors and VmRSS), then vm.shutdown exits 0",
-        "",
+        ("", ""),
         "",
         "",
         &[],
@@ -132,15 +133,48 @@ fn vfio_reboot() -> Scenario {
     reboot_scenario(
         "vfio-reboot",
         "boot-reboot with L2's ivshmem passed through on vfio-pci: the device is there with its BARs on every boot (closed and opened again by each reboot)",
-        &bind_ivshmem("vfio-pci"),
+        (&bind_ivshmem("vfio-pci"), ""),
         "ghvmm.vfio=ivshmem",
         "--device path=$IVSHMEM,id=shm0",
         IVSHMEM_CHECKS,
     )
 }
 
+/// The checks of `hotplug-reboot` besides the ivshmem ones.
+const HOT_ADD_CHECKS: &[&str] = &["hotadd-api", "hotadd-kept"];
+
+/// Shell, once ghvmm runs: hot-adds L2's ivshmem as soon as the API socket is there (the
+/// guest's kernel is still booting: it finds the device at its PCI scan, or through the
+/// hot-plug notification if the scan came first); at the end `vm.info` must still list it.
+fn hot_add() -> String {
+    "t=0; while [ ! -S /tmp/api.sock ] && [ $t -lt 600 ]; do sleep 0.1; t=$((t + 1)); done\n\
+     $R add-device path=$IVSHMEM,id=shm0 > /tmp/add.out 2>&1\n\
+     l2_check hotadd-api $? \"ghvmm-remote add-device: $(cat /tmp/add.out)\"\n"
+        .into()
+}
+
+fn hotplug_reboot() -> Scenario {
+    let mut s = reboot_scenario(
+        "hotplug-reboot",
+        "boot-reboot with L2's ivshmem hot-added (vm.add-device) while the first boot starts: it is there with its BARs on the boots after the reboots",
+        (&bind_ivshmem("vfio-pci"), &hot_add()),
+        "ghvmm.vfio=ivshmem",
+        "",
+        &[IVSHMEM_CHECKS, HOT_ADD_CHECKS].concat(),
+    );
+    // After the reboots, before the shutdown: vm.info lists the device under its id.
+    s.setup = s.setup.replace(
+        "$R shutdown",
+        "$R info > /tmp/info3.json 2>&1\n\
+         grep -q '\"id\": \"shm0\"' /tmp/info3.json\n\
+         l2_check hotadd-kept $? \"vm.info after the reboots: $(tr -d '\\n' < /tmp/info3.json | head -c 400)\"\n\
+         $R shutdown",
+    );
+    s
+}
+
 pub fn all() -> Vec<Scenario> {
-    vec![vfio_reboot()]
+    vec![vfio_reboot(), hotplug_reboot()]
 }
 
 #[cfg(test)]
@@ -149,7 +183,7 @@ mod tests {
 
     #[test]
     fn every_check_the_script_reports_is_expected() {
-        for s in [boot_reboot(), vfio_reboot()] {
+        for s in [boot_reboot(), vfio_reboot(), hotplug_reboot()] {
             let sh = s.script();
             assert!(sh.contains("--api-socket path=/tmp/api.sock"), "{}", s.name);
             assert!(sh.contains("ghvmm.action=reboot"), "{}", s.name);
@@ -160,6 +194,12 @@ mod tests {
             assert_eq!(sh.matches("l2_check reboot-").count(), REBOOT_CHECKS.len());
             assert!(!s.expected().contains(&"acpi-dump"));
         }
+        let h = hotplug_reboot();
+        for c in HOT_ADD_CHECKS {
+            assert!(h.script().contains(&format!("l2_check {c} ")), "{c}");
+            assert!(h.expected().contains(c), "{c}");
+        }
+        assert!(!h.script().contains("--device"));
         let v = vfio_reboot();
         assert!(v.script().contains("--device path=$IVSHMEM,id=shm0"));
         for c in IVSHMEM_CHECKS {
