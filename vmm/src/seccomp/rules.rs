@@ -204,6 +204,9 @@ fn allow_arg(
     Ok(())
 }
 
+/// The ioctl types the main thread allows every request of: KVM's and VFIO's.
+pub const MAIN_IOCTL_TYPES: &[u64] = &[ioctls::KVM_TYPE, ioctls::VFIO_TYPE];
+
 /// Every ioctl request of the given types (bits 8-15 of the request): building a VM takes
 /// most of KVM's system, VM and vCPU ioctls (Cloud Hypervisor's VMM thread allows them too).
 fn allow_ioctl_types(rules: &mut Rules, types: &[u64]) -> Result<(), seccompiler::BackendError> {
@@ -249,7 +252,7 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
             allow(&mut r, VCPU);
             allow(&mut r, VFIO_REQUEST);
             allow(&mut r, BUILD);
-            allow_ioctl_types(&mut r, &[ioctls::KVM_TYPE, ioctls::VFIO_TYPE])?;
+            allow_ioctl_types(&mut r, MAIN_IOCTL_TYPES)?;
             let mut requests = device;
             requests.extend([ioctls::TCGETS, ioctls::TCSETS]);
             allow_arg(&mut r, libc::SYS_ioctl, 1, &requests)?;
