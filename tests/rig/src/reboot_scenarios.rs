@@ -173,8 +173,36 @@ fn hotplug_reboot() -> Scenario {
     s
 }
 
+/// The server's socket in `vfio-user-reboot`.
+const USER_SOCKET: &str = "/tmp/shm.sock";
+
+/// L2's ivshmem served by ghvmm-vfio-user: each reboot closes the connection (the server
+/// resets the device for the next client) and the next VM connects again.
+fn vfio_user_reboot() -> Scenario {
+    let setup = format!(
+        "{}{}{}vu_start $IVSHMEM {USER_SOCKET}\n",
+        crate::gates::GATE_HELPERS,
+        crate::vfio_user_scenarios::HELPERS,
+        bind_ivshmem("vfio-pci"),
+    );
+    let mut s = reboot_scenario(
+        "vfio-user-reboot",
+        "boot-reboot with L2's ivshmem served by ghvmm-vfio-user (--user-device): the next VM connects again and the device passes its checks on every boot",
+        (&setup, ""),
+        "ghvmm.vfio=ivshmem",
+        &format!("--user-device socket={USER_SOCKET},id=shm0"),
+        &[IVSHMEM_CHECKS, &["vu-server-up", "vu-server-stop"]].concat(),
+    );
+    // A server maps the guest's memory: it must be shared.
+    s.setup = s
+        .setup
+        .replace("--memory size=512M", "--memory size=512M,shared=on");
+    s.setup.push_str("vu_stop\n");
+    s
+}
+
 pub fn all() -> Vec<Scenario> {
-    vec![vfio_reboot(), hotplug_reboot()]
+    vec![vfio_reboot(), hotplug_reboot(), vfio_user_reboot()]
 }
 
 #[cfg(test)]
@@ -183,7 +211,12 @@ mod tests {
 
     #[test]
     fn every_check_the_script_reports_is_expected() {
-        for s in [boot_reboot(), vfio_reboot(), hotplug_reboot()] {
+        for s in [
+            boot_reboot(),
+            vfio_reboot(),
+            hotplug_reboot(),
+            vfio_user_reboot(),
+        ] {
             let sh = s.script();
             assert!(sh.contains("--api-socket path=/tmp/api.sock"), "{}", s.name);
             assert!(sh.contains("ghvmm.action=reboot"), "{}", s.name);
@@ -200,6 +233,10 @@ mod tests {
             assert!(h.expected().contains(c), "{c}");
         }
         assert!(!h.script().contains("--device"));
+        let u = vfio_user_reboot().script();
+        assert!(u.contains("--memory size=512M,shared=on"), "{u}");
+        assert!(u.contains("--user-device socket=/tmp/shm.sock,id=shm0"));
+        assert!(u.contains("vu_start $IVSHMEM /tmp/shm.sock") && u.ends_with("vu_stop\n"));
         let v = vfio_reboot();
         assert!(v.script().contains("--device path=$IVSHMEM,id=shm0"));
         for c in IVSHMEM_CHECKS {
