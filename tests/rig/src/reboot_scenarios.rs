@@ -9,7 +9,9 @@
 
 use crate::l3::L3;
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS, NO_ACPI_DUMP};
-use crate::vfio_scenarios::bind_ivshmem;
+use crate::vfio_scenarios::{
+    bind_ivshmem, bind_variant, gh_file_checks_for, GH_DEVICE_CHECKS, GH_LENGTHS,
+};
 
 /// Boots L2 waits for, in all.
 pub const BOOTS: u32 = 3;
@@ -143,34 +145,67 @@ fn vfio_reboot() -> Scenario {
 /// The checks of `hotplug-reboot` besides the ivshmem ones.
 const HOT_ADD_CHECKS: &[&str] = &["hotadd-api", "hotadd-kept"];
 
-/// Shell, once ghvmm runs: hot-adds L2's ivshmem as soon as the API socket is there (the
-/// guest's kernel is still booting: it finds the device at its PCI scan, or through the
-/// hot-plug notification if the scan came first); at the end `vm.info` must still list it.
-fn hot_add() -> String {
-    "t=0; while [ ! -S /tmp/api.sock ] && [ $t -lt 600 ]; do sleep 0.1; t=$((t + 1)); done\n\
-     $R add-device path=$IVSHMEM,id=shm0 > /tmp/add.out 2>&1\n\
-     l2_check hotadd-api $? \"ghvmm-remote add-device: $(cat /tmp/add.out)\"\n"
-        .into()
+/// Shell, once ghvmm runs: hot-adds `device` (`add-device`'s argument) as soon as the API
+/// socket is there (the guest's kernel is still booting: it finds the device at its PCI
+/// scan, or through the hot-plug notification if the scan came first).
+fn hot_add(device: &str) -> String {
+    format!(
+        "t=0; while [ ! -S /tmp/api.sock ] && [ $t -lt 600 ]; do sleep 0.1; t=$((t + 1)); done\n\
+         $R add-device {device} > /tmp/add.out 2>&1\n\
+         l2_check hotadd-api $? \"ghvmm-remote add-device: $(cat /tmp/add.out)\"\n"
+    )
+}
+
+/// Adds to `s`, at the third boot's `@@INIT` (the VM runs: not during the guest's next
+/// reboot, when `vm.info` lists no device): `vm.info` lists the hot-added device (its
+/// `"id": "ID"` line and `text`).
+fn hot_added_kept(mut s: Scenario, id: &str, text: &str) -> Scenario {
+    s.setup = s.setup.replace(
+        "l2_say \"@@FACT reboot-footprint",
+        &format!(
+            "$R info > /tmp/info3.json 2>&1\n\
+             grep -q '\"id\": \"{id}\"' /tmp/info3.json && grep -q -- '{text}' /tmp/info3.json\n\
+             l2_check hotadd-kept $? \"vm.info after the reboots: $(tr -d '\\n' < /tmp/info3.json | tail -c 600)\"\n\
+             l2_say \"@@FACT reboot-footprint"
+        ),
+    );
+    s
 }
 
 fn hotplug_reboot() -> Scenario {
-    let mut s = reboot_scenario(
+    let s = reboot_scenario(
         "hotplug-reboot",
         "boot-reboot with L2's ivshmem hot-added (vm.add-device) while the first boot starts: it is there with its BARs on the boots after the reboots",
-        (&bind_ivshmem("vfio-pci"), &hot_add()),
+        (&bind_ivshmem("vfio-pci"), &hot_add("path=$IVSHMEM,id=shm0")),
         "ghvmm.vfio=ivshmem",
         "",
         &[IVSHMEM_CHECKS, HOT_ADD_CHECKS].concat(),
     );
-    // After the reboots, before the shutdown: vm.info lists the device under its id.
-    s.setup = s.setup.replace(
-        "$R shutdown",
-        "$R info > /tmp/info3.json 2>&1\n\
-         grep -q '\"id\": \"shm0\"' /tmp/info3.json\n\
-         l2_check hotadd-kept $? \"vm.info after the reboots: $(tr -d '\\n' < /tmp/info3.json | head -c 400)\"\n\
-         $R shutdown",
+    hot_added_kept(s, "shm0", "shm0")
+}
+
+/// The GPU-like device's length in `gh-reboot`.
+const GH_REBOOT_LEN: u64 = GH_LENGTHS[0];
+
+/// The GPU-like device hot-added into GH slot 0: each reboot must put it back in its slot
+/// (segment 1), where the guest's GH checks look for it.
+fn gh_reboot() -> Scenario {
+    let len = GH_REBOOT_LEN;
+    let s = reboot_scenario(
+        "gh-reboot",
+        "boot-reboot with --gh slots=1 and the GPU-like device hot-added into slot 0 while the first boot starts: it is back in its slot (0001:00:00.0) with its BAR checks passing after the reboots",
+        (
+            &bind_variant("kernel_pads", len, ""),
+            &hot_add("path=$IVSHMEM,id=gpu0,gh_slot=0"),
+        ),
+        &format!("ghvmm.vfio=gh ghvmm.gh_mode=kernel_pads ghvmm.gh_len={len}"),
+        "--gh slots=1",
+        &[GH_DEVICE_CHECKS, HOT_ADD_CHECKS].concat(),
     );
-    s
+    Scenario {
+        host_checks: Some(Box::new(move |_, d, _| gh_file_checks_for(d, len))),
+        ..hot_added_kept(s, "gpu0", "0001:00:00.0")
+    }
 }
 
 /// The server's socket in `vfio-user-reboot`.
@@ -202,7 +237,12 @@ fn vfio_user_reboot() -> Scenario {
 }
 
 pub fn all() -> Vec<Scenario> {
-    vec![vfio_reboot(), hotplug_reboot(), vfio_user_reboot()]
+    vec![
+        vfio_reboot(),
+        hotplug_reboot(),
+        vfio_user_reboot(),
+        gh_reboot(),
+    ]
 }
 
 #[cfg(test)]
@@ -216,6 +256,7 @@ mod tests {
             vfio_reboot(),
             hotplug_reboot(),
             vfio_user_reboot(),
+            gh_reboot(),
         ] {
             let sh = s.script();
             assert!(sh.contains("--api-socket path=/tmp/api.sock"), "{}", s.name);
@@ -227,6 +268,12 @@ mod tests {
             assert_eq!(sh.matches("l2_check reboot-").count(), REBOOT_CHECKS.len());
             assert!(!s.expected().contains(&"acpi-dump"));
         }
+        let g = gh_reboot();
+        assert!(g
+            .script()
+            .contains("add-device path=$IVSHMEM,id=gpu0,gh_slot=0"));
+        assert!(g.script().contains("grep -q -- '0001:00:00.0'"));
+        assert!(g.expected().contains(&"host-file") && g.host_checks.is_some());
         let h = hotplug_reboot();
         for c in HOT_ADD_CHECKS {
             assert!(h.script().contains(&format!("l2_check {c} ")), "{c}");
