@@ -37,12 +37,48 @@ pub struct Control {
     vcpu_threads: VcpuThreads,
 }
 
-/// What a request that needs the VM answers while a reboot rebuilds it.
-fn rebooting() -> ApiError {
+/// How long a request that needs the VM waits for a reboot's rebuild (Cloud Hypervisor's
+/// API waits for its VMM thread, busy rebooting): well inside a connection's deadline.
+pub const REBUILD_WAIT: Duration = Duration::from_secs(5);
+/// How often a waiting request looks again.
+const REBUILD_POLL: Duration = Duration::from_millis(20);
+
+/// What a request that needs the VM answers when the rebuild takes longer than it waits.
+fn rebooting(waited: Duration) -> ApiError {
     ApiError::new(
         STATUS_VM_ACTION_FAILED,
-        "the VM is rebooting; try again once it runs",
+        format!(
+            "the VM is still rebooting after {:.1} s; try again",
+            waited.as_secs_f64()
+        ),
     )
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(STATUS_VM_ACTION_FAILED, "the VM is shutting down")
+}
+
+/// Waits while a reboot rebuilds the VM (`has_vm` false, the VM not ending) for at most
+/// `timeout`: Ok once there is a VM.
+fn wait_for_vm(
+    has_vm: &dyn Fn() -> bool,
+    exit: &ExitState,
+    timeout: Duration,
+) -> Result<(), ApiError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if has_vm() {
+            return Ok(());
+        }
+        // Not a reboot's reset: a power-off or fault, during the rebuild or after it.
+        if exit.is_set() && !exit.is_rebooting() {
+            return Err(shutting_down());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(rebooting(timeout));
+        }
+        std::thread::sleep(REBUILD_POLL);
+    }
 }
 
 /// The status an attach or detach failure answers with.
@@ -123,8 +159,15 @@ impl Control {
     }
 
     /// The current VM's parts, for one request.
+    /// During a reboot, once the next VM runs (`REBUILD_WAIT` at most).
     fn vm(&self) -> Result<MappedRwLockReadGuard<'_, VmParts>, ApiError> {
-        RwLockReadGuard::try_map(self.vm.read(), Option::as_ref).map_err(|_| rebooting())
+        loop {
+            wait_for_vm(&|| self.vm.read().is_some(), &self.exit, REBUILD_WAIT)?;
+            // Another reboot may have taken it meanwhile: wait for that one too.
+            if let Ok(vm) = RwLockReadGuard::try_map(self.vm.read(), Option::as_ref) {
+                return Ok(vm);
+            }
+        }
     }
 
     /// Lets the API answer, then ends the VM: the process exits with 0, as after a guest
@@ -230,17 +273,15 @@ impl VmControl for Control {
     }
 
     fn reboot(&self) -> Result<(), ApiError> {
-        // As Cloud Hypervisor, a paused VM reboots too (and runs after it).
-        if self.exit.is_rebooting() {
-            return Err(rebooting());
-        }
+        // As Cloud Hypervisor, a paused VM reboots too (and runs after it). During a reboot
+        // this one waits for the next VM, and reboots it.
+        let vm = self.vm()?;
         if self.exit.is_set() {
-            return Err(ApiError::new(
-                STATUS_VM_ACTION_FAILED,
-                "the VM is shutting down",
-            ));
+            return Err(shutting_down());
         }
         self.exit.request(ExitReason::Reset);
+        // Only now: the reboot's `detach` waits for this request.
+        drop(vm);
         Ok(())
     }
 
@@ -307,6 +348,40 @@ mod tests {
             serde_json::json!(["m0", "m1"])
         );
         assert_eq!(cfg.memory.total(), 3 << 29, "memory_actual_size");
+    }
+
+    #[test]
+    fn a_request_during_a_rebuild_waits_for_the_next_vm() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let exit = Arc::new(ExitState::default());
+        let has = Arc::new(AtomicBool::new(true));
+        let has_vm = {
+            let has = has.clone();
+            move || has.load(Ordering::SeqCst)
+        };
+        let wait = |t| wait_for_vm(&has_vm, &exit, t).map_err(|e| e.messages());
+        assert_eq!(wait(Duration::ZERO), Ok(()));
+        // A reboot: the VM is gone for a while, then the next one is there.
+        exit.request(ExitReason::Reset);
+        has.store(false, Ordering::SeqCst);
+        let later = {
+            let has = has.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                has.store(true, Ordering::SeqCst);
+            })
+        };
+        assert_eq!(wait(Duration::from_secs(5)), Ok(()));
+        later.join().unwrap();
+        // A rebuild slower than the wait.
+        has.store(false, Ordering::SeqCst);
+        let slow = vec!["the VM is still rebooting after 0.1 s; try again".to_string()];
+        assert_eq!(wait(Duration::from_millis(100)), Err(slow));
+        // A shutdown during the rebuild ends the wait at once.
+        exit.request(ExitReason::PowerOff);
+        assert_eq!(exit.rearm(), Some(ExitReason::PowerOff));
+        let ending = vec!["the VM is shutting down".to_string()];
+        assert_eq!(wait(Duration::from_secs(5)), Err(ending));
     }
 
     #[test]

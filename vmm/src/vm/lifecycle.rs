@@ -81,8 +81,9 @@ pub fn run<B: Booter>(cfg: &VmConfig, exit: &ExitState, booter: &mut B) -> Resul
         }
         crate::event_monitor::emit("vm", "rebooting", &[]);
         log::info!("the guest reboots: rebuilding the VM");
-        cfg = next_config(&cfg, &vm.attached());
+        // After the API let go: a hot add it was still serving is in the next boot too.
         booter.stopping();
+        cfg = next_config(&cfg, &vm.attached());
         vm.stop().context("cannot reboot the VM")?;
         drop(vm);
         if let Some(reason) = exit.rearm() {
