@@ -1,5 +1,5 @@
-//! `ghvmm`: boot a Linux guest on KVM. Exit code 0 when the guest powers off or resets,
-//! 1 on any error, with one error line on stderr.
+//! `ghvmm`: boot a Linux guest on KVM. Exit code 0 when the guest powers off (a reboot
+//! boots it again in the same process), 1 on any error, with one error line on stderr.
 
 #![forbid(unsafe_code)]
 

@@ -617,7 +617,7 @@ fn ghvmm_remote_binary() {
         "ping",
     ]));
     assert!(e.contains("cannot connect to /nonexistent/x.sock"), "{e}");
-    // ch-remote's reboot verb reaches ghvmm, which cannot do it.
+    // ch-remote's reboot verb reaches the VM (this fake one cannot do it).
     let e = one_error_line(&ghvmm_remote(&["--api-socket", sock, "reboot"]));
     assert!(
         e.starts_with("ghvmm-remote: error: 501: vm.reboot is not supported"),

@@ -206,20 +206,206 @@ fn pvh_elf_kernel_boots_in_32_bit_mode() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "pvh\nx");
 }
 
-#[test]
-fn acpi_reset_exits_0() {
-    let mut code = outb(0x602, 0x01);
-    code.extend(HALT_FOREVER);
-    let o = run_code("reset.bin", &code, &[]);
-    assert!(o.status.success(), "{o:?}");
+/// A ghvmm started with an API socket and an event monitor, whose stdout (COM1) is collected.
+struct Running {
+    child: std::process::Child,
+    dir: PathBuf,
+    sock: PathBuf,
+    events: PathBuf,
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Running {
+    fn start(name: &str, code: &[u8], cpus: &str) -> Running {
+        let k = kernel_file(&format!("{name}.bin"), code);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (sock, events) = (dir.join("api.sock"), dir.join("events.json"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ghvmm"))
+            .args(["--kernel", k.to_str().unwrap(), "--memory", "size=64M"])
+            .args(["--cpus", &format!("boot={cpus}")])
+            .arg("--api-socket")
+            .arg(format!("path={}", sock.display()))
+            .arg("--event-monitor")
+            .arg(format!("path={}", events.display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ghvmm");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut stdout, theirs) = (child.stdout.take().unwrap(), out.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+                theirs.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Running {
+            child,
+            dir,
+            sock,
+            events,
+            out,
+        }
+    }
+
+    /// Boots so far: each prints one `b`.
+    fn boots(&self) -> usize {
+        self.out
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&b| b == b'b')
+            .count()
+    }
+
+    fn wait_for_boots(&self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.boots() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} boots of {n} within 20 s",
+                self.boots()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn request(&self, method: &'static str, endpoint: &'static str) -> (u16, String) {
+        use vmm::api::client::{send, ApiRequest};
+        let req = ApiRequest {
+            method,
+            endpoint,
+            body: None,
+        };
+        let r = send(&self.sock, &req, Some(std::time::Duration::from_secs(20))).unwrap();
+        (r.status, r.body)
+    }
+
+    fn state(&self) -> String {
+        let (_, body) = self.request("GET", "vm.info");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["state"].as_str().unwrap().to_string()
+    }
+
+    /// (descriptors, threads, VmRSS in KiB) of the process.
+    fn footprint(&self) -> (usize, usize, u64) {
+        let pid = self.child.id();
+        let count = |d: &str| {
+            std::fs::read_dir(format!("/proc/{pid}/{d}"))
+                .unwrap()
+                .count()
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap();
+        (count("fd"), count("task"), rss)
+    }
+
+    /// Shuts the VM down through the API; the exit status, stderr and the event names.
+    fn shutdown(mut self) -> (std::process::ExitStatus, String, Vec<String>) {
+        assert_eq!(self.request("PUT", "vm.shutdown").0, 204);
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        let text = std::fs::read_to_string(&self.events).unwrap();
+        let events = serde_json::Deserializer::from_str(&text)
+            .into_iter::<serde_json::Value>()
+            .map(|e| {
+                let e = e.unwrap();
+                format!(
+                    "{}/{}",
+                    e["source"].as_str().unwrap(),
+                    e["event"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        (status, err, events)
+    }
 }
 
 #[test]
-fn i8042_reset_exits_0() {
-    let mut code = outb(0x64, 0xfe);
+fn a_guest_reset_reboots_the_vm_in_the_same_process() {
+    // The ACPI reset register, and the i8042's pulse of the reset line.
+    for (name, reset) in [
+        ("acpi-reset", outb(0x602, 0x01)),
+        ("kbd-reset", outb(0x64, 0xfe)),
+    ] {
+        let mut code = print("b");
+        code.extend(reset);
+        code.extend(HALT_FOREVER);
+        let vm = Running::start(name, &code, "2");
+        vm.wait_for_boots(5);
+        assert_eq!(vm.state(), "Running");
+        let (status, err, events) = vm.shutdown();
+        assert!(status.success(), "{name}: {status:?} {err}");
+        assert!(err.is_empty(), "{name}: {err}");
+        assert_eq!(
+            events[..3],
+            ["vmm/starting", "vm/booting", "vm/booted"],
+            "{name}"
+        );
+        assert_eq!(events[3..5], ["vm/rebooting", "vm/rebooted"], "{name}");
+        assert_eq!(
+            events[events.len() - 2..],
+            ["vm/shutdown", "vmm/shutdown"],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn vm_reboot_rebuilds_the_vm_and_ghvmm_does_not_grow() {
+    use std::time::{Duration, Instant};
+    const REBOOTS: usize = 30;
+    // Print, then halt: vCPU 0 sits in KVM_RUN, vCPU 1 waits there for a SIPI; the reboot
+    // must kick both out.
+    let mut code = print("b");
     code.extend(HALT_FOREVER);
-    let o = run_code("kbdreset.bin", &code, &[]);
-    assert!(o.status.success(), "{o:?}");
+    let vm = Running::start("api-reboot", &code, "2");
+    vm.wait_for_boots(1);
+    assert_eq!(vm.request("PUT", "vm.reboot").0, 204);
+    vm.wait_for_boots(2);
+    // After a reboot: every thread started once per process is there.
+    std::thread::sleep(Duration::from_millis(300));
+    let first = vm.footprint();
+    for n in 3..=REBOOTS {
+        if n == REBOOTS {
+            // A paused VM reboots too, and runs afterwards.
+            assert_eq!(vm.request("PUT", "vm.pause").0, 204);
+            assert_eq!(vm.state(), "Paused");
+        }
+        let (status, body) = vm.request("PUT", "vm.reboot");
+        assert_eq!(status, 204, "reboot {n}: {body}");
+        vm.wait_for_boots(n);
+    }
+    assert_eq!(vm.state(), "Running");
+    // Descriptors and threads come back to the same count (an API connection thread may
+    // still be on its way out); RSS within a few allocator pages.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let last = loop {
+        let now = vm.footprint();
+        if (now.0, now.1) == (first.0, first.1) || Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (last.0, last.1),
+        (first.0, first.1),
+        "{first:?} -> {last:?}"
+    );
+    assert!(last.2 < first.2 + 2048, "VmRSS grew: {first:?} -> {last:?}");
+    let (status, err, events) = vm.shutdown();
+    assert!(status.success(), "{status:?} {err}");
+    let rebooted = events.iter().filter(|e| *e == "vm/rebooted").count();
+    assert_eq!(rebooted, REBOOTS - 1, "{events:?}");
 }
 
 #[test]

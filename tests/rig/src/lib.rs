@@ -29,6 +29,7 @@ pub mod modules;
 pub mod pause_scenarios;
 pub mod protocol;
 pub mod qemu;
+pub mod reboot_scenarios;
 pub mod retry;
 pub mod scale_scenarios;
 pub mod scenario;

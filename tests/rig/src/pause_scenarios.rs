@@ -5,7 +5,7 @@
 //! time (utime and stime in /proc/PID/task/TID/stat, exact), and that the console did not
 //! grow by a byte; it also requires the vCPU threads to have used CPU time over as long
 //! before the pause, so the standstill is not vacuous. After `vm.resume` the counter must
-//! go on. The wrong state changes answer Cloud Hypervisor's 500, `vm.reboot` its 501.
+//! go on. The wrong state changes answer Cloud Hypervisor's 500.
 //! L2's ivshmem is passed through on vfio-pci, so a VM with a VFIO device pauses, and
 //! `vm.info`'s `device_tree` must give its BDF and its BAR 2 with L2's size for it.
 
@@ -63,7 +63,6 @@ pub const PAUSE_CHECKS: &[&str] = &[
     "pause-resume",
     "pause-info-running",
     "pause-progress",
-    "pause-reboot-unsupported",
     "pause-shutdown",
 ];
 
@@ -99,7 +98,6 @@ fn script(command: &str) -> String {
          l2_check pause-info-running $? \"vm.info after resume: $(grep state /tmp/info.json)\"\n\
          wait_marker \"@@TICK $((last + {after}))\" 60\n\
          l2_check pause-progress $? \"no @@TICK $((last + {after})) within 60 s of the resume (last before: $last)\"\n\
-         {reboot}\
          $R shutdown > /tmp/shutdown.out 2>&1\n\
          l2_check pause-shutdown $? \"ghvmm-remote shutdown: $(cat /tmp/shutdown.out)\"\n\
          finish_l3 60\n\
@@ -123,14 +121,6 @@ fn script(command: &str) -> String {
             500,
             "the VM is already paused",
         ),
-        reboot = expect_status(
-            "pause-reboot-unsupported",
-            "PUT",
-            "/api/v1/vm.reboot",
-            "",
-            501,
-            "vm.reboot is not supported",
-        ),
     )
 }
 
@@ -147,7 +137,7 @@ fn pause_scenario() -> Scenario {
         timeout: std::time::Duration::from_secs(300),
         ..Scenario::boot(
             "api-pause",
-            "vm.pause stops every vCPU (no CPU time, no console output, vm.info Paused), vm.resume lets the guest's counter go on; a second pause, a resume while running (500) and vm.reboot (501)",
+            "vm.pause stops every vCPU (no CPU time, no console output, vm.info Paused), vm.resume lets the guest's counter go on; a second pause and a resume while running (500)",
             l3,
         )
     }

@@ -146,11 +146,7 @@ fn boot_scenarios() -> Vec<Scenario> {
             )
         },
         Scenario::boot("boot-smp4", "4 vCPUs, 1G", L3::new(BOOT_VMM, 4, "1G")),
-        Scenario::boot(
-            "boot-reboot",
-            "the guest reboots: the VMM ends with 0",
-            L3::new(BOOT_VMM, 1, "256M").cmdline("ghvmm.action=reboot"),
-        ),
+        crate::reboot_scenarios::boot_reboot(),
         Scenario::boot(
             "boot-pvh",
             "the uncompressed vmlinux through its PVH entry (32-bit, hvm_start_info)",
@@ -240,6 +236,7 @@ pub fn all() -> Vec<Scenario> {
     v.extend(crate::ch_scenarios::all());
     v.extend(crate::hotplug_scenarios::all());
     v.extend(crate::pause_scenarios::all());
+    v.extend(crate::reboot_scenarios::all());
     v.extend(crate::vfio_user_scenarios::all());
     v.extend(crate::scale_scenarios::all());
     v.extend(crate::fault_scenarios::all());

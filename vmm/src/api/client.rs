@@ -66,7 +66,7 @@ pub enum RemoteCommand {
     Pause,
     /// Let the vCPUs run again (vm.resume).
     Resume,
-    /// Reboot the VM (vm.reboot; ghvmm answers that it cannot).
+    /// Reboot the VM (vm.reboot): it is rebuilt and boots again in the same ghvmm.
     Reboot,
 }
 

@@ -51,14 +51,10 @@ pub trait VmControl: Send + Sync {
     fn resume(&self) -> Result<(), ApiError> {
         Err(ApiError::not_supported("vm.resume"))
     }
-    /// `PUT /api/v1/vm.reboot`. ghvmm's VM cannot be reset in place: its process ends
-    /// (exit 0) when the guest reboots, so the default is what ghvmm answers.
+    /// `PUT /api/v1/vm.reboot`: returns once the reboot is asked for; the VM is rebuilt
+    /// and boots again in the same process (a paused VM too).
     fn reboot(&self) -> Result<(), ApiError> {
-        Err(ApiError::new(
-            STATUS_NOT_SUPPORTED,
-            "vm.reboot is not supported: ghvmm ends (exit 0) when its guest reboots; start it \
-             again, or reboot from inside the guest",
-        ))
+        Err(ApiError::not_supported("vm.reboot"))
     }
 }
 

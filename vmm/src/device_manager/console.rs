@@ -18,8 +18,12 @@ use crate::vm::threads::spawn_guarded;
 
 const STDIN: libc::c_int = 0;
 
+/// The current VM's COM1, for the input thread that outlives each VM of a reboot loop; None
+/// while the VM is being rebuilt (input typed then is dropped, as a real UART would).
+pub type SerialSlot = Arc<Mutex<Option<Arc<Mutex<Serial>>>>>;
+
 pub struct StdinForwarder {
-    serial: Arc<Mutex<Serial>>,
+    serial: SerialSlot,
     /// Ended with a fault if the input thread panics.
     exit: Arc<ExitState>,
 }
@@ -56,7 +60,7 @@ fn enter_raw_mode() -> std::io::Result<RawModeGuard> {
 }
 
 impl StdinForwarder {
-    pub fn new(serial: Arc<Mutex<Serial>>, exit: Arc<ExitState>) -> Self {
+    pub fn new(serial: SerialSlot, exit: Arc<ExitState>) -> Self {
         StdinForwarder { serial, exit }
     }
 
@@ -88,14 +92,18 @@ impl StdinForwarder {
     }
 }
 
-fn forward(serial: Arc<Mutex<Serial>>) {
+fn forward(serial: SerialSlot) {
     let mut buf = [0u8; 64];
     loop {
         // SAFETY: reads into a buffer we own, at most its length.
         let n = unsafe { libc::read(STDIN, buf.as_mut_ptr().cast(), buf.len()) };
         match n {
             0 => return,
-            n if n > 0 => serial.lock().enqueue_input(&buf[..n as usize]),
+            n if n > 0 => {
+                if let Some(com1) = serial.lock().as_ref() {
+                    com1.lock().enqueue_input(&buf[..n as usize]);
+                }
+            }
             _ => {
                 let e = std::io::Error::last_os_error();
                 if e.kind() != std::io::ErrorKind::Interrupted {

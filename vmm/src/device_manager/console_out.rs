@@ -42,7 +42,9 @@ struct Shared {
     emptied: Condvar,
 }
 
-/// COM1's end of the queue: `write` never waits for the output.
+/// COM1's end of the queue: `write` never waits for the output. Each VM of a reboot loop
+/// gets a clone.
+#[derive(Clone)]
 pub struct QueueWriter(Arc<Shared>);
 
 impl Write for QueueWriter {

@@ -57,8 +57,6 @@ pub struct DeviceManager {
     pub pio_bus: Arc<Bus>,
     pub mmio_bus: Arc<Bus>,
     pub serial: Arc<Mutex<Serial>>,
-    /// The guest's console output on its way out (none with `--serial off`).
-    pub console_out: Option<ConsoleOut>,
     pub ged: Arc<Mutex<Ged>>,
     /// Segment 0 first (host bridge at 00:00.0, config ports and ECAM), then one per extra
     /// segment of the layout (ECAM only, no device at 00:00.0: a GPU slot).
@@ -167,43 +165,53 @@ fn exit_callback(on_exit: &OnExit) -> devices::ExitCallback {
     Box::new(move |req| on_exit(req))
 }
 
-impl DeviceManager {
-    pub fn new(vm: &VmFd, cfg: &VmConfig, layout: &Layout, exit: Arc<ExitState>) -> Result<Self> {
-        let output: Option<Box<dyn Write + Send>> = match &cfg.serial {
-            // A descriptor of its own for the console thread: std's stdout has a lock, which
-            // a stalled write would hold, and the exit's flush of stdout would wait on.
-            SerialConfig::Tty => Some(Box::new(File::from(
-                std::io::stdout()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(DeviceError::ConsoleOut)?,
-            ))),
-            SerialConfig::Off => None,
-            SerialConfig::File(path) => Some(Box::new(File::create(path).map_err(|source| {
-                DeviceError::SerialFile {
+/// The guest console's output, opened once per ghvmm process (every VM of a reboot loop
+/// writes to it): the `console-out` thread's queue, and COM1's end of it; None with
+/// `--serial off`.
+pub fn open_console(
+    cfg: &VmConfig,
+    exit: Arc<ExitState>,
+) -> Result<Option<(ConsoleOut, console_out::QueueWriter)>> {
+    let output: Box<dyn Write + Send> = match &cfg.serial {
+        // A descriptor of its own for the console thread: std's stdout has a lock, which
+        // a stalled write would hold, and the exit's flush of stdout would wait on.
+        SerialConfig::Tty => Box::new(File::from(
+            std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(DeviceError::ConsoleOut)?,
+        )),
+        SerialConfig::Off => return Ok(None),
+        SerialConfig::File(path) => {
+            Box::new(
+                File::create(path).map_err(|source| DeviceError::SerialFile {
                     path: path.clone(),
                     error: source,
-                }
-            })?)),
-        };
-        let (console_out, out): (_, Box<dyn Write + Send>) = match output {
-            Some(output) => {
-                let (console, queue) =
-                    ConsoleOut::start(output, console_out::QUEUE_BYTES, exit.clone())
-                        .map_err(DeviceError::ConsoleOut)?;
-                (Some(console), Box::new(queue))
-            }
-            None => (None, Box::new(std::io::sink())),
-        };
+                })?,
+            )
+        }
+    };
+    ConsoleOut::start(output, console_out::QUEUE_BYTES, exit)
+        .map(Some)
+        .map_err(DeviceError::ConsoleOut)
+}
+
+impl DeviceManager {
+    /// `out` is COM1's output: the console's queue (`open_console`), which outlives the VM
+    /// so that a reboot neither truncates `--serial file=` nor starts a second writer.
+    pub fn new(
+        vm: &VmFd,
+        layout: &Layout,
+        out: Box<dyn Write + Send>,
+        exit: Arc<ExitState>,
+    ) -> Result<Self> {
         let on_exit: OnExit = Arc::new(move |req| {
             exit.request(match req {
                 VmExitRequest::PowerOff => ExitReason::PowerOff,
                 VmExitRequest::Reset => ExitReason::Reset,
             })
         });
-        let mut devices = Self::build(layout, out, |gsi| irqfd(vm, gsi), on_exit)?;
-        devices.console_out = console_out;
-        Ok(devices)
+        Self::build(layout, out, |gsi| irqfd(vm, gsi), on_exit)
     }
 
     /// The same device set on the same buses, with no VM: each interrupt is an eventfd that
@@ -289,7 +297,6 @@ impl DeviceManager {
             platform_nodes,
             serial,
             // `new` starts the console thread; without a VM nothing is started.
-            console_out: None,
             ged,
             pci_segments,
             pci_hotplug,

@@ -16,6 +16,8 @@ const AUTO_ID_PREFIX: &str = "_vfio";
 pub struct AttachedDevice {
     pub id: String,
     pub path: PathBuf,
+    /// `path` is a vfio-user server's socket, not a VFIO device's sysfs path.
+    pub user: bool,
     pub address: PciAddress,
 }
 
@@ -52,6 +54,7 @@ impl DeviceKey {
 pub(super) struct Attached<D> {
     pub id: String,
     pub path: PathBuf,
+    pub user: bool,
     pub key: DeviceKey,
     pub address: PciAddress,
     pub device: D,
@@ -63,6 +66,7 @@ impl<D> Attached<D> {
         AttachedDevice {
             id: self.id.clone(),
             path: self.path.clone(),
+            user: self.user,
             address: self.address,
         }
     }
@@ -179,6 +183,7 @@ mod tests {
         reg.push(Attached {
             id: id.into(),
             path: path.into(),
+            user: false,
             key: DeviceKey::of(Path::new(path)),
             address: PciAddress {
                 segment,

@@ -276,12 +276,25 @@ impl<B: Backend> Hotplug<B> {
         self.registry().push(Attached {
             id: id.clone(),
             path: path.to_path_buf(),
+            user: matches!(source, DeviceSource::User(_)),
             key,
             address,
             device,
             token,
         });
         Ok(Placed { id, address, token })
+    }
+
+    /// Detaches every device without asking the guest: for a VM being torn down (a reboot),
+    /// whose guest is gone. Dropping the VM alone did not close them (the next VM found the
+    /// VFIO group still open): the explicit teardown releases what each holds, as a removal
+    /// does, whatever else still points at the device.
+    pub fn detach_all(&self) {
+        let _ops = self.ops.lock();
+        let tokens: Vec<Token> = self.registry().iter().map(|a| a.token).collect();
+        for token in tokens {
+            self.detach_locked(token);
+        }
     }
 
     /// Takes the device of attachment `token` out of the guest's config space and releases

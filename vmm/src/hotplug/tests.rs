@@ -461,15 +461,34 @@ fn boot_attach_places_devices_without_telling_the_guest() {
             AttachedDevice {
                 id: "_vfio0".into(),
                 path: "/a".into(),
+                user: false,
                 address: at(0, 1)
             },
             AttachedDevice {
                 id: "gpu".into(),
                 path: "/b".into(),
+                user: false,
                 address: at(1, 0)
             },
         ]
     );
+}
+
+#[test]
+fn detach_all_tears_every_device_down_without_the_guest() {
+    let (vm, fake) = vm(1);
+    add(&vm, "/a", Some("gpu0"), Placement::GhSlot(0)).unwrap();
+    add(&vm, "/b", None, Placement::Segment0).unwrap();
+    // What the attaches did.
+    let _ = fake.calls();
+    vm.detach_all();
+    assert_eq!(
+        fake.calls(),
+        strings(&["unplug 1:0", "teardown /a", "unplug 0:1", "teardown /b"])
+    );
+    assert!(vm.attached().is_empty());
+    vm.detach_all();
+    assert!(fake.calls().is_empty());
 }
 
 #[test]

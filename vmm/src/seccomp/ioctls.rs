@@ -8,7 +8,7 @@
 use kvm_bindings::{
     kvm_irq_routing, kvm_irqfd, kvm_regs, kvm_sregs, kvm_userspace_memory_region, KVMIO,
 };
-use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
+use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE as VFIO_TYPE_};
 
 vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
@@ -24,20 +24,31 @@ vmm_sys_util::ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
 vmm_sys_util::ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
 
 // VFIO's ioctls are all _IO(VFIO_TYPE, VFIO_BASE + n) (linux/vfio.h).
-vmm_sys_util::ioctl_io_nr!(VFIO_GET_API_VERSION, VFIO_TYPE.into(), VFIO_BASE);
-vmm_sys_util::ioctl_io_nr!(VFIO_CHECK_EXTENSION, VFIO_TYPE.into(), VFIO_BASE + 1);
-vmm_sys_util::ioctl_io_nr!(VFIO_SET_IOMMU, VFIO_TYPE.into(), VFIO_BASE + 2);
-vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_GET_STATUS, VFIO_TYPE.into(), VFIO_BASE + 3);
-vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_SET_CONTAINER, VFIO_TYPE.into(), VFIO_BASE + 4);
-vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO_TYPE.into(), VFIO_BASE + 5);
-vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_GET_DEVICE_FD, VFIO_TYPE.into(), VFIO_BASE + 6);
-vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE.into(), VFIO_BASE + 7);
-vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO_TYPE.into(), VFIO_BASE + 8);
-vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO_TYPE.into(), VFIO_BASE + 9);
-vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE.into(), VFIO_BASE + 10);
-vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE.into(), VFIO_BASE + 11);
-vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO_TYPE.into(), VFIO_BASE + 13);
-vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO_TYPE.into(), VFIO_BASE + 14);
+vmm_sys_util::ioctl_io_nr!(VFIO_GET_API_VERSION, VFIO_TYPE_.into(), VFIO_BASE);
+vmm_sys_util::ioctl_io_nr!(VFIO_CHECK_EXTENSION, VFIO_TYPE_.into(), VFIO_BASE + 1);
+vmm_sys_util::ioctl_io_nr!(VFIO_SET_IOMMU, VFIO_TYPE_.into(), VFIO_BASE + 2);
+vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_GET_STATUS, VFIO_TYPE_.into(), VFIO_BASE + 3);
+vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_SET_CONTAINER, VFIO_TYPE_.into(), VFIO_BASE + 4);
+vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO_TYPE_.into(), VFIO_BASE + 5);
+vmm_sys_util::ioctl_io_nr!(VFIO_GROUP_GET_DEVICE_FD, VFIO_TYPE_.into(), VFIO_BASE + 6);
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE_.into(), VFIO_BASE + 7);
+vmm_sys_util::ioctl_io_nr!(
+    VFIO_DEVICE_GET_REGION_INFO,
+    VFIO_TYPE_.into(),
+    VFIO_BASE + 8
+);
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO_TYPE_.into(), VFIO_BASE + 9);
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO_TYPE_.into(), VFIO_BASE + 10);
+vmm_sys_util::ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE_.into(), VFIO_BASE + 11);
+vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO_TYPE_.into(), VFIO_BASE + 13);
+vmm_sys_util::ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO_TYPE_.into(), VFIO_BASE + 14);
+
+/// Where an ioctl request keeps its type (linux/ioctl.h: _IOC_TYPESHIFT, 8 bits).
+pub const IOCTL_TYPE_SHIFT: u64 = 8;
+pub const IOCTL_TYPE_MASK: u64 = 0xff << IOCTL_TYPE_SHIFT;
+/// KVM's ioctl type (KVMIO) and VFIO's (';').
+pub const KVM_TYPE: u64 = KVMIO as u64;
+pub const VFIO_TYPE: u64 = VFIO_TYPE_ as u64;
 
 /// Terminal ioctls (asm-generic/ioctls.h): read and set the attributes.
 pub const TCGETS: u64 = libc::TCGETS;

@@ -125,7 +125,8 @@ const VCPU: &[i64] = &[
     libc::SYS_dup,
 ];
 
-/// The main thread once the VM runs: it waits, flushes the serial output, restores the
+/// The main thread once the first VM runs: it waits, rebuilds the VM when the guest reboots
+/// (with `DEVICE_FILES`, `VCPU` and `BUILD`, below), flushes the serial output, restores the
 /// terminal, removes the API socket file and exits; other parts of ghvmm also look up
 /// files and limits from it.
 const MAIN: &[i64] = &[
@@ -147,6 +148,22 @@ const MAIN: &[i64] = &[
     libc::SYS_clone3,
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
+];
+
+/// Stopping a VM and building the next on a reboot, beyond what assigning its devices
+/// needs: the vCPU kicks, guest memory backed
+/// by a memfd (`shared=on`, `hugepages=on`) and bound to a host node (`host_numa_node`),
+/// reading the kernel and initramfs.
+const BUILD: &[i64] = &[
+    // Kicking the old VM's vCPU threads out of KVM_RUN (pthread_kill).
+    libc::SYS_tgkill,
+    libc::SYS_tkill,
+    libc::SYS_memfd_create,
+    libc::SYS_ftruncate,
+    libc::SYS_fallocate,
+    libc::SYS_mbind,
+    libc::SYS_pread64,
+    libc::SYS_lseek,
 ];
 
 /// Console input: read stdin, hand the bytes to the UART (an eventfd write).
@@ -187,6 +204,25 @@ fn allow_arg(
     Ok(())
 }
 
+/// The ioctl types the main thread allows every request of: KVM's and VFIO's.
+pub const MAIN_IOCTL_TYPES: &[u64] = &[ioctls::KVM_TYPE, ioctls::VFIO_TYPE];
+
+/// Every ioctl request of the given types (bits 8-15 of the request): building a VM takes
+/// most of KVM's system, VM and vCPU ioctls (Cloud Hypervisor's VMM thread allows them too).
+fn allow_ioctl_types(rules: &mut Rules, types: &[u64]) -> Result<(), seccompiler::BackendError> {
+    let entry = rules.entry(libc::SYS_ioctl).or_default();
+    for &t in types {
+        let cond = SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(ioctls::IOCTL_TYPE_MASK),
+            t << ioctls::IOCTL_TYPE_SHIFT,
+        )?;
+        entry.push(SeccompRule::new(vec![cond])?);
+    }
+    Ok(())
+}
+
 /// prctl options: naming a thread (std does at thread start) and no_new_privs (set before
 /// every filter install).
 const PRCTL_OPTIONS: &[u64] = &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64];
@@ -208,8 +244,15 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
     let device = ioctls::device_management();
     match kind {
         ThreadKind::Main => {
+            // The vCPU threads and the devices' request watchers of a VM built on a reboot
+            // start under this filter (and stack theirs on it): it allows what they do.
             allow(&mut r, MAIN);
             allow(&mut r, SPAWN);
+            allow(&mut r, DEVICE_FILES);
+            allow(&mut r, VCPU);
+            allow(&mut r, VFIO_REQUEST);
+            allow(&mut r, BUILD);
+            allow_ioctl_types(&mut r, MAIN_IOCTL_TYPES)?;
             let mut requests = device;
             requests.extend([ioctls::TCGETS, ioctls::TCSETS]);
             allow_arg(&mut r, libc::SYS_ioctl, 1, &requests)?;

@@ -148,3 +148,35 @@ fn a_filter_that_cannot_be_installed_ends_the_vm() {
     );
     assert_eq!(reason.map(|r| r.code()), Some(1));
 }
+
+/// The threads a reboot starts (vCPUs, request watchers and their give-back threads) start
+/// under the main thread's filter and stack theirs on it: the main thread's must allow every
+/// syscall theirs do, and every ioctl request (by its type, KVM's or VFIO's, or by number).
+#[test]
+fn main_allows_what_the_threads_a_reboot_starts_do() {
+    let main = rules::rules(ThreadKind::Main).unwrap();
+    let main_requests = [ioctls::FIONBIO, ioctls::FIONREAD];
+    for kind in [
+        ThreadKind::Vcpu,
+        ThreadKind::VfioRequest,
+        ThreadKind::Hotplug,
+    ] {
+        for nr in rules::rules(kind).unwrap().keys() {
+            assert!(main.contains_key(nr), "{kind:?}: syscall {nr}");
+        }
+    }
+    for request in ioctls::vcpu()
+        .into_iter()
+        .chain(ioctls::device_management())
+    {
+        let by_type = rules::MAIN_IOCTL_TYPES
+            .contains(&((request & ioctls::IOCTL_TYPE_MASK) >> ioctls::IOCTL_TYPE_SHIFT));
+        assert!(
+            by_type || main_requests.contains(&request),
+            "ioctl {request:#x}"
+        );
+    }
+    // Building the VM: KVM_CREATE_VM (_IO(KVMIO, 0x01)) is a KVM request like the others.
+    assert!(rules::MAIN_IOCTL_TYPES
+        .contains(&((0xae01 & ioctls::IOCTL_TYPE_MASK) >> ioctls::IOCTL_TYPE_SHIFT)));
+}

@@ -1,8 +1,13 @@
 //! The running VM as the REST API sees it (`api::VmControl`): information, hot plug through
-//! `hotplug`, the power button, pause and resume, shutdown.
+//! `hotplug`, the power button, pause and resume, reboot, shutdown. The API thread outlives
+//! each VM of a reboot loop: it holds the current VM's parts only between `attach` and
+//! `detach`, and a request holds them (a read lock) only while it runs, so the VM the reboot
+//! drops is really dropped (its devices closed) before the next one opens them again.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 
 use crate::api::{
     AddDevice, ApiError, Counters, DeviceInfo, DeviceNode, PciDeviceInfo, Resources, VmControl,
@@ -15,15 +20,67 @@ use crate::vm::exit::{ExitReason, ExitState};
 use crate::vm::pause::{VcpuPause, PAUSE_TIMEOUT};
 use crate::vm::VcpuThreads;
 
-pub struct Control {
+/// The parts of one VM the API uses.
+pub struct VmParts {
     pub config: VmConfig,
     pub hotplug: Arc<Hotplug>,
     pub ged: Arc<parking_lot::Mutex<devices::Ged>>,
-    pub exit: Arc<ExitState>,
     pub pause: Arc<VcpuPause>,
-    pub vcpu_threads: VcpuThreads,
     /// The platform devices' `vm.info` nodes: fixed for the VM's life.
     pub platform_nodes: Vec<crate::api::DeviceNode>,
+}
+
+pub struct Control {
+    /// None while a reboot rebuilds the VM.
+    vm: RwLock<Option<VmParts>>,
+    /// The last VM's configuration: what `vm.info` shows while the next one is built.
+    config: parking_lot::Mutex<VmConfig>,
+    exit: Arc<ExitState>,
+    vcpu_threads: VcpuThreads,
+}
+
+/// How long a request that needs the VM waits for a reboot's rebuild (Cloud Hypervisor's
+/// API waits for its VMM thread, busy rebooting): well inside a connection's deadline.
+pub const REBUILD_WAIT: Duration = Duration::from_secs(5);
+/// How often a waiting request looks again.
+const REBUILD_POLL: Duration = Duration::from_millis(20);
+
+/// What a request that needs the VM answers when the rebuild takes longer than it waits.
+fn rebooting(waited: Duration) -> ApiError {
+    ApiError::new(
+        STATUS_VM_ACTION_FAILED,
+        format!(
+            "the VM is still rebooting after {:.1} s; try again",
+            waited.as_secs_f64()
+        ),
+    )
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(STATUS_VM_ACTION_FAILED, "the VM is shutting down")
+}
+
+/// Waits while a reboot rebuilds the VM (`has_vm` false, the VM not ending) for at most
+/// `timeout`: Ok once there is a VM.
+fn wait_for_vm(
+    has_vm: &dyn Fn() -> bool,
+    exit: &ExitState,
+    timeout: Duration,
+) -> Result<(), ApiError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if has_vm() {
+            return Ok(());
+        }
+        // Not a reboot's reset: a power-off or fault, during the rebuild or after it.
+        if exit.is_set() && !exit.is_rebooting() {
+            return Err(shutting_down());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(rebooting(timeout));
+        }
+        std::thread::sleep(REBUILD_POLL);
+    }
 }
 
 /// The status an attach or detach failure answers with.
@@ -83,6 +140,38 @@ fn config_json(c: &VmConfig) -> serde_json::Value {
 }
 
 impl Control {
+    pub fn new(vm: VmParts, exit: Arc<ExitState>, vcpu_threads: VcpuThreads) -> Self {
+        Control {
+            config: parking_lot::Mutex::new(vm.config.clone()),
+            vm: RwLock::new(Some(vm)),
+            exit,
+            vcpu_threads,
+        }
+    }
+
+    /// The VM of the next boot.
+    pub fn attach(&self, vm: VmParts) {
+        *self.config.lock() = vm.config.clone();
+        *self.vm.write() = Some(vm);
+    }
+
+    /// Lets go of the VM (for a reboot), once the requests using it have answered.
+    pub fn detach(&self) {
+        self.vm.write().take();
+    }
+
+    /// The current VM's parts, for one request.
+    /// During a reboot, once the next VM runs (`REBUILD_WAIT` at most).
+    fn vm(&self) -> Result<MappedRwLockReadGuard<'_, VmParts>, ApiError> {
+        loop {
+            wait_for_vm(&|| self.vm.read().is_some(), &self.exit, REBUILD_WAIT)?;
+            // Another reboot may have taken it meanwhile: wait for that one too.
+            if let Ok(vm) = RwLockReadGuard::try_map(self.vm.read(), Option::as_ref) {
+                return Ok(vm);
+            }
+        }
+    }
+
     /// Lets the API answer, then ends the VM: the process exits with 0, as after a guest
     /// power-off.
     fn exit_soon(&self) {
@@ -98,11 +187,16 @@ impl Control {
 
 impl VmControl for Control {
     fn info(&self) -> VmInfo {
-        let attached = self.hotplug.attached_with_bars();
-        let platform = self
-            .platform_nodes
-            .iter()
-            .map(|n| (n.id.clone(), n.clone()));
+        let vm = self.vm();
+        let attached = vm
+            .as_ref()
+            .map(|vm| vm.hotplug.attached_with_bars())
+            .unwrap_or_default();
+        let platform: Vec<_> = vm
+            .as_ref()
+            .map(|vm| vm.platform_nodes.clone())
+            .unwrap_or_default();
+        let platform = platform.into_iter().map(|n| (n.id.clone(), n));
         let device_tree = attached
             .iter()
             .map(|(d, bars)| {
@@ -119,18 +213,24 @@ impl VmControl for Control {
                 path: d.path.display().to_string(),
             })
             .collect();
-        let slots = u64::from(self.hotplug.memory_slots_in_use());
+        let slots = vm
+            .as_ref()
+            .map_or(0, |vm| u64::from(vm.hotplug.memory_slots_in_use()));
+        let paused = vm.as_ref().is_ok_and(|vm| vm.pause.is_paused());
+        drop(vm);
+        let config = self.config.lock().clone();
         VmInfo {
-            state: if self.exit.is_set() {
+            // A reboot is not a state of Cloud Hypervisor's: the VM runs again in a moment.
+            state: if self.exit.is_set() && !self.exit.is_rebooting() {
                 VmState::Shutdown
-            } else if self.pause.is_paused() {
+            } else if paused {
                 VmState::Paused
             } else {
                 VmState::Running
             },
-            config: config_json(&self.config),
+            config: config_json(&config),
             // All zones: with `--memory size=0` the zones are the RAM.
-            memory_actual_size: self.config.memory.total(),
+            memory_actual_size: config.memory.total(),
             device_tree,
             devices,
             resources: Resources::sample(slots).unwrap_or(Resources {
@@ -144,6 +244,7 @@ impl VmControl for Control {
     fn add_device(&self, req: AddDevice) -> Result<PciDeviceInfo, ApiError> {
         let placement = Placement::requested(req.gh_slot, req.pci_segment);
         let (id, address) = self
+            .vm()?
             .hotplug
             .hot_add(&req.source, req.id, placement)
             .map_err(api_error)?;
@@ -154,15 +255,18 @@ impl VmControl for Control {
     }
 
     fn counters(&self) -> Counters {
-        self.hotplug.counters()
+        self.vm()
+            .map(|vm| vm.hotplug.counters())
+            .unwrap_or_default()
     }
 
     fn remove_device(&self, id: &str) -> Result<(), ApiError> {
-        self.hotplug.hot_remove(id).map_err(api_error)
+        self.vm()?.hotplug.hot_remove(id).map_err(api_error)
     }
 
     fn power_button(&self) -> Result<(), ApiError> {
-        self.ged
+        self.vm()?
+            .ged
             .lock()
             .notify(devices::ged::EVENT_POWER_BUTTON)
             .map_err(|e| ApiError::internal(format!("GED interrupt: {e}")))
@@ -170,8 +274,22 @@ impl VmControl for Control {
 
     fn shutdown_vm(&self) -> Result<(), ApiError> {
         // ghvmm's process is the VM's: shutting the VM down ends it (Cloud Hypervisor keeps
-        // an empty VMM around instead).
+        // an empty VMM around instead). During a reboot it ends the process instead of the
+        // next boot (`ExitState::rearm`).
         self.exit_soon();
+        Ok(())
+    }
+
+    fn reboot(&self) -> Result<(), ApiError> {
+        // As Cloud Hypervisor, a paused VM reboots too (and runs after it). During a reboot
+        // this one waits for the next VM, and reboots it.
+        let vm = self.vm()?;
+        if self.exit.is_set() {
+            return Err(shutting_down());
+        }
+        self.exit.request(ExitReason::Reset);
+        // Only now: the reboot's `detach` waits for this request.
+        drop(vm);
         Ok(())
     }
 
@@ -188,13 +306,15 @@ impl VmControl for Control {
                 let _ = t.kill(crate::vm::vcpu_dump::kick_signal());
             }
         };
-        self.pause
+        self.vm()?
+            .pause
             .pause(&kick, &|| self.exit.is_set(), PAUSE_TIMEOUT)
             .map_err(|e| ApiError::caused_by(STATUS_VM_ACTION_FAILED, "cannot pause the VM", &e))
     }
 
     fn resume(&self) -> Result<(), ApiError> {
-        self.pause
+        self.vm()?
+            .pause
             .resume()
             .map_err(|e| ApiError::caused_by(STATUS_VM_ACTION_FAILED, "cannot resume the VM", &e))
     }
@@ -236,6 +356,40 @@ mod tests {
             serde_json::json!(["m0", "m1"])
         );
         assert_eq!(cfg.memory.total(), 3 << 29, "memory_actual_size");
+    }
+
+    #[test]
+    fn a_request_during_a_rebuild_waits_for_the_next_vm() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let exit = Arc::new(ExitState::default());
+        let has = Arc::new(AtomicBool::new(true));
+        let has_vm = {
+            let has = has.clone();
+            move || has.load(Ordering::SeqCst)
+        };
+        let wait = |t| wait_for_vm(&has_vm, &exit, t).map_err(|e| e.messages());
+        assert_eq!(wait(Duration::ZERO), Ok(()));
+        // A reboot: the VM is gone for a while, then the next one is there.
+        exit.request(ExitReason::Reset);
+        has.store(false, Ordering::SeqCst);
+        let later = {
+            let has = has.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                has.store(true, Ordering::SeqCst);
+            })
+        };
+        assert_eq!(wait(Duration::from_secs(5)), Ok(()));
+        later.join().unwrap();
+        // A rebuild slower than the wait.
+        has.store(false, Ordering::SeqCst);
+        let slow = vec!["the VM is still rebooting after 0.1 s; try again".to_string()];
+        assert_eq!(wait(Duration::from_millis(100)), Err(slow));
+        // A shutdown during the rebuild ends the wait at once.
+        exit.request(ExitReason::PowerOff);
+        assert_eq!(exit.rearm(), Some(ExitReason::PowerOff));
+        let ending = vec!["the VM is shutting down".to_string()];
+        assert_eq!(wait(Duration::from_secs(5)), Err(ending));
     }
 
     #[test]

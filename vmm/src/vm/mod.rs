@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod exit;
+pub mod lifecycle;
 pub mod pause;
 pub mod pio;
 pub mod threads;
@@ -9,6 +10,7 @@ pub mod vcpu;
 pub mod vcpu_dump;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -18,7 +20,8 @@ use vm_memory::GuestMemoryMmap;
 use crate::arch::boot::{load_linux, BootSpec};
 use crate::arch::{cpuid, regs};
 use crate::config::VmConfig;
-use crate::device_manager::console::StdinForwarder;
+use crate::device_manager::console::{SerialSlot, StdinForwarder};
+use crate::device_manager::console_out::{ConsoleOut, QueueWriter};
 use crate::device_manager::irq_routing::GsiRouting;
 use crate::device_manager::DeviceManager;
 use crate::hotplug::{Hotplug, Placement, VmResources, EJECT_TIMEOUT};
@@ -27,6 +30,7 @@ use crate::memory::layout::{
 };
 use crate::memory::memslots::MemSlots;
 use crate::passthrough::PassthroughVm;
+use crate::vm::control::Control;
 use crate::vm::exit::{ExitReason, ExitState};
 use vcpu::VcpuContext;
 use vfio::Containers;
@@ -42,10 +46,28 @@ pub struct Vm {
     exit: Arc<ExitState>,
     pause: Arc<pause::VcpuPause>,
     vcpu_threads: VcpuThreads,
+    /// What it was built from: `vm.info`'s configuration.
+    config: VmConfig,
 }
 
 /// The vCPU threads, for the signals that kick them out of `KVM_RUN`.
 pub type VcpuThreads = Arc<parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>>;
+
+/// How long a reboot waits for the vCPU threads to leave `KVM_RUN` and end.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a vCPU thread still running is kicked again (a kick just before its
+/// `KVM_RUN` is lost).
+const VCPU_KICK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What outlives each VM of a reboot loop, set up once per process.
+pub struct Process {
+    /// Re-armed after each reboot (`ExitState::rearm`).
+    pub exit: Arc<ExitState>,
+    /// COM1's output (None with `--serial off`).
+    pub console: Option<QueueWriter>,
+    /// The current VM's vCPU threads: the register dump's listener kicks whatever is here.
+    pub vcpu_threads: VcpuThreads,
+}
 
 fn open_kvm() -> Result<Kvm> {
     let kvm = Kvm::new()
@@ -57,7 +79,7 @@ fn open_kvm() -> Result<Kvm> {
 
 impl Vm {
     /// Builds the VM and starts its vCPUs.
-    pub fn start(cfg: &VmConfig) -> Result<Vm> {
+    pub fn start(cfg: &VmConfig, process: &Process) -> Result<Vm> {
         // Open the files first: a typo in a path must not cost a KVM VM set-up.
         std::fs::metadata(&cfg.kernel)
             .with_context(|| format!("cannot read kernel {}", cfg.kernel.display()))?;
@@ -108,8 +130,12 @@ impl Vm {
             kvm.get_nr_memslots() as u32,
         )));
         let vm = Arc::new(vm);
-        let exit = Arc::new(ExitState::default());
-        let devices = DeviceManager::new(&vm, cfg, &layout, exit.clone())?;
+        let exit = process.exit.clone();
+        let out: Box<dyn std::io::Write + Send> = match &process.console {
+            Some(queue) => Box::new(queue.clone()),
+            None => Box::new(std::io::sink()),
+        };
+        let devices = DeviceManager::new(&vm, &layout, out, exit.clone())?;
         let routing = Arc::new(GsiRouting::new(vm.clone()));
         let hotplug = Hotplug::new(
             VmResources {
@@ -189,8 +215,7 @@ impl Vm {
             }
             vcpus.push(fd);
         }
-        crate::vm::vcpu_dump::install().context("setting up the register-dump signals")?;
-        let threads: VcpuThreads = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let threads = process.vcpu_threads.clone();
         let pause = Arc::new(pause::VcpuPause::new(vcpus.len()));
         for (index, fd) in vcpus.into_iter().enumerate() {
             let handle = vcpu::spawn(VcpuContext {
@@ -204,9 +229,8 @@ impl Vm {
             .context("spawning a vCPU thread")?;
             threads.lock().push(handle);
         }
-        crate::vm::vcpu_dump::spawn_listener(threads.clone(), exit.clone())
-            .context("spawning the register-dump thread")?;
         Ok(Vm {
+            config: cfg.clone(),
             hotplug,
             _vm: vm,
             _mem: mem,
@@ -222,17 +246,126 @@ impl Vm {
         self.exit.wait()
     }
 
-    pub fn stdin_forwarder(&self) -> StdinForwarder {
-        StdinForwarder::new(self.devices.serial.clone(), self.exit.clone())
+    /// Stops the vCPU threads: parked ones are let go, the others kicked out of `KVM_RUN`
+    /// until each has seen the exit and ended; then joins them and detaches every device.
+    pub fn stop(&self) -> Result<()> {
+        use vmm_sys_util::signal::Killable;
+        // Only a paused VM has parked vCPUs; the error says it was not paused.
+        let _ = self.pause.resume();
+        let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
+        let mut threads = self.vcpu_threads.lock();
+        loop {
+            let running: Vec<_> = threads.iter().filter(|t| !t.is_finished()).collect();
+            if running.is_empty() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} of {} vCPU threads did not stop within {} s",
+                running.len(),
+                threads.len(),
+                VCPU_STOP_TIMEOUT.as_secs()
+            );
+            for t in running {
+                // One that ended meanwhile needs no kick.
+                let _ = t.kill(crate::vm::vcpu_dump::kick_signal());
+            }
+            std::thread::sleep(VCPU_KICK_INTERVAL);
+        }
+        for t in threads.drain(..) {
+            // A panic was already reported as the VM's fault by `spawn_guarded`.
+            let _ = t.join();
+        }
+        // No vCPU can reach a device now: close them, so the next VM can open them again.
+        self.hotplug.detach_all();
+        Ok(())
     }
 }
 
 /// How long the end of the VM waits for API requests already read to be answered.
 const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Runs the VM to its end. The caller exits the process right after: vCPU threads may still
-/// be inside `KVM_RUN`, so the VM is deliberately not torn down here (unmapping guest memory
-/// under a running vCPU would only produce spurious faults); process exit releases it all.
+impl lifecycle::Machine for Vm {
+    fn attached(&self) -> Vec<crate::hotplug::AttachedDevice> {
+        self.hotplug.attached()
+    }
+    fn stop(&self) -> Result<()> {
+        Vm::stop(self)
+    }
+}
+
+/// Boots ghvmm's VMs: hands each to the API, and on the first boot starts what the process
+/// keeps across reboots (the API thread, console input) and enters the main thread's filter.
+struct Booter<'a> {
+    process: &'a Process,
+    control: Option<Arc<Control>>,
+    api: Option<std::os::unix::net::UnixListener>,
+    /// The API thread once started: the end waits for the answers it owes.
+    server: Option<crate::api::Server>,
+    serial: SerialSlot,
+    console_in: Option<crate::device_manager::console::RawModeGuard>,
+    tty: bool,
+}
+
+impl lifecycle::Booter for Booter<'_> {
+    type Vm = Vm;
+
+    fn start(&mut self, cfg: &VmConfig) -> Result<Vm> {
+        if self.control.is_none() {
+            crate::event_monitor::emit("vm", "booting", &[]);
+        }
+        Vm::start(cfg, self.process)
+    }
+
+    fn started(&mut self, vm: &Vm, boot: u32) -> Result<()> {
+        *self.serial.lock() = Some(vm.devices.serial.clone());
+        let parts = control::VmParts {
+            config: vm.config.clone(),
+            hotplug: vm.hotplug.clone(),
+            ged: vm.devices.ged.clone(),
+            pause: vm.pause.clone(),
+            platform_nodes: vm.devices.platform_nodes.clone(),
+        };
+        if let Some(control) = &self.control {
+            control.attach(parts);
+        } else {
+            let control = Arc::new(Control::new(
+                parts,
+                self.process.exit.clone(),
+                self.process.vcpu_threads.clone(),
+            ));
+            if let Some(listener) = self.api.take() {
+                self.server = Some(
+                    crate::api::spawn(listener, control.clone())
+                        .context("starting the API thread")?,
+                );
+            }
+            self.control = Some(control);
+        }
+        if boot == 0 {
+            if self.tty {
+                self.console_in =
+                    StdinForwarder::new(self.serial.clone(), self.process.exit.clone()).start();
+            }
+            // Every thread that lives as long as the process is started; the main thread
+            // from here waits, rebuilds the VM on a reboot, and cleans up.
+            crate::seccomp::enter(crate::seccomp::ThreadKind::Main)?;
+        }
+        Ok(())
+    }
+
+    fn stopping(&mut self) {
+        *self.serial.lock() = None;
+        if let Some(control) = &self.control {
+            control.detach();
+        }
+    }
+}
+
+/// Runs the VM to its end, rebooting it in place of the guest's resets. The caller exits
+/// the process right after: the last VM's vCPU threads may still be inside `KVM_RUN`, so
+/// that VM is deliberately not torn down here (unmapping guest memory under a running vCPU
+/// would only produce spurious faults); process exit releases it all.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     // Before anything opens descriptors: every enabled MSI-X vector holds one.
     match crate::fd_limit::raise() {
@@ -252,34 +385,35 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
             crate::api::bind_owned(a).map_err(anyhow::Error::from)
         })
         .transpose()?;
-    crate::event_monitor::emit("vm", "booting", &[]);
-    let vm = Vm::start(cfg)?;
-    crate::event_monitor::emit("vm", "booted", &[]);
-    let (socket_file, server) = match api {
-        Some((listener, file)) => {
-            let control = Arc::new(crate::vm::control::Control {
-                config: cfg.clone(),
-                hotplug: vm.hotplug.clone(),
-                ged: vm.devices.ged.clone(),
-                exit: vm.exit.clone(),
-                pause: vm.pause.clone(),
-                vcpu_threads: vm.vcpu_threads.clone(),
-                platform_nodes: vm.devices.platform_nodes.clone(),
-            });
-            let server = crate::api::spawn(listener, control).context("starting the API thread")?;
-            (file, Some(server))
-        }
+    let (listener, socket_file) = match api {
+        Some((listener, file)) => (Some(listener), file),
         None => (None, None),
     };
-    let console = if cfg.serial == crate::config::SerialConfig::Tty {
-        vm.stdin_forwarder().start()
-    } else {
-        None
+    let exit = Arc::new(ExitState::default());
+    let (console, queue): (Option<ConsoleOut>, _) =
+        match crate::device_manager::open_console(cfg, exit.clone())? {
+            Some((console, queue)) => (Some(console), Some(queue)),
+            None => (None, None),
+        };
+    let process = Process {
+        exit,
+        console: queue,
+        vcpu_threads: VcpuThreads::default(),
     };
-    // Every thread is started; from here the main thread only waits and cleans up.
-    crate::seccomp::enter(crate::seccomp::ThreadKind::Main)?;
-    let reason = vm.wait();
-    if let Some(server) = &server {
+    crate::vm::vcpu_dump::install().context("setting up the register-dump signals")?;
+    crate::vm::vcpu_dump::spawn_listener(process.vcpu_threads.clone(), process.exit.clone())
+        .context("spawning the register-dump thread")?;
+    let mut booter = Booter {
+        process: &process,
+        control: None,
+        api: listener,
+        server: None,
+        serial: SerialSlot::default(),
+        console_in: None,
+        tty: cfg.serial == crate::config::SerialConfig::Tty,
+    };
+    let ended = lifecycle::run(cfg, &process.exit, &mut booter);
+    if let Some(server) = &booter.server {
         if !server.wait_answered(ANSWER_TIMEOUT) {
             log::warn!(
                 "the VM ended with API requests unanswered after {} s; they get none",
@@ -287,18 +421,19 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
             );
         }
     }
-    // ghvmm ends with its guest, whether it powered off or reset: both end the VM.
+    // ghvmm ends with its guest's power-off (or a fault, or a VM that cannot boot again).
     crate::event_monitor::emit("vm", "shutdown", &[]);
     crate::event_monitor::emit("vmm", "shutdown", &[]);
     crate::event_monitor::global().drain(crate::event_monitor::DRAIN_TIMEOUT);
-    if let Some(console) = &vm.devices.console_out {
+    if let Some(console) = &console {
         console.drain(crate::device_manager::console_out::DRAIN_TIMEOUT);
     }
-    drop(console);
+    drop(booter.console_in.take());
     // Only the socket file ghvmm made, and only if the path still names it.
     if let Some(file) = socket_file {
         file.remove();
     }
-    std::mem::forget(vm);
-    Ok(reason)
+    let ended = ended?;
+    std::mem::forget(ended.vm);
+    Ok(ended.reason)
 }
