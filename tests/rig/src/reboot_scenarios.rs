@@ -10,7 +10,7 @@
 use crate::l3::L3;
 use crate::scenario::{Scenario, BOOT_VMM, L3_CHECKS, NO_ACPI_DUMP};
 use crate::vfio_scenarios::{
-    bind_ivshmem, bind_variant, gh_file_checks_for, GH_DEVICE_CHECKS, GH_LENGTHS,
+    bind_ivshmem, bind_variant, gh_file_checks_for, GH_DEVICE_CHECKS, GH_LENGTHS, IVSHMEM_CHECKS,
 };
 
 /// Boots L2 waits for, in all.
@@ -119,17 +119,6 @@ pub fn boot_reboot() -> Scenario {
         &[],
     )
 }
-
-/// The checks tests/checker/src/vfio.rs reports for L2's ivshmem (`ghvmm.vfio=ivshmem`).
-const IVSHMEM_CHECKS: &[&str] = &[
-    "vfio-bind",
-    "vfio-present",
-    "vfio-bar2",
-    "vfio-bar2-data",
-    "vfio-bar0-padding",
-    "vfio-decode-off",
-    "vfio-bar-move",
-];
 
 fn vfio_reboot() -> Scenario {
     reboot_scenario(

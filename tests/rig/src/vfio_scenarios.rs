@@ -251,26 +251,24 @@ pub fn gh_patterns(len: u64) -> [(u64, [u8; 16]); 3] {
     ]
 }
 
+/// The checks tests/checker/src/vfio.rs reports for L2's ivshmem (`ghvmm.vfio=ivshmem`).
+pub const IVSHMEM_CHECKS: &[&str] = &[
+    "vfio-bind",
+    "vfio-present",
+    "vfio-bar2",
+    "vfio-bar2-data",
+    "vfio-bar0-padding",
+    "vfio-decode-off",
+    "vfio-bar-move",
+];
+
 fn ivshmem_scenario() -> Scenario {
     let l3 = L3::new(BOOT_VMM, 2, "512M")
         .cmdline("ghvmm.vfio=ivshmem")
         .vmm_args("--device path=$IVSHMEM,id=shm0");
     Scenario {
         setup: bind_ivshmem("vfio-pci"),
-        expect: [
-            L3_CHECKS,
-            &[
-                "vfio-bind",
-                "vfio-present",
-                "vfio-bar2",
-                "vfio-bar2-data",
-                "vfio-bar0-padding",
-                "vfio-decode-off",
-                "vfio-bar-move",
-                "host-file",
-            ],
-        ]
-        .concat(),
+        expect: [L3_CHECKS, IVSHMEM_CHECKS, &["host-file"]].concat(),
         host_checks: Some(Box::new(|s, d, _| ivshmem_file_check(s, d))),
         ..Scenario::boot(
             "vfio-ivshmem",
