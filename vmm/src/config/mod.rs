@@ -577,7 +577,7 @@ pub fn parse_id(s: &str) -> std::result::Result<String, String> {
     }
     if s.starts_with(RESERVED_ID_PREFIX) {
         return Err(format!(
-            "ids starting with '{RESERVED_ID_PREFIX}' are ghvmm's own devices'"
+            "ids starting with '{RESERVED_ID_PREFIX}' are reserved for ghvmm's own devices"
         ));
     }
     Ok(s.to_string())
