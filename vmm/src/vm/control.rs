@@ -111,6 +111,16 @@ fn api_error(e: HotplugError) -> ApiError {
     ApiError::new(status(&e), e.to_string())
 }
 
+/// The configuration `vm.info` shows: with a VM, its devices are those attached now (as in
+/// Cloud Hypervisor, whose config follows hot add and removal); during a reboot's rebuild,
+/// the configuration being booted.
+fn info_config(config: &VmConfig, attached: Option<&[crate::hotplug::AttachedDevice]>) -> VmConfig {
+    match attached {
+        Some(attached) => crate::vm::lifecycle::next_config(config, attached),
+        None => config.clone(),
+    }
+}
+
 /// The configuration as Cloud Hypervisor's `vm.info` shows it, for the parts ghvmm has.
 fn config_json(c: &VmConfig) -> serde_json::Value {
     serde_json::json!({
@@ -205,6 +215,10 @@ impl VmControl for Control {
             })
             .chain(platform)
             .collect();
+        // As Cloud Hypervisor does, `config.devices` follows hot add and removal: the
+        // devices the next boot would have.
+        let current: Vec<_> = attached.iter().map(|(d, _)| d.clone()).collect();
+        let have_vm = vm.is_ok();
         let devices = attached
             .into_iter()
             .map(|(d, _)| DeviceInfo {
@@ -219,6 +233,7 @@ impl VmControl for Control {
         let paused = vm.as_ref().is_ok_and(|vm| vm.pause.is_paused());
         drop(vm);
         let config = self.config.lock().clone();
+        let config = info_config(&config, have_vm.then_some(current.as_slice()));
         VmInfo {
             // A reboot is not a state of Cloud Hypervisor's: the VM runs again in a moment.
             state: if self.exit.is_set() && !self.exit.is_rebooting() {
@@ -356,6 +371,45 @@ mod tests {
             serde_json::json!(["m0", "m1"])
         );
         assert_eq!(cfg.memory.total(), 3 << 29, "memory_actual_size");
+    }
+
+    #[test]
+    fn vm_info_config_devices_follow_hot_add_and_removal() {
+        use clap::Parser;
+        let cfg = crate::config::cli::Cli::try_parse_from([
+            "ghvmm",
+            "--kernel",
+            "/k",
+            "--device",
+            "path=/boot-dev,id=a",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        let devices = |attached: Option<&[crate::hotplug::AttachedDevice]>| {
+            config_json(&info_config(&cfg, attached))["devices"].clone()
+        };
+        // `a` removed, `b` hot-added.
+        let now = [crate::hotplug::AttachedDevice {
+            id: "b".into(),
+            path: "/hot-dev".into(),
+            user: false,
+            address: acpi::PciAddress {
+                segment: 0,
+                bus: 0,
+                device: 2,
+                function: 0,
+            },
+        }];
+        assert_eq!(
+            devices(Some(&now)),
+            serde_json::json!([{"path": "/hot-dev", "id": "b"}])
+        );
+        // Mid-rebuild: the configuration being booted.
+        assert_eq!(
+            devices(None),
+            serde_json::json!([{"path": "/boot-dev", "id": "a"}])
+        );
     }
 
     #[test]
