@@ -13,8 +13,10 @@
 //! exactly one node, GH slots on segments 1..); a device ghvmm-remote accepts is accepted by
 //! the API server with the same path, id and slot.
 
-use clap::Parser;
-use vmm::config::cli::Cli;
+use std::cell::RefCell;
+
+use clap::{CommandFactory, FromArgMatches};
+use vmm::config::cli::CliParser;
 use vmm::config::numa::{Initiator, Topology};
 use vmm::config::{
     parse_console, parse_cpu_list, parse_distances, parse_id, parse_size, ApiSocketConfig,
@@ -328,8 +330,19 @@ pub fn check_topology(t: &Topology, boot: u8) {
     }
 }
 
+// The parsers, built once per thread: building one (clap checks the whole definition in
+// this debug-assertions build) cost more than the parse itself. `CliParser` is what
+// `Cli::parse_from_args` uses; vmm's tests show a reused one answers as a fresh one.
+thread_local! {
+    static GHVMM: RefCell<CliParser> = RefCell::new(CliParser::default());
+    static REMOTE: RefCell<clap::Command> =
+        RefCell::new(vmm::api::client::RemoteCli::command());
+}
+
 fn argv(args: &[&str]) {
-    let cli = match Cli::parse_from_args(std::iter::once("ghvmm").chain(args.iter().copied())) {
+    let parsed =
+        GHVMM.with_borrow_mut(|p| p.parse(std::iter::once("ghvmm").chain(args.iter().copied())));
+    let cli = match parsed {
         Ok(c) => c,
         Err(vmm::config::cli::ParseError::Clap(e)) => {
             // main.rs prints the first line of clap's message.
@@ -357,7 +370,10 @@ fn argv(args: &[&str]) {
 fn remote(args: &[&str]) {
     use vmm::api::client::RemoteCli;
     let cli = std::iter::once("ghvmm-remote").chain(args.iter().copied());
-    let Ok(cli) = RemoteCli::try_parse_from(cli) else {
+    let Ok(matches) = REMOTE.with_borrow_mut(|c| c.try_get_matches_from_mut(cli)) else {
+        return;
+    };
+    let Ok(cli) = RemoteCli::from_arg_matches(&matches) else {
         return;
     };
     match cli.command.request() {
