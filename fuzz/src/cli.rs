@@ -86,6 +86,9 @@ fn numa_str(n: &NumaConfig) -> String {
     if let Some(d) = &n.device_id {
         s += &format!(",device_id={d}");
     }
+    if !n.memory_zones.is_empty() {
+        s += &format!(",memory_zones=[{}]", n.memory_zones.join(","));
+    }
     s
 }
 
@@ -202,6 +205,10 @@ fn option(mode: &str, s: &str) {
                 }
                 check_distances(n.guest_numa_id, &n.distances);
                 assert!(!(n.cpus.is_some() && n.device_id.is_some()));
+                assert!(!(n.device_id.is_some() && !n.memory_zones.is_empty()));
+                for z in &n.memory_zones {
+                    assert_eq!(parse_id(z).as_ref(), Ok(z));
+                }
                 assert_eq!(NumaConfig::parse(&numa_str(&n)), Ok(n));
             }
         }
@@ -431,6 +438,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("numa", "numa\nguest_numa_id=1,cpus=[0-2,5],distances=[0@20,2@30]"),
         ("numa-old-syntax", "numa\nguest_numa_id=1,cpus=0-2:5,distances=0@20:2@30"),
         ("numa-gi", "numa\nguest_numa_id=2,device_id=nic0"),
+        ("numa-zones", "numa\nguest_numa_id=1,memory_zones=[m0,m1]"),
         ("gh", "gh\nslots=2,nodes=8,distance=20,dsd=on,bar_space=256G"),
         ("api-socket", "api-socket\npath=/run/ghvmm.sock"),
         ("api-socket-fd", "api-socket\nfd=3"),
