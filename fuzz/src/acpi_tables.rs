@@ -422,8 +422,13 @@ fn madt_apic_ids(t: &[u8]) -> BTreeSet<u32> {
     ids
 }
 
-/// Every table agrees with the description it was built from.
-pub fn check_blob(desc: &PlatformDesc, blob: &AcpiBlob, base: u64, limit: u64) {
+/// Every table agrees with the description it was built from; the tables, by signature.
+pub fn check_blob(
+    desc: &PlatformDesc,
+    blob: &AcpiBlob,
+    base: u64,
+    limit: u64,
+) -> BTreeMap<[u8; 4], Vec<u8>> {
     let tables = read_tables(blob, base, limit);
     let want: BTreeSet<u32> = desc.apic_ids.iter().copied().collect();
     assert_eq!(madt_apic_ids(&tables[b"APIC"]), want, "MADT processors");
@@ -445,6 +450,7 @@ pub fn check_blob(desc: &PlatformDesc, blob: &AcpiBlob, base: u64, limit: u64) {
             assert_eq!(parse_slit(&tables[b"SLIT"]), numa.distances, "SLIT");
         }
     }
+    tables
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -550,9 +556,12 @@ fn run_vm(v: &VmInput) {
             mmio64_size: size,
         });
     let phys_bits = 32 + v.phys_bits % 21;
-    let Ok(layout) =
-        Layout::with_segments(cfg.memory.total(), cfg.platform.mmio64_size, extra, phys_bits)
-    else {
+    let Ok(layout) = Layout::with_segments(
+        cfg.memory.total(),
+        cfg.platform.mmio64_size,
+        extra,
+        phys_bits,
+    ) else {
         return;
     };
     let placed: Vec<PciAddress> = (0..cfg.devices.len())
@@ -582,8 +591,7 @@ fn run_vm(v: &VmInput) {
     );
     let blob = acpi::build_tables(&desc, ACPI_START, ACPI_LIMIT)
         .unwrap_or_else(|e| panic!("a configuration the VMM accepts has no tables: {e}"));
-    check_blob(&desc, &blob, ACPI_START, ACPI_LIMIT);
-    let tables = read_tables(&blob, ACPI_START, ACPI_LIMIT);
+    let tables = check_blob(&desc, &blob, ACPI_START, ACPI_LIMIT);
     // Against the configuration itself, not only the description made of it.
     match &topology {
         None => assert!(!tables.contains_key(b"SRAT")),
@@ -802,7 +810,9 @@ fn run_desc(d: &DescInput) {
         }
     }
     match acpi::build_tables(&p, base, limit) {
-        Ok(blob) => check_blob(&p, &blob, base, limit),
+        Ok(blob) => {
+            check_blob(&p, &blob, base, limit);
+        }
         Err(e) => assert!(!e.to_string().contains('\n'), "{e}"),
     }
 }

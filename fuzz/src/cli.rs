@@ -13,8 +13,10 @@
 //! exactly one node, GH slots on segments 1..); a device ghvmm-remote accepts is accepted by
 //! the API server with the same path, id and slot.
 
-use clap::Parser;
-use vmm::config::cli::Cli;
+use std::cell::RefCell;
+
+use clap::{CommandFactory, FromArgMatches};
+use vmm::config::cli::CliParser;
 use vmm::config::numa::{Initiator, Topology};
 use vmm::config::{
     parse_console, parse_cpu_list, parse_distances, parse_id, parse_size, ApiSocketConfig,
@@ -83,6 +85,9 @@ fn numa_str(n: &NumaConfig) -> String {
     }
     if let Some(d) = &n.device_id {
         s += &format!(",device_id={d}");
+    }
+    if !n.memory_zones.is_empty() {
+        s += &format!(",memory_zones=[{}]", n.memory_zones.join(","));
     }
     s
 }
@@ -200,6 +205,10 @@ fn option(mode: &str, s: &str) {
                 }
                 check_distances(n.guest_numa_id, &n.distances);
                 assert!(!(n.cpus.is_some() && n.device_id.is_some()));
+                assert!(!(n.device_id.is_some() && !n.memory_zones.is_empty()));
+                for z in &n.memory_zones {
+                    assert_eq!(parse_id(z).as_ref(), Ok(z));
+                }
                 assert_eq!(NumaConfig::parse(&numa_str(&n)), Ok(n));
             }
         }
@@ -328,8 +337,19 @@ pub fn check_topology(t: &Topology, boot: u8) {
     }
 }
 
+// The parsers, built once per thread: building one (clap checks the whole definition in
+// this debug-assertions build) cost more than the parse itself. `CliParser` is what
+// `Cli::parse_from_args` uses; vmm's tests show a reused one answers as a fresh one.
+thread_local! {
+    static GHVMM: RefCell<CliParser> = RefCell::new(CliParser::default());
+    static REMOTE: RefCell<clap::Command> =
+        RefCell::new(vmm::api::client::RemoteCli::command());
+}
+
 fn argv(args: &[&str]) {
-    let cli = match Cli::parse_from_args(std::iter::once("ghvmm").chain(args.iter().copied())) {
+    let parsed =
+        GHVMM.with_borrow_mut(|p| p.parse(std::iter::once("ghvmm").chain(args.iter().copied())));
+    let cli = match parsed {
         Ok(c) => c,
         Err(vmm::config::cli::ParseError::Clap(e)) => {
             // main.rs prints the first line of clap's message.
@@ -357,7 +377,10 @@ fn argv(args: &[&str]) {
 fn remote(args: &[&str]) {
     use vmm::api::client::RemoteCli;
     let cli = std::iter::once("ghvmm-remote").chain(args.iter().copied());
-    let Ok(cli) = RemoteCli::try_parse_from(cli) else {
+    let Ok(matches) = REMOTE.with_borrow_mut(|c| c.try_get_matches_from_mut(cli)) else {
+        return;
+    };
+    let Ok(cli) = RemoteCli::from_arg_matches(&matches) else {
         return;
     };
     match cli.command.request() {
@@ -415,6 +438,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("numa", "numa\nguest_numa_id=1,cpus=[0-2,5],distances=[0@20,2@30]"),
         ("numa-old-syntax", "numa\nguest_numa_id=1,cpus=0-2:5,distances=0@20:2@30"),
         ("numa-gi", "numa\nguest_numa_id=2,device_id=nic0"),
+        ("numa-zones", "numa\nguest_numa_id=1,memory_zones=[m0,m1]"),
         ("gh", "gh\nslots=2,nodes=8,distance=20,dsd=on,bar_space=256G"),
         ("api-socket", "api-socket\npath=/run/ghvmm.sock"),
         ("api-socket-fd", "api-socket\nfd=3"),

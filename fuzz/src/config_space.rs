@@ -19,7 +19,7 @@
 //! writes read back, and no region access leaves its region.
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
@@ -223,7 +223,7 @@ impl RegionIo for FakeConfig {
 struct FakeRegion {
     bar: usize,
     size: u64,
-    written: Mutex<HashMap<u64, u8>>,
+    written: Mutex<BTreeMap<u64, u8>>,
 }
 
 fn region_byte(bar: usize, offset: u64) -> u8 {
@@ -272,7 +272,7 @@ impl RegionIo for FakeRegion {
 #[derive(Default)]
 struct KindState {
     vectors: Option<u16>,
-    routes: HashMap<u16, MsiMessage>,
+    routes: BTreeMap<u16, MsiMessage>,
 }
 
 #[derive(Default)]
@@ -351,11 +351,11 @@ struct Harness {
     dev: FakeConfig,
     irq: SharedInterrupts,
     sink: Arc<Mutex<SinkState>>,
-    bars: HashMap<usize, GuestBar>,
+    bars: BTreeMap<usize, GuestBar>,
     /// The BAR whose trap consults the MSI-X table (the table's BAR, if it exists).
     table_bar: Option<usize>,
     /// Where each BAR decoded after the last config write (where the VMM has it mapped).
-    mapped: HashMap<usize, u64>,
+    mapped: BTreeMap<usize, u64>,
 }
 
 fn region_size(b: &Bar) -> u64 {
@@ -382,7 +382,7 @@ fn bar_number(b: &Bar) -> usize {
 /// the input lists (the last one listed for a number wins).
 struct FakeFunction<'a> {
     config: &'a FakeConfig,
-    regions: HashMap<usize, &'a Bar>,
+    regions: BTreeMap<usize, &'a Bar>,
 }
 
 impl FunctionInfo for FakeFunction<'_> {
@@ -473,7 +473,7 @@ impl Harness {
         let probe = probe_bars(&function, &msix, &LIMITS).ok()?;
         let mut next32 = MMIO32_BASE;
         let mut next64 = MMIO64_BASE;
-        let mut bars = HashMap::new();
+        let mut bars = BTreeMap::new();
         let mut specs = Vec::new();
         for bar in probe.bars {
             let bar_size = bar.layout.bar_size;
@@ -496,7 +496,7 @@ impl Harness {
                     region: FakeRegion {
                         bar: bar.index,
                         size: bar.region.size,
-                        written: Mutex::new(HashMap::new()),
+                        written: Mutex::new(BTreeMap::new()),
                     },
                     layout: bar.layout,
                 },

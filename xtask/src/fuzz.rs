@@ -303,6 +303,10 @@ pub fn run(root: &Path, seconds: u64, only: &[String]) -> Result<bool> {
             format!("-malloc_limit_mb={RSS_LIMIT_MB}"),
             format!("-max_len={max_len}"),
             "-print_final_stats=1".into(),
+            // No rereading of the scratch corpus every second for units other processes
+            // wrote: one process fuzzes a target at a time, and the stat of thousands of
+            // files each second is measurable.
+            "-reload=0".into(),
         ];
         let dict = fuzz_dir.join("dict").join(format!("{target}.dict"));
         if dict.exists() {

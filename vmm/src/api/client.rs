@@ -431,6 +431,30 @@ mod tests {
         c.command.request().map_err(|e| e.to_string())
     }
 
+    /// One `RemoteCli::command()` reused for many command lines (as the fuzzer does)
+    /// answers each as `try_parse_from` does.
+    #[test]
+    fn a_reused_command_answers_as_a_fresh_one() {
+        use clap::{CommandFactory, FromArgMatches};
+        let lines: &[&[&str]] = &[
+            &["--api-socket", "/s", "add-device", "path=/g,id=gpu1"],
+            &["--api-socket", "/s", "no-such-verb"],
+            &["--api-socket", "/s", "--timeout", "0", "info"],
+            &["--api-socket", "/t", "remove-device", "gpu1"],
+            &["--api-socket", "/s", "add-device", "path=/g,id=gpu1"],
+        ];
+        let mut reused = RemoteCli::command();
+        for line in lines {
+            let args = || std::iter::once("ghvmm-remote").chain(line.iter().copied());
+            let fresh = cli(line).map_err(|e| arg_error_line(&e));
+            let again = reused
+                .try_get_matches_from_mut(args())
+                .and_then(|m| RemoteCli::from_arg_matches(&m))
+                .map_err(|e| arg_error_line(&e));
+            assert_eq!(format!("{again:?}"), format!("{fresh:?}"), "{line:?}");
+        }
+    }
+
     #[test]
     fn verbs_map_to_ch_endpoints() {
         let s = ["--api-socket", "/s"];

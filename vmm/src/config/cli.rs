@@ -135,15 +135,15 @@ pub enum ParseError {
     Unsupported(&'static str),
 }
 
-impl Cli {
-    /// Parses the command line. Cloud Hypervisor's options that ghvmm lacks are known to the
-    /// parser (hidden, taking any values) so that the first one given is named in its own
-    /// error rather than reported as an unknown argument.
-    pub fn parse_from_args<I, T>(args: I) -> Result<Cli, ParseError>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<OsString> + Clone,
-    {
+/// The `ghvmm` command-line parser: `Cli`'s options, plus Cloud Hypervisor's options that
+/// ghvmm lacks, known to the parser (hidden, taking any values) so that the first one given is
+/// named in its own error rather than reported as an unknown argument. One parser serves any
+/// number of command lines: building it (clap checks the whole definition in debug builds)
+/// costs more than a parse, which matters to a caller that parses many (the fuzzer).
+pub struct CliParser(clap::Command);
+
+impl Default for CliParser {
+    fn default() -> Self {
         let mut cmd = Cli::command();
         for &name in UNSUPPORTED_OPTIONS {
             cmd = cmd.arg(
@@ -154,8 +154,19 @@ impl Cli {
                     .action(ArgAction::Append),
             );
         }
+        CliParser(cmd)
+    }
+}
+
+impl CliParser {
+    /// Parses one command line (its first item is the program name).
+    pub fn parse<I, T>(&mut self, args: I) -> Result<Cli, ParseError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let matches = cmd.try_get_matches_from(&args)?;
+        let matches = self.0.try_get_matches_from_mut(&args)?;
         // clap keeps no index for an option given without values, so the first one is
         // found in the arguments themselves (`--name` or `--name=...`).
         let given = |name: &str| {
@@ -175,6 +186,17 @@ impl Cli {
             return Err(ParseError::Unsupported(name));
         }
         Ok(Cli::from_arg_matches(&matches)?)
+    }
+}
+
+impl Cli {
+    /// Parses the command line (`CliParser`, built for this one line).
+    pub fn parse_from_args<I, T>(args: I) -> Result<Cli, ParseError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        CliParser::default().parse(args)
     }
 
     /// `--event-monitor`, parsed.
@@ -313,6 +335,30 @@ mod tests {
     /// `parse` with `--kernel /k` first: most tests are about the options after it.
     fn boot(args: &[&str]) -> Result<VmConfig, String> {
         parse(&[&["--kernel", "/k"], args].concat())
+    }
+
+    /// A parser reused for many command lines answers each as a fresh one does: clap keeps
+    /// nothing of one parse for the next (values, errors, the unsupported option named).
+    #[test]
+    fn a_reused_parser_answers_as_a_fresh_one() {
+        let lines: &[&[&str]] = &[
+            &["--kernel", "/k", "--cpus", "boot=2", "--device", "path=/a"],
+            &["--kernel", "/k", "--no-such-option"],
+            &["--kernel", "/k", "--net", "tap=t0", "--vsock", "cid=3"],
+            &["--kernel", "/k", "--cpus"],
+            &["--kernel", "/k2", "-vv"],
+            &["--kernel", "/k", "--cpus", "boot=2", "--device", "path=/a"],
+        ];
+        let show = |r: Result<Cli, ParseError>| match r {
+            Ok(c) => format!("{c:?}"),
+            Err(e) => format!("error: {e}"),
+        };
+        let mut reused = CliParser::default();
+        for line in lines {
+            let args = || std::iter::once("ghvmm").chain(line.iter().copied());
+            let fresh = show(Cli::parse_from_args(args()));
+            assert_eq!(show(reused.parse(args())), fresh, "{line:?}");
+        }
     }
 
     #[test]
