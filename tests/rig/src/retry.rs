@@ -165,11 +165,24 @@ impl FlakyRecord {
         }
     }
 
-    /// The checks that `scenario`'s first attempt failed now and in its previous run.
+    /// The checks that `scenario`'s first attempt failed now and in its previous run. Not
+    /// when either first attempt lost L2 itself (a lockup, a CPU reset, a hang: the
+    /// `RUN_ENDED_EARLY` checks): the guest's checks then fail because L2 stopped, whatever
+    /// they test, so two such runs share failing checks without sharing a cause, and the
+    /// emulation kills L2 often enough (docs/testing.md) for a long scenario to meet it
+    /// twice in a row. A guest or VMM that dies twice under a living L2 is still reported.
     pub fn repeated(&self, scenario: &str, now: &ScenarioRecord) -> Vec<String> {
         let Some(before) = self.scenarios.get(scenario) else {
             return Vec::new();
         };
+        let lost_l2 = |r: &ScenarioRecord| {
+            r.first_attempt_failed
+                .iter()
+                .any(|c| RUN_ENDED_EARLY.contains(&c.as_str()))
+        };
+        if lost_l2(now) || lost_l2(before) {
+            return Vec::new();
+        }
         now.first_attempt_failed
             .iter()
             .filter(|c| before.first_attempt_failed.contains(c))
@@ -374,6 +387,21 @@ mod tests {
         assert!(before.repeated("a", &rec(1, true, &[])).is_empty());
         assert!(before.repeated("b", &rec(2, true, &["init"])).is_empty());
         assert!(before.repeated("new", &rec(2, true, &["init"])).is_empty());
+        // L2 lost in either first attempt: its checks failed for want of L2, not repeated.
+        let l2_lost = ["gh-data", "l2-done"];
+        assert!(before.repeated("a", &rec(2, true, &l2_lost)).is_empty());
+        assert!(before
+            .repeated("a", &rec(2, true, &["gh-data", "timeout"]))
+            .is_empty());
+        let after_l2_loss = FlakyRecord::default().updated(&[("a".into(), rec(2, true, &l2_lost))]);
+        assert!(after_l2_loss
+            .repeated("a", &rec(2, true, &["gh-data", "vmm-exit"]))
+            .is_empty());
+        // The guest or its VMM lost twice under a living L2: still a repeat.
+        assert_eq!(
+            before.repeated("a", &rec(2, true, &["vmm-exit"])),
+            ["vmm-exit"]
+        );
         // A run of only "b" keeps "a"'s history for the next run of "a".
         let after = before.updated(&[("b".into(), rec(1, true, &[]))]);
         assert_eq!(after.scenarios["a"], before.scenarios["a"]);
