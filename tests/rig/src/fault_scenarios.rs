@@ -118,11 +118,11 @@ fn sigkill_scenario() -> Scenario {
         "{bind}\
          start_l3 {first}\n\
          wait_marker '@@HOTPLUG present 1 ' 120\n\
-         l2_check sigkill-attached $? 'the first guest never saw the device'\n\
+         l2_check sigkill-attached $? \"$(early_why 'the first guest never saw the device')\"\n\
          kill -9 $l3pid\n\
          finish_l3 30\n\
          [ $rc = 137 ]\n\
-         l2_check sigkill-killed $? \"the first ghvmm ended with $why, not by SIGKILL\"\n\
+         l2_check sigkill-killed $? \"$(early_why \"the first ghvmm ended with $why, not by SIGKILL\")\"\n\
          readlink $IVSHMEM/driver | grep -q ghvmm_test_vfio\n\
          l2_check sigkill-still-bound $? 'the device left its driver'\n\
          {second}",
@@ -398,6 +398,8 @@ pub fn all() -> Vec<Scenario> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retry::Verdict;
+    use crate::CheckResult;
 
     #[test]
     fn eio_layout_puts_the_probes_in_the_unmapped_real_part() {
@@ -469,6 +471,78 @@ mod tests {
             assert!(sh.contains(&format!("l2_check {check} ")), "{check}");
         }
         assert!(s.timeout.as_secs() > 240);
+    }
+
+    /// The first VMM's checks of fault-sigkill, run by sh with L2's own `wait_marker`,
+    /// `early_why` and `finish_l3` around a stand-in first VMM (`first`, a shell command run
+    /// in the background), classified as the rig would with the second VMM's clean exit.
+    fn sigkill_first_vmm(first: &str) -> (Vec<String>, Verdict) {
+        let sh = sigkill_scenario().script();
+        let from = sh.find("wait_marker '@@HOTPLUG present 1 '").unwrap();
+        let to = from + sh[from..].find("readlink $IVSHMEM/driver").unwrap();
+        // No console file: the marker never comes, after 1 s rather than 120.
+        let checks = sh[from..to]
+            .replace(
+                "wait_marker '@@HOTPLUG present 1 ' 120",
+                "wait_marker '@@NEVER' 1",
+            )
+            .replace("/tmp/l3.out", "/nonexistent");
+        let fragment = format!(
+            "{}l3_diagnostics() {{ :; }}
+devmaps_report() {{ :; }}
+             L2_DEFER=/dev/null
+{first} &
+l3pid=$!
+sleep 0.3
+{}",
+            crate::shell_test::l2_init_functions(&["wait_marker", "early_why", "finish_l3"]),
+            checks,
+        );
+        let shell = crate::shell_test::ShellChecks::new("sigkill-first");
+        let lines = shell.run(&fragment, &["sigkill-"]);
+        let mut results: Vec<CheckResult> = lines
+            .iter()
+            .map(|l| {
+                let (name, rest) = l.split_once(' ').unwrap();
+                CheckResult {
+                    name: format!("fault-sigkill/{name}"),
+                    outcome: match rest.strip_prefix("FAIL ") {
+                        Some(why) => Outcome::Fail(why.into()),
+                        None => Outcome::Pass,
+                    },
+                }
+            })
+            .collect();
+        let derived: Vec<String> = results.iter().map(|r| r.name.clone()).collect();
+        results.push(CheckResult {
+            name: "fault-sigkill/vmm-exit".into(),
+            outcome: Outcome::Pass,
+        });
+        (lines, crate::retry::verdict(&results, &derived))
+    }
+
+    #[test]
+    fn a_first_vmm_that_ended_by_itself_is_no_result_but_a_live_one_is_a_failure() {
+        // Its guest triple-faulted: ghvmm exited 1 before the device showed.
+        let (lines, verdict) = sigkill_first_vmm("sh -c 'exit 1'");
+        assert_eq!(
+            lines,
+            [
+                "sigkill-attached FAIL the VMM ended by itself first: the first guest never saw the device",
+                "sigkill-killed FAIL the VMM ended by itself first: the first ghvmm ended with exit code 1, not by SIGKILL",
+            ]
+        );
+        assert_eq!(verdict, Verdict::NoResult);
+        // Alive, and the device never shows: ghvmm's failure, final.
+        let (lines, verdict) = sigkill_first_vmm("sleep 30");
+        assert_eq!(
+            lines,
+            [
+                "sigkill-attached FAIL the first guest never saw the device",
+                "sigkill-killed PASS",
+            ]
+        );
+        assert_eq!(verdict, Verdict::WrongValue);
     }
 
     #[test]

@@ -83,3 +83,20 @@ pub fn assert_parses(what: &str, script: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The definitions of the shell functions `names` as tests/l2/init has them (each from
+/// `name() {` to its closing `}` at the start of a line), so a test runs L2's own code.
+pub fn l2_init_functions(names: &[&str]) -> String {
+    const INIT: &str = include_str!("../../l2/init");
+    names
+        .iter()
+        .map(|name| {
+            let start = INIT
+                .find(&format!("\n{name}() {{\n"))
+                .unwrap_or_else(|| panic!("tests/l2/init has no function {name}"))
+                + 1;
+            let len = INIT[start..].find("\n}\n").unwrap() + 3;
+            &INIT[start..start + len]
+        })
+        .collect()
+}

@@ -209,21 +209,25 @@ fn kill_scenario() -> Scenario {
          gate_err=\n\
          gate_open 1 && gate_open 2 && {{ wait_marker '@@GATE 3 0x[0-9a-f]* wait' 240 || gate_err='the guest never reached gate 3'; }}\n\
          [ -z \"$gate_err\" ]\n\
-         l2_check vu-kill-in-use $? \"$gate_err\"\n\
+         l2_check vu-kill-in-use $? \"$(early_why \"$gate_err\")\"\n\
          live=$(grep -c ' /memfd:ghvmm-ram' /proc/$vupid/maps)\n\
          ends=$({ends})\n\
          kill -9 $l3pid\n\
          finish_l3 30\n\
          [ $rc = 137 ]\n\
-         l2_check vu-kill-killed $? \"the first ghvmm ended with $why, not by SIGKILL\"\n\
+         l2_check vu-kill-killed $? \"$(early_why \"the first ghvmm ended with $why, not by SIGKILL\")\"\n\
          n=0\n\
          while [ \"$({ends})\" -le \"$ends\" ] && [ $n -lt 100 ] && vu_alive; do sleep 0.1; n=$((n + 1)); done\n\
          vu_alive && [ -S {GPU_SOCKET} ] && [ \"$({ends})\" -gt \"$ends\" ]\n\
          l2_check vu-kill-survives $? \"the server after its client's SIGKILL: running $(vu_alive && echo yes || echo no), socket $(ls {GPU_SOCKET} 2>&1): $(vu_log_tail)\"\n\
          maps=$(grep -c ' /memfd:ghvmm-ram' /proc/$vupid/maps)\n\
          fds=$(ls /proc/$vupid/fd | wc -l)\n\
+         rel=\"the server mapped the client's RAM $live times during the session and $maps after it; it had $fds0 fds before the first client, $fds after\"\n\
+         # A client that died by itself early may have gone before the server mapped its RAM:\n\
+         # only then is no mapping during the session no result; a mapping left after is a bug.\n\
+         [ \"$maps\" = 0 ] && [ \"$fds\" = \"$fds0\" ] && rel=$(early_why \"$rel\")\n\
          [ \"$live\" -gt 0 ] && [ \"$maps\" = 0 ] && [ \"$fds\" = \"$fds0\" ]\n\
-         l2_check vu-kill-released $? \"the server mapped the client's RAM $live times during the session and $maps after it; it had $fds0 fds before the first client, $fds after\"\n\
+         l2_check vu-kill-released $? \"$rel\"\n\
          if [ -e $IVSHMEM/reset_method ]; then\n\
            ! grep -qE 'reset after the client left|DMA unmap of|disabling interrupt' $VU_LOG\n\
          else\n\
@@ -373,6 +377,35 @@ pub fn all() -> Vec<Scenario> {
 mod tests {
     use super::*;
     use crate::shell_test::assert_parses;
+
+    /// vu-kill-released as L2 runs it, after a first ghvmm that ended by itself
+    /// (`l3_ended` set by wait_marker) or was killed while in use, with the figures given.
+    fn released(ended: bool, live: u32, maps: u32, fds: u32) -> Vec<String> {
+        let sh = kill_scenario().script();
+        let from = sh.find("rel=").unwrap();
+        let to = from + sh[from..].find("l2_check vu-kill-reset").unwrap();
+        let fragment = format!(
+            "{}l3_ended={}\nlive={live}\nmaps={maps}\nfds={fds}\nfds0=11\n{}",
+            crate::shell_test::l2_init_functions(&["early_why"]),
+            if ended { "yes" } else { "" },
+            &sh[from..to],
+        );
+        let fragment = &fragment[..fragment.find("\nif [ -e").unwrap_or(fragment.len())];
+        crate::shell_test::ShellChecks::new("vu-released").run(fragment, &["vu-kill-released"])
+    }
+
+    #[test]
+    fn released_is_no_result_only_when_the_first_client_died_before_it_was_mapped() {
+        let early = "vu-kill-released FAIL the VMM ended by itself first: the server mapped";
+        assert!(released(true, 0, 0, 11)[0].starts_with(early));
+        // Mappings or fds left after the client are the server's bug however it ended.
+        let left = "vu-kill-released FAIL the server mapped the client's RAM 0 times during the session and 2 after it";
+        assert!(released(true, 0, 2, 11)[0].starts_with(left));
+        assert!(released(true, 0, 0, 12)[0].starts_with("vu-kill-released FAIL the server"));
+        // Killed while in use: no mapping during the session is the server's failure.
+        assert!(released(false, 0, 0, 11)[0].starts_with("vu-kill-released FAIL the server"));
+        assert_eq!(released(false, 3, 0, 11), ["vu-kill-released PASS"]);
+    }
 
     #[test]
     fn names_and_lengths() {
