@@ -495,7 +495,12 @@ devmaps_report() {{ :; }}
 l3pid=$!
 sleep 0.3
 {}",
-            crate::shell_test::l2_init_functions(&["wait_marker", "early_why", "finish_l3"]),
+            crate::shell_test::l2_init_functions(&[
+                "l3_running",
+                "wait_marker",
+                "early_why",
+                "finish_l3"
+            ]),
             checks,
         );
         let shell = crate::shell_test::ShellChecks::new("sigkill-first");
