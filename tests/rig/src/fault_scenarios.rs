@@ -488,20 +488,15 @@ mod tests {
             )
             .replace("/tmp/l3.out", "/nonexistent");
         let fragment = format!(
-            "{}l3_diagnostics() {{ :; }}
-devmaps_report() {{ :; }}
-             L2_DEFER=/dev/null
-{first} &
-l3pid=$!
-sleep 0.3
-{}",
+            "{}l3_diagnostics() {{ :; }}\ndevmaps_report() {{ :; }}\nL2_DEFER=/dev/null\n\
+             {first} &\nl3pid=$!\nsleep 0.3\n{checks}",
             crate::shell_test::l2_init_functions(&[
                 "l3_running",
+                "l3_gone",
                 "wait_marker",
                 "early_why",
                 "finish_l3"
             ]),
-            checks,
         );
         let shell = crate::shell_test::ShellChecks::new("sigkill-first");
         let lines = shell.run(&fragment, &["sigkill-"]);
@@ -527,17 +522,27 @@ sleep 0.3
     }
 
     #[test]
-    fn a_first_vmm_that_ended_by_itself_is_no_result_but_a_live_one_is_a_failure() {
+    fn a_first_vmm_that_failed_by_itself_is_no_result_but_a_live_one_is_a_failure() {
         // Its guest triple-faulted: ghvmm exited 1 before the device showed.
         let (lines, verdict) = sigkill_first_vmm("sh -c 'exit 1'");
         assert_eq!(
             lines,
             [
-                "sigkill-attached FAIL the VMM ended by itself first: the first guest never saw the device",
-                "sigkill-killed FAIL the VMM ended by itself first: the first ghvmm ended with exit code 1, not by SIGKILL",
+                "sigkill-attached FAIL the VMM ended by itself first (exit code 1): the first guest never saw the device",
+                "sigkill-killed FAIL the VMM ended by itself first (exit code 1): the first ghvmm ended with exit code 1, not by SIGKILL",
             ]
         );
         assert_eq!(verdict, Verdict::NoResult);
+        // Its guest powered off without ever seeing the device: a result, and wrong.
+        let (lines, verdict) = sigkill_first_vmm("sh -c 'exit 0'");
+        assert_eq!(
+            lines,
+            [
+                "sigkill-attached FAIL the first guest never saw the device",
+                "sigkill-killed FAIL the first ghvmm ended with exit code 0, not by SIGKILL",
+            ]
+        );
+        assert_eq!(verdict, Verdict::WrongValue);
         // Alive, and the device never shows: ghvmm's failure, final.
         let (lines, verdict) = sigkill_first_vmm("sleep 30");
         assert_eq!(

@@ -33,7 +33,7 @@ gate_open() {
         if [ -n "$vupid" ]; then vu_counters /tmp/sc$1.json; fi
     fi
     devmaps_snap $l3pid
-    $GATE_CHECKER poke-ram $l3pid $gate_gpa $1 2> /tmp/poke.err || { l3_running || l3_ended=yes; gate_err="gate $1 at $gate_gpa: $(cat /tmp/poke.err)"; return 1; }
+    $GATE_CHECKER poke-ram $l3pid $gate_gpa $1 2> /tmp/poke.err || { l3_running || l3_gone; gate_err="gate $1 at $gate_gpa: $(cat /tmp/poke.err)"; return 1; }
 }
 gates_counted() {
     gate_err=

@@ -378,16 +378,17 @@ mod tests {
     use super::*;
     use crate::shell_test::assert_parses;
 
-    /// vu-kill-released as L2 runs it, after a first ghvmm that ended by itself
-    /// (`l3_ended` set by wait_marker) or was killed while in use, with the figures given.
+    /// vu-kill-released as L2 runs it, after a first ghvmm that failed by itself (reaped
+    /// with exit code 1 by wait_marker's `l3_gone`) or was killed while in use, with the
+    /// figures given.
     fn released(ended: bool, live: u32, maps: u32, fds: u32) -> Vec<String> {
         let sh = kill_scenario().script();
         let from = sh.find("rel=").unwrap();
         let to = from + sh[from..].find("l2_check vu-kill-reset").unwrap();
         let fragment = format!(
-            "{}l3_ended={}\nlive={live}\nmaps={maps}\nfds={fds}\nfds0=11\n{}",
+            "{}l3pid=7\nl3_reaped={}\nl3_rc=1\nlive={live}\nmaps={maps}\nfds={fds}\nfds0=11\n{}",
             crate::shell_test::l2_init_functions(&["early_why"]),
-            if ended { "yes" } else { "" },
+            if ended { "7" } else { "" },
             &sh[from..to],
         );
         let fragment = &fragment[..fragment.find("\nif [ -e").unwrap_or(fragment.len())];
@@ -396,7 +397,8 @@ mod tests {
 
     #[test]
     fn released_is_no_result_only_when_the_first_client_died_before_it_was_mapped() {
-        let early = "vu-kill-released FAIL the VMM ended by itself first: the server mapped";
+        let early =
+            "vu-kill-released FAIL the VMM ended by itself first (exit code 1): the server mapped";
         assert!(released(true, 0, 0, 11)[0].starts_with(early));
         // Mappings or fds left after the client are the server's bug however it ended.
         let left = "vu-kill-released FAIL the server mapped the client's RAM 0 times during the session and 2 after it";
