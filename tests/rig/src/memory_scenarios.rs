@@ -36,7 +36,7 @@ fn hugepages_scenario() -> Scenario {
          start_l3 {cmd}\n\
          ticks=0\n\
          while [ {free} != 0 ] && [ $ticks -lt 600 ] \\\n\
-           && st=$(cut -d' ' -f3 /proc/$l3pid/stat 2>/dev/null) && [ -n \"$st\" ] && [ $st != Z ]; do\n\
+           && l3_running; do\n\
            sleep 0.1; ticks=$((ticks + 1))\n\
          done\n\
          used=$(( {total} - {free} ))\n\
@@ -117,7 +117,7 @@ flags=
 while t=$(file_map_bytes /proc/$l3pid/maps {ZONE_FILE}); now=$(anon_flags /proc/$l3pid/smaps {zone_kib} | tr '\n' ' '); \
   flags=${{now:-$flags}}; mg=$(echo "$flags" | grep -c ' mg'); \
   {{ [ $t != {FILE_ZONE_BYTES} ] || [ $mg = 0 ]; }} && [ $ticks -lt 600 ] \
-  && st=$(cut -d' ' -f3 /proc/$l3pid/stat 2>/dev/null) && [ -n "$st" ] && [ $st != Z ]; do
+  && l3_running; do
   sleep 0.1; ticks=$((ticks + 1))
 done
 l2_say "@@FACT zone-file-bytes $t"

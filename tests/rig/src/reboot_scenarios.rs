@@ -37,12 +37,13 @@ pub const REBOOT_CHECKS: &[&str] = &[
 
 /// Shell: helpers over L3's console and ghvmm's /proc.
 /// (`count` says 0 before tee has created the file: an empty count would end `wait_count`.)
-const HELPERS: &str = "count() { c=$(grep -c -- \"$1\" /tmp/l3.out 2>/dev/null); echo \"${c:-0}\"; }\n\
+const HELPERS: &str =
+    "count() { c=$(grep -c -- \"$1\" /tmp/l3.out 2>/dev/null); echo \"${c:-0}\"; }\n\
     wait_count() {\n\
         t=0\n\
         while [ \"$(count \"$1\")\" -lt $2 ]; do\n\
             [ $t -ge $(($3 * 10)) ] && return 1\n\
-            [ -d /proc/$l3pid ] && [ \"$(cut -d' ' -f3 /proc/$l3pid/stat 2>/dev/null)\" != Z ] || return 1\n\
+            l3_running || return 1\n\
             sleep 0.1; t=$((t + 1))\n\
         done\n\
     }\n\

@@ -202,7 +202,7 @@ fn boot_shared() -> Scenario {
          while t=0; for r in $(grep ' /memfd:ghvmm-ram' /proc/$l3pid/maps 2>/dev/null | cut -d' ' -f1); do\n\
            t=$((t + 0x${{r#*-}} - 0x${{r%-*}}))\n\
          done; [ $t != {want} ] && [ $ticks -lt 600 ] \\\n\
-           && st=$(cut -d' ' -f3 /proc/$l3pid/stat 2>/dev/null) && [ -n \"$st\" ] && [ $st != Z ]; do\n\
+           && l3_running; do\n\
            sleep 0.1; ticks=$((ticks + 1))\n\
          done\n\
          l2_say \"@@FACT shared-ram-bytes $t\"\n\
