@@ -80,6 +80,9 @@ pub struct L3 {
     /// L2 kills the VMM after this many seconds (tests/l2/init `run_l3`), printing what it
     /// was doing; a guest boots in about 10 s of L2 time.
     pub watchdog_s: u32,
+    /// Whether the checker prints its ACPI tables (`NO_ACPI_DUMP` on the command line when
+    /// not): only a scenario that disassembles them wants the dump (`Scenario::acpi`).
+    pub acpi_dump: bool,
 }
 
 impl L3 {
@@ -94,7 +97,14 @@ impl L3 {
             shared_memory: false,
             memory_arg: None,
             watchdog_s: 90,
+            acpi_dump: true,
         }
+    }
+
+    /// The guest does not print its ACPI tables (see `Scenario::without_acpi_dump`).
+    pub fn without_acpi_dump(mut self) -> Self {
+        self.acpi_dump = false;
+        self
     }
 
     pub fn kernel(mut self, k: Kernel) -> Self {
@@ -134,6 +144,9 @@ impl L3 {
         }
         if !self.cmdline.is_empty() {
             words.push(self.cmdline.clone());
+        }
+        if !self.acpi_dump {
+            words.push(crate::scenario::NO_ACPI_DUMP.to_string());
         }
         words.join(" ")
     }

@@ -24,7 +24,8 @@ fn meminfo(field: &str) -> String {
 /// touches its RAM); after ghvmm exits they are all free again.
 fn hugepages_scenario() -> Scenario {
     let l3 = L3::new(BOOT_VMM, 2, "512M")
-        .memory_arg("size=512M,hugepages=on,hugepage_size=2M,prefault=on");
+        .memory_arg("size=512M,hugepages=on,hugepage_size=2M,prefault=on")
+        .without_acpi_dump();
     let (total, free) = (meminfo("Total"), meminfo("Free"));
     let script = format!(
         "echo {HUGE_PAGES} > /proc/sys/vm/nr_hugepages\n\
@@ -68,6 +69,7 @@ fn hugepages_scenario() -> Scenario {
             l3,
         )
     }
+    .without_acpi_dump()
 }
 
 /// The zone of `memory_file_scenario` that lives in L2's file, and its size.
@@ -99,6 +101,7 @@ anon_flags() {
 /// shows); after ghvmm exits the file holds the zero page ghvmm wrote into guest RAM.
 fn memory_file_scenario() -> Scenario {
     let l3 = L3::new(BOOT_VMM, 2, "512M")
+        .without_acpi_dump()
         .memory_arg("size=0,mergeable=on")
         .vmm_args(&format!(
             "--memory-zone id=m0,size=256M,file={ZONE_FILE},shared=on --memory-zone id=m1,size=256M"
@@ -153,6 +156,7 @@ l2_check zone-file-holds-ram $? "{ZONE_FILE} at {HDRS_OFFSET:#x} (the zero page'
             l3,
         )
     }
+    .without_acpi_dump()
 }
 
 const MIB: u64 = 1 << 20;

@@ -80,7 +80,8 @@ fn scale_gh() -> Scenario {
             "ghvmm.vfio=hotplug ghvmm.gh_mode=vmm_pads ghvmm.gh_len={LEN} ghvmm.cycles=2 \
              ghvmm.bdf=0001:00:00.0"
         ))
-        .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock");
+        .vmm_args("--gh slots=1 --api-socket path=/tmp/api.sock")
+        .without_acpi_dump();
     let rss = |n: u32| json_number(&format!("/tmp/info{n}.json"), "rss_kib");
     let script = format!(
         "{collect}{bind}{start}\
@@ -139,6 +140,7 @@ fn scale_gh() -> Scenario {
             l3,
         )
     }
+    .without_acpi_dump()
 }
 
 /// Two 128 GiB devices at boot, one per GH slot, the kernel padding each.
@@ -150,7 +152,8 @@ fn scale_gh2() -> Scenario {
         .vmm_args(
             "--gh slots=2 --device path=$IVSHMEM,id=gpu0,gh_slot=0 \
              --device path=$IVSHMEM1,id=gpu1,gh_slot=1",
-        );
+        )
+        .without_acpi_dump();
     let mut expect = [L3_CHECKS, GH_DEVICE_CHECKS].concat();
     expect.extend(["vfio-bind1", "gh-count", hugepage::CHECK]);
     Scenario {
@@ -174,6 +177,7 @@ fn scale_gh2() -> Scenario {
             l3,
         )
     }
+    .without_acpi_dump()
 }
 
 /// The scale scenarios, in run order.

@@ -137,7 +137,8 @@ pub fn gh_device_scenarios(modes: &[&'static str], lengths: &[u64]) -> Vec<Scena
                 .cmdline(&format!(
                     "ghvmm.vfio=gh ghvmm.gh_mode={mode} ghvmm.gh_len={len}"
                 ))
-                .vmm_args("--device path=$IVSHMEM,id=gpu0");
+                .vmm_args("--device path=$IVSHMEM,id=gpu0")
+                .without_acpi_dump();
             let plain = Scenario {
                 setup: format!("{}{}", hugepage::COLLECT, bind_variant(mode, len, "")),
                 expect: [L3_CHECKS, GH_DEVICE_CHECKS, &[hugepage::CHECK]].concat(),
@@ -147,7 +148,8 @@ pub fn gh_device_scenarios(modes: &[&'static str], lengths: &[u64]) -> Vec<Scena
                     v
                 })),
                 ..Scenario::boot(name, about, l3)
-            };
+            }
+            .without_acpi_dump();
             v.push(if len < len.max(4096).next_power_of_two() {
                 counted_gh_scenario(plain, mode, len)
             } else {
@@ -265,7 +267,8 @@ pub const IVSHMEM_CHECKS: &[&str] = &[
 fn ivshmem_scenario() -> Scenario {
     let l3 = L3::new(BOOT_VMM, 2, "512M")
         .cmdline("ghvmm.vfio=ivshmem")
-        .vmm_args("--device path=$IVSHMEM,id=shm0");
+        .vmm_args("--device path=$IVSHMEM,id=shm0")
+        .without_acpi_dump();
     Scenario {
         setup: bind_ivshmem("vfio-pci"),
         expect: [L3_CHECKS, IVSHMEM_CHECKS, &["host-file"]].concat(),
@@ -276,6 +279,7 @@ fn ivshmem_scenario() -> Scenario {
             l3,
         )
     }
+    .without_acpi_dump()
 }
 
 fn bad_info_scenario() -> Scenario {
@@ -363,7 +367,8 @@ pub(crate) const NIC_CHECKS: &[&str] = &[
 fn nic_scenario() -> Scenario {
     let l3 = L3::new(BOOT_VMM, 2, "512M")
         .cmdline("ghvmm.vfio=nic")
-        .vmm_args("--device path=$NIC,id=nic0");
+        .vmm_args("--device path=$NIC,id=nic0")
+        .without_acpi_dump();
     Scenario {
         setup: nic_setup(),
         expect: [L3_CHECKS, NIC_CHECKS].concat(),
@@ -374,6 +379,7 @@ fn nic_scenario() -> Scenario {
             l3,
         )
     }
+    .without_acpi_dump()
 }
 
 /// The passthrough scenarios, in run order.
