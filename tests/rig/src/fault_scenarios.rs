@@ -523,36 +523,36 @@ mod tests {
 
     #[test]
     fn a_first_vmm_that_failed_by_itself_is_no_result_but_a_live_one_is_a_failure() {
-        // Its guest triple-faulted: ghvmm exited 1 before the device showed.
-        let (lines, verdict) = sigkill_first_vmm("sh -c 'exit 1'");
-        assert_eq!(
-            lines,
-            [
-                "sigkill-attached FAIL the VMM ended by itself first (exit code 1): the first guest never saw the device",
-                "sigkill-killed FAIL the VMM ended by itself first (exit code 1): the first ghvmm ended with exit code 1, not by SIGKILL",
-            ]
-        );
-        assert_eq!(verdict, Verdict::NoResult);
-        // Its guest powered off without ever seeing the device: a result, and wrong.
-        let (lines, verdict) = sigkill_first_vmm("sh -c 'exit 0'");
-        assert_eq!(
-            lines,
-            [
-                "sigkill-attached FAIL the first guest never saw the device",
-                "sigkill-killed FAIL the first ghvmm ended with exit code 0, not by SIGKILL",
-            ]
-        );
-        assert_eq!(verdict, Verdict::WrongValue);
-        // Alive, and the device never shows: ghvmm's failure, final.
-        let (lines, verdict) = sigkill_first_vmm("sleep 30");
-        assert_eq!(
-            lines,
-            [
-                "sigkill-attached FAIL the first guest never saw the device",
-                "sigkill-killed PASS",
-            ]
-        );
-        assert_eq!(verdict, Verdict::WrongValue);
+        let never = "sigkill-attached FAIL the first guest never saw the device";
+        let cases = [
+            // Its guest triple-faulted: ghvmm exited 1 before the device showed.
+            (
+                "sh -c 'exit 1'",
+                [
+                    "sigkill-attached FAIL the VMM ended by itself first (exit code 1): the first guest never saw the device",
+                    "sigkill-killed FAIL the VMM ended by itself first (exit code 1): the first ghvmm ended with exit code 1, not by SIGKILL",
+                ],
+                Verdict::NoResult,
+            ),
+            // Its guest powered off without ever seeing the device: a result, and wrong.
+            (
+                "sh -c 'exit 0'",
+                [
+                    never,
+                    "sigkill-killed FAIL the first ghvmm ended with exit code 0, not by SIGKILL",
+                ],
+                Verdict::WrongValue,
+            ),
+            // Alive, and the device never shows: ghvmm's failure, final.
+            ("sleep 30", [never, "sigkill-killed PASS"], Verdict::WrongValue),
+        ];
+        for (first, want, verdict) in cases {
+            assert_eq!(
+                sigkill_first_vmm(first),
+                (want.map(String::from).to_vec(), verdict),
+                "{first}"
+            );
+        }
     }
 
     #[test]
