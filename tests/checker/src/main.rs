@@ -3,8 +3,9 @@
 //! tables through the console and powers off. In L2 it doubles as a timing helper for the
 //! bench (`checker time-to-marker ...`), names kernel addresses (`checker resolve ...`),
 //! sends raw API requests (`checker http ...`), floods the API socket (`checker flood ...`),
-//! opens the guest's gates by writing its RAM (`checker poke-ram ...`) and adds up access
-//! counters (`checker counters-sum ...`) or lists what moved (`checker counters-delta ...`).
+//! opens the guest's gates by writing its RAM (`checker poke-ram ...`), adds up access
+//! counters (`checker counters-sum ...`) or lists what moved (`checker counters-delta ...`),
+//! and holds an idle VM for as long as L2 runs (`checker kvm-hold ...`).
 //!
 //! Output protocol (one line each, parsed by tests/rig):
 //!   `@@INIT`                               first thing after start
@@ -34,6 +35,7 @@ mod gate;
 mod gh;
 mod hotplug;
 mod http;
+mod kvm_hold;
 mod nic;
 mod numa;
 mod resolve;
@@ -57,6 +59,7 @@ fn main() {
         Some("poke-ram") => std::process::exit(counters::poke_ram(&args[2..])),
         Some("counters-sum") => std::process::exit(counters::counters_sum(&args[2..])),
         Some("counters-delta") => std::process::exit(counters::counters_delta(&args[2..])),
+        Some("kvm-hold") => std::process::exit(kvm_hold::main(&args[2..])),
         _ => {}
     }
     if std::process::id() != 1 {

@@ -491,6 +491,7 @@ mod tests {
             "{}l3_diagnostics() {{ :; }}\ndevmaps_report() {{ :; }}\nL2_DEFER=/dev/null\n\
              {first} &\nl3pid=$!\nsleep 0.3\n{checks}",
             crate::shell_test::l2_init_functions(&[
+                "pid_running",
                 "l3_running",
                 "l3_gone",
                 "wait_marker",
