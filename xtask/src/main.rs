@@ -13,6 +13,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -39,28 +40,60 @@ fn cargo(root: &PathBuf, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Stages of `cargo xtask test` with how long each took, printed last whatever the outcome,
+/// so a slow CI run says where its time went.
+#[derive(Default)]
+struct Stages(Vec<(&'static str, Duration)>);
+
+impl Stages {
+    fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        let r = f();
+        self.0.push((name, start.elapsed()));
+        r
+    }
+
+    fn line(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, d)| format!("{name} {}s", d.as_secs()))
+            .collect();
+        format!("xtask: time per stage: {}", parts.join(", "))
+    }
+}
+
 fn test(root: &PathBuf) -> Result<bool> {
+    let mut stages = Stages::default();
+    let r = test_stages(root, &mut stages);
+    println!("{}", stages.line());
+    r
+}
+
+fn test_stages(root: &PathBuf, stages: &mut Stages) -> Result<bool> {
     // First, because unit tests use host tools too (the ACPI tests run iasl).
-    rig::setup::ensure_tools()?;
-    cargo(root, &["fmt", "--all", "--", "--check"])?;
-    cargo(
-        root,
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ],
-    )?;
-    cargo(root, &["test", "--workspace"])?;
+    stages.time("host tools", rig::setup::ensure_tools)?;
+    stages.time("fmt", || cargo(root, &["fmt", "--all", "--", "--check"]))?;
+    stages.time("clippy", || {
+        cargo(
+            root,
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )
+    })?;
+    stages.time("unit tests", || cargo(root, &["test", "--workspace"]))?;
     eprintln!("xtask: fuzz ({TEST_FUZZ_SECONDS} s per target)");
-    if !fuzz::run(root, TEST_FUZZ_SECONDS, &[])? {
+    if !stages.time("fuzz", || fuzz::run(root, TEST_FUZZ_SECONDS, &[]))? {
         bail!("a fuzz target found a crash, leak or hang (see above)");
     }
     eprintln!("xtask: e2e (nested rig)");
-    rig::e2e(root, &rig::E2eArgs::parse(&[])?)
+    stages.time("e2e", || rig::e2e(root, &rig::E2eArgs::parse(&[])?))
 }
 
 const USAGE: &str = "usage: cargo xtask <e2e [--list] [--gh-mode M] [--gh-len BYTES] [--l3-vmm ghvmm|qemu] [FILTER...] | bench [devices|scale] | demo | fuzz [SECONDS] [TARGET...] | test>";
@@ -95,5 +128,20 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_is_timed_even_the_one_that_fails() {
+        let mut stages = Stages::default();
+        assert_eq!(stages.time("fmt", || Ok(1)).unwrap(), 1);
+        assert!(stages
+            .time("clippy", || -> Result<()> { bail!("warnings") })
+            .is_err());
+        assert_eq!(stages.line(), "xtask: time per stage: fmt 0s, clippy 0s");
     }
 }

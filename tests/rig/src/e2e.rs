@@ -274,6 +274,8 @@ fn run_with_retries(prep: &Prepared, s: &Scenario) -> Result<(Vec<CheckResult>, 
         }
         if attempt == ATTEMPTS {
             print_evidence(&dir.join("console.log"));
+            let mut results = results;
+            results.push(retry::no_result_in_any_attempt(s.name, &record));
             return Ok((results, record));
         }
         let kept = e2e.join(format!("{}.attempt{attempt}.log", s.name));

@@ -104,6 +104,33 @@ pub fn failure_summary(results: &[CheckResult]) -> String {
     failed.join("; ")
 }
 
+/// Longest part of one attempt's cause that `no_result_in_any_attempt` quotes.
+const CAUSE_CHARS: usize = 400;
+
+/// The failure that closes a scenario none of whose attempts produced a result, with each
+/// attempt's cause: printed among the FAIL lines, so a report that keeps those and cuts the
+/// RETRY lines (CI's excerpt) still says what every attempt died of.
+pub fn no_result_in_any_attempt(scenario: &str, record: &ScenarioRecord) -> CheckResult {
+    let causes: Vec<String> = record
+        .causes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let cut: String = c.chars().take(CAUSE_CHARS).collect();
+            let more = if cut.len() < c.len() { " [...]" } else { "" };
+            format!("attempt {}: {cut}{more}", i + 1)
+        })
+        .collect();
+    CheckResult {
+        name: format!("{scenario}/attempts"),
+        outcome: Outcome::Fail(format!(
+            "none of {} attempts produced a result ({})",
+            record.attempts,
+            causes.join(" | ")
+        )),
+    }
+}
+
 /// The names (without the scenario) of the checks that failed.
 pub fn failed_checks(results: &[CheckResult]) -> Vec<String> {
     results
@@ -248,6 +275,33 @@ mod tests {
     }
     fn silent(name: &str) -> CheckResult {
         fail(name, "never reported (see console.log)")
+    }
+
+    #[test]
+    fn a_scenario_without_any_result_names_each_attempt_among_its_failures() {
+        let record = ScenarioRecord {
+            attempts: 3,
+            passed: false,
+            causes: vec![
+                "s/lockup: a kernel stopped scheduling".into(),
+                "x".repeat(1000),
+                "s/timeout: no end after 150s".into(),
+            ],
+            first_attempt_failed: vec!["lockup".into()],
+        };
+        let r = no_result_in_any_attempt("s", &record);
+        assert_eq!(r.name, "s/attempts");
+        let Outcome::Fail(why) = r.outcome else {
+            panic!("{r:?}")
+        };
+        assert!(why.starts_with(
+            "none of 3 attempts produced a result (attempt 1: s/lockup: a kernel stopped scheduling | attempt 2: xxx"
+        ));
+        assert!(why.contains(&format!(
+            "{} [...] | attempt 3: s/timeout",
+            "x".repeat(CAUSE_CHARS)
+        )));
+        assert!(!why.contains(&"x".repeat(CAUSE_CHARS + 1)));
     }
 
     #[test]
