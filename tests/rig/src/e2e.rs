@@ -84,9 +84,14 @@ fn run_scenario(prep: &Prepared, s: &Scenario) -> Result<Attempt> {
     };
     if let Some((line, _)) = &t.lockup {
         // Stopped early: waiting any longer only costs the timeout.
+        let whose = if t.lockup_in_l2() {
+            retry::L2_LOCKUP
+        } else {
+            "the guest's kernel stopped scheduling"
+        };
         push(
             "lockup",
-            Outcome::Fail(format!("a kernel stopped scheduling, L2 stopped: {line}")),
+            Outcome::Fail(format!("{whose}, L2 stopped: {line}")),
         );
     } else if !finished {
         push(

@@ -4,8 +4,9 @@
 
 /// Kernel command line of every checker guest; expectations are appended as `ghvmm.*`.
 /// `nokaslr`: an L3 RIP in a hung L2's register dump names the same code as in L2
-/// (crate::symbols).
-pub const QUIET_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 nokaslr";
+/// (crate::symbols). `printk.time=0`: the guest's kernel messages share L2's console, and
+/// only L2's carry a timestamp, which tells whose kernel reported a lockup (protocol.rs).
+pub const QUIET_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 nokaslr printk.time=0";
 
 /// The VMM that runs the L3 guest inside L2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +230,7 @@ mod tests {
         assert!(c.starts_with("/bin/ghvmm --kernel /l3/vmlinuz --initramfs /l3/initramfs"));
         assert!(c.contains("--cpus boot=4 --memory size=1G"));
         assert!(c.contains(
-            "\"console=ttyS0 quiet loglevel=1 panic=-1 nokaslr ghvmm.cpus=4 ghvmm.mem=1G ghvmm.action=reboot"
+            "\"console=ttyS0 quiet loglevel=1 panic=-1 nokaslr printk.time=0 ghvmm.cpus=4 ghvmm.mem=1G ghvmm.action=reboot"
         ));
         assert!(c.ends_with(" --device path=$IVSHMEM"));
         let shared = L3::new(Vmm::Ghvmm, 2, "512M").shared_memory().command();

@@ -26,7 +26,7 @@ pub struct Transcript {
     pub malformed: Vec<String>,
     /// A kernel's report that a CPU stopped scheduling (soft lockup, RCU stall): the
     /// scenario cannot end any more. The line, and how many lines came after it (the
-    /// backtrace, which the rig waits for before it stops L2).
+    /// backtrace, which the rig waits for before it stops L2). `lockup_in_l2` says whose.
     pub lockup: Option<(String, usize)>,
     /// `checker resolve` answers: address -> symbol.
     pub resolved: Vec<(String, String)>,
@@ -46,6 +46,15 @@ const LOCKUP_MARKERS: [&str; 3] = [
 pub const LOCKUP_TAIL_LINES: usize = 120;
 
 impl Transcript {
+    /// Whether the lockup was L2's kernel's, the host under the VMM, rather than the
+    /// guest's: L2's kernel messages carry a timestamp, the guest's do not (`printk.time=0`
+    /// in l3.rs `QUIET_CMDLINE`).
+    pub fn lockup_in_l2(&self) -> bool {
+        self.lockup
+            .as_ref()
+            .is_some_and(|(line, _)| line.starts_with('['))
+    }
+
     pub fn feed(&mut self, raw: &str) {
         let line = raw.trim_end_matches(['\r', '\n']);
         match &mut self.lockup {
@@ -206,11 +215,20 @@ mod tests {
         assert!(t.over());
         let (line, _) = t.lockup.clone().unwrap();
         assert!(line.starts_with("[   40.55] watchdog: BUG: soft lockup"));
+        assert!(t.lockup_in_l2());
         t.feed("BUG: soft lockup - CPU#1");
         assert!(
             t.lockup.unwrap().0.contains("CPU#0"),
             "the first report is kept"
         );
+    }
+
+    #[test]
+    fn a_lockup_without_a_timestamp_is_the_guests() {
+        let mut t = Transcript::default();
+        t.feed("watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [swapper/1:0]\r\n");
+        assert!(t.lockup.is_some() && !t.lockup_in_l2());
+        assert!(!Transcript::default().lockup_in_l2());
     }
 
     #[test]
