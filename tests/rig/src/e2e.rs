@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::l3::Vmm;
 use crate::protocol::{Outcome, Transcript};
-use crate::retry::{self, FlakyRecord, ScenarioRecord, Verdict};
+use crate::retry::{self, FlakyRecord, NextAttempt, RetryBudget, ScenarioRecord, Verdict};
 use crate::scenario::{self, Scenario};
 use crate::setup::say;
 use crate::vfio_scenarios::{self, GH_LENGTHS, GH_MODES};
@@ -241,17 +241,19 @@ fn acpi_checks(t: &Transcript, acpi_dir: &Path) -> Result<Vec<(String, Outcome)>
     Ok(v)
 }
 
-/// How often a scenario runs at most before its failures count.
-pub const ATTEMPTS: u32 = 3;
-
 /// Runs a scenario; if an attempt produced no result for some checks and no wrong value
-/// (retry::verdict), runs it again, up to `ATTEMPTS` times. The retries exist because QEMU's
+/// (retry::verdict), runs it again, up to `retry::ATTEMPTS` times, and up to
+/// `retry::EXTRA_ATTEMPTS_PER_SCENARIO` more while the run's `budget` lasts. The retries exist because QEMU's
 /// TCG emulation of SVM, under which every L3 guest runs, now and then breaks a nested guest
 /// or L2 itself (docs/testing.md, "Known flakiness"). An attempt with a wrong value is final:
 /// retrying it could hide an intermittent bug. Each retry is printed with the failed
 /// attempt's failures and evidence, that attempt's logs are kept, and the record says what
 /// happened (flaky.json).
-fn run_with_retries(prep: &Prepared, s: &Scenario) -> Result<(Vec<CheckResult>, ScenarioRecord)> {
+fn run_with_retries(
+    prep: &Prepared,
+    s: &Scenario,
+    budget: &mut RetryBudget,
+) -> Result<(Vec<CheckResult>, ScenarioRecord)> {
     let dir = scenario_dir(&prep.paths, s.name);
     let e2e = prep.paths.target().join("e2e");
     let mut record = ScenarioRecord::default();
@@ -277,12 +279,18 @@ fn run_with_retries(prep: &Prepared, s: &Scenario) -> Result<(Vec<CheckResult>, 
             print_evidence(&dir.join("console.log"));
             return Ok((results, record));
         }
-        if attempt == ATTEMPTS {
-            print_evidence(&dir.join("console.log"));
-            let mut results = results;
-            results.push(retry::no_result_in_any_attempt(s.name, &record));
-            return Ok((results, record));
-        }
+        let extra = match budget.after_no_result(attempt) {
+            NextAttempt::Refused => {
+                print_evidence(&dir.join("console.log"));
+                let mut results = results;
+                results.push(retry::no_result_in_any_attempt(s.name, &record));
+                return Ok((results, record));
+            }
+            NextAttempt::Granted => String::new(),
+            NextAttempt::Extra { left } => {
+                format!(" (an extra attempt; {left} left in this run)")
+            }
+        };
         let kept = e2e.join(format!("{}.attempt{attempt}.log", s.name));
         let _ = std::fs::copy(dir.join("console.log"), &kept);
         let _ = std::fs::copy(
@@ -290,9 +298,10 @@ fn run_with_retries(prep: &Prepared, s: &Scenario) -> Result<(Vec<CheckResult>, 
             e2e.join(format!("{}.attempt{attempt}.qemu.log", s.name)),
         );
         println!(
-            "RETRY {}: attempt {attempt} of {ATTEMPTS} produced no result ({failed}); its log: {}",
+            "RETRY {}: attempt {attempt} produced no result ({failed}); its log: {}; attempt {} follows{extra}",
             s.name,
-            kept.display()
+            kept.display(),
+            attempt + 1
         );
         print_evidence(&kept);
     }
@@ -470,8 +479,9 @@ pub fn e2e(root: &Path, args: &E2eArgs) -> Result<bool> {
     }
     let mut results = Vec::new();
     let mut records = Vec::new();
+    let mut budget = RetryBudget::default();
     for s in &chosen {
-        let (r, record) = run_with_retries(&prep, s)?;
+        let (r, record) = run_with_retries(&prep, s, &mut budget)?;
         results.extend(r);
         results.extend(repeated_first_failure(&before, s.name, &record));
         records.push((s.name.to_string(), record));

@@ -61,6 +61,61 @@ fn short(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
+/// Attempts every scenario gets while its attempts produce no result.
+pub const ATTEMPTS: u32 = 3;
+/// Attempts a scenario may take beyond `ATTEMPTS`, each drawn from `RetryBudget`.
+pub const EXTRA_ATTEMPTS_PER_SCENARIO: u32 = 2;
+/// Extra attempts one run of the rig may spend in all: enough for a run whose nested
+/// emulation is having a bad day (CI lost every attempt of one scenario in two runs in a
+/// row with three each), few enough that a change breaking every guest still ends within
+/// the suite's time budget (each attempt costs a minute or two).
+pub const EXTRA_ATTEMPTS_PER_RUN: u32 = 8;
+
+/// The run's account of attempts beyond `ATTEMPTS`. Only an attempt without a result is
+/// ever retried (`verdict`); this bounds how often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryBudget {
+    extra_left: u32,
+}
+
+/// Whether a scenario runs again after an attempt without a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextAttempt {
+    /// Within the `ATTEMPTS` every scenario has.
+    Granted,
+    /// Beyond them, from the run's budget; `left` extra attempts remain after this one.
+    Extra { left: u32 },
+    /// No more: the scenario took its own limit, or the run spent its budget.
+    Refused,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self::new(EXTRA_ATTEMPTS_PER_RUN)
+    }
+}
+
+impl RetryBudget {
+    pub fn new(extra: u32) -> Self {
+        Self { extra_left: extra }
+    }
+
+    /// After a scenario's `attempt`-th attempt (from 1) gave no result: may it run again?
+    /// An extra attempt is taken from the budget when granted.
+    pub fn after_no_result(&mut self, attempt: u32) -> NextAttempt {
+        if attempt < ATTEMPTS {
+            NextAttempt::Granted
+        } else if attempt >= ATTEMPTS + EXTRA_ATTEMPTS_PER_SCENARIO || self.extra_left == 0 {
+            NextAttempt::Refused
+        } else {
+            self.extra_left -= 1;
+            NextAttempt::Extra {
+                left: self.extra_left,
+            }
+        }
+    }
+}
+
 /// The verdict on one attempt. `derived` are the full names of the checks made about the
 /// guest from outside: by L2 (markers it waited for, API calls to the VMM) and by the host
 /// (the guest's files and facts). When the run ended early they judge an unfinished guest or
@@ -276,6 +331,39 @@ pub fn retried_line(now: &[(String, ScenarioRecord)]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_scenario_gets_its_attempts_and_the_extra_ones_come_from_the_run() {
+        let mut b = RetryBudget::new(3);
+        // Attempts 1 and 2 failed: the third is every scenario's own.
+        assert_eq!(b.after_no_result(1), NextAttempt::Granted);
+        assert_eq!(b.after_no_result(2), NextAttempt::Granted);
+        // Beyond ATTEMPTS, each one is taken from the budget, and the scenario's own limit
+        // ends it even with budget left.
+        assert_eq!(b.after_no_result(3), NextAttempt::Extra { left: 2 });
+        assert_eq!(b.after_no_result(4), NextAttempt::Extra { left: 1 });
+        assert_eq!(b.after_no_result(5), NextAttempt::Refused);
+        // The next scenario takes the last one; the one after gets only its own three.
+        assert_eq!(b.after_no_result(3), NextAttempt::Extra { left: 0 });
+        assert_eq!(b.after_no_result(4), NextAttempt::Refused);
+        assert_eq!(b.after_no_result(1), NextAttempt::Granted);
+        assert_eq!(b.after_no_result(3), NextAttempt::Refused);
+    }
+
+    #[test]
+    fn a_run_that_loses_every_guest_spends_a_bounded_number_of_attempts() {
+        let mut b = RetryBudget::default();
+        let mut attempts = 0;
+        for _scenario in 0..100 {
+            for attempt in 1.. {
+                attempts += 1;
+                if b.after_no_result(attempt) == NextAttempt::Refused {
+                    break;
+                }
+            }
+        }
+        assert_eq!(attempts, 100 * ATTEMPTS + EXTRA_ATTEMPTS_PER_RUN);
+    }
 
     fn r(name: &str, outcome: Outcome) -> CheckResult {
         CheckResult {
