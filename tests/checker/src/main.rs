@@ -12,8 +12,8 @@
 //!   `@@CHECK <name> PASS`                  a check passed
 //!   `@@CHECK <name> FAIL <reason>`         a check failed
 //!   `@@CHECK <name> SKIP <reason>`         nothing to check in this configuration
-//!   `@@ACPI <file> <hex>`                  a chunk of one ACPI table
-//!   `@@ACPIEND <file> <len> <sum>`         end of that table: length and byte sum
+//!   `@@ACPI <file> <hex>`                  a chunk of one ACPI table, deflated (raw DEFLATE)
+//!   `@@ACPIEND <file> <len> <sum>`         end of that table: its length and byte sum
 //!   `@@FACT <key> <value...>`              something seen, compared by the rig (numa.rs)
 //!   `@@HOTPLUG ready|present N BDF|gone N` hot-plug progress for L2's script (hotplug.rs)
 //!   `@@GATE <phase> <gpa-hex> wait`        waiting for L2 to open a gate (gate.rs)

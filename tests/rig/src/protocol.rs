@@ -127,24 +127,42 @@ impl Transcript {
                 .is_some_and(|(_, after)| *after >= LOCKUP_TAIL_LINES)
     }
 
-    /// The ACPI tables that arrived whole (length and sum match what the guest announced).
-    pub fn complete_tables(&self) -> Vec<(String, Result<&[u8], String>)> {
+    /// The ACPI tables that arrived whole: their chunks inflate (the checker deflates each
+    /// table) to the length and byte sum the guest announced.
+    pub fn complete_tables(&self) -> Vec<(String, Result<Vec<u8>, String>)> {
         self.acpi_end
             .iter()
             .map(|(name, &(len, sum))| {
-                let bytes = self.acpi.get(name).map(Vec::as_slice).unwrap_or(&[]);
-                let got: u64 = bytes.iter().map(|b| u64::from(*b)).sum();
-                let r = if bytes.len() == len && got == sum {
-                    Ok(bytes)
-                } else {
-                    Err(format!(
-                        "garbled on the console: {} of {len} bytes, sum {got} vs {sum}",
-                        bytes.len()
-                    ))
-                };
-                (name.clone(), r)
+                let deflated = self.acpi.get(name).map(Vec::as_slice).unwrap_or(&[]);
+                (name.clone(), inflate_table(deflated, len, sum))
             })
             .collect()
+    }
+}
+
+/// Largest table the rig accepts: far above any table the VMM builds (a DSDT of a few KiB),
+/// so that a garbled stream cannot make the rig allocate without bound.
+const MAX_TABLE: usize = 1 << 20;
+
+/// One table from its deflated bytes, checked against the announced length and sum. Every
+/// failure starts with "garbled on the console" (retry.rs counts that as no result).
+fn inflate_table(deflated: &[u8], len: usize, sum: u64) -> Result<Vec<u8>, String> {
+    let bytes = miniz_oxide::inflate::decompress_to_vec_with_limit(deflated, MAX_TABLE.min(len))
+        .map_err(|e| {
+            format!(
+                "garbled on the console: {} deflated bytes do not inflate to {len} ({:?})",
+                deflated.len(),
+                e.status
+            )
+        })?;
+    let got: u64 = bytes.iter().map(|b| u64::from(*b)).sum();
+    if bytes.len() == len && got == sum {
+        Ok(bytes)
+    } else {
+        Err(format!(
+            "garbled on the console: {} of {len} bytes, sum {got} vs {sum}",
+            bytes.len()
+        ))
     }
 }
 
@@ -189,19 +207,52 @@ mod tests {
         );
     }
 
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
-    fn reassembles_acpi_tables_and_detects_garbling() {
+    fn reassembles_deflated_acpi_tables_and_detects_garbling() {
+        let dsdt: Vec<u8> = b"DSDT".iter().copied().cycle().take(600).collect();
+        let deflated = miniz_oxide::deflate::compress_to_vec(&dsdt, 10);
+        assert!(deflated.len() < 100, "a repetitive table deflates");
+        let (first, second) = deflated.split_at(deflated.len() / 2);
+        let sum: u64 = dsdt.iter().map(|b| u64::from(*b)).sum();
         let mut t = Transcript::default();
-        t.feed("@@ACPI DSDT 0102");
-        t.feed("@@ACPI DSDT ff");
-        t.feed("@@ACPIEND DSDT 3 258");
-        t.feed("@@ACPI APIC 01");
-        t.feed("@@ACPIEND APIC 2 1");
-        t.feed("@@ACPI FACP 0g");
+        t.feed(&format!("@@ACPI DSDT {}", hex(first)));
+        t.feed(&format!("@@ACPI DSDT {}", hex(second)));
+        t.feed(&format!("@@ACPIEND DSDT 600 {sum}"));
+        // A table whose chunks are not DEFLATE (the format before), one announced longer
+        // than it inflates, one whose bytes changed on the way, and a chunk that is not hex.
+        t.feed("@@ACPI APIC 0102");
+        t.feed("@@ACPIEND APIC 2 3");
+        let facp = miniz_oxide::deflate::compress_to_vec(b"FACP", 10);
+        t.feed(&format!("@@ACPI FACP {}", hex(&facp)));
+        t.feed("@@ACPIEND FACP 5 288");
+        let mut mcfg = miniz_oxide::deflate::compress_to_vec(b"MCFG", 0);
+        *mcfg.last_mut().unwrap() ^= 1;
+        t.feed(&format!("@@ACPI MCFG {}", hex(&mcfg)));
+        t.feed("@@ACPIEND MCFG 4 290");
+        t.feed("@@ACPI SRAT 0g");
         let tables = t.complete_tables();
-        assert_eq!(tables[1], ("DSDT".into(), Ok(&[1u8, 2, 0xff][..])));
-        assert!(tables[0].1.is_err());
+        let names: Vec<&str> = tables.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["APIC", "DSDT", "FACP", "MCFG"]);
+        assert_eq!(tables[1].1, Ok(dsdt));
+        for (name, r) in [&tables[0], &tables[2], &tables[3]] {
+            let why = r.as_ref().unwrap_err();
+            assert!(why.starts_with("garbled on the console"), "{name}: {why}");
+        }
         assert_eq!(t.malformed.len(), 1);
+    }
+
+    #[test]
+    fn a_table_announced_huge_cannot_make_the_rig_allocate_without_bound() {
+        let bomb = miniz_oxide::deflate::compress_to_vec(&vec![0u8; 4 << 20], 10);
+        let mut t = Transcript::default();
+        t.feed(&format!("@@ACPI DSDT {}", hex(&bomb)));
+        t.feed(&format!("@@ACPIEND DSDT {} 0", 4 << 20));
+        let tables = t.complete_tables();
+        assert!(tables[0].1.as_ref().unwrap_err().contains("do not inflate"));
     }
 
     #[test]
