@@ -185,22 +185,34 @@ fn dump_acpi() -> Result<(), String> {
     if files.is_empty() {
         return Err("no ACPI tables in /sys/firmware/acpi/tables".into());
     }
-    let mut out = std::io::stdout().lock();
+    let mut tables = Vec::new();
     for (name, path) in files {
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        match std::fs::read(&path) {
+            Ok(b) => tables.push((name, b)),
             Err(e) => return Err(format!("reading {}: {e}", path.display())),
-        };
-        let deflated = miniz_oxide::deflate::compress_to_vec(&bytes, DUMP_LEVEL);
-        for chunk in deflated.chunks(96) {
-            let hex: String = chunk.iter().map(|b| format!("{b:02x}")).collect();
-            let _ = writeln!(out, "@@ACPI {name} {hex}");
         }
-        let sum: u64 = bytes.iter().map(|b| u64::from(*b)).sum();
-        let _ = writeln!(out, "@@ACPIEND {name} {} {sum}", bytes.len());
     }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(dump_text(&tables).as_bytes());
     let _ = out.flush();
     Ok(())
+}
+
+/// The dump's lines (tests/checker/src/main.rs): each table deflated, in hex chunks, then
+/// its length and byte sum.
+fn dump_text(tables: &[(String, Vec<u8>)]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for (name, bytes) in tables {
+        let deflated = miniz_oxide::deflate::compress_to_vec(bytes, DUMP_LEVEL);
+        for chunk in deflated.chunks(96) {
+            let hex: String = chunk.iter().map(|b| format!("{b:02x}")).collect();
+            let _ = writeln!(text, "@@ACPI {name} {hex}");
+        }
+        let sum: u64 = bytes.iter().map(|b| u64::from(*b)).sum();
+        let _ = writeln!(text, "@@ACPIEND {name} {} {sum}", bytes.len());
+    }
+    text
 }
 
 fn collect(
@@ -304,6 +316,34 @@ pub fn finish(action: &str) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dump_is_hex_chunks_of_each_deflated_table_then_its_length_and_sum() {
+        let dsdt: Vec<u8> = (0..2000u32).map(|i| (i % 7) as u8).collect();
+        let text = dump_text(&[("DSDT".into(), dsdt.clone()), ("APIC".into(), vec![1, 2])]);
+        let mut deflated = Vec::new();
+        let mut lines = text.lines();
+        for line in lines.by_ref() {
+            let Some(hex) = line.strip_prefix("@@ACPI DSDT ") else {
+                assert_eq!(line, "@@ACPIEND DSDT 2000 5995");
+                break;
+            };
+            assert!(hex.len() <= 192);
+            deflated.extend(
+                (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()),
+            );
+        }
+        assert!(deflated.len() < 100, "{} bytes", deflated.len());
+        assert_eq!(
+            miniz_oxide::inflate::decompress_to_vec(&deflated).unwrap(),
+            dsdt
+        );
+        assert!(lines.next().unwrap().starts_with("@@ACPI APIC "));
+        assert_eq!(lines.next(), Some("@@ACPIEND APIC 2 3"));
+        assert_eq!(lines.next(), None);
+    }
 
     #[test]
     fn cpu_lists() {
