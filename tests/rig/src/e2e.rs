@@ -293,10 +293,14 @@ fn run_with_retries(
         };
         let kept = e2e.join(format!("{}.attempt{attempt}.log", s.name));
         let _ = std::fs::copy(dir.join("console.log"), &kept);
-        let _ = std::fs::copy(
-            dir.join("qemu.log"),
-            e2e.join(format!("{}.attempt{attempt}.qemu.log", s.name)),
-        );
+        // What a timeout or a lost CPU left besides the console; a file this attempt did not
+        // leave must not be stood in for by an earlier run's.
+        for file in ["qemu.log", "registers.txt", "where.txt"] {
+            let to = e2e.join(format!("{}.attempt{attempt}.{file}", s.name));
+            if std::fs::copy(dir.join(file), &to).is_err() {
+                let _ = std::fs::remove_file(&to);
+            }
+        }
         println!(
             "RETRY {}: attempt {attempt} produced no result ({failed}); its log: {}; attempt {} follows{extra}",
             s.name,

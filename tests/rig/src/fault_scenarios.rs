@@ -311,6 +311,13 @@ pub fn soak_eject_flood() -> Scenario {
     )
 }
 
+/// How long an eject flood's VMM may go on once the guest has missed a gate: the rest of
+/// the scenario judges what the guest did after the gate, so it cannot be judged at all,
+/// and its waits (up to 120 s each) would together outlast the rig's timeout and end the
+/// attempt as a silent L2 (CI, 2026-12-07: 846 s). L2 stops the VMM with its diagnostics,
+/// the failed `vmm-exit` marks the attempt as without a result.
+const GATES_LOST_GRACE_S: u64 = 10;
+
 /// An eject flood: with the GPU-like device at boot (GH slot 0, segment 1) and no removal
 /// pending, the guest writes all ones to the hot plug controller's eject register `writes`
 /// times (tests/checker/src/stress.rs) between two gates; at each L2 reads ghvmm's
@@ -335,7 +342,9 @@ fn eject_flood_scenario(name: &'static str, writes: u64, summary: &'static str) 
          R=\"/bin/ghvmm-remote --api-socket {API_SOCKET}\"\n\
          gate_err=\n\
          figures_at_gate 1 240 /tmp/flood0 && figures_at_gate 2 {wait_s} /tmp/flood1\n\
-         l2_check eject-flood-gates $? \"$gate_err\"\n\
+         gates=$?\n\
+         l2_check eject-flood-gates $gates \"$gate_err\"\n\
+         if [ $gates = 0 ]; then\n\
          {flat}\
          out=$($R ping 2>&1)\n\
          l2_check eject-flood-ping $? \"vmm.ping after the flood: $out\"\n\
@@ -346,6 +355,9 @@ fn eject_flood_scenario(name: &'static str, writes: u64, summary: &'static str) 
          gate_open 3\n\
          l2_check eject-flood-gate3 $? \"$gate_err\"\n\
          finish_l3 120\n\
+         else\n\
+         finish_l3 {GATES_LOST_GRACE_S}\n\
+         fi\n\
          l2_check vmm-exit $rc \"ghvmm: $why (expected exit code 0)\"\n",
         bind = bind_variant("vmm_pads", len, ""),
         cmd = l3.command(),
@@ -471,6 +483,83 @@ mod tests {
             assert!(sh.contains(&format!("l2_check {check} ")), "{check}");
         }
         assert!(s.timeout.as_secs() > 240);
+    }
+
+    /// fault-eject-flood's checks from its gates on, run by sh with L2's own functions around
+    /// a stand-in VMM (`vmm`, a shell command run in the background) whose guest reaches
+    /// gate 1 but not gate 2, classified as the rig would: the lines and the verdict.
+    fn eject_flood_after_lost_gate(vmm: &str) -> (Vec<String>, Verdict, std::time::Duration) {
+        let sh = fault_eject_flood().script();
+        let from = sh.find("figures_at_gate 1 ").unwrap();
+        let to = from + sh[from..].find("l2_check vmm-exit").unwrap();
+        let to = to + sh[to..].find('\n').unwrap();
+        let checks = sh[from..to].replace(
+            &format!("finish_l3 {GATES_LOST_GRACE_S}\n"),
+            "finish_l3 1\n",
+        );
+        let fragment = format!(
+            "{}l3_diagnostics() {{ :; }}\ndevmaps_report() {{ :; }}\ndevmaps_snap() {{ :; }}\n\
+             figures_at_gate() {{ [ $1 = 1 ] && return 0; gate_err=\"the guest never reached gate $1 within $2 s\"; return 1; }}\n\
+             L2_DEFER=\n{vmm} &\nl3pid=$!\nsleep 0.3\n{checks}\n",
+            crate::shell_test::l2_init_functions(&[
+                "l2_say",
+                "l2_check",
+                "pid_running",
+                "l3_running",
+                "l3_gone",
+                "finish_l3"
+            ]),
+        );
+        let shell = crate::shell_test::ShellChecks::new("eject-flood-gates");
+        let t0 = std::time::Instant::now();
+        let lines = shell.run(&fragment, &["@@L2CHECK "]);
+        let took = t0.elapsed();
+        let results: Vec<CheckResult> = lines
+            .iter()
+            .map(|l| {
+                let (name, rest) = l["@@L2CHECK ".len()..].split_once(' ').unwrap();
+                CheckResult {
+                    name: format!("fault-eject-flood/{name}"),
+                    outcome: match rest.strip_prefix("FAIL ") {
+                        Some(why) => Outcome::Fail(why.into()),
+                        None => Outcome::Pass,
+                    },
+                }
+            })
+            .collect();
+        let derived = vec!["fault-eject-flood/eject-flood-gates".to_string()];
+        (lines, crate::retry::verdict(&results, &derived), took)
+    }
+
+    #[test]
+    fn a_guest_lost_between_the_gates_ends_the_attempt_at_once_without_a_result() {
+        let gates = "@@L2CHECK eject-flood-gates FAIL the guest never reached gate 2 within 240 s";
+        // A hung guest: its VMM runs on, and is stopped after the grace, not the 120 s
+        // waits of every later step.
+        let (lines, verdict, took) = eject_flood_after_lost_gate("sleep 30");
+        assert_eq!(
+            lines,
+            [
+                gates,
+                "@@L2CHECK vmm-exit FAIL ghvmm: still running after 1s, killed (diagnostics in console.log) (expected exit code 0)"
+            ]
+        );
+        assert_eq!(verdict, Verdict::NoResult);
+        assert!(took.as_secs() < 10, "{took:?}");
+        // A guest that triple-faulted: its VMM has exited 1.
+        let (lines, verdict, _) = eject_flood_after_lost_gate("sh -c 'exit 1'");
+        assert_eq!(
+            lines,
+            [
+                gates,
+                "@@L2CHECK vmm-exit FAIL ghvmm: exit code 1 (expected exit code 0)"
+            ]
+        );
+        assert_eq!(verdict, Verdict::NoResult);
+        let sh = fault_eject_flood().script();
+        let timeout = fault_eject_flood().timeout.as_secs();
+        assert!(240 + 240 + GATES_LOST_GRACE_S + 120 < timeout, "{timeout}");
+        assert!(sh.contains("\nelse\nfinish_l3 10\nfi\nl2_check vmm-exit"));
     }
 
     /// The first VMM's checks of fault-sigkill, run by sh with L2's own `wait_marker`,
